@@ -1,0 +1,25 @@
+"""Type stub for the compiled kernels (ext/_core.pyx); imgconv/_pure.py has the same names."""
+from typing import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+OK: int
+TRUNCATED: int
+HEADER_MISMATCH: int
+CRC_MISMATCH: int
+CRC32C_IMPL: str
+INTERLEAVE_IMPL: str
+
+def chw_to_hwc_into(src: NDArray[np.uint8], dst: NDArray[np.uint8]) -> None: ...
+def crc32c(data: NDArray[np.uint8], value: int = ...) -> int: ...
+def pack_uniform(headers: NDArray[np.uint8], payloads: NDArray[np.uint8], out: NDArray[np.uint8]) -> None: ...
+def unpack_records(
+    buffers: Sequence[object],
+    sources: NDArray[np.int64],
+    offsets: NDArray[np.int64],
+    expected: NDArray[np.uint8],
+    payloads: NDArray[np.uint8],
+    labels: NDArray[np.int64],
+    verify: bool,
+) -> tuple[int, int]: ...

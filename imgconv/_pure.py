@@ -1,0 +1,149 @@
+"""NumPy reference kernels: the same names and semantics as ``imgconv._core``.
+
+They serve twice: as the fallback when the compiled module is not built, and as
+the oracle the tests compare the compiled kernels against. Like the compiled
+ones they trust the arguments ``imgconv.kernels`` has checked, and check only
+what depends on the data.
+"""
+import numpy as np
+
+OK = 0
+TRUNCATED = 1
+HEADER_MISMATCH = 2
+CRC_MISMATCH = 3
+
+CRC32C_IMPL = "numpy"
+INTERLEAVE_IMPL = "numpy"
+
+_HEADER_SIZE = 32
+_SHAPE_END = 16
+_LABEL_OFFSET = 16
+_LENGTH_OFFSET = 24
+_CRC_OFFSET = 28
+
+# Above this many bytes crc32c() splits its input into lanes that NumPy
+# checksums side by side, then combines them; below it a byte loop is faster.
+_LANE_THRESHOLD = 1 << 14
+_LANES = 256
+
+
+def _make_table():
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0x82F63B78), table >> 1)
+    return table.astype(np.uint32)
+
+
+_TABLE = _make_table()
+_TABLE_LIST = [int(v) for v in _TABLE]
+
+
+def chw_to_hwc_into(src, dst):
+    """Write rows of planes ``src`` (N, C*H*W) into images ``dst`` (N, H, W, C)."""
+    n, h, w, c = dst.shape
+    dst[...] = src.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+
+
+def crc32c_rows(rows, crc=None):
+    """CRC32C of every row of a 2-D uint8 array, continuing from ``crc`` (finalised)."""
+    value = np.zeros(rows.shape[0], np.uint32) if crc is None else crc.astype(np.uint32)
+    value = ~value
+    for j in range(rows.shape[1]):
+        value = _TABLE[(value ^ rows[:, j]) & 0xFF] ^ (value >> 8)
+    return ~value
+
+
+def _crc32c_bytes(data, value):
+    crc = value ^ 0xFFFFFFFF
+    table = _TABLE_LIST
+    for byte in data.tobytes():
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _gf2_times(matrix, vector):
+    total = 0
+    for column in matrix:
+        if vector & 1:
+            total ^= column
+        vector >>= 1
+        if not vector:
+            break
+    return total
+
+
+def _shift_operator(nbytes):
+    """The 32x32 GF(2) matrix that appends ``nbytes`` zero bytes to a raw CRC state."""
+    # One zero bit: the reflected shift-register step.
+    op = [0x82F63B78] + [1 << k for k in range(31)]
+    result = [1 << k for k in range(32)]  # identity
+    nbits = 8 * nbytes
+    while nbits:
+        if nbits & 1:
+            result = [_gf2_times(op, col) for col in result]
+        nbits >>= 1
+        if nbits:
+            op = [_gf2_times(op, col) for col in op]
+    return result
+
+
+def crc32c(data, value=0):
+    """CRC32C of a 1-D uint8 array ``data``, continuing from the finalised CRC ``value``."""
+    data = np.asarray(data, dtype=np.uint8).reshape(-1)
+    n = data.size
+    if n < _LANE_THRESHOLD:
+        return _crc32c_bytes(data, value)
+    lane = n // _LANES
+    body = data[: lane * _LANES].reshape(_LANES, lane)
+    # For finalised CRCs, crc(A || B) = Z(crc(A)) ^ crc(B) where Z advances a
+    # CRC over len(B) zero bytes (linear over GF(2)); zlib's crc32_combine.
+    lanes = crc32c_rows(body)
+    shift = _shift_operator(lane)
+    crc = value
+    for lane_crc in lanes:
+        crc = _gf2_times(shift, crc) ^ int(lane_crc)
+    return _crc32c_bytes(data[lane * _LANES:], crc)
+
+
+def pack_uniform(headers, payloads, out):
+    """Write N records of equal size back to back into ``out`` (see _core)."""
+    n, p = payloads.shape
+    records = out[: n * (_HEADER_SIZE + p)].reshape(n, _HEADER_SIZE + p)
+    records[:, :_CRC_OFFSET] = headers[:, :_CRC_OFFSET]
+    records[:, _HEADER_SIZE:] = payloads
+    crc = crc32c_rows(records[:, _HEADER_SIZE:], crc32c_rows(records[:, :_CRC_OFFSET]))
+    records[:, _CRC_OFFSET:_HEADER_SIZE] = crc.astype("<u4").view(np.uint8).reshape(n, 4)
+
+
+def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify):
+    """Gather N records of one shape from ``buffers`` (see _core); returns (index, status)."""
+    n, p = payloads.shape
+    size = _HEADER_SIZE + p
+    if n == 0:
+        return -1, OK
+    arrays = [np.frombuffer(b, dtype=np.uint8) for b in buffers]
+    lengths = np.array([a.size for a in arrays], dtype=np.int64)
+    status = np.full(n, OK, dtype=np.int64)
+    fits = (offsets >= 0) & (offsets <= lengths[sources] - size)
+    status[~fits] = TRUNCATED
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    whole = np.concatenate(arrays) if arrays else np.zeros(0, np.uint8)
+    rows = np.zeros((n, size), np.uint8)
+    if fits.any():
+        windows = np.lib.stride_tricks.sliding_window_view(whole, size)
+        rows[fits] = windows[(starts[sources] + offsets)[fits]]
+    header_ok = (rows[:, :_SHAPE_END] == expected[:_SHAPE_END]).all(axis=1) & (
+        rows[:, _LENGTH_OFFSET:_CRC_OFFSET] == expected[_LENGTH_OFFSET:_CRC_OFFSET]
+    ).all(axis=1)
+    status[(status == OK) & ~header_ok] = HEADER_MISMATCH
+    if verify:
+        crc = crc32c_rows(rows[:, _HEADER_SIZE:], crc32c_rows(rows[:, :_CRC_OFFSET]))
+        stored = rows[:, _CRC_OFFSET:_HEADER_SIZE].copy().view("<u4").reshape(n)
+        status[(status == OK) & (crc != stored)] = CRC_MISMATCH
+    bad = np.flatnonzero(status)
+    end = int(bad[0]) if bad.size else n
+    payloads[:end] = rows[:end, _HEADER_SIZE:]
+    labels[:end] = rows[:end, _LABEL_OFFSET:_LENGTH_OFFSET].copy().view("<i8").reshape(end)
+    if bad.size:
+        return end, int(status[end])
+    return -1, OK

@@ -1,0 +1,150 @@
+"""The kernels imgconv runs, compiled or pure NumPy, behind one set of functions.
+
+The compiled module ``imgconv._core`` (built from ``ext/_core.pyx`` by
+``pip install``) is used when it imports; otherwise the NumPy reference in
+``imgconv._pure`` stands in and a warning says how to build the fast one.
+
+Environment switches, read once at import:
+
+``IMGCONV_PURE=1``
+    use the NumPy kernels even when the compiled ones are built.
+``IMGCONV_REQUIRE_EXT=1``
+    a missing or broken compiled module is an error instead of a warning.
+
+``BACKEND`` is ``"compiled"`` or ``"numpy"``; ``CRC32C_IMPL`` names the
+checksum code in use (``"sse4.2"``, ``"slice-by-8"`` or ``"numpy"``).
+
+The functions here check their arguments and raise ``TypeError`` or
+``ValueError`` naming the problem; the kernels behind them do not.
+"""
+import os
+import warnings
+
+import numpy as np
+
+from . import _pure
+from .errors import ExtensionMissingError
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _load_backend():
+    if _flag("IMGCONV_PURE"):
+        if _flag("IMGCONV_REQUIRE_EXT"):
+            raise ExtensionMissingError(
+                "IMGCONV_PURE=1 and IMGCONV_REQUIRE_EXT=1 contradict each other; unset one"
+            )
+        return _pure, "numpy"
+    try:
+        from . import _core
+    except ImportError as exc:
+        if _flag("IMGCONV_REQUIRE_EXT"):
+            raise ExtensionMissingError(
+                f"imgconv's compiled core (imgconv._core) cannot be imported: {exc}. "
+                "Build it with `pip install -e .` in the source tree, or unset IMGCONV_REQUIRE_EXT."
+            ) from exc
+        warnings.warn(
+            "imgconv's compiled core is not built, so the much slower NumPy kernels are in use. "
+            "Build it with `pip install .` (or `pip install -e .` in a source checkout); "
+            "set IMGCONV_PURE=1 to choose the NumPy kernels and silence this warning.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return _pure, "numpy"
+    return _core, "compiled"
+
+
+_impl, BACKEND = _load_backend()
+CRC32C_IMPL = _impl.CRC32C_IMPL
+
+
+def implementation():
+    """The module whose kernels are in use (``imgconv._core`` or ``imgconv._pure``)."""
+    return _impl
+
+
+def _require_uint8(name, array):
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(array).__name__}")
+    if array.dtype != np.uint8:
+        raise TypeError(f"{name} must have dtype uint8, got {array.dtype}")
+
+
+def _check_image_shape(height, width, channels):
+    for name, value in (("height", height), ("width", width), ("channels", channels)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(height), int(width), int(channels)
+
+
+def chw_to_hwc(rows, height=32, width=32, channels=3):
+    """Turn rows of colour planes into images.
+
+    ``rows`` is a uint8 array (N, C*H*W) in which each row holds all of the
+    first channel, then all of the second, and so on (CIFAR's layout). Returns a
+    new C-contiguous (N, H, W, C) uint8 array.
+
+    Raises TypeError for a non-array or a dtype other than uint8, ValueError
+    for a row length that is not ``channels * height * width``.
+    """
+    _require_uint8("rows", rows)
+    height, width, channels = _check_image_shape(height, width, channels)
+    out = np.empty((rows.shape[0] if rows.ndim else 0, height, width, channels), np.uint8)
+    return chw_to_hwc_into(rows, out)
+
+
+def chw_to_hwc_into(rows, out):
+    """Like :func:`chw_to_hwc`, writing into ``out`` instead of allocating.
+
+    ``out`` must be a writeable, C-contiguous uint8 array of shape
+    (N, H, W, C) with N the number of rows and C*H*W the row length, and must
+    not overlap ``rows``. The copy runs without the GIL. Returns ``out``.
+    """
+    _require_uint8("rows", rows)
+    _require_uint8("out", out)
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be 2-D (N, C*H*W), got shape {rows.shape}")
+    if out.ndim != 4:
+        raise ValueError(f"out must be 4-D (N, H, W, C), got shape {out.shape}")
+    n, height, width, channels = out.shape
+    if rows.shape[1] != height * width * channels:
+        raise ValueError(
+            f"row length {rows.shape[1]} does not match the image shape "
+            f"{height}x{width}x{channels} = {height * width * channels} bytes"
+        )
+    if n != rows.shape[0]:
+        kind = "too small" if n < rows.shape[0] else "too large"
+        raise ValueError(f"out is {kind}: it holds {n} images, rows has {rows.shape[0]}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous array")
+    if np.may_share_memory(rows, out):
+        raise ValueError("out must not overlap rows")
+    _impl.chw_to_hwc_into(np.ascontiguousarray(rows), out)
+    return out
+
+
+def as_bytes(data, name="data"):
+    """View ``data`` (bytes, bytearray, memoryview, NumPy array) as a 1-D uint8 array, without copying."""
+    if isinstance(data, np.ndarray):
+        if not data.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        return data.reshape(-1).view(np.uint8)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"{name} must be a bytes-like object or array, got {type(data).__name__}") from None
+    if not view.c_contiguous:
+        raise ValueError(f"{name} must be a contiguous buffer")
+    return np.frombuffer(view.cast("B") if view.format != "B" or view.ndim != 1 else view, np.uint8)
+
+
+def crc32c(data, value=0):
+    """CRC32C (Castagnoli) of a bytes-like object or array, continuing from ``value``.
+
+    ``crc32c(b"123456789") == 0xE3069283``; ``crc32c(b, crc32c(a)) == crc32c(a + b)``.
+    """
+    if not 0 <= int(value) <= 0xFFFFFFFF:
+        raise ValueError(f"value must be a 32-bit unsigned CRC, got {value}")
+    return int(_impl.crc32c(as_bytes(data), int(value)))

@@ -1,0 +1,46 @@
+"""Build the compiled core: ext/_core.pyx becomes the extension imgconv._core.
+
+Everything else (metadata, dependencies, extras) lives in pyproject.toml.
+"""
+import os
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def _compile_args():
+    """Optimisation flags for the kernels.
+
+    -O3 against -O2 was measured with `python -m imgconv.bench.kernels` (see
+    BENCHMARKS.md). IMGCONV_CFLAGS replaces the defaults, for such measurements.
+    """
+    if os.environ.get("IMGCONV_CFLAGS"):
+        return os.environ["IMGCONV_CFLAGS"].split()
+    if sys.platform == "win32":
+        return ["/O2"]
+    return ["-O3", "-fno-strict-aliasing"]
+
+
+extension = Extension(
+    "imgconv._core",
+    sources=["ext/_core.pyx"],
+    include_dirs=["ext", numpy.get_include()],
+    depends=["ext/crc32c.h", "ext/interleave.h"],
+    extra_compile_args=_compile_args(),
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
+setup(
+    ext_modules=cythonize(
+        [extension],
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+            "cdivision": True,
+        },
+    ),
+)

@@ -1,0 +1,29 @@
+"""Shared fixtures: every kernel test runs against both implementations."""
+import importlib
+
+import pytest
+
+from imgconv import _pure, kernels
+
+
+def _compiled():
+    try:
+        return importlib.import_module("imgconv._core")
+    except ImportError as exc:
+        pytest.fail(
+            f"the compiled core imgconv._core is not built ({exc}); run `pip install -e .` "
+            "(set IMGCONV_PURE=1 to test the NumPy kernels alone)"
+        )
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def backend(request, monkeypatch):
+    """Make the kernels of ``imgconv.kernels`` the compiled or the NumPy ones for one test."""
+    if request.param == "compiled":
+        if kernels.BACKEND == "numpy" and kernels._flag("IMGCONV_PURE"):
+            pytest.skip("IMGCONV_PURE=1: the NumPy kernels alone are under test")
+        impl = _compiled()
+    else:
+        impl = _pure
+    monkeypatch.setattr(kernels, "_impl", impl)
+    return request.param

@@ -1,0 +1,112 @@
+"""Choosing the compiled or the NumPy kernels, and the switches that force either."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import imgconv
+from imgconv.bench import kernels as kernel_bench
+
+# Makes `import imgconv._core` fail, as in a source checkout that was never built.
+HIDE_EXTENSION = """
+import importlib.abc, sys
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "imgconv._core":
+            raise ImportError("simulated: extension not built")
+sys.meta_path.insert(0, Hide())
+"""
+
+REPORT = """
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+        import imgconv
+        result = {"backend": imgconv.BACKEND, "crc": imgconv.kernels.CRC32C_IMPL}
+    except Exception as exc:
+        result = {"error": type(exc).__name__, "message": str(exc),
+                  "is_import_error": isinstance(exc, ImportError)}
+result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+print(json.dumps(result))
+"""
+
+
+def _run(env_extra, hide=False):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCONV_")}
+    env.update(env_extra)
+    code = (HIDE_EXTENSION if hide else "") + REPORT
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_default_uses_the_compiled_core_silently():
+    result = _run({})
+    assert result == {"backend": "compiled", "crc": result["crc"], "warnings": []}
+    assert result["crc"] in ("sse4.2", "slice-by-8")
+
+
+def test_pure_switch_forces_numpy_without_warning():
+    assert _run({"IMGCONV_PURE": "1"}) == {"backend": "numpy", "crc": "numpy", "warnings": []}
+
+
+def test_missing_extension_falls_back_with_a_warning_that_says_how_to_build():
+    result = _run({}, hide=True)
+    assert result["backend"] == "numpy"
+    assert len(result["warnings"]) == 1 and "pip install" in result["warnings"][0]
+
+
+def test_require_switch_makes_a_missing_extension_an_error():
+    result = _run({"IMGCONV_REQUIRE_EXT": "1"}, hide=True)
+    assert result["error"] == "ExtensionMissingError" and result["is_import_error"]
+    assert "simulated: extension not built" in result["message"] and "pip install -e ." in result["message"]
+    assert _run({"IMGCONV_REQUIRE_EXT": "1"})["backend"] == "compiled"
+
+
+def test_contradictory_switches_are_refused():
+    result = _run({"IMGCONV_PURE": "1", "IMGCONV_REQUIRE_EXT": "1"})
+    assert result["error"] == "ExtensionMissingError" and "contradict" in result["message"]
+
+
+def test_backends_write_identical_records():
+    code = (
+        "import numpy as np, imgconv, sys;"
+        "imgs = np.random.default_rng(5).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8);"
+        "sys.stdout.write(imgconv.pack_records(imgs, np.arange(50)).buffer.tobytes().hex())"
+    )
+    outputs = []
+    for extra in ({}, {"IMGCONV_PURE": "1"}):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCONV_")} | extra
+        outputs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 0
+
+
+def test_kernel_benchmark_reports_every_kernel_with_ratios(tmp_path):
+    out = tmp_path / "kernels.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "imgconv.bench.kernels", "--count", "300", "--repeat", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "chw_to_hwc" in done.stdout and "pickle" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kernel"] for r in rows} == {"chw_to_hwc", "pack", "unpack", "checksum"}
+    assert all(r["seconds"] > 0 for r in rows)
+    assert all(r["speedup"] > 0 for r in rows if r["baseline"])
+
+
+def test_kernel_benchmark_fails_on_wrong_pixels(monkeypatch):
+    def broken(src, dst):
+        dst[...] = 0
+
+    class Broken:
+        chw_to_hwc_into = staticmethod(broken)
+
+    monkeypatch.setattr(imgconv.kernels, "_impl", Broken)
+    images = np.random.default_rng(0).integers(1, 256, (20, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(AssertionError, match="wrong pixels"):
+        kernel_bench.bench_chw_to_hwc(images, repeat=1)

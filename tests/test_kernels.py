@@ -1,0 +1,148 @@
+"""CHW->HWC and CRC32C: compiled against the NumPy reference, and argument checks."""
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imgconv import _pure, chw_to_hwc, chw_to_hwc_into, crc32c, kernels
+
+
+def _reference_hwc(rows, h, w, c):
+    out = np.empty((rows.shape[0], h, w, c), np.uint8)
+    for i, row in enumerate(rows):
+        for k in range(c):
+            out[i, :, :, k] = row[k * h * w : (k + 1) * h * w].reshape(h, w)
+    return out
+
+
+def test_cifar_row_becomes_hwc_image(backend):
+    rows = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    images = chw_to_hwc(rows)
+    assert images.shape == (2, 32, 32, 3) and images.flags.c_contiguous
+    # Pixel (y, x) channel k is byte k*1024 + y*32 + x of the row.
+    assert images[1, 5, 7, 2] == rows[1, 2 * 1024 + 5 * 32 + 7]
+    np.testing.assert_array_equal(images, _reference_hwc(rows, 32, 32, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 5),
+    h=st.integers(1, 19),
+    w=st.integers(1, 37),
+    c=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_compiled_equals_reference_on_random_shapes(n, h, w, c, seed):
+    rows = np.random.default_rng(seed).integers(0, 256, (n, c * h * w), dtype=np.uint8)
+    expected = np.empty((n, h, w, c), np.uint8)
+    _pure.chw_to_hwc_into(rows, expected)
+    np.testing.assert_array_equal(expected, _reference_hwc(rows, h, w, c))
+    if kernels.BACKEND == "compiled":
+        from imgconv import _core
+
+        got = np.full((n, h, w, c), 7, np.uint8)
+        _core.chw_to_hwc_into(rows, got)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_into_writes_caller_array_and_returns_it(backend):
+    rows = np.random.default_rng(1).integers(0, 256, (4, 3 * 20 * 17), dtype=np.uint8)
+    out = np.zeros((4, 20, 17, 3), np.uint8)
+    assert chw_to_hwc_into(rows, out) is out
+    np.testing.assert_array_equal(out, _reference_hwc(rows, 20, 17, 3))
+
+
+def test_into_slice_of_a_larger_buffer(backend):
+    rows = np.random.default_rng(2).integers(0, 256, (3, 3072), dtype=np.uint8)
+    big = np.zeros((10, 32, 32, 3), np.uint8)
+    chw_to_hwc_into(rows, big[4:7])
+    np.testing.assert_array_equal(big[4:7], _reference_hwc(rows, 32, 32, 3))
+    assert not big[:4].any() and not big[7:].any()
+
+
+def test_non_contiguous_rows_are_accepted(backend):
+    base = np.random.default_rng(3).integers(0, 256, (4, 2 * 48), dtype=np.uint8)
+    rows = base[::2, ::2]  # strided view, 48 bytes per row
+    np.testing.assert_array_equal(chw_to_hwc(rows, 4, 4, 3), _reference_hwc(np.ascontiguousarray(rows), 4, 4, 3))
+
+
+@pytest.mark.parametrize(
+    "rows, kwargs, error, match",
+    [
+        (np.zeros((2, 3072), np.int16), {}, TypeError, "uint8"),
+        ([[0] * 3072], {}, TypeError, "NumPy array"),
+        (np.zeros((2, 3071), np.uint8), {}, ValueError, "row length 3071"),
+        (np.zeros(3072, np.uint8), {}, ValueError, "2-D"),
+        (np.zeros((2, 12), np.uint8), {"height": 0, "width": 4, "channels": 3}, ValueError, "height"),
+    ],
+)
+def test_bad_rows_raise_clear_errors(backend, rows, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        chw_to_hwc(rows, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "out, match",
+    [
+        (np.zeros((1, 32, 32, 3), np.uint8), "too small"),
+        (np.zeros((3, 32, 32, 3), np.uint8), "too large"),
+        (np.zeros((2, 32, 32, 3), np.float32), "uint8"),
+        (np.zeros((2, 32, 3, 32), np.uint8)[..., ::1].transpose(0, 1, 3, 2), "contiguous"),
+        (np.zeros((2, 32, 32), np.uint8), "4-D"),
+        (np.zeros((2, 16, 16, 3), np.uint8), "row length"),
+    ],
+)
+def test_bad_out_raises_clear_errors(backend, out, match):
+    rows = np.zeros((2, 3072), np.uint8)
+    with pytest.raises((ValueError, TypeError), match=match):
+        chw_to_hwc_into(rows, out)
+
+
+def test_read_only_or_overlapping_out_is_refused(backend):
+    rows = np.zeros((2, 3072), np.uint8)
+    out = np.zeros((2, 32, 32, 3), np.uint8)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        chw_to_hwc_into(rows, out)
+    shared = np.zeros((2, 3072), np.uint8)
+    with pytest.raises(ValueError, match="overlap"):
+        chw_to_hwc_into(shared, shared.reshape(2, 32, 32, 3))
+
+
+def test_crc32c_known_values(backend):
+    # Check values from RFC 3720 (iSCSI), appendix B.4.
+    assert crc32c(b"123456789") == 0xE3069283
+    assert crc32c(bytes(32)) == 0x8A9136AA
+    assert crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert crc32c(bytes(range(32))) == 0x46DD794E
+    assert crc32c(b"") == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=5000), split=st.integers(0, 5000))
+def test_crc32c_compiled_equals_reference_and_continues(data, split):
+    expected = _pure._crc32c_bytes(np.frombuffer(data, np.uint8), 0)
+    assert _pure.crc32c(np.frombuffer(data, np.uint8)) == expected
+    if kernels.BACKEND == "compiled":
+        assert crc32c(data) == expected
+        split = min(split, len(data))
+        assert crc32c(data[split:], crc32c(data[:split])) == expected
+
+
+def test_crc32c_long_input_uses_lanes_correctly(backend):
+    data = np.random.default_rng(4).integers(0, 256, 200_003, dtype=np.uint8)
+    assert crc32c(data) == _pure._crc32c_bytes(data, 0)
+    assert crc32c(data, 0x12345678) == _pure._crc32c_bytes(data, 0x12345678)
+
+
+def test_crc32c_is_not_zlib_crc32(backend):
+    assert crc32c(b"imgconv") != zlib.crc32(b"imgconv")
+
+
+def test_crc32c_rejects_bad_arguments(backend):
+    with pytest.raises(TypeError):
+        crc32c(12345)
+    with pytest.raises(ValueError):
+        crc32c(b"x", 1 << 33)

@@ -1,0 +1,295 @@
+"""The binary record format: layout, round trips, gathering, and every malformed case."""
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imgconv import (
+    PackedRecords,
+    RecordError,
+    _pure,
+    kernels,
+    pack_records,
+    read_header,
+    unpack_record,
+    unpack_records,
+)
+from imgconv.record import HEADER_DTYPE, HEADER_SIZE, record_size
+
+GOLDEN = pathlib.Path(__file__).parent / "data" / "record_v1.bin"
+
+
+def golden_inputs():
+    """The images and labels behind tests/data/record_v1.bin (never change them)."""
+    rgb = (np.arange(2 * 3 * 2 * 3) * 7 % 256).astype(np.uint8).reshape(2, 3, 2, 3)
+    gray = np.array([[0, 255], [128, 1]], np.uint8)
+    deep = np.array([[[1, 65535]]], np.uint16)
+    return [rgb[0], rgb[1], gray, deep], [0, -1, 9, 2**40]
+
+
+def test_header_layout_is_pinned():
+    assert HEADER_DTYPE.itemsize == HEADER_SIZE == 32
+    offsets = {name: HEADER_DTYPE.fields[name][1] for name in HEADER_DTYPE.names}
+    assert offsets == {
+        "magic": 0, "version": 4, "dtype": 5, "channels": 6, "height": 8,
+        "width": 12, "label": 16, "length": 24, "crc": 28,
+    }
+    assert all(HEADER_DTYPE.fields[n][0].str[0] in "<|" for n in HEADER_DTYPE.names)
+
+
+def test_pinned_bytes_of_one_record(backend):
+    packed = pack_records(np.array([[[[1, 2, 3]]]], np.uint8), [5])
+    raw = packed.buffer.tobytes()
+    assert raw[:28] == (
+        b"IMGR" + b"\x01" + b"\x01" + b"\x03\x00" + b"\x01\x00\x00\x00" + b"\x01\x00\x00\x00"
+        + (5).to_bytes(8, "little") + b"\x03\x00\x00\x00"
+    )
+    assert raw[32:] == b"\x01\x02\x03"
+    assert raw[28:32] == kernels.crc32c(raw[32:], kernels.crc32c(raw[:28])).to_bytes(4, "little")
+    assert list(packed.offsets) == [0, 35]
+
+
+def test_golden_file_decodes_and_reencodes_identically(backend):
+    data = GOLDEN.read_bytes()
+    images, labels = golden_inputs()
+    packed = pack_records(images, labels)
+    assert packed.buffer.tobytes() == data, "the record format changed: bump VERSION and keep reading v1"
+    for i, (image, label) in enumerate(zip(images, labels)):
+        got, got_label = unpack_record(data, int(packed.offsets[i]))
+        expected = image if image.ndim == 3 else image[..., None]
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+        assert got_label == label
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [((5, 32, 32, 3), np.uint8), ((4, 7, 9), np.uint8), ((3, 2, 5, 4), np.uint16),
+     ((2, 3, 3, 1), np.float32), ((0, 8, 8, 3), np.uint8)],
+)
+def test_uniform_round_trip(backend, shape, dtype):
+    rng = np.random.default_rng(0)
+    images = (rng.random(shape) * 60000).astype(dtype)
+    labels = rng.integers(-(2**62), 2**62, shape[0])
+    packed = pack_records(images, labels)
+    per = record_size(shape[1:] if len(shape) == 4 else (*shape[1:], 1), dtype)
+    assert packed.buffer.size == shape[0] * per
+    expected = images if images.ndim == 4 else images[..., None]
+    if shape[0]:
+        got, got_labels = unpack_records(packed)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got_labels, labels)
+        got, got_labels = unpack_records(packed.buffer.tobytes())
+        np.testing.assert_array_equal(got, expected)
+    out = np.empty(expected.shape, dtype)
+    got, _ = unpack_records(packed, out=out)
+    assert got is out
+
+
+def test_big_endian_input_is_stored_little_endian(backend):
+    images = np.array([[[[1, 258]]]], dtype=">u2")
+    packed = pack_records(images, [0])
+    assert packed.buffer[32:].tobytes() == b"\x01\x00\x02\x01"
+    got, _ = unpack_records(packed)
+    assert got.tolist() == [[[[1, 258]]]]
+
+
+def test_varied_shapes_round_trip_one_by_one(backend):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(3, 4, 3), (10, 2), (1, 1, 4), (6, 6, 3)]]
+    packed = pack_records(images, [3, 1, 4, 1])
+    for i, image in enumerate(images):
+        got, label = unpack_record(packed.buffer, int(packed.offsets[i]))
+        np.testing.assert_array_equal(got, image.reshape(got.shape))
+        assert label == [3, 1, 4, 1][i]
+    with pytest.raises(RecordError, match=r"record 1 .*10x2x1 uint8.*batch is 3x4x3.*unpack_record"):
+        unpack_records(packed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    c=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_compiled_and_numpy_write_identical_bytes(n, h, w, c, seed):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    labels = rng.integers(-1000, 1000, n)
+    headers = np.zeros(n, HEADER_DTYPE)
+    with_numpy = np.empty(n * record_size((h, w, c)), np.uint8)
+    from imgconv import record
+
+    headers = record._headers(n, ((h, w, c), h * w * c), np.dtype(np.uint8), labels)
+    _pure.pack_uniform(headers, images.reshape(n, -1), with_numpy)
+    packed = pack_records(images, labels)
+    np.testing.assert_array_equal(packed.buffer, with_numpy)
+    got = np.empty_like(images)
+    got_labels = np.empty(n, np.int64)
+    sources = np.zeros(n, np.int64)
+    starts = packed.offsets[:-1].copy()
+    expected = record._expected_header((h, w, c), np.uint8)
+    assert _pure.unpack_records([with_numpy], sources, starts, expected, got.reshape(n, -1), got_labels, True) == (-1, 0)
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_gather_from_many_buffers_unsorted_and_repeated(backend):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (10, 4, 5, 3), dtype=np.uint8)
+    labels = np.arange(10) * 11
+    first, second = pack_records(images[:6], labels[:6]), pack_records(images[6:], labels[6:])
+    buffers = [first.buffer.tobytes(), memoryview(second.buffer.tobytes())]
+    wanted = [9, 0, 0, 7, 3, 6, 5]
+    sources = [1 if i >= 6 else 0 for i in wanted]
+    offsets = [(first.offsets if i < 6 else second.offsets)[i % 6 if i < 6 else i - 6] for i in wanted]
+    got, got_labels = unpack_records(buffers, offsets, sources=sources)
+    np.testing.assert_array_equal(got, images[wanted])
+    np.testing.assert_array_equal(got_labels, labels[wanted])
+
+
+def test_sequence_of_single_record_buffers(backend):
+    images = np.random.default_rng(3).integers(0, 256, (4, 2, 2, 3), dtype=np.uint8)
+    packed = pack_records(images, [1, 2, 3, 4])
+    singles = [packed.buffer[a:b].tobytes() for a, b in zip(packed.offsets[:-1], packed.offsets[1:])]
+    got, labels = unpack_records(singles[::-1])
+    np.testing.assert_array_equal(got, images[::-1])
+    assert labels.tolist() == [4, 3, 2, 1]
+
+
+def _one_record(label=7):
+    return bytearray(pack_records(np.arange(24, dtype=np.uint8).reshape(1, 2, 4, 3), [label]).buffer.tobytes())
+
+
+@pytest.mark.parametrize("cut", range(0, 56))
+def test_truncation_at_every_offset_raises(backend, cut):
+    data = bytes(_one_record()[:cut])
+    with pytest.raises(RecordError, match="truncated|not a whole number"):
+        unpack_record(data)
+    if cut:
+        with pytest.raises(RecordError):
+            unpack_records(data)
+    with pytest.raises(RecordError):
+        unpack_records([data], [0], out=np.empty((1, 2, 4, 3), np.uint8))
+
+
+def test_every_flipped_bit_is_caught(backend):
+    """A flipped bit anywhere in a record (header, checksum or payload) never passes."""
+    original = _one_record()
+    out = np.empty((1, 2, 4, 3), np.uint8)
+    for byte in range(len(original)):
+        for bit in range(8):
+            data = bytearray(original)
+            data[byte] ^= 1 << bit
+            with pytest.raises(RecordError):
+                unpack_record(bytes(data))
+            with pytest.raises(RecordError):
+                unpack_records([bytes(data)], out=out)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("magic", b"PKL\x02", "bad magic"),
+        ("version", 2, "format version 2"),
+        ("dtype", 9, "unknown dtype code 9"),
+        ("length", 25, "payload length 25 does not match"),
+        ("height", 0, "empty shape"),
+        ("height", 0xFFFFFFFF, "payload length"),
+        ("width", 3, "payload length"),
+    ],
+)
+def test_bad_header_fields_are_named(backend, field, value, match):
+    data = _one_record()
+    header = np.frombuffer(data, HEADER_DTYPE, count=1).copy()
+    header[field] = value
+    data[:HEADER_SIZE] = header.tobytes()
+    with pytest.raises(RecordError, match=match):
+        read_header(bytes(data))
+    with pytest.raises(RecordError, match=match):
+        unpack_records([bytes(data)])
+
+
+def test_huge_declared_size_fails_before_allocating(backend):
+    data = _one_record()
+    header = np.frombuffer(data, HEADER_DTYPE, count=1).copy()
+    header["height"], header["width"], header["channels"] = 65536, 65535, 1
+    header["length"] = 65536 * 65535
+    data[:HEADER_SIZE] = header.tobytes()
+    with pytest.raises(RecordError, match="truncated record.*payload needs 4294901760 bytes"):
+        unpack_record(bytes(data))
+
+
+def test_checksum_mismatch_names_record_and_verify_false_skips_it(backend):
+    good = _one_record()
+    bad = bytearray(good)
+    bad[40] ^= 0xFF
+    out = np.empty((3, 2, 4, 3), np.uint8)
+    with pytest.raises(RecordError, match=r"record 1 \(buffer 1, offset 0\): checksum mismatch"):
+        unpack_records([bytes(good), bytes(bad), bytes(good)], out=out)
+    with pytest.raises(RecordError, match="checksum mismatch"):
+        unpack_record(bytes(bad))
+    got, _ = unpack_records([bytes(bad)], verify=False)
+    assert got[0, 0, 2, 2] == 8 ^ 0xFF
+    image, _ = unpack_record(bytes(bad), verify=False)
+    assert image[0, 2, 2] == 8 ^ 0xFF
+
+
+def test_first_bad_record_is_reported_whatever_kind(backend):
+    """A checksum failure before a header failure is the one reported."""
+    records = [bytes(_one_record()) for _ in range(6)]
+    corrupt = bytearray(records[1])
+    corrupt[33] ^= 1
+    records[1] = bytes(corrupt)
+    records[4] = b"nonsense" * 10
+    with pytest.raises(RecordError, match=r"record 1 .*checksum"):
+        unpack_records(records)
+    records[1] = records[0]
+    with pytest.raises(RecordError, match=r"record 4 .*bad magic"):
+        unpack_records(records)
+
+
+def test_out_of_range_offsets_and_sources(backend):
+    data = bytes(_one_record())
+    out = np.empty((1, 2, 4, 3), np.uint8)
+    for offset in (-1, 1, len(data), 2**62):
+        with pytest.raises(RecordError, match="truncated"):
+            unpack_records([data], [offset], out=out)
+    with pytest.raises(ValueError, match="sources must index"):
+        unpack_records([data], [0], sources=[1], out=out)
+
+
+@pytest.mark.parametrize(
+    "images, labels, error, match",
+    [
+        (np.zeros((2, 4, 4, 3), np.int32), [0, 1], TypeError, "records hold"),
+        (np.zeros((2, 4, 4, 3), np.uint8), [0], ValueError, "expected 2 labels"),
+        (np.zeros((2, 4, 4, 3), np.uint8), [0.5, 1.0], TypeError, "integers"),
+        (np.zeros((2, 4), np.uint8), [0, 1], ValueError, r"\(N, H, W, C\)"),
+        (np.zeros((1, 4, 4, 70000), np.uint8), [0], ValueError, "channels 70000"),
+        ([np.zeros((4, 4, 3), np.uint8), "not an image"], [0, 1], TypeError, "image 1"),
+        ([np.zeros((0, 4, 3), np.uint8)], [0], ValueError, "image 0: height 0"),
+    ],
+)
+def test_pack_refuses_what_records_cannot_hold(backend, images, labels, error, match):
+    with pytest.raises(error, match=match):
+        pack_records(images, labels)
+
+
+def test_unpack_argument_errors(backend):
+    packed = pack_records(np.zeros((2, 2, 2, 3), np.uint8), [0, 1])
+    with pytest.raises(ValueError, match="holds 3 images"):
+        unpack_records(packed, out=np.empty((3, 2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="labels_out"):
+        unpack_records(packed, labels_out=np.empty(2, np.int32))
+    with pytest.raises(RecordError, match=r"image is 2x2x3 uint8, the batch is 2x2x1"):
+        unpack_records(packed, out=np.empty((2, 2, 2, 1), np.uint8))
+    with pytest.raises(ValueError, match="no records"):
+        unpack_records([])
+    with pytest.raises(TypeError, match="bytes-like"):
+        unpack_records(12)
+    assert isinstance(packed, PackedRecords)
