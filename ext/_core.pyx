@@ -16,8 +16,8 @@ cdef extern from "crc32c.h" nogil:
     void imgconv_crc32c_init()
     uint32_t imgconv_crc32c(uint32_t crc, const uint8_t *p, size_t n)
     uint32_t imgconv_crc32c_copy(uint32_t crc, const uint8_t *src, uint8_t *dst, size_t n)
-    void imgconv_crc32c_copy3(uint32_t *crc, const uint8_t **src, uint8_t **dst, size_t n)
     const char *imgconv_crc32c_impl()
+    int imgconv_crc32c_select(const char *name)
 
 cdef extern from "interleave.h" nogil:
     void imgconv_interleave_init()
@@ -49,6 +49,21 @@ CRC_MISMATCH = ST_CRC_MISMATCH
 
 CRC32C_IMPL = imgconv_crc32c_impl().decode("ascii")
 INTERLEAVE_IMPL = imgconv_interleave_impl().decode("ascii")
+CRC32C_IMPLS = ("pclmul", "sse4.2", "slice-by-8")
+
+
+def select_crc32c(name):
+    """Use the CRC32C implementation ``name`` (one of CRC32C_IMPLS) from now on.
+
+    For tests that exercise every code path on one machine. Returns the name
+    in use before; ValueError when this CPU cannot run ``name``.
+    """
+    global CRC32C_IMPL
+    previous = CRC32C_IMPL
+    if imgconv_crc32c_select(name.encode("ascii")) != 0:
+        raise ValueError(f"CRC32C implementation {name!r} is not available on this CPU")
+    CRC32C_IMPL = imgconv_crc32c_impl().decode("ascii")
+    return previous
 
 
 cdef inline uint32_t _load_u32le(const uint8_t *p) noexcept nogil:
@@ -108,31 +123,13 @@ def crc32c(const uint8_t[::1] data, uint32_t value=0):
     return value
 
 
-cdef inline uint32_t _header_crc(const uint8_t *rec) noexcept nogil:
-    return imgconv_crc32c(0, rec, CRC_OFFSET)
-
-
-cdef inline bint _copy_checked(const uint8_t *rec, uint8_t *dst, Py_ssize_t p) noexcept nogil:
-    """Copy one record's payload to dst; True when its checksum matches."""
-    cdef uint32_t crc = _header_crc(rec)
+cdef inline uint32_t _record_crc(const uint8_t *header, const uint8_t *payload,
+                                 uint8_t *dst, Py_ssize_t p) noexcept nogil:
+    """CRC32C of header bytes 0..27 then the payload, copying the payload to dst."""
+    cdef uint32_t crc = imgconv_crc32c(0, header, CRC_OFFSET)
     if p:
-        crc = imgconv_crc32c_copy(crc, rec + HEADER_SIZE, dst, p)
-    return crc == _load_u32le(rec + CRC_OFFSET)
-
-
-cdef inline void _copy_checked3(const uint8_t **recs, uint8_t **dsts, Py_ssize_t p,
-                                bint *ok) noexcept nogil:
-    """Three records at once (three independent CRC chains); ok[k] as in _copy_checked."""
-    cdef uint32_t crcs[3]
-    cdef const uint8_t *srcs[3]
-    cdef int k
-    for k in range(3):
-        crcs[k] = _header_crc(recs[k])
-        srcs[k] = recs[k] + HEADER_SIZE
-    if p:
-        imgconv_crc32c_copy3(crcs, srcs, dsts, p)
-    for k in range(3):
-        ok[k] = crcs[k] == _load_u32le(recs[k] + CRC_OFFSET)
+        crc = imgconv_crc32c_copy(crc, payload, dst, p)
+    return crc
 
 
 def pack_uniform(const uint8_t[:, ::1] headers, const uint8_t[:, ::1] payloads,
@@ -146,31 +143,16 @@ def pack_uniform(const uint8_t[:, ::1] headers, const uint8_t[:, ::1] payloads,
     cdef Py_ssize_t n = payloads.shape[0]
     cdef Py_ssize_t p = payloads.shape[1]
     cdef Py_ssize_t size = HEADER_SIZE + p
-    cdef Py_ssize_t i = 0
-    cdef int k, m
+    cdef Py_ssize_t i
     cdef uint8_t *rec
-    cdef uint32_t crcs[3]
-    cdef const uint8_t *srcs[3]
-    cdef uint8_t *dsts[3]
     if n == 0:
         return
     with nogil:
-        # Records in threes keep three checksum chains in flight.
-        while i < n:
-            m = 3 if i + 3 <= n else 1
-            for k in range(m):
-                rec = &out[(i + k) * size]
-                memcpy(rec, &headers[i + k, 0], CRC_OFFSET)
-                crcs[k] = _header_crc(rec)
-                srcs[k] = &payloads[i + k, 0] if p else NULL
-                dsts[k] = rec + HEADER_SIZE
-            if p and m == 3:
-                imgconv_crc32c_copy3(crcs, srcs, dsts, p)
-            elif p:
-                crcs[0] = imgconv_crc32c_copy(crcs[0], srcs[0], dsts[0], p)
-            for k in range(m):
-                _store_u32le(dsts[k] - HEADER_SIZE + CRC_OFFSET, crcs[k])
-            i += m
+        for i in range(n):
+            rec = &out[i * size]
+            memcpy(rec, &headers[i, 0], CRC_OFFSET)
+            _store_u32le(rec + CRC_OFFSET,
+                         _record_crc(rec, &payloads[i, 0] if p else NULL, rec + HEADER_SIZE, p))
 
 
 def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offsets,
@@ -191,15 +173,10 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
     cdef int64_t off, s
     cdef int status = ST_OK
     cdef const uint8_t *rec
+    cdef uint8_t *dst
     cdef const uint8_t[::1] view
     cdef const uint8_t **ptrs = NULL
     cdef Py_ssize_t *lens = NULL
-    # Records whose headers passed, waiting to be checksummed three at a time.
-    cdef const uint8_t *pend_rec[3]
-    cdef uint8_t *pend_dst[3]
-    cdef Py_ssize_t pend_idx[3]
-    cdef bint ok[3]
-    cdef int npend = 0
     if n == 0:
         return -1, ST_OK
     keep = []  # holds the buffer exports alive while the pointers are used
@@ -230,29 +207,12 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
                     status = ST_HEADER_MISMATCH
                     break
                 labels[i] = _load_i64le(rec + LABEL_OFFSET)
+                dst = &payloads[i, 0] if p else NULL
                 if not verify:
                     if p:
-                        memcpy(&payloads[i, 0], rec + HEADER_SIZE, p)
-                    continue
-                pend_rec[npend] = rec
-                pend_dst[npend] = &payloads[i, 0] if p else NULL
-                pend_idx[npend] = i
-                npend += 1
-                if npend == 3:
-                    _copy_checked3(pend_rec, pend_dst, p, ok)
-                    npend = 0
-                    for k in range(3):
-                        if not ok[k]:
-                            bad = pend_idx[k]
-                            status = ST_CRC_MISMATCH
-                            break
-                    if bad >= 0:
-                        break
-            # Records still pending come before any header failure found above,
-            # so a checksum failure among them is the first bad record.
-            for k in range(npend):
-                if not _copy_checked(pend_rec[k], pend_dst[k], p):
-                    bad = pend_idx[k]
+                        memcpy(dst, rec + HEADER_SIZE, p)
+                elif _record_crc(rec, rec + HEADER_SIZE, dst, p) != _load_u32le(rec + CRC_OFFSET):
+                    bad = i
                     status = ST_CRC_MISMATCH
                     break
     finally:

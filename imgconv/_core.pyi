@@ -10,6 +10,9 @@ HEADER_MISMATCH: int
 CRC_MISMATCH: int
 CRC32C_IMPL: str
 INTERLEAVE_IMPL: str
+CRC32C_IMPLS: tuple[str, ...]
+
+def select_crc32c(name: str) -> str: ...
 
 def chw_to_hwc_into(src: NDArray[np.uint8], dst: NDArray[np.uint8]) -> None: ...
 def crc32c(data: NDArray[np.uint8], value: int = ...) -> int: ...

@@ -146,3 +146,93 @@ def test_crc32c_rejects_bad_arguments(backend):
         crc32c(12345)
     with pytest.raises(ValueError):
         crc32c(b"x", 1 << 33)
+
+
+def _crc_implementations():
+    from imgconv import _core
+
+    names = []
+    for name in _core.CRC32C_IMPLS:
+        previous = _core.select_crc32c(_core.CRC32C_IMPL)
+        try:
+            _core.select_crc32c(name)
+            names.append(name)
+        except ValueError:
+            pass
+        finally:
+            _core.select_crc32c(previous)
+    return names
+
+
+@pytest.fixture(params=["pclmul", "sse4.2", "slice-by-8"])
+def crc_impl(request):
+    """Each compiled CRC32C code path this CPU can run, restored afterwards."""
+    from imgconv import _core
+
+    if request.param not in _crc_implementations():
+        pytest.skip(f"this CPU cannot run the {request.param} CRC32C path")
+    previous = _core.select_crc32c(request.param)
+    yield request.param
+    _core.select_crc32c(previous)
+
+
+def test_every_compiled_crc_path_agrees_with_the_reference(crc_impl):
+    from imgconv import _core, record
+
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 256, 5000, dtype=np.uint8)
+    for n in list(range(0, 200)) + [255, 256, 257, 1023, 3072, 3104, 4999]:
+        for start in (0, 1, 3):
+            if start + n <= data.size:
+                chunk = data[start : start + n]
+                assert _core.crc32c(chunk, 0x9ABCDEF0) == _pure._crc32c_bytes(chunk, 0x9ABCDEF0), (crc_impl, n, start)
+    images = rng.integers(0, 256, (7, 9, 11, 3), dtype=np.uint8)
+    headers = record._headers(7, ((9, 11, 3), 297), np.dtype(np.uint8), np.arange(7))
+    ours, theirs = np.empty(7 * 329, np.uint8), np.empty(7 * 329, np.uint8)
+    _core.pack_uniform(headers, images.reshape(7, -1), ours)
+    _pure.pack_uniform(headers, images.reshape(7, -1), theirs)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_unknown_crc_implementation_is_refused():
+    from imgconv import _core
+
+    with pytest.raises(ValueError, match="not available"):
+        _core.select_crc32c("quantum")
+
+
+def test_folding_constants_follow_from_the_polynomial():
+    """The PCLMULQDQ constants in ext/crc32c.h, derived again from CRC32C's polynomial."""
+    import pathlib
+    import re
+
+    def reflect(value, bits):
+        return int(f"{value:0{bits}b}"[::-1], 2)
+
+    def x_pow_mod(n, poly):
+        r = 1
+        for _ in range(n):
+            r <<= 1
+            if r >> 32 & 1:
+                r ^= poly
+        return r
+
+    def x_pow_div(n, poly):
+        q, r = 0, 1 << n
+        for i in range(n, 31, -1):
+            if r >> i & 1:
+                q |= 1 << (i - 32)
+                r ^= poly << (i - 32)
+        return q
+
+    poly = 0x11EDC6F41  # CRC32C, normal form with the x^32 term
+    k = [reflect(x_pow_mod(n, poly), 32) << 1 for n in (4 * 128 + 32, 4 * 128 - 32, 128 + 32, 128 - 32, 64)]
+    header = (pathlib.Path(__file__).parents[1] / "ext" / "crc32c.h").read_text()
+    found = {
+        name: (int(high, 16), int(low, 16))
+        for name, high, low in re.findall(r"const __m128i (\w+) = _mm_set_epi64x\((0x[0-9a-f]+), (0x[0-9a-f]+)\)", header)
+    }
+    assert found["k1k2"] == (k[1], k[0])
+    assert found["k3k4"] == (k[3], k[2])
+    assert found["k5k0"] == (0, k[4])
+    assert found["poly"] == (reflect(x_pow_div(64, poly), 33), reflect(poly, 33))
