@@ -85,7 +85,7 @@ def test_backends_write_identical_records():
     assert outputs[0] == outputs[1] and len(outputs[0]) > 0
 
 
-def test_kernel_benchmark_reports_every_kernel_with_ratios(tmp_path):
+def test_kernel_benchmark_reports_every_comparison(tmp_path):
     out = tmp_path / "kernels.json"
     done = subprocess.run(
         [sys.executable, "-m", "imgconv.bench.kernels", "--count", "300", "--repeat", "1", "--json", str(out)],
@@ -93,10 +93,10 @@ def test_kernel_benchmark_reports_every_kernel_with_ratios(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "chw_to_hwc" in done.stdout and "pickle" in done.stdout
-    rows = json.loads(out.read_text())["rows"]
-    assert {r["kernel"] for r in rows} == {"chw_to_hwc", "pack", "unpack", "checksum"}
-    assert all(r["seconds"] > 0 for r in rows)
-    assert all(r["speedup"] > 0 for r in rows if r["baseline"])
+    result = json.loads(out.read_text())
+    assert len(result["seconds"]) == 14 and all(s > 0 for s in result["seconds"].values())
+    assert [c["what"] for c in result["comparisons"]] == [c[0] for c in kernel_bench.COMPARISONS]
+    assert all(c["ratio"] > 0 for c in result["comparisons"])
 
 
 def test_kernel_benchmark_fails_on_wrong_pixels(monkeypatch):
