@@ -22,6 +22,9 @@ pixel. FORMAT.md is the full specification, including how versions evolve.
 (see ``imgconv.kernels``); ``unpack_record`` and ``read_header`` handle one
 record of any shape. Every malformed input raises :class:`RecordError`.
 """
+import functools
+import math
+import struct
 from collections import namedtuple
 
 import numpy as np
@@ -46,7 +49,10 @@ HEADER_DTYPE = np.dtype(
         ("crc", "<u4"),
     ]
 )
-assert HEADER_DTYPE.itemsize == HEADER_SIZE
+# The same layout for one header at a time: struct is ~10x quicker than a
+# structured-array view for a single record.
+_HEADER_STRUCT = struct.Struct("<4sBBHIIqII")
+assert HEADER_DTYPE.itemsize == HEADER_SIZE == _HEADER_STRUCT.size
 
 DTYPE_CODES = {1: np.dtype("u1"), 2: np.dtype("<u2"), 3: np.dtype("<f4")}
 _CODE_OF = {dtype: code for code, dtype in DTYPE_CODES.items()}
@@ -174,37 +180,36 @@ def read_header(buffer, offset=0):
     shape, and that the whole record fits in the buffer (the checksum is left
     to :func:`unpack_record`). Returns a :class:`RecordHeader`.
     """
-    data = kernels.as_bytes(buffer, "buffer")
-    if offset < 0 or data.size - offset < HEADER_SIZE:
+    return _read_header(kernels.as_bytes(buffer, "buffer"), offset)
+
+
+def _read_header(data, offset):
+    left = data.size - offset
+    if offset < 0 or left < HEADER_SIZE:
         raise RecordError(
-            f"truncated record at offset {offset}: {max(data.size - offset, 0)} bytes left, "
-            f"a header needs {HEADER_SIZE}"
+            f"truncated record at offset {offset}: {max(left, 0)} bytes left, a header needs {HEADER_SIZE}"
         )
-    h = data[offset : offset + HEADER_SIZE].view(HEADER_DTYPE)[0]
-    if h["magic"] != MAGIC:
-        raise RecordError(f"bad magic {bytes(h['magic'])!r} at offset {offset} (expected {MAGIC!r}): not an imgconv record")
-    if h["version"] != VERSION:
-        raise RecordError(
-            f"record at offset {offset} has format version {h['version']}; this imgconv reads version {VERSION}"
-        )
-    if h["dtype"] not in DTYPE_CODES:
-        raise RecordError(f"record at offset {offset} has unknown dtype code {h['dtype']}")
-    dtype = DTYPE_CODES[int(h["dtype"])]
-    height, width, channels = int(h["height"]), int(h["width"]), int(h["channels"])
+    magic, version, code, channels, height, width, label, length, crc = _HEADER_STRUCT.unpack_from(data, offset)
+    if magic != MAGIC:
+        raise RecordError(f"bad magic {magic!r} at offset {offset} (expected {MAGIC!r}): not an imgconv record")
+    if version != VERSION:
+        raise RecordError(f"record at offset {offset} has format version {version}; this imgconv reads version {VERSION}")
+    dtype = DTYPE_CODES.get(code)
+    if dtype is None:
+        raise RecordError(f"record at offset {offset} has unknown dtype code {code}")
     if min(height, width, channels) < 1:
         raise RecordError(f"record at offset {offset} has an empty shape {height}x{width}x{channels}")
-    length = int(h["length"])
-    if length != height * width * channels * dtype.itemsize:
+    expected = height * width * channels * dtype.itemsize
+    if length != expected:
         raise RecordError(
             f"record at offset {offset}: payload length {length} does not match "
-            f"{height}x{width}x{channels} {dtype} = {height * width * channels * dtype.itemsize} bytes"
+            f"{height}x{width}x{channels} {dtype} = {expected} bytes"
         )
-    if data.size - offset - HEADER_SIZE < length:
+    if left - HEADER_SIZE < length:
         raise RecordError(
-            f"truncated record at offset {offset}: payload needs {length} bytes, "
-            f"{data.size - offset - HEADER_SIZE} left"
+            f"truncated record at offset {offset}: payload needs {length} bytes, {left - HEADER_SIZE} left"
         )
-    return RecordHeader(VERSION, dtype, height, width, channels, int(h["label"]), length, int(h["crc"]))
+    return RecordHeader(version, dtype, height, width, channels, label, length, crc)
 
 
 def unpack_record(buffer, offset=0, *, verify=True):
@@ -213,13 +218,16 @@ def unpack_record(buffer, offset=0, *, verify=True):
     With ``verify`` (the default) the CRC32C is checked. Raises RecordError.
     """
     data = kernels.as_bytes(buffer, "buffer")
-    header = read_header(data, offset)
+    header = _read_header(data, offset)
     start = offset + HEADER_SIZE
     payload = data[start : start + header.length]
     if verify:
-        crc = kernels.crc32c(payload, kernels.crc32c(data[offset : offset + HEADER_SIZE - 4]))
+        impl = kernels.implementation()
+        crc = impl.crc32c(payload, impl.crc32c(data[offset : offset + HEADER_SIZE - 4], 0))
         if crc != header.crc:
-            raise RecordError(f"record at offset {offset}: checksum mismatch (stored {header.crc:#010x}, computed {crc:#010x})")
+            raise RecordError(
+                f"record at offset {offset}: checksum mismatch (stored {header.crc:#010x}, computed {crc:#010x})"
+            )
     image = payload.view(header.dtype).reshape(header.height, header.width, header.channels)
     return image.copy(), header.label
 
@@ -253,12 +261,15 @@ def _normalise_sources(records, offsets, sources):
 
 
 def _first_shape(buffers, sources, offsets):
-    header = read_header(buffers[int(sources[0])], int(offsets[0]))
+    header = _read_header(buffers[int(sources[0])], int(offsets[0]))
     return (header.height, header.width, header.channels), header.dtype
 
 
+@functools.lru_cache(maxsize=64)
 def _expected_header(shape, dtype):
-    return _headers(1, _image_shape(shape, "out"), dtype, np.zeros(1, np.int64))[0]
+    header = _headers(1, _image_shape(shape, "out"), dtype, np.zeros(1, np.int64))[0]
+    header.flags.writeable = False
+    return header
 
 
 def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=None, verify=True):
@@ -291,7 +302,7 @@ def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=
     elif labels_out.dtype != np.int64 or labels_out.shape != (n,) or not labels_out.flags.c_contiguous:
         raise ValueError(f"labels_out must be a contiguous int64 array of shape ({n},)")
     expected = _expected_header(out.shape[1:], out.dtype)
-    payloads = out.reshape(n, int(np.prod(out.shape[1:]))).view(np.uint8)
+    payloads = out.reshape(n, math.prod(out.shape[1:])).view(np.uint8)
     bad, status = kernels.implementation().unpack_records(
         buffers, sources, offsets, expected, payloads, labels_out, bool(verify)
     )
@@ -307,7 +318,7 @@ def _unpack_back_to_back(records, out, labels_out, verify):
         if out is None:
             raise ValueError("no records to unpack and no out array to take the shape from")
     else:
-        header = read_header(data, 0)
+        header = _read_header(data, 0)
         size = HEADER_SIZE + header.length
         n, rest = divmod(data.size, size)
         if rest:
@@ -340,7 +351,7 @@ def _describe(buffers, source, offset, index, status, shape, dtype):
         have = len(kernels.as_bytes(buffers[source]))
         return RecordError(f"{where}: truncated, a {size}-byte record does not fit in a buffer of {have} bytes")
     try:
-        header = read_header(buffers[source], offset)
+        header = _read_header(buffers[source], offset)
     except RecordError as exc:
         return RecordError(f"{where}: {exc}")
     found = (header.height, header.width, header.channels)
