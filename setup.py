@@ -1,11 +1,12 @@
 """Build the compiled core: ext/_core.pyx becomes the extension imgconv._core.
 
-Everything else (metadata, dependencies, extras) lives in pyproject.toml.
+Everything else (metadata, dependencies, extras) lives in pyproject.toml. The
+kernels take typed memoryviews, not the NumPy C API, so the build needs
+neither NumPy's headers nor NumPy itself.
 """
 import os
 import sys
 
-import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -26,10 +27,9 @@ def _compile_args():
 extension = Extension(
     "imgconv._core",
     sources=["ext/_core.pyx"],
-    include_dirs=["ext", numpy.get_include()],
+    include_dirs=["ext"],
     depends=["ext/crc32c.h", "ext/interleave.h"],
     extra_compile_args=_compile_args(),
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
 setup(

@@ -23,6 +23,7 @@ cdef extern from "interleave.h" nogil:
     void imgconv_interleave_init()
     void imgconv_interleave3(const uint8_t *src, uint8_t *dst, Py_ssize_t hw)
     const char *imgconv_interleave_impl()
+    int imgconv_interleave_select(const char *name)
 
 imgconv_crc32c_init()
 imgconv_interleave_init()
@@ -50,6 +51,21 @@ CRC_MISMATCH = ST_CRC_MISMATCH
 CRC32C_IMPL = imgconv_crc32c_impl().decode("ascii")
 INTERLEAVE_IMPL = imgconv_interleave_impl().decode("ascii")
 CRC32C_IMPLS = ("pclmul", "sse4.2", "slice-by-8")
+INTERLEAVE_IMPLS = ("ssse3", "plain")
+
+
+def select_interleave(name):
+    """Use the CHW->HWC shuffle ``name`` (one of INTERLEAVE_IMPLS) from now on.
+
+    For tests of every code path on one machine. Returns the name in use
+    before; ValueError when this CPU cannot run ``name``.
+    """
+    global INTERLEAVE_IMPL
+    previous = INTERLEAVE_IMPL
+    if imgconv_interleave_select(name.encode("ascii")) != 0:
+        raise ValueError(f"interleave implementation {name!r} is not available on this CPU")
+    INTERLEAVE_IMPL = imgconv_interleave_impl().decode("ascii")
+    return previous
 
 
 def select_crc32c(name):
@@ -106,6 +122,8 @@ def chw_to_hwc_into(const uint8_t[:, ::1] src, uint8_t[:, :, :, ::1] dst):
     cdef Py_ssize_t c = dst.shape[3]
     cdef Py_ssize_t row = hw * c
     cdef Py_ssize_t i
+    if src.shape[0] < n or src.shape[1] < row:
+        raise ValueError("chw_to_hwc_into: src is smaller than dst")
     if n == 0 or row == 0:
         return
     with nogil:
@@ -145,6 +163,8 @@ def pack_uniform(const uint8_t[:, ::1] headers, const uint8_t[:, ::1] payloads,
     cdef Py_ssize_t size = HEADER_SIZE + p
     cdef Py_ssize_t i
     cdef uint8_t *rec
+    if headers.shape[0] < n or headers.shape[1] < HEADER_SIZE or out.shape[0] < n * size:
+        raise ValueError("pack_uniform: headers or out is too small for the payloads")
     if n == 0:
         return
     with nogil:
@@ -177,6 +197,9 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
     cdef const uint8_t[::1] view
     cdef const uint8_t **ptrs = NULL
     cdef Py_ssize_t *lens = NULL
+    if (sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n
+            or expected.shape[0] < HEADER_SIZE):
+        raise ValueError("unpack_records: sources, offsets, labels or expected is too short")
     if n == 0:
         return -1, ST_OK
     keep = []  # holds the buffer exports alive while the pointers are used
@@ -196,7 +219,7 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
             for i in range(n):
                 s = sources[i]
                 off = offsets[i]
-                if off < 0 or off > lens[s] - size:
+                if s < 0 or s >= nbuf or off < 0 or off > lens[s] - size:
                     bad = i
                     status = ST_TRUNCATED
                     break

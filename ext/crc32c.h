@@ -24,7 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+/* x86-64 only: the 64-bit crc32 form does not exist on 32-bit x86. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define IMGCONV_X86_CRC 1
 #include <nmmintrin.h>
 #include <wmmintrin.h>

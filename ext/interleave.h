@@ -11,6 +11,13 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#if defined(_MSC_VER)
+#define IMGCONV_RESTRICT __restrict
+#else
+#define IMGCONV_RESTRICT restrict
+#endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define IMGCONV_X86_SHUFFLE 1
@@ -27,8 +34,8 @@ static void imgconv_interleave_init(void)
 #endif
 }
 
-static void imgconv_interleave3_plain(const uint8_t *restrict r, const uint8_t *restrict g,
-                                      const uint8_t *restrict b, uint8_t *restrict dst,
+static void imgconv_interleave3_plain(const uint8_t *IMGCONV_RESTRICT r, const uint8_t *IMGCONV_RESTRICT g,
+                                      const uint8_t *IMGCONV_RESTRICT b, uint8_t *IMGCONV_RESTRICT dst,
                                       ptrdiff_t start, ptrdiff_t hw)
 {
     for (ptrdiff_t p = start; p < hw; p++) {
@@ -40,8 +47,8 @@ static void imgconv_interleave3_plain(const uint8_t *restrict r, const uint8_t *
 
 #ifdef IMGCONV_X86_SHUFFLE
 __attribute__((target("ssse3")))
-static void imgconv_interleave3_ssse3(const uint8_t *restrict r, const uint8_t *restrict g,
-                                      const uint8_t *restrict b, uint8_t *restrict dst,
+static void imgconv_interleave3_ssse3(const uint8_t *IMGCONV_RESTRICT r, const uint8_t *IMGCONV_RESTRICT g,
+                                      const uint8_t *IMGCONV_RESTRICT b, uint8_t *IMGCONV_RESTRICT dst,
                                       ptrdiff_t hw)
 {
     /* Output block k (16 bytes) takes pixel bytes 16k..16k+15 of the 48-byte
@@ -84,6 +91,23 @@ static void imgconv_interleave3(const uint8_t *src, uint8_t *dst, ptrdiff_t hw)
     }
 #endif
     imgconv_interleave3_plain(src, src + hw, src + 2 * hw, dst, 0, hw);
+}
+
+/* Restricts the implementation to "ssse3" or "plain" (for tests of every path
+ * on one machine). Returns 0, or -1 when the CPU lacks it. */
+static int imgconv_interleave_select(const char *name)
+{
+    if (strcmp(name, "plain") == 0) {
+        imgconv_interleave_simd = 0;
+        return 0;
+    }
+#ifdef IMGCONV_X86_SHUFFLE
+    if (strcmp(name, "ssse3") == 0 && __builtin_cpu_supports("ssse3")) {
+        imgconv_interleave_simd = 1;
+        return 0;
+    }
+#endif
+    return -1;
 }
 
 static const char *imgconv_interleave_impl(void)

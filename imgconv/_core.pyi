@@ -11,6 +11,9 @@ CRC_MISMATCH: int
 CRC32C_IMPL: str
 INTERLEAVE_IMPL: str
 CRC32C_IMPLS: tuple[str, ...]
+INTERLEAVE_IMPLS: tuple[str, ...]
+
+def select_interleave(name: str) -> str: ...
 
 def select_crc32c(name: str) -> str: ...
 

@@ -41,7 +41,9 @@ _TABLE_LIST = [int(v) for v in _TABLE]
 def chw_to_hwc_into(src, dst):
     """Write rows of planes ``src`` (N, C*H*W) into images ``dst`` (N, H, W, C)."""
     n, h, w, c = dst.shape
-    dst[...] = src.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+    if src.shape[0] < n or src.shape[1] < h * w * c:
+        raise ValueError("chw_to_hwc_into: src is smaller than dst")
+    dst[...] = src[:n, : h * w * c].reshape(n, c, h, w).transpose(0, 2, 3, 1)
 
 
 def crc32c_rows(rows, crc=None):
@@ -108,6 +110,8 @@ def crc32c(data, value=0):
 def pack_uniform(headers, payloads, out):
     """Write N records of equal size back to back into ``out`` (see _core)."""
     n, p = payloads.shape
+    if headers.shape[0] < n or headers.shape[1] < _HEADER_SIZE or out.shape[0] < n * (_HEADER_SIZE + p):
+        raise ValueError("pack_uniform: headers or out is too small for the payloads")
     records = out[: n * (_HEADER_SIZE + p)].reshape(n, _HEADER_SIZE + p)
     records[:, :_CRC_OFFSET] = headers[:, :_CRC_OFFSET]
     records[:, _HEADER_SIZE:] = payloads
@@ -119,12 +123,17 @@ def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify
     """Gather N records of one shape from ``buffers`` (see _core); returns (index, status)."""
     n, p = payloads.shape
     size = _HEADER_SIZE + p
+    if sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n or expected.shape[0] < _HEADER_SIZE:
+        raise ValueError("unpack_records: sources, offsets, labels or expected is too short")
     if n == 0:
         return -1, OK
+    sources, offsets = sources[:n], offsets[:n]
     arrays = [np.frombuffer(b, dtype=np.uint8) for b in buffers]
     lengths = np.array([a.size for a in arrays], dtype=np.int64)
     status = np.full(n, OK, dtype=np.int64)
-    fits = (offsets >= 0) & (offsets <= lengths[sources] - size)
+    known = (sources >= 0) & (sources < len(arrays))
+    fits = known & (offsets >= 0) & (offsets <= lengths[np.where(known, sources, 0)] - size)
+    sources = np.where(known, sources, 0)
     status[~fits] = TRUNCATED
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     whole = np.concatenate(arrays) if arrays else np.zeros(0, np.uint8)

@@ -12,7 +12,8 @@ Environment switches, read once at import:
     a missing or broken compiled module is an error instead of a warning.
 
 ``BACKEND`` is ``"compiled"`` or ``"numpy"``; ``CRC32C_IMPL`` names the
-checksum code in use (``"sse4.2"``, ``"slice-by-8"`` or ``"numpy"``).
+checksum code in use (``"pclmul"``, ``"sse4.2"``, ``"slice-by-8"`` or
+``"numpy"``).
 
 The functions here check their arguments and raise ``TypeError`` or
 ``ValueError`` naming the problem; the kernels behind them do not.
@@ -91,8 +92,18 @@ def chw_to_hwc(rows, height=32, width=32, channels=3):
     """
     _require_uint8("rows", rows)
     height, width, channels = _check_image_shape(height, width, channels)
-    out = np.empty((rows.shape[0] if rows.ndim else 0, height, width, channels), np.uint8)
+    _check_rows(rows, height * width * channels, f"{height}x{width}x{channels}")
+    out = np.empty((rows.shape[0], height, width, channels), np.uint8)
     return chw_to_hwc_into(rows, out)
+
+
+def _check_rows(rows, row_bytes, shape_text):
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be 2-D (N, C*H*W), got shape {rows.shape}")
+    if rows.shape[1] != row_bytes:
+        raise ValueError(
+            f"row length {rows.shape[1]} does not match the image shape {shape_text} = {row_bytes} bytes"
+        )
 
 
 def chw_to_hwc_into(rows, out):
@@ -104,16 +115,10 @@ def chw_to_hwc_into(rows, out):
     """
     _require_uint8("rows", rows)
     _require_uint8("out", out)
-    if rows.ndim != 2:
-        raise ValueError(f"rows must be 2-D (N, C*H*W), got shape {rows.shape}")
     if out.ndim != 4:
         raise ValueError(f"out must be 4-D (N, H, W, C), got shape {out.shape}")
     n, height, width, channels = out.shape
-    if rows.shape[1] != height * width * channels:
-        raise ValueError(
-            f"row length {rows.shape[1]} does not match the image shape "
-            f"{height}x{width}x{channels} = {height * width * channels} bytes"
-        )
+    _check_rows(rows, height * width * channels, f"{height}x{width}x{channels}")
     if n != rows.shape[0]:
         kind = "too small" if n < rows.shape[0] else "too large"
         raise ValueError(f"out is {kind}: it holds {n} images, rows has {rows.shape[0]}")

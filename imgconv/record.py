@@ -100,7 +100,15 @@ def _image_shape(shape, where):
 
 
 def _labels_array(labels, n):
-    labels = np.asarray(labels)
+    try:
+        labels = np.asarray(labels)
+    except OverflowError:
+        raise ValueError("labels must fit in a signed 64-bit integer") from None
+    if labels.dtype == object:
+        try:
+            labels = labels.astype(np.int64)
+        except (OverflowError, TypeError, ValueError):
+            raise ValueError("labels must be integers that fit in a signed 64-bit integer") from None
     if labels.shape != (n,):
         raise ValueError(f"expected {n} labels, got an array of shape {labels.shape}")
     if labels.dtype.kind not in "iub":
@@ -108,6 +116,12 @@ def _labels_array(labels, n):
     if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
         raise ValueError("labels must fit in a signed 64-bit integer")
     return labels.astype(np.int64)
+
+
+def _payload_bytes(length, where):
+    if length > 0xFFFFFFFF:
+        raise ValueError(f"{where}: an image of {length} bytes exceeds the record limit of 4 GiB")
+    return length
 
 
 def _headers(n, shape, dtype, labels):
@@ -120,10 +134,7 @@ def _headers(n, shape, dtype, labels):
     headers["height"] = height
     headers["width"] = width
     headers["label"] = labels
-    length = payload * np.dtype(dtype).itemsize
-    if length > 0xFFFFFFFF:
-        raise ValueError(f"an image of {length} bytes exceeds the record limit of 4 GiB")
-    headers["length"] = length
+    headers["length"] = _payload_bytes(payload * np.dtype(dtype).itemsize, "images")
     return headers.view(np.uint8).reshape(n, HEADER_SIZE)
 
 
@@ -149,7 +160,8 @@ def pack_records(images, labels):
     labels = _labels_array(labels, len(images))
     pixels = [_pixels(image, f"image {i}") for i, image in enumerate(images)]
     shapes = [_image_shape(p.shape, f"image {i}") for i, p in enumerate(pixels)]
-    sizes = [HEADER_SIZE + n * p.dtype.itemsize for (_, n), p in zip(shapes, pixels)]
+    sizes = [HEADER_SIZE + _payload_bytes(n * p.dtype.itemsize, f"image {i}")
+             for i, ((_, n), p) in enumerate(zip(shapes, pixels))]
     offsets = np.zeros(len(images) + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     buffer = np.empty(int(offsets[-1]), np.uint8)
@@ -167,7 +179,7 @@ def _pack_uniform(images, labels):
     pixels = _pixels(images, "images")
     shape = _image_shape(pixels.shape[1:], "images")
     headers = _headers(n, shape, pixels.dtype, _labels_array(labels, n))
-    size = HEADER_SIZE + shape[1] * pixels.dtype.itemsize
+    size = HEADER_SIZE + _payload_bytes(shape[1] * pixels.dtype.itemsize, "images")
     buffer = np.empty(n * size, np.uint8)
     kernels.implementation().pack_uniform(headers, pixels.reshape(n, shape[1]).view(np.uint8), buffer)
     return PackedRecords(buffer, np.arange(n + 1, dtype=np.int64) * size)
@@ -184,8 +196,10 @@ def read_header(buffer, offset=0):
 
 
 def _read_header(data, offset):
+    if offset < 0:
+        raise RecordError(f"record offset {offset} is negative")
     left = data.size - offset
-    if offset < 0 or left < HEADER_SIZE:
+    if left < HEADER_SIZE:
         raise RecordError(
             f"truncated record at offset {offset}: {max(left, 0)} bytes left, a header needs {HEADER_SIZE}"
         )
@@ -232,6 +246,15 @@ def unpack_record(buffer, offset=0, *, verify=True):
     return image.copy(), header.label
 
 
+def _index_array(values, name):
+    array = np.asarray(values)
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {array.dtype}")
+    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in a signed 64-bit integer")
+    return np.ascontiguousarray(array, np.int64).reshape(-1)
+
+
 def _normalise_sources(records, offsets, sources):
     """(buffers, sources, offsets) for the gather kernel from the caller's forms."""
     if isinstance(records, PackedRecords):
@@ -246,12 +269,12 @@ def _normalise_sources(records, offsets, sources):
             if sources is not None:
                 raise ValueError("sources needs offsets")
             return buffers, np.arange(len(buffers), dtype=np.int64), np.zeros(len(buffers), np.int64)
-        offsets = np.ascontiguousarray(offsets, np.int64).reshape(-1)
+        offsets = _index_array(offsets, "offsets")
         if sources is None:
             if len(buffers) != 1:
                 raise ValueError("with several buffers and offsets, sources must say which buffer each record is in")
             sources = np.zeros(offsets.size, np.int64)
-        sources = np.ascontiguousarray(sources, np.int64).reshape(-1)
+        sources = _index_array(sources, "sources")
         if sources.shape != offsets.shape:
             raise ValueError(f"sources has {sources.size} entries, offsets {offsets.size}")
         if sources.size and (sources.min() < 0 or sources.max() >= len(buffers)):
@@ -283,8 +306,10 @@ def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=
 
     ``out`` (N, H, W, C) and ``labels_out`` (N,) int64 are filled when given,
     else allocated with the shape of the first record. ``verify=False`` skips
-    the checksum (headers and bounds are still checked). Returns
-    ``(images, labels)``. Raises RecordError naming the first bad record.
+    the checksum (headers and bounds are still checked). ``out`` and
+    ``labels_out`` must not overlap the input. Returns ``(images, labels)``.
+    Raises RecordError naming the first bad record; after it, the contents of
+    ``out`` and ``labels_out`` are unspecified.
     """
     if offsets is None and not isinstance(records, (list, tuple, PackedRecords)):
         return _unpack_back_to_back(records, out, labels_out, verify)
@@ -299,8 +324,9 @@ def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=
         _check_out(out, n)
     if labels_out is None:
         labels_out = np.empty(n, np.int64)
-    elif labels_out.dtype != np.int64 or labels_out.shape != (n,) or not labels_out.flags.c_contiguous:
-        raise ValueError(f"labels_out must be a contiguous int64 array of shape ({n},)")
+    else:
+        _check_labels_out(labels_out, n)
+    _check_no_overlap(buffers, out, labels_out)
     expected = _expected_header(out.shape[1:], out.dtype)
     payloads = out.reshape(n, math.prod(out.shape[1:])).view(np.uint8)
     bad, status = kernels.implementation().unpack_records(
@@ -316,7 +342,7 @@ def _unpack_back_to_back(records, out, labels_out, verify):
     if data.size == 0:
         n, size = 0, HEADER_SIZE
         if out is None:
-            raise ValueError("no records to unpack and no out array to take the shape from")
+            raise RecordError("empty buffer: there are no records to unpack")
     else:
         header = _read_header(data, 0)
         size = HEADER_SIZE + header.length
@@ -327,6 +353,22 @@ def _unpack_back_to_back(records, out, labels_out, verify):
                 f"({n} records and {rest} bytes left over)"
             )
     return unpack_records([data], np.arange(n, dtype=np.int64) * size, out=out, labels_out=labels_out, verify=verify)
+
+
+def _check_labels_out(labels_out, n):
+    if (not isinstance(labels_out, np.ndarray) or labels_out.dtype != np.int64 or labels_out.shape != (n,)
+            or not labels_out.flags.c_contiguous or not labels_out.flags.writeable):
+        raise ValueError(f"labels_out must be a writeable contiguous int64 array of shape ({n},)")
+
+
+def _check_no_overlap(buffers, out, labels_out):
+    # The compiled kernel copies record by record: an output overlapping the
+    # input would overwrite records before they are read.
+    if np.may_share_memory(out, labels_out):
+        raise ValueError("out and labels_out must not overlap")
+    for i, buffer in enumerate(buffers):
+        if np.may_share_memory(buffer, out) or np.may_share_memory(buffer, labels_out):
+            raise ValueError(f"out and labels_out must not overlap the input buffer {i}")
 
 
 def _check_out(out, n):
@@ -346,15 +388,16 @@ def _describe(buffers, source, offset, index, status, shape, dtype):
     impl = kernels.implementation()
     if status == impl.CRC_MISMATCH:
         return RecordError(f"{where}: checksum mismatch, the record is corrupt")
-    if status == impl.TRUNCATED:
-        size = record_size(shape, dtype)
-        have = len(kernels.as_bytes(buffers[source]))
-        return RecordError(f"{where}: truncated, a {size}-byte record does not fit in a buffer of {have} bytes")
     try:
         header = _read_header(buffers[source], offset)
     except RecordError as exc:
+        # FORMAT.md's order: what the header says wrong comes before "truncated".
         return RecordError(f"{where}: {exc}")
     found = (header.height, header.width, header.channels)
+    if status == impl.TRUNCATED and found == tuple(shape) and header.dtype == np.dtype(dtype):
+        size = record_size(shape, dtype)
+        have = buffers[source].size
+        return RecordError(f"{where}: truncated, a {size}-byte record does not fit in a buffer of {have} bytes")
     return RecordError(
         f"{where}: image is {'x'.join(map(str, found))} {header.dtype}, "
         f"the batch is {'x'.join(map(str, shape))} {np.dtype(dtype)}; use unpack_record for mixed shapes"

@@ -100,6 +100,30 @@ def test_bad_out_raises_clear_errors(backend, out, match):
         chw_to_hwc_into(rows, out)
 
 
+def test_flat_batch_is_refused_before_allocating(backend):
+    with pytest.raises(ValueError, match="2-D"):
+        chw_to_hwc(np.zeros(3072 * 10000, np.uint8))
+
+
+@pytest.mark.parametrize("name", ["ssse3", "plain"])
+def test_every_compiled_interleave_path_agrees_with_the_reference(name):
+    _core = pytest.importorskip("imgconv._core")
+    previous = _core.select_interleave(_core.INTERLEAVE_IMPL)
+    try:
+        try:
+            _core.select_interleave(name)
+        except ValueError:
+            pytest.skip(f"this CPU cannot run the {name} path")
+        rng = np.random.default_rng(8)
+        for h, w in [(32, 32), (1, 1), (5, 3), (4, 4), (7, 9), (1, 47), (17, 16)]:
+            rows = rng.integers(0, 256, (3, 3 * h * w), dtype=np.uint8)
+            got = np.empty((3, h, w, 3), np.uint8)
+            _core.chw_to_hwc_into(rows, got)
+            np.testing.assert_array_equal(got, _reference_hwc(rows, h, w, 3), err_msg=f"{name} {h}x{w}")
+    finally:
+        _core.select_interleave(previous)
+
+
 def test_read_only_or_overlapping_out_is_refused(backend):
     rows = np.zeros((2, 3072), np.uint8)
     out = np.zeros((2, 32, 32, 3), np.uint8)

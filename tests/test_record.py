@@ -253,14 +253,109 @@ def test_first_bad_record_is_reported_whatever_kind(backend):
         unpack_records(records)
 
 
-def test_out_of_range_offsets_and_sources(backend):
+@pytest.mark.parametrize("offset, match", [(-1, "negative"), (1, "bad magic"), (56, "truncated"), (2**62, "truncated")])
+def test_out_of_range_offsets_are_named(backend, offset, match):
     data = bytes(_one_record())
-    out = np.empty((1, 2, 4, 3), np.uint8)
-    for offset in (-1, 1, len(data), 2**62):
-        with pytest.raises(RecordError, match="truncated"):
-            unpack_records([data], [offset], out=out)
-    with pytest.raises(ValueError, match="sources must index"):
-        unpack_records([data], [0], sources=[1], out=out)
+    with pytest.raises(RecordError, match=match):
+        unpack_records([data], [offset], out=np.empty((1, 2, 4, 3), np.uint8))
+
+
+@pytest.mark.parametrize("offset", [-1, -(2**62), -(2**63), 1, 55, 56, 2**62, 2**63 - 1])
+@pytest.mark.parametrize("source", [0, 1, -1, 2**40])
+def test_kernels_refuse_records_outside_their_buffer(offset, source):
+    """Called directly, both kernels report a record that does not fit, reading nothing outside."""
+    from imgconv import record
+
+    data = np.frombuffer(bytes(_one_record()), np.uint8)
+    expected = record._expected_header((2, 4, 3), np.uint8)
+    for impl in (_pure, _compiled_or_skip()):
+        out = np.zeros((1, 24), np.uint8)
+        labels = np.zeros(1, np.int64)
+        got = impl.unpack_records([data], np.array([source], np.int64), np.array([offset], np.int64),
+                                  expected, out, labels, True)
+        assert got == (0, impl.TRUNCATED), (impl.__name__, offset, source)
+        assert not out.any() and not labels.any()
+
+
+def _compiled_or_skip():
+    try:
+        from imgconv import _core
+    except ImportError:
+        pytest.skip("compiled core not built")
+    return _core
+
+
+def test_kernels_check_argument_sizes():
+    from imgconv import record
+
+    headers = record._headers(2, ((1, 1, 3), 3), np.dtype(np.uint8), np.arange(2))
+    payloads = np.zeros((2, 3), np.uint8)
+    expected = record._expected_header((1, 1, 3), np.uint8)
+    for impl in (_pure, _compiled_or_skip()):
+        with pytest.raises(ValueError, match="too small"):
+            impl.pack_uniform(headers, payloads, np.zeros(2 * 35 - 1, np.uint8))
+        with pytest.raises(ValueError, match="too small"):
+            impl.pack_uniform(headers[:1], payloads, np.zeros(70, np.uint8))
+        with pytest.raises(ValueError, match="too short"):
+            impl.unpack_records([b""], np.zeros(1, np.int64), np.zeros(2, np.int64), expected,
+                                payloads, np.zeros(2, np.int64), True)
+        with pytest.raises(ValueError, match="smaller"):
+            impl.chw_to_hwc_into(np.zeros((1, 12), np.uint8), np.zeros((2, 2, 2, 3), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("magic", b"PKL\x02"), ("version", 2), ("dtype", 2), ("channels", 1), ("length", 25), ("width", 3)],
+)
+@pytest.mark.parametrize("verify", [True, False])
+def test_header_mismatch_is_caught_in_the_kernel(backend, field, value, verify):
+    """With ``out`` given the header is checked by the gather kernel itself, not the Python pre-check."""
+    data = _one_record()
+    header = np.frombuffer(data, HEADER_DTYPE, count=1).copy()
+    header[field] = value
+    data[:HEADER_SIZE] = header.tobytes()
+    good = bytes(_one_record())
+    with pytest.raises(RecordError, match=r"record 1 \(buffer 1"):
+        unpack_records([good, bytes(data)], out=np.empty((2, 2, 4, 3), np.uint8), verify=verify)
+
+
+def test_outputs_overlapping_the_input_are_refused(backend):
+    packed = pack_records(np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3), [1, 2])
+    aliased = packed.buffer[: 2 * 12].reshape(2, 2, 2, 3)
+    with pytest.raises(ValueError, match="overlap the input"):
+        unpack_records(packed, out=aliased)
+    with pytest.raises(ValueError, match="overlap the input"):
+        unpack_records(packed, labels_out=packed.buffer[:16].view(np.int64))
+    both = np.zeros(64, np.uint8)
+    with pytest.raises(ValueError, match="must not overlap"):
+        unpack_records(packed, out=both[:24].reshape(2, 2, 2, 3), labels_out=both[8:24].view(np.int64))
+
+
+def test_bad_labels_out_is_refused_clearly(backend):
+    packed = pack_records(np.zeros((2, 1, 1, 3), np.uint8), [1, 2])
+    frozen = np.zeros(2, np.int64)
+    frozen.flags.writeable = False
+    for labels_out in (frozen, [0, 0], np.zeros(3, np.int64)):
+        with pytest.raises(ValueError, match="labels_out must be a writeable contiguous int64"):
+            unpack_records(packed, labels_out=labels_out)
+
+
+def test_offsets_must_be_integers(backend):
+    data = bytes(_one_record())
+    with pytest.raises(TypeError, match="offsets must be integers"):
+        unpack_records([data], [0.0])
+
+
+def test_empty_buffer_is_a_record_error(backend):
+    with pytest.raises(RecordError, match="empty buffer"):
+        unpack_records(b"")
+
+
+def test_unrepresentable_labels(backend):
+    with pytest.raises(ValueError, match="64-bit"):
+        pack_records(np.zeros((2, 1, 1, 1), np.uint8), [2**64, 0])
+    with pytest.raises(ValueError, match="64-bit"):
+        pack_records(np.zeros((1, 1, 1, 1), np.uint8), np.array([2**63], np.uint64))
 
 
 @pytest.mark.parametrize(
