@@ -1,8 +1,18 @@
 """imgconv: store image datasets once as PNG folders, LMDB or HDF5, and read them fast."""
 from ._version import __version__
-from .errors import ExtensionMissingError, ImgconvError, RecordError
+from .errors import (
+    ExtensionMissingError,
+    ImgconvError,
+    RecordError,
+    SourceError,
+    StoreError,
+    UnknownFormatError,
+    UnsafePickleError,
+)
 from .kernels import BACKEND, chw_to_hwc, chw_to_hwc_into, crc32c
 from .record import PackedRecords, pack_records, read_header, unpack_record, unpack_records
+from .sample import generate_sample, write_sample
+from .sources import SkippedImageWarning, Source, open_source
 
 __all__ = [
     "BACKEND",
@@ -10,12 +20,21 @@ __all__ = [
     "ImgconvError",
     "PackedRecords",
     "RecordError",
+    "SkippedImageWarning",
+    "Source",
+    "SourceError",
+    "StoreError",
+    "UnknownFormatError",
+    "UnsafePickleError",
     "__version__",
     "chw_to_hwc",
     "chw_to_hwc_into",
     "crc32c",
+    "generate_sample",
+    "open_source",
     "pack_records",
     "read_header",
     "unpack_record",
     "unpack_records",
+    "write_sample",
 ]

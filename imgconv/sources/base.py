@@ -1,0 +1,229 @@
+"""What every source is: a dataset read as a stream of ``(images, labels)`` batches.
+
+A source holds a path and options, never open files or pixel data, so it
+pickles in a few bytes (or, for an image folder, its list of file names) and
+can be sent to a worker process, which opens the files it needs there. Files
+open lazily, on the first batch.
+
+Batches are ``(images, labels)``: ``images`` a C-contiguous uint8 array
+(B, H, W, C), with C = 1 for grayscale, or a list of B (H, W, C) uint8 arrays
+when the images differ in size; ``labels`` an int64 array (B,), -1 where an
+image has no label. ``batches(batch_size, start, stop)`` covers image indices
+``start <= i < stop`` in order, every batch holding ``batch_size`` images but
+the last, so workers can split a dataset by index ranges. ``take(indices)``
+reads scattered images (a shuffled conversion) as one batch, in the order
+asked.
+"""
+import abc
+import warnings
+from collections import namedtuple
+
+import numpy as np
+
+from ..errors import SourceError
+
+SkippedFile = namedtuple("SkippedFile", "path reason")
+SkippedFile.__doc__ = "A file a source skipped under ``on_error='skip'``: its path and why."
+
+ON_ERROR = ("fail", "skip")
+
+
+class SkippedImageWarning(UserWarning):
+    """Issued when a source skipped unreadable files under ``on_error='skip'``; the message names them."""
+
+
+class Source(abc.ABC):
+    """Abstract base of every reader.
+
+    Subclasses set ``description`` and implement :meth:`batches` and the
+    ``length``, ``shape`` and ``label_names`` properties (computed lazily when
+    costly); they may override ``_gather`` to make :meth:`take` read each
+    file once. Attributes named in ``_TRANSIENT`` (open files, caches) are left
+    out when the source is pickled.
+    """
+
+    _TRANSIENT = ()
+
+    @property
+    @abc.abstractmethod
+    def description(self):
+        """One line saying what is read: kind, path, selection and size."""
+
+    @property
+    @abc.abstractmethod
+    def length(self):
+        """Number of images, or None when it cannot be known in advance."""
+
+    @property
+    @abc.abstractmethod
+    def shape(self):
+        """(H, W, C) shared by every image, or None when the sizes vary."""
+
+    @property
+    def label_names(self):
+        """Class names indexed by label, or None when the dataset has none."""
+        return None
+
+    @abc.abstractmethod
+    def batches(self, batch_size, start=0, stop=None):
+        """Yield ``(images, labels)`` for images ``start <= i < stop`` (``stop=None``: to the end).
+
+        Every batch holds ``batch_size`` images except the last. Raises
+        ValueError for a bad batch size or range and SourceError for data that
+        cannot be read.
+        """
+
+    def take(self, indices):
+        """The images at ``indices`` (any order, repeats allowed) and their labels, as one batch.
+
+        Returns ``(images, labels)`` in the order asked, like a batch from
+        :meth:`batches`; a shuffled conversion reads its tasks this way. Each
+        file is read once per call, however scattered the indices. Under
+        ``on_error="skip"`` (folders) images that cannot be read are left
+        out. Raises ValueError for an index out of range and SourceError for
+        unreadable data.
+        """
+        indices = self._check_indices(indices)
+        if indices.size == 0:
+            shape = self.shape
+            return (np.empty((0, *shape), np.uint8) if shape is not None else []), np.zeros(0, np.int64)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        images, labels, kept = self._gather(unique)
+        # Position of each kept unique index among the images _gather returned.
+        position = np.cumsum(kept) - 1
+        wanted = position[inverse[kept[inverse]]]
+        if isinstance(images, np.ndarray):
+            return np.ascontiguousarray(images[wanted]), labels[wanted]
+        return [images[i] for i in wanted], labels[wanted]
+
+    def _gather(self, unique):
+        """Read the images at the sorted, distinct ``unique`` indices.
+
+        Returns ``(images, labels, kept)``, ``kept`` a bool array over
+        ``unique`` marking the images returned (all, unless a source skips
+        bad files, which must then override this). This default reads each
+        run of consecutive indices with :meth:`batches`.
+        """
+        runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1) if unique.size else []
+        parts = [batch for run in runs for batch in self.batches(run.size, int(run[0]), int(run[-1]) + 1)]
+        return _join(parts), _join_labels(parts), np.ones(unique.size, bool)
+
+    def _check_indices(self, indices):
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+            raise ValueError(f"indices must be a 1-D sequence of integers, got {indices.dtype} of shape {indices.shape}")
+        indices = indices.astype(np.int64)
+        length = self.length
+        if indices.size and (indices.min() < 0 or (length is not None and indices.max() >= length)):
+            bad = indices[(indices < 0) | (indices >= (length if length is not None else np.inf))][0]
+            raise ValueError(f"index {bad} is outside 0..{length - 1} of {self.description}")
+        return indices
+
+    def __len__(self):
+        length = self.length
+        if length is None:
+            raise TypeError(f"the number of images of {self.description} is not known in advance")
+        return length
+
+    def __repr__(self):
+        return f"<{type(self).__name__}: {self.description}>"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in self._TRANSIENT:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name in self._TRANSIENT:
+            self.__dict__.setdefault(name, None)
+
+    def _check_range(self, batch_size, start, stop):
+        """Validate the arguments of :meth:`batches`; returns ``(start, stop)`` with stop resolved."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        length = self.length
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        if stop is None:
+            if length is None:
+                raise ValueError(f"stop is required: the length of {self.description} is unknown")
+            stop = length
+        if isinstance(stop, bool) or not isinstance(stop, (int, np.integer)) or stop < start:
+            raise ValueError(f"stop must be an integer >= start ({start}), got {stop!r}")
+        if length is not None and stop > length:
+            raise ValueError(f"stop {stop} is past the end of {self.description}")
+        return int(start), int(stop)
+
+
+def _join(parts):
+    """Concatenate the image parts of batches: one array, or one list when the shapes vary."""
+    images = [p[0] for p in parts]
+    if images and all(isinstance(i, np.ndarray) for i in images):
+        return np.concatenate(images)
+    return [image for part in images for image in part]
+
+
+def _join_labels(parts):
+    return np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+
+
+def check_choice(name, value, choices):
+    """Raise SourceError unless ``value`` is one of ``choices`` (option validation)."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise SourceError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def plan_segments(counts, start, stop, batch_size):
+    """Split images ``start..stop`` of parts holding ``counts`` images into batches.
+
+    Yields, per batch, ``(size, segments)`` with ``segments`` a list of
+    ``(part, lo, hi, offset)``: images ``lo..hi`` of part ``part`` go to rows
+    ``offset..offset + hi - lo`` of the batch. Parts are files (CIFAR
+    batches, NumPy arrays) read one after another as one index space.
+    """
+    bounds = np.concatenate([[0], np.cumsum(np.asarray(counts, np.int64))])
+    for first in range(start, stop, batch_size):
+        last = min(first + batch_size, stop)
+        segments = []
+        part = int(np.searchsorted(bounds, first, side="right")) - 1
+        position = first
+        while position < last:
+            part_end = int(bounds[part + 1])
+            hi = min(last, part_end)
+            if hi > position:
+                base = int(bounds[part])
+                segments.append((part, position - base, hi - base, position - first))
+            position = max(position, hi)
+            part += 1
+        yield last - first, segments
+
+
+def group_by_part(counts, unique):
+    """Group sorted, distinct image indices by the part (of ``counts`` images each) holding them.
+
+    Yields ``(part, out, local)``: ``local`` the indices within the part, and
+    ``out`` the slice of ``unique`` they came from (contiguous, as ``unique``
+    is sorted).
+    """
+    bounds = np.concatenate([[0], np.cumsum(np.asarray(counts, np.int64))])
+    parts = np.searchsorted(bounds, unique, side="right") - 1
+    for part in np.unique(parts):
+        where = np.flatnonzero(parts == part)
+        yield int(part), slice(int(where[0]), int(where[-1]) + 1), unique[where] - bounds[part]
+
+
+def warn_skipped(skipped, description):
+    """Issue one SkippedImageWarning naming the files in ``skipped`` (a list of SkippedFile)."""
+    if not skipped:
+        return
+    shown = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:10])
+    more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    warnings.warn(
+        f"{description}: skipped {len(skipped)} unreadable file(s): {shown}{more}",
+        SkippedImageWarning,
+        stacklevel=3,
+    )

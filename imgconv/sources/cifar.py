@@ -1,0 +1,524 @@
+"""CIFAR-10 and CIFAR-100 in their official layouts, python and binary.
+
+Four layouts, each readable from its extracted directory, from the directory
+holding that one, or straight from the official ``.tar.gz`` (or any tar
+archive ``tarfile`` opens) without extracting it:
+
+================  =====================  ==========================================
+layout            directory              batches (train / test), label names
+================  =====================  ==========================================
+CIFAR-10 python   cifar-10-batches-py    data_batch_1..5 / test_batch, batches.meta
+CIFAR-100 python  cifar-100-python       train / test, meta (fine and coarse)
+CIFAR-10 binary   cifar-10-batches-bin   data_batch_1..5.bin / test_batch.bin,
+                                         batches.meta.txt
+CIFAR-100 binary  cifar-100-binary       train.bin / test.bin,
+                                         fine_label_names.txt, coarse_label_names.txt
+================  =====================  ==========================================
+
+Python batches are pickled dicts (``data``: uint8 (N, 3072) rows of colour
+planes, ``labels`` or ``fine_labels``/``coarse_labels``), loaded with the
+restricted unpickler of :mod:`imgconv.sources.safe_pickle`. Binary batches are
+records of label bytes (CIFAR-10: label; CIFAR-100: coarse, fine) and 3072
+pixel bytes, read with no pickle at all, only the records a batch needs. Rows
+become (32, 32, 3) images through :func:`imgconv.chw_to_hwc_into`.
+
+Images are numbered in the official order: the training batches in order,
+then the test batch (``split="all"``).
+"""
+import os
+import tarfile
+import zlib
+from collections import namedtuple
+
+import numpy as np
+
+from .. import kernels
+from ..errors import SourceError
+from .base import Source, check_choice, group_by_part, plan_segments
+from .safe_pickle import load_pickle
+
+HEIGHT, WIDTH, CHANNELS = 32, 32, 3
+ROW_BYTES = HEIGHT * WIDTH * CHANNELS
+SPLITS = ("train", "test", "all")
+LABEL_KINDS = ("fine", "coarse")
+
+Layout = namedtuple("Layout", "name dirname archive kind classes train test meta label_bytes")
+Layout.__doc__ = """One official CIFAR layout.
+
+``name`` says what it is ("CIFAR-10 python"); ``kind`` is "python" or "binary"; ``train``/``test`` the batch file names;
+``meta`` the label-name file(s); ``label_bytes`` the label bytes before each
+binary record (0 for python batches); ``classes`` the number of (fine) classes.
+"""
+
+LAYOUTS = (
+    Layout(
+        "CIFAR-10 python", "cifar-10-batches-py", "cifar-10-python.tar.gz", "python", 10,
+        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), ("batches.meta",), 0,
+    ),
+    Layout(
+        "CIFAR-100 python", "cifar-100-python", "cifar-100-python.tar.gz", "python", 100,
+        ("train",), ("test",), ("meta",), 0,
+    ),
+    Layout(
+        "CIFAR-10 binary", "cifar-10-batches-bin", "cifar-10-binary.tar.gz", "binary", 10,
+        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), ("batches.meta.txt",), 1,
+    ),
+    Layout(
+        "CIFAR-100 binary", "cifar-100-binary", "cifar-100-binary.tar.gz", "binary", 100,
+        ("train.bin",), ("test.bin",), ("fine_label_names.txt", "coarse_label_names.txt"), 2,
+    ),
+)
+
+_COARSE_CLASSES = 20
+
+
+def _is_cifar100(layout):
+    return layout.classes == 100
+
+
+# --- where the files are: a directory or a tar archive -----------------------
+
+
+class _Directory:
+    """Batch files in a directory on disk."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def where(self, name):
+        return os.path.join(self.path, name)
+
+    def has(self, name):
+        return os.path.isfile(self.where(name))
+
+    def size(self, name):
+        return os.path.getsize(self.where(name))
+
+    def open(self, name):
+        return open(self.where(name), "rb")
+
+    def read_range(self, name, offset, size):
+        """Up to ``size`` bytes of ``name`` from ``offset``: only those are read."""
+        with self.open(name) as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def each(self, names):
+        """Yield ``(name, open file)`` for those of ``names`` that are there."""
+        for name in names:
+            if self.has(name):
+                with self.open(name) as f:
+                    yield name, f
+
+    def close(self):
+        pass
+
+
+class _Archive:
+    """Batch files inside a tar archive (gzip or not), read member by member without extracting.
+
+    The member index (names, offsets, sizes) is built by one pass over the
+    archive and travels with the source when it is pickled; the open archive
+    and the member in memory do not.
+    """
+
+    def __init__(self, path, prefix):
+        self.path = path
+        self.prefix = prefix
+        self.members = None
+        self._tar = None
+        self._member = None
+
+    def __getstate__(self):
+        return {"path": self.path, "prefix": self.prefix, "members": self.members, "_tar": None, "_member": None}
+
+    def where(self, name):
+        return f"{self.path}:{self.prefix}/{name}"
+
+    def _index(self):
+        if self.members is None:
+            for _ in self.each(()):
+                pass
+        return self.members
+
+    def each(self, names):
+        """Yield ``(name, open member)`` for those of ``names`` in the archive, in archive order.
+
+        One streaming pass, which also builds the member index.
+        """
+        members = {}
+        try:
+            with tarfile.open(self.path, "r|*") as tar:
+                for info in tar:
+                    if info.isfile() and info.name.startswith(self.prefix + "/"):
+                        name = info.name[len(self.prefix) + 1 :]
+                        members[name] = info
+                        if name in names:
+                            yield name, tar.extractfile(info)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise SourceError(f"{self.path}: cannot read the tar archive ({exc})") from None
+        self.members = members
+
+    def has(self, name):
+        return name in self._index()
+
+    def size(self, name):
+        return self._index()[name].size
+
+    def open(self, name):
+        info = self._index()[name]
+        if self._tar is None:
+            try:
+                self._tar = tarfile.open(self.path, "r:*")
+            except (tarfile.TarError, OSError) as exc:
+                raise SourceError(f"{self.path}: cannot open the tar archive ({exc})") from None
+        return self._tar.extractfile(info)
+
+    def read_range(self, name, offset, size):
+        """Up to ``size`` bytes of member ``name`` from ``offset``.
+
+        The whole member is read once and kept until another is asked for:
+        seeking inside a gzip stream restarts it from the beginning whenever
+        it goes backwards, which small reads ahead would make it do.
+        """
+        if self._member is None or self._member[0] != name:
+            self._member = None
+            with self.open(name) as f:
+                self._member = (name, memoryview(f.read()))
+        return self._member[1][offset : offset + size]
+
+    def close(self):
+        self._member = None
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+
+def _read_exactly(container, name, offset, size):
+    where = container.where(name)
+    try:
+        data = container.read_range(name, offset, size)
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        raise SourceError(f"{where}: cannot read ({exc})") from None
+    if len(data) != size:
+        raise SourceError(f"{where}: truncated, {offset + len(data)} bytes where {offset + size} were expected")
+    return data
+
+
+# --- the two batch formats ---------------------------------------------------
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _str_keys(obj, where):
+    if not isinstance(obj, dict):
+        raise SourceError(f"{where}: holds a {type(obj).__name__}, not the dict of a CIFAR batch")
+    return {_text(key): value for key, value in obj.items()}
+
+
+def _labels_array(values, n, classes, where, key):
+    try:
+        labels = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"{where}: {key} is not a list of integers ({exc})") from None
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise SourceError(f"{where}: {key} must be a flat list of integers, got {labels.dtype} of shape {labels.shape}")
+    if labels.shape[0] != n:
+        raise SourceError(f"{where}: the arrays disagree in length: {n} images but {labels.shape[0]} {key}")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels[(labels < 0) | (labels >= classes)][0]
+        raise SourceError(f"{where}: {key} holds {bad}, outside 0..{classes - 1}")
+    return labels
+
+
+def _python_batch(container, name, layout, label_kind):
+    """Load one pickled batch: returns ``(rows (N, 3072) uint8, labels (N,) int64)``."""
+    try:
+        with container.open(name) as f:
+            return _parse_python_batch(f, container.where(name), layout, label_kind)
+    except (OSError, tarfile.TarError, zlib.error) as exc:
+        raise SourceError(f"{container.where(name)}: cannot read ({exc})") from None
+
+
+def _parse_python_batch(f, where, layout, label_kind):
+    batch = _str_keys(load_pickle(f, where), where)
+    key = f"{label_kind}_labels" if _is_cifar100(layout) else "labels"
+    missing = [k for k in ("data", key) if k not in batch]
+    if missing:
+        keys = ", ".join(sorted(batch))
+        raise SourceError(f"{where}: not a {layout.name} batch: no {' or '.join(missing)} (keys: {keys})")
+    rows = batch["data"]
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != ROW_BYTES:
+        got = f"{rows.dtype} array of shape {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
+        raise SourceError(f"{where}: data must be a uint8 array (N, {ROW_BYTES}), got {got}")
+    classes = layout.classes if label_kind == "fine" else _COARSE_CLASSES
+    return rows, _labels_array(batch[key], rows.shape[0], classes, where, key)
+
+
+def _binary_record_size(layout):
+    return layout.label_bytes + ROW_BYTES
+
+
+def _binary_count(container, name, layout):
+    size, record = container.size(name), _binary_record_size(layout)
+    where = container.where(name)
+    if size == 0:
+        raise SourceError(f"{where}: empty file (0 bytes), a batch holds {record}-byte records")
+    count, rest = divmod(size, record)
+    if rest:
+        raise SourceError(
+            f"{where}: truncated or not a {layout.name} batch: {size} bytes is {count} records of "
+            f"{record} bytes and {rest} bytes left over"
+        )
+    return count
+
+
+def _binary_records(container, name, layout, label_kind, lo, hi):
+    """Read records ``lo..hi`` of a binary batch: ``(rows (n, 3072) uint8, labels (n,) int64)``."""
+    record = _binary_record_size(layout)
+    data = _read_exactly(container, name, lo * record, (hi - lo) * record)
+    records = np.frombuffer(data, np.uint8).reshape(hi - lo, record)
+    if _is_cifar100(layout):
+        column, classes = (1, layout.classes) if label_kind == "fine" else (0, _COARSE_CLASSES)
+    else:
+        column, classes = 0, layout.classes
+    key = f"{label_kind} label" if _is_cifar100(layout) else "label"
+    labels = _labels_array(records[:, column], hi - lo, classes, container.where(name), key)
+    return records[:, layout.label_bytes :], labels
+
+
+def _label_names(container, layout, label_kind):
+    """Label names from the layout's meta file, or None when the file is absent."""
+    if layout.kind == "binary":
+        name = f"{label_kind}_label_names.txt" if _is_cifar100(layout) else layout.meta[0]
+        if not container.has(name):
+            return None
+        data = _read_exactly(container, name, 0, container.size(name))
+        return [line.strip() for line in bytes(data).decode("utf-8", "replace").splitlines() if line.strip()]
+    name = layout.meta[0]
+    if not container.has(name):
+        return None
+    where = container.where(name)
+    try:
+        with container.open(name) as f:
+            meta = _str_keys(load_pickle(f, where), where)
+    except (OSError, tarfile.TarError) as exc:
+        raise SourceError(f"{where}: cannot read ({exc})") from None
+    key = f"{label_kind}_label_names" if _is_cifar100(layout) else "label_names"
+    if not isinstance(meta.get(key), (list, tuple)):
+        raise SourceError(f"{where}: no list {key} (keys: {', '.join(sorted(meta))})")
+    return [_text(n) for n in meta[key]]
+
+
+# --- finding a layout at a path ----------------------------------------------
+
+
+def _layout_in_directory(path):
+    """The layout whose batch files are in ``path``, or None."""
+    for layout in LAYOUTS:
+        names = layout.train + layout.test
+        if any(os.path.isfile(os.path.join(path, n)) for n in names):
+            # CIFAR-100's "train"/"test" are common names: its meta file must be there too.
+            if layout.kind == "python" and _is_cifar100(layout) and not os.path.isfile(os.path.join(path, "meta")):
+                continue
+            return layout
+    return None
+
+
+def _archive_prefix(path):
+    """Top directory of the tar archive at ``path`` (from its first member), or None if not a tar."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+    if first is None:
+        return ""
+    return first.name.lstrip("./").split("/")[0]
+
+
+def detect(path):
+    """``(layout, container)`` for CIFAR batches at ``path``, None when there are none.
+
+    ``path`` may be the batch directory, a directory holding exactly one of the
+    official batch directories, or a tar archive of one. Raises SourceError for
+    a directory holding several layouts, or a tar archive of something else.
+    """
+    if os.path.isdir(path):
+        layout = _layout_in_directory(path)
+        if layout is not None:
+            return layout, _Directory(path)
+        found = [
+            (layout, os.path.join(path, layout.dirname))
+            for layout in LAYOUTS
+            if os.path.isdir(os.path.join(path, layout.dirname))
+            and _layout_in_directory(os.path.join(path, layout.dirname)) == layout
+        ]
+        if len(found) > 1:
+            listed = ", ".join(p for _, p in found)
+            raise SourceError(f"directory {path} holds several CIFAR layouts ({listed}); open the one to read")
+        return (found[0][0], _Directory(found[0][1])) if found else None
+    if os.path.isfile(path) and tarfile.is_tarfile(path):
+        prefix = _archive_prefix(path)
+        for layout in LAYOUTS:
+            if prefix == layout.dirname:
+                return layout, _Archive(path, prefix)
+        known = ", ".join(l.archive for l in LAYOUTS)
+        raise SourceError(
+            f"{path} is a tar archive of {prefix or 'nothing'!r}, not one of the CIFAR archives ({known}); "
+            "extract it and open the directory"
+        )
+    return None
+
+
+def is_cifar(path):
+    """True when ``path`` holds CIFAR batches :func:`detect` recognises (SourceError as detect)."""
+    return detect(path) is not None
+
+
+class CifarSource(Source):
+    """CIFAR-10 or CIFAR-100, python or binary, from a directory or a tar archive.
+
+    Arguments: ``path`` (batch directory, its parent, or the archive);
+    ``split`` "train" (default), "test" or "all" (train then test);
+    ``label_kind`` "fine" (default) or "coarse", CIFAR-100 only.
+
+    Batches are uint8 (B, 32, 32, 3) arrays with int64 labels. The number of
+    images is known from the file sizes for binary batches and by loading each
+    batch once for python ones (done on first need, and kept when the source
+    is pickled, so workers do not count again). Raises SourceError for a
+    missing, truncated or inconsistent batch, UnsafePickleError for a pickle
+    that asks for code.
+    """
+
+    _TRANSIENT = ("_cache",)
+
+    def __init__(self, path, *, split="train", label_kind="fine"):
+        self.path = os.fspath(path)
+        found = detect(self.path)
+        if found is None:
+            looked = ", ".join(layout.dirname for layout in LAYOUTS)
+            raise SourceError(f"{self.path}: no CIFAR batches found (looked for {looked})")
+        self.layout, self.container = found
+        self.split = check_choice("split", split, SPLITS)
+        self.label_kind = check_choice("label_kind", label_kind, LABEL_KINDS)
+        if label_kind != "fine" and not _is_cifar100(self.layout):
+            raise SourceError(f"label_kind={label_kind!r} applies to CIFAR-100; {self.path} holds CIFAR-10")
+        self._counts = None
+        self._label_names = None
+        self._cache = None
+
+    def _batch_names(self):
+        names = {"train": self.layout.train, "test": self.layout.test}.get(self.split)
+        return names if names is not None else self.layout.train + self.layout.test
+
+    def _plan(self):
+        """Count the images of each selected batch (once), checking that every batch is there."""
+        if self._counts is None:
+            names = self._batch_names()
+            if self.layout.kind == "binary":
+                self._require(names, [n for n in names if not self.container.has(n)])
+                counts = [_binary_count(self.container, n, self.layout) for n in names]
+            else:
+                counts = self._count_python(names)
+            self._label_names = _label_names(self.container, self.layout, self.label_kind)
+            self._counts = counts
+            self.container.close()
+        return self._counts
+
+    def _require(self, names, missing):
+        if missing:
+            expected = ", ".join(self.layout.train + self.layout.test)
+            raise SourceError(
+                f"{self.container.where(missing[0])}: missing; {self.layout.name} batches for split "
+                f"{self.split!r} need {', '.join(names)} (the full set: {expected})"
+            )
+
+    def _count_python(self, names):
+        # One pass in archive order: a tar.gz is read once, not once per batch.
+        found = {}
+        try:
+            for name, f in self.container.each(names):
+                rows, _ = _parse_python_batch(f, self.container.where(name), self.layout, self.label_kind)
+                found[name] = rows.shape[0]
+        except (OSError, tarfile.TarError, zlib.error) as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from None
+        self._require(names, [n for n in names if n not in found])
+        return [found[n] for n in names]
+
+    def _python_rows(self, index, name):
+        if self._cache is None or self._cache[0] != index:
+            self._cache = None  # let the previous batch go before loading the next
+            self._cache = (index, *_python_batch(self.container, name, self.layout, self.label_kind))
+        return self._cache[1:]
+
+    @property
+    def description(self):
+        kind = f", {self.label_kind} labels" if _is_cifar100(self.layout) else ""
+        return f"{self.layout.name} batches at {self.container.path} ({self.split}{kind}, {self.length} images)"
+
+    @property
+    def length(self):
+        return int(sum(self._plan()))
+
+    @property
+    def shape(self):
+        return (HEIGHT, WIDTH, CHANNELS)
+
+    @property
+    def label_names(self):
+        self._plan()
+        return self._label_names
+
+    def batches(self, batch_size, start=0, stop=None):
+        """Yield uint8 (B, 32, 32, 3) images and int64 (B,) labels for images ``start..stop``.
+
+        See :meth:`Source.batches`. Raises SourceError for unreadable batches.
+        """
+        start, stop = self._check_range(batch_size, start, stop)
+        return self._iterate(batch_size, start, stop)
+
+    def _iterate(self, batch_size, start, stop):
+        names = self._batch_names()
+        try:
+            for size, segments in plan_segments(self._plan(), start, stop, batch_size):
+                images = np.empty((size, HEIGHT, WIDTH, CHANNELS), np.uint8)
+                labels = np.empty(size, np.int64)
+                for part, lo, hi, offset in segments:
+                    rows, part_labels = self._segment(part, names[part], lo, hi)
+                    kernels.chw_to_hwc_into(rows, images[offset : offset + hi - lo])
+                    labels[offset : offset + hi - lo] = part_labels
+                yield images, labels
+        finally:
+            self._cache = None
+            self.container.close()
+
+    def _gather(self, unique):
+        # Indices are sorted, so each batch file is read once, for the span its indices cover.
+        names = self._batch_names()
+        images = np.empty((unique.size, HEIGHT, WIDTH, CHANNELS), np.uint8)
+        labels = np.empty(unique.size, np.int64)
+        try:
+            for part, out, local in group_by_part(self._plan(), unique):
+                lo, hi = int(local[0]), int(local[-1]) + 1
+                rows, part_labels = self._segment(part, names[part], lo, hi)
+                kernels.chw_to_hwc_into(np.ascontiguousarray(rows[local - lo]), images[out])
+                labels[out] = part_labels[local - lo]
+        finally:
+            self._cache = None
+            self.container.close()
+        return images, labels, np.ones(unique.size, bool)
+
+    def _segment(self, part, name, lo, hi):
+        if self.layout.kind == "binary":
+            return _binary_records(self.container, name, self.layout, self.label_kind, lo, hi)
+        rows, labels = self._python_rows(part, name)
+        if hi > rows.shape[0]:
+            raise SourceError(
+                f"{self.container.where(name)}: holds {rows.shape[0]} images now, "
+                f"{self._counts[part]} when first counted"
+            )
+        return rows[lo:hi], labels[lo:hi]

@@ -1,0 +1,422 @@
+"""A directory tree of images, any format Pillow decodes.
+
+Two layouts, chosen from what is there:
+
+- **class per subfolder** (torchvision's ImageFolder): ``root/cat/1.png``,
+  ``root/dog/a/2.jpg``; the label is the index of the top-level folder among
+  the sorted folder names (hidden ones, starting with ".", are ignored);
+  images anywhere below a class folder belong to it.
+- **flat**: images anywhere below ``root`` with no class folders, label -1;
+  or, with ``labels_csv``, labels from a CSV file whose first column names the
+  image (its path relative to ``root``, with or without the extension) and
+  whose second column holds its label: integers as they are, or class names,
+  numbered in sorted order. A first row naming no image is a header.
+
+The scan (file names and labels) happens when the source is made and travels
+with it to worker processes, so every process sees the same numbering.
+Decoding happens in :meth:`FolderSource.batches`, in whichever process runs it.
+
+Every image becomes ``mode``: "RGB" (default), "L" or "RGBA". Deliberate
+choices on the way: the EXIF orientation is applied (photos come out upright,
+as viewers show them); palette images are expanded (to RGBA when they have a
+transparent colour); 16-bit grayscale is scaled to 8 bits (``>> 8``), not
+clipped; for "RGB" and "L", transparency is composited over white rather than
+dropped; multi-frame files (GIF, TIFF) give their first frame.
+
+Sizes stay as they are unless ``resize=(W, H)`` is given, with
+``resize_policy`` "stretch" (resize to exactly W x H) or "crop" (scale the
+shorter side to fit, then cut the centre), both bicubic. Without ``resize``,
+:attr:`FolderSource.shape` reads every file's header once to learn whether
+all images share one size; batches are then arrays, otherwise lists.
+
+Bad images (corrupt, truncated, empty, not an image): ``on_error="fail"``
+(default) raises SourceError naming the first; ``on_error="skip"`` leaves them
+out of the batches (which are then shorter, even empty: the k-th batch
+always covers indices ``start + k * batch_size`` onwards), appends a
+:class:`~imgconv.sources.base.SkippedFile` to ``source.skipped`` and, when a
+``batches`` iteration ends, issues one
+:class:`~imgconv.sources.base.SkippedImageWarning` naming the files skipped
+during it.
+"""
+import csv
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import SourceError
+from .base import ON_ERROR, SkippedFile, Source, check_choice, warn_skipped
+
+MODES = {"RGB": 3, "L": 1, "RGBA": 4}
+RESIZE_POLICIES = ("stretch", "crop")
+
+# Pillow registers these extensions, but only as stubs or through external
+# programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.
+_NOT_IMAGES = {".h5", ".hdf", ".bufr", ".grib", ".eps", ".ps", ".mpeg", ".mpg", ".wmf", ".emf", ".fit", ".fits"}
+
+_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+_WHITE = (255, 255, 255, 255)
+
+
+def image_extensions():
+    """The lower-case file extensions (".png", ...) of the formats Pillow can decode here."""
+    Image.init()
+    return frozenset(
+        ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and ext not in _NOT_IMAGES
+    )
+
+
+def _is_image(name, extensions):
+    return os.path.splitext(name)[1].lower() in extensions and not name.startswith(".")
+
+
+def _walk(directory):
+    """Yield ``(folder, sorted file names)`` below ``directory``, in sorted order.
+
+    Hidden folders are skipped; symbolic links are followed, each real
+    folder once, so a link loop cannot trap the walk.
+    """
+    seen = set()
+    for top, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield top, sorted(files)
+
+
+def _walk_images(directory, extensions):
+    """Relative paths (with "/") of the images below ``directory``, sorted."""
+    found = []
+    for top, files in _walk(directory):
+        relative = os.path.relpath(top, directory)
+        for name in files:
+            if _is_image(name, extensions):
+                found.append(name if relative == "." else f"{relative}/{name}".replace(os.sep, "/"))
+    return found
+
+
+def _top_level(root, extensions):
+    """(class folder names, image file names) directly in ``root``."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(f"{root}: cannot list the directory ({exc.strerror})") from None
+    folders = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    images = [e.name for e in entries if e.is_file() and _is_image(e.name, extensions)]
+    return folders, images
+
+
+def scan_folder(root, labels_csv=None):
+    """Find the images below ``root`` and their labels.
+
+    Returns ``(files, labels, label_names, layout)``: relative paths, an int64
+    array, the class names or None, and "classes" or "flat". Raises
+    SourceError for a folder with no images, a top level mixing images and
+    class folders, or a CSV that does not match the images.
+    """
+    extensions = image_extensions()
+    folders, top_images = _top_level(root, extensions)
+    if labels_csv is not None:
+        files = _walk_images(root, extensions)
+        if not files:
+            raise SourceError(f"directory {root} holds no images")
+        labels, names = _csv_labels(os.fspath(labels_csv), files)
+        return files, labels, names, "flat"
+    per_class = [_walk_images(os.path.join(root, f), extensions) for f in folders]
+    if not any(per_class):
+        if not top_images:
+            raise SourceError(f"directory {root} holds no images")
+        return top_images, np.full(len(top_images), -1, np.int64), None, "flat"
+    if top_images:
+        with_images = [f for f, found in zip(folders, per_class) if found]
+        raise SourceError(
+            f"directory {root} mixes images at its top level ({', '.join(top_images[:3])}"
+            f"{', ...' if len(top_images) > 3 else ''}) with class folders ({', '.join(with_images[:3])}"
+            f"{', ...' if len(with_images) > 3 else ''}); move the images into a class folder, "
+            "or pass labels_csv to read the whole tree as one flat set"
+        )
+    files = [f"{folder}/{name}" for folder, found in zip(folders, per_class) for name in found]
+    labels = np.repeat(np.arange(len(folders), dtype=np.int64), [len(found) for found in per_class])
+    return files, labels, folders, "classes"
+
+
+def _csv_rows(csv_path):
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            return [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SourceError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
+
+
+def _csv_labels(csv_path, files):
+    """Labels of ``files`` from the CSV at ``csv_path``: ``(int64 array, names or None)``."""
+    rows = _csv_rows(csv_path)
+    index = {}
+    for i, name in enumerate(files):
+        index.setdefault(name, i)
+        index.setdefault(os.path.splitext(name)[0], i)
+    if rows and rows[0][0].strip() not in index:
+        rows = rows[1:]  # a header
+    found = {}
+    for number, row in enumerate(rows, 1):
+        if len(row) < 2:
+            raise SourceError(f"{csv_path}: row {number} has {len(row)} column(s); expected image,label")
+        key, value = row[0].strip().replace("\\", "/"), row[1].strip()
+        if key not in index:
+            raise SourceError(f"{csv_path}: row {number} names {key!r}, which is not an image in the folder")
+        i = index[key]
+        if found.get(i, value) != value:
+            raise SourceError(f"{csv_path}: {files[i]} has two labels, {found[i]!r} and {value!r}")
+        found[i] = value
+    missing = [files[i] for i in range(len(files)) if i not in found]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise SourceError(f"{csv_path}: {len(missing)} image(s) have no label row: {shown}")
+    values = [found[i] for i in range(len(files))]
+    try:
+        return np.array([int(v) for v in values], np.int64), None
+    except ValueError:
+        names = sorted(set(values))
+        number = {name: i for i, name in enumerate(names)}
+        return np.array([number[v] for v in values], np.int64), names
+
+
+# --- decoding ----------------------------------------------------------------
+
+
+def _sixteen_to_eight(im):
+    pixels = np.asarray(im)
+    if im.mode == "F":
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+    return Image.fromarray((np.clip(pixels.astype(np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
+
+
+def to_mode(im, mode):
+    """Convert a Pillow image to ``mode`` ("RGB", "L", "RGBA") the way the module docstring says."""
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _sixteen_to_eight(im)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if mode == "RGBA":
+        return im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, _WHITE), im.convert("RGBA"))
+    return im.convert(mode)
+
+
+def _orientation(im):
+    try:
+        return int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block is no reason to lose the picture
+        return 1
+
+
+def decode_image(path, mode="RGB", resize=None, resize_policy="stretch"):
+    """Decode the image file at ``path`` into a C-contiguous uint8 (H, W, C) array.
+
+    Applies the EXIF orientation, converts to ``mode`` and resizes as the
+    module docstring says. Raises SourceError naming the file and the problem.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if _orientation(im) != 1:
+                im = ImageOps.exif_transpose(im)
+            im = to_mode(im, mode)
+            if resize is not None and im.size != tuple(resize):
+                if resize_policy == "crop":
+                    im = ImageOps.fit(im, tuple(resize), Image.Resampling.BICUBIC)
+                else:
+                    im = im.resize(tuple(resize), Image.Resampling.BICUBIC)
+            pixels = np.asarray(im, np.uint8)
+    except SourceError:
+        raise
+    except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError...) for bad files
+        raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return np.ascontiguousarray(pixels)
+
+
+def _describe_failure(path, exc):
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError as err:
+        return f"cannot read ({err.strerror})"
+    return f"cannot decode the image ({type(exc).__name__}: {exc})"
+
+
+def _header_size(path):
+    """(W, H) of the image at ``path`` as it will be decoded (EXIF rotation applied)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if _orientation(im) in _SWAPS_AXES:
+                width, height = height, width
+    except Exception as exc:  # see decode_image
+        raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
+    return width, height
+
+
+def _check_resize(resize):
+    if resize is None:
+        return None
+    try:
+        width, height = (int(v) for v in resize)
+    except (TypeError, ValueError):
+        raise SourceError(f"resize must be (width, height), got {resize!r}") from None
+    if width < 1 or height < 1:
+        raise SourceError(f"resize must be two positive integers, got {resize!r}")
+    return width, height
+
+
+def detect(path):
+    """True when ``path`` is a directory with at least one image file somewhere below it."""
+    if not os.path.isdir(path):
+        return False
+    extensions = image_extensions()
+    return any(_is_image(name, extensions) for _top, files in _walk(path) for name in files)
+
+
+class FolderSource(Source):
+    """Images in a directory tree, class-per-subfolder or flat (see the module docstring).
+
+    Arguments: ``path``; ``mode`` "RGB" (default), "L" or "RGBA"; ``resize``
+    (W, H) or None; ``resize_policy`` "stretch" (default) or "crop";
+    ``on_error`` "fail" (default) or "skip"; ``labels_csv`` a CSV of labels
+    for a flat folder. ``length`` counts the image files found; with
+    ``on_error="skip"`` the batches may hold fewer. ``skipped`` lists the
+    files this process skipped. Raises SourceError for a folder with no
+    images, bad options, or (under "fail") a bad image.
+    """
+
+    _TRANSIENT = ("_files",)
+
+    def __init__(self, path, *, mode="RGB", resize=None, resize_policy="stretch", on_error="fail", labels_csv=None):
+        self.path = os.fspath(path)
+        self.mode = check_choice("mode", mode, tuple(MODES))
+        self.resize = _check_resize(resize)
+        self.resize_policy = check_choice("resize_policy", resize_policy, RESIZE_POLICIES)
+        self.on_error = check_choice("on_error", on_error, ON_ERROR)
+        self.labels_csv = None if labels_csv is None else os.fspath(labels_csv)
+        if not os.path.isdir(self.path):
+            raise SourceError(f"{self.path}: not a directory")
+        files, self.labels, self.names, self.layout = scan_folder(self.path, self.labels_csv)
+        # One string pickles far faster and smaller than a million small ones.
+        self._joined = "\0".join(files)
+        self._files = files
+        self._shape = None if self.resize is None else (self.resize[1], self.resize[0], MODES[self.mode])
+        self._probed = self.resize is not None
+        self.skipped = []
+
+    def _file_list(self):
+        if self._files is None:
+            self._files = self._joined.split("\0")
+        return self._files
+
+    @property
+    def description(self):
+        if self.layout == "classes":
+            labels = f"{len(self.names)} classes"
+        elif self.labels_csv:
+            labels = f"flat, labels from {self.labels_csv}"
+        else:
+            labels = "flat, unlabelled"
+        size = f", resized to {self.resize[0]}x{self.resize[1]} ({self.resize_policy})" if self.resize else ""
+        return f"image folder {self.path} ({labels}, {self.length} images, {self.mode}{size})"
+
+    @property
+    def length(self):
+        return len(self.labels)
+
+    @property
+    def label_names(self):
+        return self.names
+
+    @property
+    def shape(self):
+        """(H, W, C) when every image has that size (read from the file headers once), else None."""
+        if not self._probed:
+            self._shape = self._probe_shape()
+            self._probed = True
+        return self._shape
+
+    def _probe_shape(self):
+        sizes = set()
+        for name in self._file_list():
+            path = os.path.join(self.path, name)
+            try:
+                sizes.add(_header_size(path))
+            except SourceError as exc:
+                self._fail_or_skip(path, exc)
+            if len(sizes) > 1:
+                return None
+        if not sizes:
+            return None
+        (width, height), = sizes
+        return height, width, MODES[self.mode]
+
+    def _fail_or_skip(self, path, exc):
+        """Raise ``exc`` under "fail"; under "skip" record the file (once) and return its SkippedFile."""
+        if self.on_error == "fail":
+            raise exc
+        message = str(exc)
+        skipped = SkippedFile(path, message[len(path) + 2 :] if message.startswith(path + ": ") else message)
+        if all(s.path != path for s in self.skipped):
+            self.skipped.append(skipped)
+        return skipped
+
+    def batches(self, batch_size, start=0, stop=None):
+        """Decode images ``start..stop`` and yield them with their int64 labels.
+
+        Images are one uint8 (B, H, W, C) array when :attr:`shape` is known,
+        else a list of (H, W, C) arrays. See :meth:`Source.batches` and the
+        module docstring for ``on_error``.
+        """
+        start, stop = self._check_range(batch_size, start, stop)
+        shape = self.shape
+        return self._iterate(batch_size, start, stop, shape)
+
+    def _iterate(self, batch_size, start, stop, shape):
+        skipped = []
+        try:
+            for first in range(start, stop, batch_size):
+                # Every batch covers its index range, even when all of it was skipped (then empty).
+                yield self._decode_indices(range(first, min(first + batch_size, stop)), shape, skipped)[:2]
+        finally:
+            warn_skipped(skipped, self.description)
+
+    def _gather(self, unique):
+        skipped = []
+        try:
+            return self._decode_indices(unique, self.shape, skipped)
+        finally:
+            warn_skipped(skipped, self.description)
+
+    def _decode_indices(self, indices, shape, skipped):
+        """Decode the images at ``indices``: ``(images, labels, kept)``, appending skips to ``skipped``."""
+        files = self._file_list()
+        images, kept = [], np.zeros(len(indices), bool)
+        for k, i in enumerate(indices):
+            path = os.path.join(self.path, files[i])
+            try:
+                image = decode_image(path, self.mode, self.resize, self.resize_policy)
+                if shape is not None and image.shape != shape:
+                    raise SourceError(
+                        f"{path}: decoded as {'x'.join(map(str, image.shape))}, "
+                        f"the folder's images are {'x'.join(map(str, shape))}"
+                    )
+            except SourceError as exc:
+                skipped.append(self._fail_or_skip(path, exc))
+                continue
+            images.append(image)
+            kept[k] = True
+        labels = self.labels[np.asarray(indices, np.int64)[kept]]
+        if shape is not None:
+            return (np.stack(images) if images else np.empty((0, *shape), np.uint8)), labels, kept
+        return images, labels, kept

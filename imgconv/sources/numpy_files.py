@@ -1,0 +1,340 @@
+"""NumPy files: a ``.npy`` array of images, or a ``.npz`` with images and labels.
+
+Images are uint8 (N, H, W, C), or (N, H, W) read as one channel. They are
+memory-mapped, never read whole: a ``.npy`` directly, a ``.npz`` member saved
+with ``np.savez`` (stored) through its offset inside the zip. A member of
+``np.savez_compressed`` cannot be mapped; its rows are decompressed as the
+batches ask for them. Labels (one int per image, small) are read whole.
+
+Which arrays of a ``.npz``: ``images_key`` and ``labels_key`` name them;
+without them the first present of these is used, by ``split``:
+
+=========  =======================================  =======================================
+split      images                                   labels (optional: -1 when absent)
+=========  =======================================  =======================================
+train      images, x, x_train, data, arr_0          labels, y, y_train, targets, arr_1
+test       x_test, images_test, test_images         y_test, labels_test, test_labels
+all        train then test, both required
+=========  =======================================  =======================================
+
+A string array ``label_names`` in the ``.npz``, when present, gives the class
+names. A ``.npy`` has no labels (-1).
+"""
+import os
+import struct
+import zipfile
+from collections import namedtuple
+
+import numpy as np
+
+from ..errors import SourceError
+from .base import Source, check_choice, group_by_part, plan_segments
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+IMAGE_KEYS = {
+    "train": ("images", "x", "x_train", "data", "arr_0"),
+    "test": ("x_test", "images_test", "test_images"),
+}
+LABEL_KEYS = {
+    "train": ("labels", "y", "y_train", "targets", "arr_1"),
+    "test": ("y_test", "labels_test", "test_labels"),
+}
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+
+ArrayRef = namedtuple("ArrayRef", "path member offset shape dtype fortran stored")
+ArrayRef.__doc__ = """Where an array's data lies: ``member`` of the zip at ``path`` (None for a .npy),
+``offset`` of the data (in the file when ``stored``, else in the decompressed member),
+and its ``shape``, ``dtype`` and ``fortran`` order from the .npy header."""
+
+
+def _read_npy_header(f, where):
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise SourceError(f"{where}: not a readable .npy array ({exc})") from None
+    return shape, fortran, dtype, f.tell()
+
+
+def _npy_ref(path):
+    """ArrayRef of a .npy file, checking that its data is all there."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise SourceError(f"{path}: empty file (0 bytes), not a .npy array")
+    with open(path, "rb") as f:
+        shape, fortran, dtype, offset = _read_npy_header(f, path)
+    _check_size(path, shape, dtype, size - offset)
+    return ArrayRef(path, None, offset, shape, dtype, fortran, True)
+
+
+def _check_size(where, shape, dtype, available):
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if available < needed:
+        raise SourceError(
+            f"{where}: truncated, the header says {shape} {dtype} = {needed} bytes of data, "
+            f"the file holds {available}"
+        )
+
+
+def _zip_ref(path, archive, member):
+    """ArrayRef of member ``member`` (an ``.npy`` name) of the open zip ``archive``."""
+    info = archive.getinfo(member)
+    where = f"{path}:{member}"
+    try:
+        with archive.open(info) as f:
+            shape, fortran, dtype, header = _read_npy_header(f, where)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise SourceError(f"{where}: cannot read ({exc})") from None
+    _check_size(where, shape, dtype, info.file_size - header)
+    stored = info.compress_type == zipfile.ZIP_STORED
+    offset = header
+    if stored:
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            signature, name_length, extra_length = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
+        if signature != ZIP_MAGIC:
+            raise SourceError(f"{where}: corrupt zip, no local header at offset {info.header_offset}")
+        offset = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + header
+    return ArrayRef(path, member, offset, shape, dtype, fortran, stored)
+
+
+def _check_images(ref, where):
+    if ref.dtype != np.uint8:
+        raise SourceError(f"{where}: images must be uint8, got {ref.dtype} (scale and convert them first)")
+    if len(ref.shape) not in (3, 4) or 0 in ref.shape[1:]:
+        raise SourceError(f"{where}: images must be (N, H, W, C) or (N, H, W), got shape {ref.shape}")
+    if len(ref.shape) == 4 and ref.shape[1] in (1, 3, 4) and ref.shape[3] > 4:
+        n, c, h, w = ref.shape
+        raise SourceError(
+            f"{where}: shape {ref.shape} looks channels-first (N, C, H, W); imgconv reads (N, H, W, C): "
+            f"save np.transpose(a, (0, 2, 3, 1)) instead (shape ({n}, {h}, {w}, {c}))"
+        )
+
+
+def _image_shape(ref):
+    return tuple(int(v) for v in ref.shape[1:]) if len(ref.shape) == 4 else (*map(int, ref.shape[1:]), 1)
+
+
+class _ArrayReader:
+    """Rows of one array, from a memory map or a stream over a compressed member."""
+
+    def __init__(self, ref):
+        self.ref = ref
+        self._map = None
+
+    def rows(self, lo, hi):
+        ref = self.ref
+        if ref.stored:
+            if self._map is None:
+                # An empty array cannot be mapped; np.memmap needs at least one byte.
+                self._map = (
+                    np.memmap(ref.path, ref.dtype, "r", ref.offset, ref.shape, "F" if ref.fortran else "C")
+                    if ref.shape[0]
+                    else np.zeros(ref.shape, ref.dtype)
+                )
+            return self._map[lo:hi]
+        with zipfile.ZipFile(ref.path) as archive, archive.open(ref.member) as f:
+            if ref.fortran:  # rows are not contiguous in the file: decompress it all
+                f.seek(ref.offset)
+                whole = np.frombuffer(f.read(), ref.dtype, int(np.prod(ref.shape)))
+                return whole.reshape(ref.shape, order="F")[lo:hi]
+            row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
+            f.seek(ref.offset + lo * row)
+            data = f.read((hi - lo) * row)
+        if len(data) != (hi - lo) * row:
+            raise SourceError(f"{ref.path}:{ref.member}: truncated while reading rows {lo}..{hi}")
+        return np.frombuffer(data, ref.dtype).reshape(hi - lo, *ref.shape[1:])
+
+
+def _read_whole(ref):
+    return _ArrayReader(ref).rows(0, ref.shape[0])
+
+
+def _is_npz(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def detect(path):
+    """True when ``path`` is (or claims by its name to be) a .npy or .npz file."""
+    if not os.path.isfile(path):
+        return False
+    if path.lower().endswith((".npy", ".npz")):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    return head == NPY_MAGIC or (head[:4] == ZIP_MAGIC and _is_npz(path))
+
+
+class NumpySource(Source):
+    """Images from a ``.npy`` file or arrays in a ``.npz`` file, memory-mapped.
+
+    Arguments: ``path``; for a ``.npz``, ``images_key`` and ``labels_key``
+    name the arrays (defaults in the module docstring) and ``split`` picks
+    "train" (default), "test" or "all" among the default names. A ``.npy``
+    has labels -1 and accepts split "train" or "all" (the whole array).
+    Raises SourceError for a file that is empty, truncated, not NumPy, holds
+    no such arrays, non-uint8 images, or labels that do not match the images.
+    """
+
+    _TRANSIENT = ("_readers", "_labels")
+
+    def __init__(self, path, *, split="train", images_key=None, labels_key=None):
+        self.path = os.fspath(path)
+        self.split = check_choice("split", split, ("train", "test", "all"))
+        if os.path.getsize(self.path) == 0:
+            raise SourceError(f"{self.path}: empty file (0 bytes), not a .npy or .npz file")
+        with open(self.path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+        if head == NPY_MAGIC:
+            if images_key is not None or labels_key is not None:
+                raise SourceError(f"{self.path}: images_key and labels_key apply to .npz files, this is a .npy array")
+            if split == "test":
+                raise SourceError(f"{self.path}: a .npy array has no test split; use split='train' or 'all'")
+            self.parts = [(_npy_ref(self.path), None)]
+            self._names = None
+            self.keys = None
+        elif head[:4] == ZIP_MAGIC:
+            self.parts, self.keys, self._names = self._open_npz(images_key, labels_key)
+        else:
+            raise SourceError(f"{self.path}: not a .npy or .npz file (it starts with {head!r})")
+        for ref, labels in self.parts:
+            where = ref.path if ref.member is None else f"{ref.path}:{ref.member}"
+            _check_images(ref, where)
+        if len({_image_shape(ref) for ref, _ in self.parts}) > 1:
+            shapes = " and ".join(str(_image_shape(ref)) for ref, _ in self.parts)
+            raise SourceError(f"{self.path}: the train and test images differ in shape ({shapes})")
+        self._readers = None
+        self._labels = None
+
+    def _open_npz(self, images_key, labels_key):
+        try:
+            archive = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SourceError(f"{self.path}: not a readable .npz file ({exc})") from None
+        with archive:
+            arrays = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+            present = ", ".join(sorted(arrays)) or "no arrays"
+            if images_key is not None and self.split != "train":
+                raise SourceError(
+                    f"{self.path}: split picks among the default array names; images_key names the array itself"
+                )
+            parts, keys = [], []
+            for split in ("train", "test") if self.split == "all" else (self.split,):
+                image_name = images_key or next((k for k in IMAGE_KEYS[split] if k in arrays), None)
+                label_name = labels_key or next((k for k in LABEL_KEYS[split] if k in arrays), None)
+                if image_name not in arrays:
+                    wanted = image_name or " or ".join(IMAGE_KEYS[split])
+                    raise SourceError(f"{self.path}: no {split} images array {wanted} (the file holds: {present})")
+                if label_name is not None and label_name not in arrays:
+                    raise SourceError(f"{self.path}: no labels array {label_name} (the file holds: {present})")
+                images = _zip_ref(self.path, archive, arrays[image_name])
+                labels = _zip_ref(self.path, archive, arrays[label_name]) if label_name else None
+                self._check_labels(images, labels, label_name)
+                parts.append((images, labels))
+                keys.append((image_name, label_name))
+            names = None
+            if "label_names" in arrays:
+                ref = _zip_ref(self.path, archive, arrays["label_names"])
+                if ref.dtype.kind in "US" and len(ref.shape) == 1:
+                    names = [v.decode() if isinstance(v, bytes) else str(v) for v in _read_whole(ref)]
+        return parts, keys, names
+
+    def _check_labels(self, images, labels, name):
+        if labels is None:
+            return
+        where = f"{self.path}:{labels.member}"
+        shape = labels.shape
+        if len(shape) == 2 and shape[1] == 1:
+            shape = shape[:1]
+        if len(shape) != 1 or labels.dtype.kind not in "iub":
+            raise SourceError(
+                f"{where}: labels must be integers of shape (N,), got {labels.dtype} of shape {labels.shape}"
+            )
+        if shape[0] != images.shape[0]:
+            raise SourceError(
+                f"{self.path}: the arrays disagree in length: {images.shape[0]} images ({images.member[:-4]}) "
+                f"but {shape[0]} labels ({name})"
+            )
+
+    @property
+    def description(self):
+        shape = "x".join(map(str, self.shape))
+        if self.keys is None:
+            return f"NumPy array {self.path} ({self.length} images of {shape})"
+        arrays = ", ".join(f"{i}/{l}" if l else i for i, l in self.keys)
+        return f"NumPy arrays {arrays} in {self.path} ({self.split}, {self.length} images of {shape})"
+
+    @property
+    def length(self):
+        return int(sum(ref.shape[0] for ref, _ in self.parts))
+
+    @property
+    def shape(self):
+        return _image_shape(self.parts[0][0])
+
+    @property
+    def label_names(self):
+        return self._names
+
+    def _part_labels(self, part):
+        if self._labels is None:
+            self._labels = {}
+        if part not in self._labels:
+            images, labels = self.parts[part]
+            if labels is None:
+                self._labels[part] = np.full(images.shape[0], -1, np.int64)
+            else:
+                self._labels[part] = np.asarray(_read_whole(labels)).reshape(-1).astype(np.int64)
+        return self._labels[part]
+
+    def _gather(self, unique):
+        # Indices are sorted: each array is read once, over the span its indices cover.
+        images = np.empty((unique.size, *self.shape), np.uint8)
+        labels = np.empty(unique.size, np.int64)
+        try:
+            for part, out, local in group_by_part([ref.shape[0] for ref, _ in self.parts], unique):
+                lo, hi = int(local[0]), int(local[-1]) + 1
+                rows = _ArrayReader(self.parts[part][0]).rows(lo, hi)
+                images[out] = rows[local - lo].reshape(local.size, *self.shape)
+                labels[out] = self._part_labels(part)[local]
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from None
+        return images, labels, np.ones(unique.size, bool)
+
+    def batches(self, batch_size, start=0, stop=None):
+        """Yield uint8 (B, H, W, C) images and int64 (B,) labels for images ``start..stop``.
+
+        See :meth:`Source.batches`. Raises SourceError if the file changed
+        or was truncated since it was opened.
+        """
+        start, stop = self._check_range(batch_size, start, stop)
+        return self._iterate(batch_size, start, stop)
+
+    def _iterate(self, batch_size, start, stop):
+        if self._readers is None:
+            self._readers = [_ArrayReader(ref) for ref, _ in self.parts]
+        shape = self.shape
+        try:
+            for size, segments in plan_segments([r.shape[0] for r, _ in self.parts], start, stop, batch_size):
+                images = np.empty((size, *shape), np.uint8)
+                labels = np.empty(size, np.int64)
+                for part, lo, hi, offset in segments:
+                    rows = self._readers[part].rows(lo, hi)
+                    images[offset : offset + hi - lo] = rows.reshape(hi - lo, *shape)
+                    labels[offset : offset + hi - lo] = self._part_labels(part)[lo:hi]
+                yield images, labels
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from None
+        finally:
+            self._readers = None

@@ -1,0 +1,332 @@
+"""CIFAR readers: every official layout, from directories and archives, and every kind of bad batch."""
+import multiprocessing
+import os
+import pickle
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from imgconv import _pure
+from imgconv.errors import SourceError, UnsafePickleError
+from imgconv.sample import dump_py2_pickle, generate_sample, write_sample
+from imgconv.sources import CifarSource, open_source
+
+COUNT = 60  # five training batches of 10, a test batch of 10
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    files = write_sample(root, count=COUNT, seed=5)
+    images, labels = generate_sample(COUNT, seed=5)
+    return files, images, labels
+
+
+def _read_all(source, batch_size=16, start=0, stop=None):
+    batches = list(source.batches(batch_size, start, stop))
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    return batches, images, labels
+
+
+def _hwc(rows):
+    out = np.empty((len(rows), 32, 32, 3), np.uint8)
+    _pure.chw_to_hwc_into(rows, out)
+    return out
+
+
+FORMS = ["python_dir", "binary_dir", "python_archive", "binary_archive"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("split, first, last", [("train", 0, 50), ("test", 50, 60), ("all", 0, 60)])
+def test_every_form_reads_back_what_the_sample_generated(sample, form, split, first, last):
+    files, images, labels = sample
+    source = open_source(getattr(files, form), split=split)
+    assert isinstance(source, CifarSource)
+    assert source.length == len(source) == last - first
+    assert source.shape == (32, 32, 3)
+    assert source.label_names[:2] == ["airplane", "automobile"] and len(source.label_names) == 10
+    _, got, got_labels = _read_all(source)
+    np.testing.assert_array_equal(got, images[first:last])
+    np.testing.assert_array_equal(got_labels, labels[first:last])
+
+
+def test_batches_are_contiguous_uint8_and_int64_with_a_short_last_one(sample, backend):
+    files, images, labels = sample
+    source = open_source(files.binary_dir)
+    batches, got, _ = _read_all(source, batch_size=16)
+    assert [len(b[0]) for b in batches] == [16, 16, 16, 2]
+    for image_batch, label_batch in batches:
+        assert image_batch.dtype == np.uint8 and image_batch.flags.c_contiguous and image_batch.ndim == 4
+        assert label_batch.dtype == np.int64
+    np.testing.assert_array_equal(got, images[:50])
+
+
+@pytest.mark.parametrize("form", ["python_dir", "binary_archive"])
+def test_subranges_cross_batch_files(sample, form):
+    files, images, labels = sample
+    source = open_source(getattr(files, form), split="all")
+    batches, got, got_labels = _read_all(source, batch_size=7, start=3, stop=55)
+    assert [len(b[0]) for b in batches] == [7] * 7 + [3]
+    np.testing.assert_array_equal(got, images[3:55])
+    np.testing.assert_array_equal(got_labels, labels[3:55])
+    assert list(source.batches(4, 20, 20)) == []
+
+
+def test_split_work_between_ranges_covers_everything(sample):
+    files, images, _ = sample
+    source = open_source(files.python_archive, split="all")
+    parts = [_read_all(source, 8, lo, hi)[1] for lo, hi in [(0, 17), (17, 40), (40, 60)]]
+    np.testing.assert_array_equal(np.concatenate(parts), images)
+
+
+def _read_range_in_worker(args):
+    source, start, stop = args
+    return np.concatenate([images for images, _ in source.batches(9, start, stop)])
+
+
+def test_source_pickles_small_and_reads_in_a_spawned_process(sample):
+    files, images, _ = sample
+    source = open_source(files.python_archive, split="all")
+    assert source.length == COUNT  # counted here, so the worker does not count again
+    data = pickle.dumps(source)
+    assert len(data) < 4096
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        got = pool.map(_read_range_in_worker, [(source, 5, 33)])[0]
+    np.testing.assert_array_equal(got, images[5:33])
+
+
+def test_parent_directory_of_one_layout_is_found(tmp_path, sample):
+    files, images, _ = sample
+    with tarfile.open(files.binary_archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    source = open_source(tmp_path)
+    assert source.path == str(tmp_path) and source.container.path.endswith("cifar-10-batches-bin")
+    np.testing.assert_array_equal(_read_all(source)[1], images[:50])
+
+
+def test_a_directory_with_two_layouts_asks_which(sample):
+    files, _, _ = sample
+    with pytest.raises(SourceError, match="several CIFAR layouts"):
+        open_source(os.path.dirname(files.python_dir))
+
+
+# --- CIFAR-100 --------------------------------------------------------------
+
+FINE_NAMES = [f"fine{i}" for i in range(100)]
+COARSE_NAMES = [f"coarse{i}" for i in range(20)]
+
+
+def _cifar100(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    return rows, rng.integers(0, 100, n), rng.integers(0, 20, n)
+
+
+@pytest.fixture()
+def cifar100_python(tmp_path):
+    directory = tmp_path / "cifar-100-python"
+    directory.mkdir()
+    parts = {"train": _cifar100(12, 1), "test": _cifar100(5, 2)}
+    for name, (rows, fine, coarse) in parts.items():
+        batch = {
+            "data": rows,
+            "fine_labels": fine.tolist(),
+            "coarse_labels": coarse.tolist(),
+            "filenames": [f"{i}.png" for i in range(len(rows))],
+        }
+        with open(directory / name, "wb") as f:
+            dump_py2_pickle(batch, f)
+    with open(directory / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": FINE_NAMES, "coarse_label_names": COARSE_NAMES}, f)  # a Python-3 pickle
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(directory, arcname="cifar-100-python")
+    return directory, archive, parts
+
+
+@pytest.mark.parametrize("use_archive", [False, True])
+@pytest.mark.parametrize("label_kind", ["fine", "coarse"])
+def test_cifar100_python_fine_and_coarse(cifar100_python, use_archive, label_kind):
+    directory, archive, parts = cifar100_python
+    source = open_source(archive if use_archive else directory, split="all", label_kind=label_kind)
+    assert source.length == 17
+    assert source.label_names == (FINE_NAMES if label_kind == "fine" else COARSE_NAMES)
+    _, images, labels = _read_all(source, batch_size=5)
+    rows = np.concatenate([parts["train"][0], parts["test"][0]])
+    column = 1 if label_kind == "fine" else 2
+    np.testing.assert_array_equal(images, _hwc(rows))
+    np.testing.assert_array_equal(labels, np.concatenate([parts["train"][column], parts["test"][column]]))
+    assert "CIFAR-100 python" in source.description and label_kind in source.description
+
+
+def test_cifar100_binary_records_coarse_then_fine(tmp_path):
+    directory = tmp_path / "cifar-100-binary"
+    directory.mkdir()
+    parts = {"train.bin": _cifar100(6, 3), "test.bin": _cifar100(4, 4)}
+    for name, (rows, fine, coarse) in parts.items():
+        records = np.concatenate([coarse[:, None].astype(np.uint8), fine[:, None].astype(np.uint8), rows], axis=1)
+        (directory / name).write_bytes(records.tobytes())
+    (directory / "fine_label_names.txt").write_text("\n".join(FINE_NAMES) + "\n")
+    (directory / "coarse_label_names.txt").write_text("\n".join(COARSE_NAMES) + "\n")
+    fine = open_source(directory, split="test")
+    coarse = open_source(directory, split="test", label_kind="coarse")
+    np.testing.assert_array_equal(_read_all(fine)[1], _hwc(parts["test.bin"][0]))
+    np.testing.assert_array_equal(_read_all(fine)[2], parts["test.bin"][1])
+    np.testing.assert_array_equal(_read_all(coarse)[2], parts["test.bin"][2])
+    assert coarse.label_names == COARSE_NAMES and fine.label_names == FINE_NAMES
+
+
+def test_coarse_labels_do_not_apply_to_cifar10(sample):
+    with pytest.raises(SourceError, match="CIFAR-100"):
+        open_source(sample[0].python_dir, label_kind="coarse")
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+def _copy_layout(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_binary_batch_names_file_and_byte_counts(tmp_path, sample):
+    directory = _copy_layout(sample[0].binary_dir, tmp_path / "bin")
+    path = directory / "data_batch_2.bin"
+    path.write_bytes(path.read_bytes()[:-100])
+    expected = r"data_batch_2\.bin: truncated .*30630 bytes is 9 records of 3073 bytes and 2973"
+    with pytest.raises(SourceError, match=expected):
+        open_source(directory).length
+
+
+def test_zero_byte_binary_batch(tmp_path, sample):
+    directory = _copy_layout(sample[0].binary_dir, tmp_path / "bin")
+    (directory / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"test_batch\.bin: empty file"):
+        open_source(directory, split="test").length
+
+
+def test_truncated_pickle_batch(tmp_path, sample):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    path = directory / "data_batch_4"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(SourceError, match=r"data_batch_4: truncated"):
+        open_source(directory).length
+
+
+def _write_py2(path, batch):
+    with open(path, "wb") as f:
+        dump_py2_pickle(batch, f)
+
+
+def test_arrays_that_disagree_in_length(tmp_path, sample):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    _write_py2(directory / "test_batch", {"data": np.zeros((5, 3072), np.uint8), "labels": [1, 2, 3, 4]})
+    with pytest.raises(SourceError, match=r"test_batch: the arrays disagree in length: 5 images but 4 labels"):
+        open_source(directory, split="test").length
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({"labels": [1]}, "no data"),
+        ({"data": np.zeros((2, 3072), np.int16), "labels": [1, 2]}, "uint8 array"),
+        ({"data": np.zeros((2, 100), np.uint8), "labels": [1, 2]}, r"\(N, 3072\)"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]}, r"labels holds 10, outside 0\.\.9"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}, "integers"),
+        ([1, 2, 3], "not the dict"),
+    ],
+)
+def test_malformed_python_batches(tmp_path, sample, batch, message):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    _write_py2(directory / "test_batch", batch)
+    with pytest.raises(SourceError, match=message) as info:
+        open_source(directory, split="test").length
+    assert "test_batch" in str(info.value)
+
+
+def test_hostile_batch_is_refused_and_nothing_runs(tmp_path, sample):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (directory / "data_batch_1").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
+    with pytest.raises(UnsafePickleError, match=r"data_batch_1: the pickle asks for (posix|os)\.system"):
+        open_source(directory).length
+    assert not marker.exists()
+
+
+def test_missing_batch_file(tmp_path, sample):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    (directory / "data_batch_3").unlink()
+    with pytest.raises(SourceError, match=r"data_batch_3: missing"):
+        open_source(directory).length
+    assert open_source(directory, split="test").length == 10  # the test split is whole
+
+
+def test_tar_archive_of_something_else(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "a.txt").write_text("hi")
+    archive = tmp_path / "other.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "stuff", arcname="stuff")
+    with pytest.raises(SourceError, match=r"tar archive of 'stuff', not one of the CIFAR archives"):
+        open_source(archive)
+
+
+def test_corrupt_archive(tmp_path, sample):
+    data = open(sample[0].binary_archive, "rb").read()
+    broken = tmp_path / "cifar-10-binary.tar.gz"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match="cifar-10-binary.tar.gz"):
+        open_source(broken).length
+
+
+def test_bad_options_and_ranges(sample):
+    files = sample[0]
+    with pytest.raises(SourceError, match="split must be one of"):
+        open_source(files.python_dir, split="validation")
+    source = open_source(files.binary_dir)
+    with pytest.raises(ValueError, match="batch_size"):
+        source.batches(0)
+    with pytest.raises(ValueError, match="past the end"):
+        source.batches(4, 0, 51)
+    with pytest.raises(ValueError, match="stop"):
+        source.batches(4, 10, 5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_take_gathers_scattered_indices_in_order(sample, form, backend):
+    files, images, labels = sample
+    source = open_source(getattr(files, form), split="all")
+    indices = [59, 0, 31, 31, 12, 58, 1]
+    got, got_labels = source.take(indices)
+    assert got.flags.c_contiguous and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, images[indices])
+    np.testing.assert_array_equal(got_labels, labels[indices])
+    empty, empty_labels = source.take([])
+    assert empty.shape == (0, 32, 32, 3) and empty_labels.shape == (0,)
+    with pytest.raises(ValueError, match="index 60 is outside 0..59"):
+        source.take([3, 60])
+
+
+def test_archive_members_in_the_official_scrambled_order(tmp_path, sample):
+    # cifar-10-python.tar.gz stores data_batch_4 first and data_batch_1 last; images still come in batch order.
+    files, images, labels = sample
+    order = ["data_batch_4", "readme.html", "test_batch", "data_batch_3", "batches.meta",
+             "data_batch_2", "data_batch_5", "data_batch_1"]
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in order:
+            tar.add(os.path.join(files.python_dir, name), arcname=f"cifar-10-batches-py/{name}")
+    source = open_source(archive, split="all")
+    _, got, got_labels = _read_all(source, batch_size=13)
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    np.testing.assert_array_equal(source.take([55, 3, 41])[0], images[[55, 3, 41]])
