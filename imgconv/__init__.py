@@ -13,6 +13,7 @@ from .kernels import BACKEND, chw_to_hwc, chw_to_hwc_into, crc32c
 from .record import PackedRecords, pack_records, read_header, unpack_record, unpack_records
 from .sample import generate_sample, write_sample
 from .sources import SkippedImageWarning, Source, open_source
+from .stores import StoreIndexError, create, open  # noqa: A004 - imgconv.open is the public name
 
 __all__ = [
     "BACKEND",
@@ -24,13 +25,16 @@ __all__ = [
     "Source",
     "SourceError",
     "StoreError",
+    "StoreIndexError",
     "UnknownFormatError",
     "UnsafePickleError",
     "__version__",
     "chw_to_hwc",
     "chw_to_hwc_into",
     "crc32c",
+    "create",
     "generate_sample",
+    "open",
     "open_source",
     "pack_records",
     "read_header",

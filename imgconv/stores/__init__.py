@@ -1,0 +1,125 @@
+"""Stores: PNG folders, LMDB and chunked HDF5 behind one interface.
+
+``create(path, format=None, ...)`` returns a writer (a context manager with
+``append(images, labels)`` and ``close()``); ``open(path)`` detects the format
+and returns a reader with ``len``, ``store[i]``, ``read_batch(indices)``,
+``batches(batch_size)`` and ``metadata``. ``FORMATS`` is the registry.
+"""
+import builtins
+import os
+from collections import namedtuple
+
+from ..errors import StoreError, UnknownFormatError
+from . import hdf5_store, lmdb_store, png_folder
+from .base import VARIABLE, EncodedBatch, Reader, StoreIndexError, Writer, check_batch
+
+StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes")
+StoreFormat.__doc__ = """One registered format: its writer and reader classes, its pure
+``encode_batch``, ``detect(path) -> bool`` by content, and the path suffixes
+that select it in :func:`create`."""
+
+FORMATS = {
+    "lmdb": StoreFormat("lmdb", lmdb_store.LmdbWriter, lmdb_store.LmdbReader, lmdb_store.encode_batch,
+                        lmdb_store.detect, (".lmdb",)),
+    "hdf5": StoreFormat("hdf5", hdf5_store.Hdf5Writer, hdf5_store.Hdf5Reader, hdf5_store.encode_batch,
+                        hdf5_store.detect, (".h5", ".hdf5")),
+    "png": StoreFormat("png", png_folder.PngFolderWriter, png_folder.PngFolderReader, png_folder.encode_batch,
+                       png_folder.detect, ()),
+}
+DEFAULT_FORMAT = "png"
+
+
+def format_for_path(path):
+    """The format :func:`create` picks for ``path`` by its suffix (a PNG folder by default)."""
+    suffix = os.path.splitext(os.fspath(path).rstrip("/\\"))[1].lower()
+    for spec in FORMATS.values():
+        if suffix in spec.suffixes:
+            return spec.name
+    return DEFAULT_FORMAT
+
+
+def get_format(name):
+    """The registered :class:`StoreFormat` called ``name``; UnknownFormatError otherwise."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise UnknownFormatError(f"unknown store format {name!r}; known: {', '.join(sorted(FORMATS))}") from None
+
+
+def create(path, format=None, *, overwrite=False, label_names=None, source=None, shape=None, **format_options):
+    """A writer for a new store at ``path``.
+
+    ``format`` is "png", "lmdb" or "hdf5"; by default the suffix decides
+    (``.lmdb``, ``.h5``/``.hdf5``, anything else a PNG folder). The output is
+    written under a temporary name beside ``path`` and renamed into place by
+    ``close()``; an existing ``path`` is replaced only with ``overwrite=True``.
+    ``label_names`` and ``source`` go into the metadata; ``shape`` fixes the
+    image shape up front ((H, W), (H, W, C) or "variable"; by default the
+    first batch decides: an array fixes the shape, a list means varying
+    sizes). ``format_options`` are the format's own (see its writer class).
+    Raises UnknownFormatError for an unknown format, StoreError when the
+    target exists or cannot be written, TypeError for an unknown option.
+    """
+    spec = get_format(format if format is not None else format_for_path(path))
+    return spec.writer(path, overwrite=overwrite, label_names=label_names, source=source, shape=shape, **format_options)
+
+
+def detect_format(path):
+    """The name of the format of the store at ``path``, detected by content.
+
+    Raises UnknownFormatError naming the path and what was found there.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: no such file or directory")
+    for spec in FORMATS.values():
+        if spec.detect(path):
+            return spec.name
+    raise UnknownFormatError(f"{path}: not an imgconv store: {_describe(path)}")
+
+
+def open(path, format=None, **options):  # noqa: A001 - imgconv.open is the public name
+    """Open the store at ``path`` for reading; the format is detected unless given.
+
+    ``options`` go to the format's reader (e.g. ``readahead`` for LMDB,
+    ``cache_bytes`` for HDF5). Raises UnknownFormatError when ``path`` is not a
+    store and StoreError when it is damaged or unfinished.
+    """
+    spec = get_format(format if format is not None else detect_format(path))
+    return spec.reader(path, **options)
+
+
+def _describe(path):
+    if os.path.isdir(path):
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as exc:
+            return f"a directory that cannot be listed ({exc})"
+        if not names:
+            return "an empty directory"
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        return (f"a directory of {len(names)} entries ({shown}) with no manifest.json, "
+                "no data.mdb and no 0.png plus labels CSV")
+    try:
+        with builtins.open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        return f"a file that cannot be read ({exc})"
+    return f"a file of {os.path.getsize(path)} bytes starting {head!r}, not an HDF5 file"
+
+
+__all__ = [
+    "FORMATS",
+    "VARIABLE",
+    "EncodedBatch",
+    "Reader",
+    "StoreFormat",
+    "StoreIndexError",
+    "Writer",
+    "check_batch",
+    "create",
+    "detect_format",
+    "format_for_path",
+    "get_format",
+    "open",
+]

@@ -1,0 +1,636 @@
+"""What every store shares: batch checks, metadata, atomic output, per-process handles.
+
+A format module (``png_folder``, ``lmdb_store``, ``hdf5_store``) provides
+
+* ``encode_batch(images, labels, **options)``: a pure, picklable function that
+  checks a batch and turns it into the format's finished payload (records,
+  PNG bytes, contiguous arrays). Worker processes call it; it touches no file.
+* a :class:`Writer` subclass whose ``write_encoded`` stores such a payload and
+  whose ``close`` writes the metadata and renames the output into place;
+* a :class:`Reader` subclass.
+
+Images are uint8 (N, H, W, C); a batch given as (N, H, W) is grayscale, C = 1.
+A store holds either one fixed image shape (batches given as arrays) or varying
+shapes ("variable": batches given as lists of (H, W, C) or (H, W) arrays).
+"""
+import json
+import operator
+import os
+import secrets
+import shutil
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import StoreError
+
+VARIABLE = "variable"
+
+
+class StoreIndexError(StoreError, IndexError):
+    """An index outside ``0 .. len(store) - 1`` (negative indices count from the end)."""
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Batch:
+    """A checked batch: ``images`` is an (N, H, W, C) uint8 array, or a list of
+    (H, W, C) uint8 arrays when ``variable``; ``labels`` is (N,) int64."""
+
+    __slots__ = ("images", "labels", "variable")
+
+    def __init__(self, images, labels, variable):
+        self.images = images
+        self.labels = labels
+        self.variable = variable
+
+    def __len__(self):
+        return len(self.labels)
+
+    def shapes(self):
+        """The (N, 3) int64 array of each image's (H, W, C)."""
+        if not self.variable:
+            return np.tile(np.asarray(self.images.shape[1:], np.int64), (len(self), 1))
+        return np.array([image.shape for image in self.images], np.int64).reshape(-1, 3)
+
+
+def _as_image(image, where):
+    if not isinstance(image, np.ndarray):
+        raise StoreError(f"{where}: an image must be a NumPy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise StoreError(f"{where}: images must be uint8, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, np.newaxis]
+    if image.ndim != 3 or 0 in image.shape:
+        raise StoreError(f"{where}: an image must be (H, W) or (H, W, C) and non-empty, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _as_labels(labels, n):
+    if labels is None:
+        return np.full(n, -1, np.int64)
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise StoreError(f"the batch has {n} images but labels of shape {labels.shape}")
+    if labels.dtype.kind not in "iub":
+        raise StoreError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        raise StoreError("labels must fit in a signed 64-bit integer")
+    return np.ascontiguousarray(labels, np.int64)
+
+
+def check_batch(images, labels):
+    """Check and normalise one batch; returns a :class:`Batch`.
+
+    ``images`` is a uint8 array (N, H, W, C) or (N, H, W), or a list/tuple of
+    uint8 arrays (H, W, C) or (H, W) (varying sizes). ``labels`` holds N
+    integers, or None for "no label" (-1). Raises StoreError naming the problem.
+    """
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise StoreError(f"images must be uint8, got dtype {images.dtype}")
+        if images.ndim == 3:
+            images = images[..., np.newaxis]
+        if images.ndim != 4 or 0 in images.shape[1:]:
+            raise StoreError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
+        return Batch(np.ascontiguousarray(images), _as_labels(labels, images.shape[0]), False)
+    if isinstance(images, (list, tuple)):
+        checked = [_as_image(image, f"image {i} of the batch") for i, image in enumerate(images)]
+        return Batch(checked, _as_labels(labels, len(checked)), True)
+    raise StoreError(f"images must be a uint8 array or a list of arrays, got {type(images).__name__}")
+
+
+class EncodedBatch:
+    """What a format's ``encode_batch`` returns: finished payload plus what the writer checks.
+
+    ``labels`` (N,) int64, ``shapes`` (N, 3) int64 (H, W, C) of each image,
+    ``variable`` whether the images came as a list. Subclasses add the payload.
+    Instances are plain data, picklable, so workers can send them to the writer.
+    """
+
+    def __init__(self, labels, shapes, variable):
+        self.labels = labels
+        self.shapes = shapes
+        self.variable = variable
+
+    def __len__(self):
+        return len(self.labels)
+
+    def shape_of_batch(self):
+        """The (H, W, C) all images share, or None when they differ."""
+        if len(self.shapes) == 0:
+            return None
+        first = self.shapes[0]
+        if self.variable and not (self.shapes == first).all():
+            return None
+        return tuple(int(v) for v in first)
+
+
+def shape_text(shape):
+    """'32x32x3' for a shape, 'variable' for varying sizes."""
+    return VARIABLE if shape == VARIABLE else "x".join(str(int(v)) for v in shape)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def make_metadata(format_name, format_version, count, shape, label_names, source, **extra):
+    """The metadata every store writes with its data, as a JSON-ready dict."""
+    meta = {
+        "format": format_name,
+        "format_version": int(format_version),
+        "imgconv_version": __version__,
+        "count": int(count),
+        "shape": shape if shape == VARIABLE else [int(v) for v in shape],
+        "dtype": "uint8",
+        "label_names": None if label_names is None else [str(n) for n in label_names],
+        "source": None if source is None else str(source),
+    }
+    meta.update(extra)
+    return meta
+
+
+def dump_metadata(meta):
+    """Metadata as UTF-8 JSON bytes (sorted keys, so equal metadata gives equal bytes)."""
+    return json.dumps(meta, sort_keys=True, indent=1).encode("utf-8")
+
+
+def load_metadata(data, path, format_name, known_version):
+    """Parse and check metadata bytes written by :func:`dump_metadata`.
+
+    Raises StoreError naming ``path`` when the JSON is malformed, belongs to
+    another format, has a newer format version, or lacks a field.
+    """
+    try:
+        meta = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: the store metadata is not valid JSON ({exc})") from None
+    return check_metadata(meta, path, format_name, known_version)
+
+
+def check_metadata(meta, path, format_name, known_version):
+    """Check a metadata dict (see :func:`load_metadata`); returns it with ``shape`` as a tuple."""
+    if not isinstance(meta, dict) or meta.get("format") != format_name:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise StoreError(f"{path}: metadata says format {found!r}, expected {format_name!r}")
+    missing = [k for k in ("format_version", "count", "shape", "dtype") if k not in meta]
+    if missing:
+        raise StoreError(f"{path}: the store metadata lacks {', '.join(missing)}")
+    if not isinstance(meta["format_version"], int) or meta["format_version"] > known_version:
+        raise StoreError(
+            f"{path}: {format_name} store format version {meta['format_version']!r}; "
+            f"this imgconv ({__version__}) reads versions up to {known_version}"
+        )
+    if meta["dtype"] != "uint8":
+        raise StoreError(f"{path}: images of dtype {meta['dtype']!r} are not supported")
+    if not isinstance(meta["count"], int) or meta["count"] < 0:
+        raise StoreError(f"{path}: invalid image count {meta['count']!r} in the metadata")
+    shape = meta["shape"]
+    if shape != VARIABLE:
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise StoreError(f"{path}: invalid image shape {shape!r} in the metadata")
+        meta["shape"] = tuple(shape)
+    meta.setdefault("label_names", None)
+    meta.setdefault("source", None)
+    return meta
+
+
+# --------------------------------------------------------------------------- atomic output
+
+
+def temporary_sibling(path):
+    """A fresh hidden name beside ``path``: ``.{name}.tmp-{pid}-{random}``."""
+    return os.path.join(
+        os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+
+
+def remove_path(path):
+    """Remove a file or a directory tree; a missing path is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def check_target(path, overwrite):
+    """Refuse an existing ``path`` unless ``overwrite``; check its directory exists."""
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise StoreError(f"{path}: cannot create a store there, directory {parent} does not exist")
+    if os.path.lexists(path) and not overwrite:
+        raise StoreError(f"{path}: already exists; pass overwrite=True to replace it")
+
+
+def commit(temporary, path, overwrite):
+    """Move the finished ``temporary`` output to ``path``.
+
+    An existing ``path`` is refused unless ``overwrite``; then it is first
+    renamed aside, so that at every moment ``path`` is either the old store or
+    the new one, and removed only once the new one is in place.
+    """
+    check_target(path, overwrite)
+    old = None
+    if os.path.lexists(path):
+        old = temporary_sibling(path).replace(".tmp-", ".old-")
+        os.rename(path, old)
+    try:
+        os.rename(temporary, path)
+    except OSError as exc:
+        if old is not None:
+            os.rename(old, path)
+        raise StoreError(f"{path}: cannot move the finished store into place: {exc}") from None
+    if old is not None:
+        remove_path(old)
+    _fsync_directory(os.path.dirname(path) or ".")
+
+
+def _fsync_directory(directory):
+    # Makes the rename itself durable; not possible on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class Writer:
+    """Writes a store in batches, to a temporary name renamed into place by :meth:`close`.
+
+    Use it as a context manager: leaving the block normally closes (finishes)
+    the store; leaving it with an exception aborts and removes the temporary
+    output, leaving nothing at ``path``.
+
+    Subclasses set ``format_name`` and implement ``_encode`` (the module's
+    ``encode_batch`` with this writer's options), ``_start``, ``_write``,
+    ``_finish`` (metadata dict in, output finished at ``self.temporary``) and
+    ``_abort``.
+    """
+
+    format_name = None
+
+    def __init__(self, path, *, overwrite=False, label_names=None, source=None, shape=None):
+        self.path = os.path.abspath(os.fspath(path))
+        check_target(self.path, overwrite)
+        self.overwrite = bool(overwrite)
+        self.label_names = None if label_names is None else [str(n) for n in label_names]
+        self.source = None if source is None else str(source)
+        self.shape = _initial_shape(shape, self.path)
+        self.count = 0
+        self.temporary = temporary_sibling(self.path)
+        self.closed = False
+        self._started = False
+        self._pid = os.getpid()
+
+    # public API -----------------------------------------------------------
+
+    def append(self, images, labels):
+        """Check, encode and write one batch (see :func:`check_batch` for the forms).
+
+        Raises StoreError naming the path when the batch disagrees with the
+        store (image shape, fixed versus varying sizes, dtype, label count).
+        """
+        try:
+            encoded = self.encode_batch(images, labels)
+        except StoreError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        self.write_encoded(encoded)
+
+    def encode_batch(self, images, labels):
+        """This writer's pure encode step: ``encode_batch(images, labels, **options)`` of its format."""
+        return self.encoder()(images, labels)
+
+    def encoder(self):
+        """A picklable callable ``(images, labels) -> encoded batch`` for worker processes."""
+        raise NotImplementedError
+
+    def write_encoded(self, encoded):
+        """Write a batch that the format's ``encode_batch`` produced, after the ones before it."""
+        self._check_open()
+        if len(encoded) == 0:
+            return
+        self._check_shape(encoded.variable, encoded.shape_of_batch())
+        if not self._started:
+            self._start()
+            self._started = True
+        try:
+            self._write(encoded)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"{self.path}: writing failed: {exc}") from exc
+        self.count += len(encoded)
+
+    def close(self):
+        """Finish the store (metadata, index files) and rename it into place.
+
+        Closing twice is harmless. An empty store (no batch appended) needs a
+        fixed ``shape=`` given to the writer, else StoreError.
+        """
+        if self.closed:
+            return
+        try:
+            if self.shape is None:
+                raise StoreError(
+                    f"{self.path}: no image was appended and no shape given; the store would have no image shape"
+                )
+            if not self._started:
+                self._start()
+                self._started = True
+            meta = make_metadata(
+                self.format_name, self.format_version, self.count, self.shape, self.label_names, self.source,
+                **self._format_metadata(),
+            )
+            self._finish(meta)
+            commit(self.temporary, self.path, self.overwrite)
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+
+    def abort(self):
+        """Stop writing and remove the temporary output; ``path`` is left untouched."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._abort()
+        finally:
+            remove_path(self.temporary)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    def __del__(self):
+        # A writer dropped without close() must not leave temporary output behind.
+        if getattr(self, "closed", True) is False and getattr(self, "_pid", None) == os.getpid():
+            try:
+                self.abort()
+            except Exception:
+                pass
+
+    def __reduce__(self):
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled: the parent process is the only writer; "
+            "send workers writer.encoder() and pass its results to write_encoded()"
+        )
+
+    # helpers for subclasses ------------------------------------------------
+
+    def _check_open(self):
+        if self.closed:
+            raise StoreError(f"{self.path}: the writer is closed")
+
+    def _check_shape(self, variable, shape):
+        if self.shape is None:
+            self.shape = VARIABLE if variable else shape
+            return
+        if self.shape == VARIABLE:
+            return
+        if shape != self.shape:
+            found = "images of varying sizes" if shape is None else f"images of {shape_text(shape)}"
+            raise StoreError(f"{self.path}: the batch holds {found}, the store holds {shape_text(self.shape)} uint8 images")
+
+    def _format_metadata(self):
+        return {}
+
+    def _start(self):
+        raise NotImplementedError
+
+    def _write(self, encoded):
+        raise NotImplementedError
+
+    def _finish(self, meta):
+        raise NotImplementedError
+
+    def _abort(self):
+        pass
+
+
+def _initial_shape(shape, path):
+    if shape is None or shape == VARIABLE:
+        return shape
+    try:
+        shape = tuple(operator.index(v) for v in shape)
+    except TypeError:
+        raise StoreError(f"{path}: shape must be (H, W), (H, W, C) or 'variable', got {shape!r}") from None
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3 or min(shape) < 1:
+        raise StoreError(f"{path}: shape must be (H, W), (H, W, C) or 'variable', got {shape!r}")
+    return shape
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class Reader:
+    """A finished store, read-only: ``len``, ``store[i]``, ``read_batch``, ``batches``.
+
+    Handles (LMDB environment, HDF5 file) are opened lazily and reopened in a
+    process other than the one that opened them, so a store opened before
+    ``fork`` works in DataLoader-style workers; pickling keeps only the path
+    and the options (for spawn-based workers). Subclasses implement
+    ``_open_handles`` (returns the metadata), ``_close_handles``,
+    ``_read_one(i)``, ``_read_many(indices, out)`` and optionally
+    ``_read_range(start, stop, out)`` on checked indices (``out`` is a checked
+    array to fill, or None).
+    """
+
+    format_name = None
+
+    def __init__(self, path, **options):
+        self.path = os.path.abspath(os.fspath(path))
+        self._options = options
+        self._pid = None
+        self.metadata = None
+        self._ensure_open()
+
+    # public API -----------------------------------------------------------
+
+    @property
+    def shape(self):
+        """(H, W, C) of every image, or "variable"."""
+        return self.metadata["shape"]
+
+    @property
+    def variable(self):
+        """True when the images have varying sizes (``read_batch`` returns a list)."""
+        return self.shape == VARIABLE
+
+    @property
+    def label_names(self):
+        """The label names given when the store was written, or None."""
+        return self.metadata.get("label_names")
+
+    def __len__(self):
+        return self.metadata["count"]
+
+    def __getitem__(self, index):
+        """``(image (H, W, C) uint8, label int)`` of image ``index``; StoreIndexError when out of range."""
+        i = self._check_index(index)
+        self._ensure_open()
+        image, label = self._read_one(i)
+        return image, int(label)
+
+    def read_batch(self, indices, out=None):
+        """``(images, labels)`` for ``indices`` in the order given (repeats allowed).
+
+        ``images`` is an (N, H, W, C) uint8 array, or a list of (H, W, C)
+        arrays for a store of varying sizes; ``labels`` is (N,) int64.
+        ``out``, a writeable C-contiguous (N, H, W, C) uint8 array, receives
+        the images instead of a new array (reusing memory saves the cost of
+        faulting in fresh pages, which is a large part of a full read).
+        Raises StoreIndexError for an index out of range.
+        """
+        idx = self._check_indices(indices)
+        self._ensure_open()
+        out = self._check_out(out, idx.size)
+        if idx.size == 0:
+            return self._empty() if out is None else (out, np.empty(0, np.int64))
+        return self._read_many(idx, out)
+
+    def batches(self, batch_size=1024, start=0, stop=None):
+        """Yield ``(images, labels)`` of consecutive images in order, ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        stop = len(self) if stop is None else min(stop, len(self))
+        for first in range(start, stop, batch_size):
+            self._ensure_open()
+            yield self._read_range(first, min(first + batch_size, stop), None)
+
+    def read_all(self, out=None):
+        """Every image and label: ``read_batch(range(len(self)), out)`` done the fastest way."""
+        self._ensure_open()
+        out = self._check_out(out, len(self))
+        if len(self) == 0:
+            return self._empty() if out is None else (out, np.empty(0, np.int64))
+        return self._read_range(0, len(self), out)
+
+    def __iter__(self):
+        for images, labels in self.batches():
+            for image, label in zip(images, labels):
+                yield image, int(label)
+
+    def close(self):
+        """Close the handles of this process; the store reopens them when used again."""
+        if getattr(self, "_pid", None) == os.getpid():
+            self._close_handles()
+        self._pid = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass  # at interpreter exit the modules close() needs may be gone
+
+    def __getstate__(self):
+        return {"path": self.path, "options": self._options}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], **state["options"])
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.path!r}: {len(self)} images of {shape_text(self.shape)}>"
+
+    # helpers ---------------------------------------------------------------
+
+    def _ensure_open(self):
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        if self._pid is not None:
+            # Opened in another process (we are a forked child): never touch
+            # those handles here, open our own.
+            self._forget_handles()
+        self.metadata = self._open_handles()
+        self._pid = pid
+
+    def _check_index(self, index):
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"store indices must be integers, got {type(index).__name__}") from None
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise StoreIndexError(f"{self.path}: index {index} is out of range for a store of {n} images")
+        return i
+
+    def _check_indices(self, indices):
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu" and not (idx.size == 0):
+            raise TypeError(f"{self.path}: indices must be integers, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False).reshape(-1)
+        n = len(self)
+        if idx.size:
+            idx = np.where(idx < 0, idx + n, idx)
+            bad = (idx < 0) | (idx >= n)
+            if bad.any():
+                first = np.asarray(indices).reshape(-1)[int(np.argmax(bad))]
+                raise StoreIndexError(f"{self.path}: index {first} is out of range for a store of {n} images")
+        return np.ascontiguousarray(idx)
+
+    def _check_out(self, out, n):
+        if out is None:
+            return None
+        if self.variable:
+            raise StoreError(f"{self.path}: out= needs a store of one image shape, this one has varying sizes")
+        want = (n, *self.shape)
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != want:
+            got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise StoreError(f"{self.path}: out must be a uint8 array of shape {want}, got {got}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise StoreError(f"{self.path}: out must be a writeable C-contiguous array")
+        return out
+
+    def _empty(self):
+        labels = np.empty(0, np.int64)
+        if self.variable:
+            return [], labels
+        return np.empty((0, *self.shape), np.uint8), labels
+
+    def _read_range(self, start, stop, out):
+        return self._read_many(np.arange(start, stop, dtype=np.int64), out)
+
+    def _forget_handles(self):
+        """Drop handles inherited over fork without using them."""
+
+    def _open_handles(self):
+        raise NotImplementedError
+
+    def _close_handles(self):
+        raise NotImplementedError
+
+    def _read_one(self, i):
+        raise NotImplementedError
+
+    def _read_many(self, indices, out):
+        raise NotImplementedError

@@ -1,0 +1,466 @@
+"""Chunked HDF5 store: plain HDF5 that h5py alone can read.
+
+Layout of one file (FORMAT.md, "Stores", is the full specification):
+
+* images of one shape: ``/images`` (N, H, W, C) uint8, chunked along N
+  (``chunk_images`` images per chunk), growable (``maxshape`` (None, H, W, C));
+* images of varying shapes: ``/pixels`` 1-D uint8 holding every image's
+  (H, W, C) pixels back to back, ``/offsets`` (N,) int64 start of each image
+  in ``/pixels``, ``/shapes`` (N, 3) int64 (H, W, C);
+* ``/labels`` (N,) int64;
+* the metadata as attributes of the root group (``imgconv_format`` = "hdf5",
+  ``imgconv_format_version``, ``count``, ``shape``, ...), written last: a file
+  without them is not a finished store.
+
+Optional compression (``compression="gzip"`` with ``compression_level``, or
+"lzf") applies to the pixel dataset; it is off by default.
+"""
+import json
+import os
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, check_metadata
+
+FORMAT_NAME = "hdf5"
+FORMAT_VERSION = 1
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+COMPRESSIONS = (None, "gzip", "lzf")
+# Automatic chunk size: about this many bytes per chunk (16 CIFAR images).
+# FORMAT.md has the measurements behind it.
+CHUNK_TARGET_BYTES = 48 * 1024
+# Images are written in groups of this many bytes (whole chunks), so the
+# sequence of HDF5 calls, and hence the file, does not depend on batch sizes.
+WRITE_UNIT_BYTES = 4 * 1024 * 1024
+PIXEL_CHUNK_BYTES = 256 * 1024
+LABEL_CHUNK = 1024
+DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+
+
+class EncodedArrays(EncodedBatch):
+    """A batch as contiguous arrays: ``images`` (N, H, W, C), or for varying
+    sizes ``pixels`` (every image's bytes back to back) with ``shapes``."""
+
+    def __init__(self, images, pixels, labels, shapes, variable):
+        super().__init__(labels, shapes, variable)
+        self.images = images
+        self.pixels = pixels
+
+
+def encode_batch(images, labels):
+    """Check a batch and lay it out as the contiguous arrays the HDF5 datasets take.
+
+    Returns :class:`EncodedArrays`. Raises StoreError for a bad batch.
+    """
+    batch = check_batch(images, labels)
+    if not batch.variable:
+        return EncodedArrays(batch.images, None, batch.labels, batch.shapes(), False)
+    pixels = np.concatenate([image.reshape(-1) for image in batch.images]) if batch.images else np.empty(0, np.uint8)
+    return EncodedArrays(None, pixels, batch.labels, batch.shapes(), True)
+
+
+def _attr_value(value):
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return np.array(value, dtype=h5py.string_dtype())
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        return np.array(value, dtype=np.int64)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+class Hdf5Writer(Writer):
+    """Writes a chunked HDF5 store (see the module docstring for the layout).
+
+    Options: ``chunk_images`` (images per chunk; by default about 48 KiB of
+    pixels per chunk, 16 CIFAR images: see FORMAT.md for the measurements),
+    ``compression`` (None, "gzip", "lzf") and ``compression_level`` (gzip
+    0..9, default 4).
+    """
+
+    format_name = FORMAT_NAME
+    format_version = FORMAT_VERSION
+
+    def __init__(self, path, *, chunk_images=None, compression=None, compression_level=None, **common):
+        super().__init__(path, **common)
+        if compression not in COMPRESSIONS:
+            raise StoreError(f"{self.path}: compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if compression_level is not None and (compression != "gzip" or not 0 <= int(compression_level) <= 9):
+            raise StoreError(f"{self.path}: compression_level is 0..9 and applies to gzip only")
+        if chunk_images is not None and not 1 <= int(chunk_images) <= 1 << 20:
+            raise StoreError(f"{self.path}: chunk_images must be 1 .. 1048576, got {chunk_images}")
+        self.chunk_images = None if chunk_images is None else int(chunk_images)
+        self.compression = compression
+        self.compression_level = (4 if compression_level is None else int(compression_level)) if compression == "gzip" else None
+        self._file = None
+        self._pending = []  # encoded batches not yet written (less than a write unit)
+        self._pending_count = 0
+        self._written = 0
+        self._pixels_written = 0
+
+    def encoder(self):
+        """The picklable encode step: :func:`encode_batch`."""
+        return encode_batch
+
+    def _filters(self):
+        return {"compression": self.compression, "compression_opts": self.compression_level}
+
+    def _start(self):
+        try:
+            # v110: the extensible-array chunk index (faster appends and
+            # lookups than the v1 B-tree), readable by HDF5 1.10 and later.
+            self._file = h5py.File(self.temporary, "w", libver=("v110", "v110"))
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the HDF5 file: {exc}") from None
+        f = self._file
+        f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(LABEL_CHUNK,))
+        if self.shape == VARIABLE:
+            f.create_dataset("pixels", (0,), np.uint8, maxshape=(None,), chunks=(PIXEL_CHUNK_BYTES,), **self._filters())
+            f.create_dataset("offsets", (0,), np.int64, maxshape=(None,), chunks=(LABEL_CHUNK,))
+            f.create_dataset("shapes", (0, 3), np.int64, maxshape=(None, 3), chunks=(LABEL_CHUNK, 3))
+            self._unit = 1
+        else:
+            if self.chunk_images is None:
+                self.chunk_images = max(1, round(CHUNK_TARGET_BYTES / int(np.prod(self.shape))))
+            chunks = (self.chunk_images, *self.shape)
+            f.create_dataset("images", (0, *self.shape), np.uint8, maxshape=(None, *self.shape), chunks=chunks,
+                             **self._filters())
+            per_image = int(np.prod(self.shape))
+            self._unit = self.chunk_images * max(1, WRITE_UNIT_BYTES // (per_image * self.chunk_images))
+
+    def _write(self, encoded):
+        if self.shape == VARIABLE:
+            self._write_variable(encoded)
+            return
+        images = encoded.images if not encoded.variable else encoded.pixels.reshape(len(encoded), *self.shape)
+        # What waits for the next write unit is copied: it must not alias the
+        # caller's arrays, which the caller may refill once append returns.
+        self._pending.append((images, encoded.labels))
+        self._pending_count += len(encoded)
+        if self._pending_count >= self._unit:
+            self._flush(final=False)
+        else:
+            self._pending[-1] = (images.copy(), encoded.labels.copy())
+
+    def _flush(self, final):
+        if not self._pending:
+            return
+        images = np.concatenate([p[0] for p in self._pending]) if len(self._pending) > 1 else self._pending[0][0]
+        labels = np.concatenate([p[1] for p in self._pending]) if len(self._pending) > 1 else self._pending[0][1]
+        whole = len(labels) if final else len(labels) // self._unit * self._unit
+        for first in range(0, whole, self._unit):
+            self._write_unit(images[first : first + self._unit], labels[first : first + self._unit])
+        rest = len(labels) - whole
+        self._pending = [(images[whole:].copy(), labels[whole:].copy())] if rest else []
+        self._pending_count = rest
+
+    def _write_unit(self, images, labels):
+        start, stop = self._written, self._written + len(labels)
+        ds = self._file["images"]
+        ds.resize(stop, axis=0)
+        ds[start:stop] = images
+        self._append("labels", labels, start)
+        self._written = stop
+
+    def _append(self, name, data, start):
+        ds = self._file[name]
+        ds.resize(start + len(data), axis=0)
+        ds[start : start + len(data)] = data
+
+    def _write_variable(self, encoded):
+        pixels = encoded.pixels if encoded.variable else encoded.images.reshape(-1)
+        sizes = np.prod(encoded.shapes, axis=1)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) + self._pixels_written
+        # Variable-size data is written as it comes: chunk alignment cannot be
+        # kept across images of different sizes anyway.
+        self._append("pixels", pixels, self._pixels_written)
+        self._append("offsets", offsets, self._written)
+        self._append("shapes", encoded.shapes, self._written)
+        self._append("labels", encoded.labels, self._written)
+        self._pixels_written += int(sizes.sum())
+        self._written += len(encoded)
+
+    def _format_metadata(self):
+        extra = {"compression": self.compression, "compression_level": self.compression_level}
+        if self.shape != VARIABLE:
+            extra["chunk_images"] = self.chunk_images
+        return extra
+
+    def _finish(self, meta):
+        try:
+            if self.shape != VARIABLE:
+                self._flush(final=True)
+            for key, value in meta.items():
+                value = _attr_value(value)
+                if value is not None:
+                    self._file.attrs[_ATTR_NAMES.get(key, key)] = value
+            self._file.flush()
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+        finally:
+            self._file.close()
+            self._file = None
+
+    def _abort(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+
+
+# Metadata keys whose attribute names say they belong to imgconv.
+_ATTR_NAMES = {"format": "imgconv_format", "format_version": "imgconv_format_version"}
+_KEY_NAMES = {v: k for k, v in _ATTR_NAMES.items()}
+
+
+def _read_attr(value):
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        if value[:1] in "[{":
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        return value
+    if isinstance(value, np.ndarray):
+        return [_read_attr(v) for v in value.tolist()]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+class Hdf5Reader(Reader):
+    """Reads an HDF5 store. Option ``cache_bytes``: h5py's chunk cache (default 16 MiB)."""
+
+    format_name = FORMAT_NAME
+
+    def _open_handles(self):
+        cache = int(self._options.get("cache_bytes", DEFAULT_CACHE_BYTES))
+        try:
+            f = h5py.File(self.path, "r", rdcc_nbytes=cache, rdcc_nslots=10007)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open as HDF5 (truncated or corrupt?): {exc}") from None
+        try:
+            meta = self._load(f)
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        self._labels = None
+        self._tables = None
+        self._direct_reader = None
+        return meta
+
+    def _load(self, f):
+        if f.attrs.get("imgconv_format") is None:
+            raise StoreError(f"{self.path}: an HDF5 file without imgconv metadata (not an imgconv store, or unfinished)")
+        meta = {_KEY_NAMES.get(k, k): _read_attr(v) for k, v in f.attrs.items()}
+        meta = check_metadata(meta, self.path, FORMAT_NAME, FORMAT_VERSION)
+        n = meta["count"]
+        names = ("pixels", "offsets", "shapes", "labels") if meta["shape"] == VARIABLE else ("images", "labels")
+        for name in names:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise StoreError(f"{self.path}: the dataset /{name} is missing")
+        if meta["shape"] != VARIABLE:
+            images = f["images"]
+            if images.shape != (n, *meta["shape"]) or images.dtype != np.uint8:
+                raise StoreError(
+                    f"{self.path}: /images is {images.shape} {images.dtype}, the metadata says {n} images of {meta['shape']}"
+                )
+            self._images = images
+        else:
+            self._pixels, self._offsets, self._shapes = f["pixels"], f["offsets"], f["shapes"]
+            if self._offsets.shape != (n,) or self._shapes.shape != (n, 3):
+                raise StoreError(f"{self.path}: /offsets or /shapes do not hold {n} entries")
+        if f["labels"].shape != (n,):
+            raise StoreError(f"{self.path}: /labels holds {f['labels'].shape} entries, the metadata says {n}")
+        return meta
+
+    def _close_handles(self):
+        f, self._file = getattr(self, "_file", None), None
+        direct, self._direct_reader = getattr(self, "_direct_reader", None), None
+        if direct:
+            direct.close()
+        if f is not None:
+            f.close()
+
+    def _forget_handles(self):
+        # The parent's HDF5 file id and descriptor are not used in the child.
+        self._file = None
+        self._direct_reader = None
+
+    def labels(self):
+        """All labels as an (N,) int64 array (read once, then kept)."""
+        self._ensure_open()
+        if self._labels is None:
+            self._labels = self._guard(lambda: self._file["labels"][...].astype(np.int64, copy=False), "labels")
+        return self._labels
+
+    def _guard(self, read, what):
+        try:
+            return read()
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{self.path}: reading {what} failed (truncated or corrupt file?): {exc}") from None
+
+    def _read_one(self, i):
+        if self.variable:
+            images, labels = self._read_variable(np.array([i]))
+            return images[0], labels[0]
+        direct = self._direct()
+        if direct is not None:
+            image = np.empty(self.shape, np.uint8)
+            direct.read_image(i, image)
+            return image, self.labels()[i]
+        return self._guard(lambda: self._images[i], f"image {i}"), self.labels()[i]
+
+    def _read_many(self, indices, out):
+        if self.variable:
+            return self._read_variable(indices)
+        if out is None:
+            out = np.empty((indices.size, *self.shape), np.uint8)
+        direct = self._direct()
+        if direct is not None:
+            for n, i in enumerate(indices.tolist()):
+                direct.read_image(i, out[n])
+            return out, self.labels()[indices]
+        distinct, inverse = np.unique(indices, return_inverse=True)
+        into = out if distinct.size == indices.size else np.empty((distinct.size, *self.shape), np.uint8)
+        # h5py wants increasing indices: read the distinct ones, runs of
+        # consecutive indices as one slab each, then put them in order.
+        breaks = np.flatnonzero(np.diff(distinct) != 1) + 1
+        for a, b in zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [distinct.size]]).tolist()):
+            first = int(distinct[a])
+            self._guard(lambda: self._images.read_direct(into, np.s_[first : first + b - a], np.s_[a:b]),
+                        f"images {first}..{first + b - a - 1}")
+        if into is not out or not np.array_equal(distinct, indices):
+            np.take(into, inverse.reshape(-1), axis=0, out=out)
+        return out, self.labels()[indices]
+
+    def _read_range(self, start, stop, out):
+        if self.variable:
+            return self._read_variable(np.arange(start, stop))
+        if out is None:
+            out = np.empty((stop - start, *self.shape), np.uint8)
+        direct = self._direct()
+        if direct is not None:
+            direct.read_range(start, stop, out)
+        else:
+            self._guard(lambda: self._images.read_direct(out, np.s_[start:stop]), f"images {start}..{stop - 1}")
+        return out, self.labels()[start:stop].copy()
+
+    def _direct(self):
+        """The :class:`_DirectChunks` reader for this process, or None when h5py must decode."""
+        if self._direct_reader is None:
+            self._direct_reader = _DirectChunks.build(self.path, self._images, self.shape) or False
+        return self._direct_reader or None
+
+    def _read_variable(self, indices):
+        if self._tables is None:
+            # Offsets and shapes (16 + 24 bytes per image) are read once per process.
+            self._tables = (self._guard(lambda: self._offsets[...], "/offsets"),
+                            self._guard(lambda: self._shapes[...], "/shapes"))
+        offset_table, shape_table = self._tables
+        images = []
+        for i in indices.tolist():
+            shape = tuple(int(v) for v in shape_table[i])
+            start = int(offset_table[i])
+            size = shape[0] * shape[1] * shape[2]
+            flat = self._guard(lambda: self._pixels[start : start + size], f"image {i}")
+            if flat.size != size:
+                raise StoreError(f"{self.path}: image {i} runs past the end of /pixels: the file is corrupt")
+            images.append(flat.reshape(shape))
+        return images, self.labels()[indices]
+
+
+class _DirectChunks:
+    """Reads images of an unfiltered chunked dataset straight from the file.
+
+    An uncompressed chunk is stored as its (k, H, W, C) array in C order at a
+    file offset HDF5 reports (``chunk_iter``), so image i lies at
+    ``chunk_offset[i // k] + (i % k) * image_bytes``. Reading there with
+    ``preadv`` skips h5py's selection machinery: a single image costs one
+    system call, and a full read copies whole runs of adjacent chunks at once.
+    Only used when every chunk is allocated and inside the file, so it returns
+    exactly what h5py would.
+    """
+
+    def __init__(self, path, fd, offsets, per_chunk, image_bytes):
+        self.path = path
+        self.fd = fd
+        self.offsets = offsets
+        self.k = per_chunk
+        self.image_bytes = image_bytes
+
+    @classmethod
+    def build(cls, path, images, shape):
+        """A reader for ``images``, or None when its layout does not allow direct reads."""
+        dcpl = images.id.get_create_plist()
+        if images.chunks is None or dcpl.get_nfilters() != 0 or images.chunks[1:] != tuple(shape):
+            return None
+        k = images.chunks[0]
+        count = images.shape[0]
+        n_chunks = -(-count // k)
+        offsets = np.full(n_chunks, -1, np.int64)
+        image_bytes = int(np.prod(shape))
+
+        def visit(info):
+            offsets[info.chunk_offset[0] // k] = info.byte_offset
+
+        try:
+            images.id.chunk_iter(visit)
+        except (AttributeError, RuntimeError, OSError):
+            return None  # an HDF5 library without H5Dchunk_iter: h5py reads instead
+        size = os.path.getsize(path)
+        if n_chunks and (offsets.min() < 0 or offsets.max() + k * image_bytes > size):
+            return None  # missing or out-of-file chunks: let HDF5 report or fill them
+        return cls(path, os.open(path, os.O_RDONLY), offsets, k, image_bytes)
+
+    def close(self):
+        """Close the file descriptor."""
+        os.close(self.fd)
+
+    def _read(self, view, offset, what):
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise StoreError(f"{self.path}: {what} ends early at byte {offset + done}: the file is truncated")
+            done += got
+
+    def read_image(self, i, out):
+        """Read image ``i`` into ``out`` (an (H, W, C) uint8 array)."""
+        offset = int(self.offsets[i // self.k]) + (i % self.k) * self.image_bytes
+        self._read(memoryview(out).cast("B"), offset, f"image {i}")
+
+    def read_range(self, start, stop, out):
+        """Read images ``start .. stop - 1`` into ``out``, one read per run of adjacent chunks."""
+        flat = memoryview(out.reshape(-1))
+        first = start // self.k
+        offsets = self.offsets[first : (stop - 1) // self.k + 1]
+        chunk_bytes = self.k * self.image_bytes
+        breaks = np.flatnonzero(np.diff(offsets) != chunk_bytes) + 1
+        for a, b in zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [offsets.size]]).tolist()):
+            lo = max(start, (first + a) * self.k)
+            hi = min(stop, (first + b) * self.k)
+            offset = int(offsets[a]) + (lo - (first + a) * self.k) * self.image_bytes
+            self._read(flat[(lo - start) * self.image_bytes : (hi - start) * self.image_bytes], offset,
+                       f"images {lo}..{hi - 1}")
+
+
+def detect(path):
+    """True when ``path`` is a file starting with the HDF5 signature."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == SIGNATURE
+    except OSError:
+        return False

@@ -1,0 +1,547 @@
+"""LMDB store: runs of consecutive records per value, chunk numbers as keys.
+
+Layout (FORMAT.md, "Stores", is the full specification): a directory
+``name.lmdb/`` holding ``data.mdb`` (and the ``lock.mdb`` LMDB made while
+writing; readers do not need it). In the main database
+
+* key ``struct.pack(">Q", c)`` (8 bytes, big-endian, so keys sort in image
+  order) holds chunk ``c``: the records of images ``c*K .. c*K + K - 1``
+  (fewer in the last chunk), K = ``records_per_value`` in the metadata;
+* a store of one image shape lays the records back to back; a store of
+  varying shapes starts each value with a table: u32 n, u32 0, then n u64
+  record offsets from the start of the value;
+* key ``b"imgconv.metadata"`` holds the metadata as UTF-8 JSON. It is 16 bytes,
+  so it cannot collide with an 8-byte chunk key, and it is written last: a
+  database without it is not a finished store.
+
+Why runs of records: one small record per value puts every value on its own
+4 KiB overflow page (disk 1.3x the pixels); runs of K records per value fill
+their pages and turn a full read into a scan of a few thousand values, while a
+single image is still one lookup and one record decode.
+"""
+import os
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import lmdb
+import numpy as np
+
+from .. import kernels, record
+from ..errors import RecordError, StoreError
+from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text
+
+FORMAT_NAME = "lmdb"
+FORMAT_VERSION = 1
+METADATA_KEY = b"imgconv.metadata"
+KEY_STRUCT = struct.Struct(">Q")
+TABLE_HEAD = struct.Struct("<II")
+
+# Value size the automatic records_per_value aims at; see FORMAT.md for the
+# measurements (CIFAR: 64 records of 3,104 bytes = 194 KiB).
+TARGET_VALUE_BYTES = 192 * 1024
+MAX_RECORDS_PER_VALUE = 4096
+INITIAL_MAP_SIZE = 64 * 1024 * 1024
+# Chunks are committed in transactions of a fixed number of values (about
+# this many bytes), never per batch: the file then does not depend on how the
+# images were split into batches.
+TXN_BYTES = 16 * 1024 * 1024
+_ZERO = np.zeros(1, np.int64)
+
+
+def chunk_key(chunk):
+    """The LMDB key of chunk number ``chunk``."""
+    return KEY_STRUCT.pack(chunk)
+
+
+def records_per_value_for(record_bytes):
+    """The automatic K for records of ``record_bytes``: about 192 KiB per value, at least 1."""
+    return int(min(MAX_RECORDS_PER_VALUE, max(1, round(TARGET_VALUE_BYTES / record_bytes))))
+
+
+class EncodedRecords(EncodedBatch):
+    """A batch packed into records (``buffer`` uint8, ``offsets`` N + 1 int64)."""
+
+    def __init__(self, buffer, offsets, labels, shapes, variable):
+        super().__init__(labels, shapes, variable)
+        self.buffer = buffer
+        self.offsets = offsets
+
+
+def encode_batch(images, labels):
+    """Check a batch and pack it into records (the imgconv record format).
+
+    See :func:`imgconv.stores.base.check_batch` for the accepted forms.
+    Returns :class:`EncodedRecords`. Raises StoreError for a bad batch.
+    """
+    batch = check_batch(images, labels)
+    packed = record.pack_records(batch.images, batch.labels)
+    return EncodedRecords(packed.buffer, packed.offsets, batch.labels, batch.shapes(), batch.variable)
+
+
+def _value_with_table(buffer, offsets):
+    """Records ``buffer`` (offsets from 0) prefixed with the offset table of a varying-size value."""
+    n = len(offsets) - 1
+    head = TABLE_HEAD.size + 8 * n
+    table = np.asarray(offsets[:-1], dtype="<u8") + head
+    return TABLE_HEAD.pack(n, 0) + table.tobytes() + buffer.tobytes()
+
+
+class LmdbWriter(Writer):
+    """Writes an LMDB store (see the module docstring for the layout).
+
+    Options: ``records_per_value`` (K; default chosen from the first image's
+    size, about 192 KiB per value) and ``map_size`` (initial map size; it grows
+    as needed, so MDB_MAP_FULL never reaches the caller).
+    """
+
+    format_name = FORMAT_NAME
+    format_version = FORMAT_VERSION
+
+    def __init__(self, path, *, records_per_value=None, map_size=INITIAL_MAP_SIZE, **common):
+        super().__init__(path, **common)
+        if records_per_value is not None and not 1 <= int(records_per_value) <= 1 << 20:
+            raise StoreError(f"{self.path}: records_per_value must be 1 .. 1048576, got {records_per_value}")
+        self.records_per_value = None if records_per_value is None else int(records_per_value)
+        self.map_size = max(int(map_size), 1 << 20)
+        self._env = None
+        self._flusher = None
+        self._chunk = 0
+        self._pending = np.empty(0, np.uint8)
+        self._pending_offsets = np.zeros(1, np.int64)
+        self._ready = []  # whole chunks waiting for their transaction
+        self._per_txn = None
+
+    def encoder(self):
+        """The picklable encode step: :func:`encode_batch`."""
+        return encode_batch
+
+    def _start(self):
+        os.mkdir(self.temporary)
+        # LMDB does not sync per transaction: a background flusher (below)
+        # writes committed pages to disk while the next ones are packed, and
+        # _finish syncs the rest before the rename. A crash before then
+        # leaves only the temporary directory.
+        self._env = lmdb.open(
+            self.temporary, map_size=self.map_size, subdir=True, sync=False, metasync=False,
+            readahead=False, max_dbs=0,
+        )
+        self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb"))
+
+    def _write(self, encoded):
+        if self.records_per_value is None:
+            self.records_per_value = records_per_value_for(int(encoded.offsets[1]))
+        k = self.records_per_value
+        buffer, offsets = encoded.buffer, encoded.offsets
+        n = len(offsets) - 1
+        values, first = [], 0
+        waiting = len(self._pending_offsets) - 1
+        if waiting:
+            # Complete the chunk begun by earlier batches; only that one is copied.
+            first = min(k - waiting, n)
+            head = np.concatenate([self._pending, buffer[: offsets[first]]])
+            head_offsets = np.concatenate([self._pending_offsets[:-1], offsets[: first + 1] + self._pending.size])
+            if waiting + first < k:
+                self._pending, self._pending_offsets = head, head_offsets
+                return
+            values.append(self._value(head, head_offsets, 0, k))
+        whole = (n - first) // k
+        values += [self._value(buffer, offsets, first + q * k, first + (q + 1) * k) for q in range(whole)]
+        rest = first + whole * k
+        self._pending = buffer[offsets[rest] :].copy()
+        self._pending_offsets = offsets[rest:] - offsets[rest]
+        self._ready += values
+        if self._per_txn is None:
+            self._per_txn = max(1, round(TXN_BYTES / (k * int(encoded.offsets[1]))))
+        while len(self._ready) >= self._per_txn:
+            self._put(self._ready[: self._per_txn])
+            del self._ready[: self._per_txn]
+
+    def _value(self, buffer, offsets, first, stop):
+        data = buffer[offsets[first] : offsets[stop]]
+        if self.shape == VARIABLE:
+            return _value_with_table(data, offsets[first : stop + 1] - offsets[first])
+        return data
+
+    def _put(self, values, extra=()):
+        """Put ``values`` as the next chunks (and ``extra`` key/values) in one transaction."""
+        needed = sum(len(v) for v in values) + sum(len(v) for _, v in extra)
+        self._reserve(needed)
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for q, value in enumerate(values):
+                        # append=True: keys arrive in sorted order, so LMDB
+                        # appends to the last leaf instead of searching.
+                        txn.put(chunk_key(self._chunk + q), value, append=True)
+                    for key, value in extra:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                self._grow(2 * self._env.info()["map_size"])
+        self._chunk += len(values)
+        self._flusher.request()
+
+    def _reserve(self, needed):
+        info = self._env.info()
+        used = (info["last_pgno"] + 1) * 4096
+        # Values take whole pages plus tree pages; a quarter of slack covers both.
+        want = used + needed + needed // 4 + (1 << 20)
+        if want > info["map_size"]:
+            self._grow(max(want, 2 * info["map_size"]))
+
+    def _grow(self, size):
+        try:
+            self._env.set_mapsize(size)
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot grow the LMDB map to {size} bytes: {exc}") from None
+
+    def _format_metadata(self):
+        if self.records_per_value is None:
+            self.records_per_value = 1 if self.shape == VARIABLE else records_per_value_for(record.record_size(self.shape))
+        return {
+            "records_per_value": self.records_per_value,
+            "record_version": record.VERSION,
+            "key": ">Q chunk number",
+            "value": "offset table + records" if self.shape == VARIABLE else "records",
+        }
+
+    def _finish(self, meta):
+        last = self._ready
+        if len(self._pending_offsets) > 1:
+            last.append(self._value(self._pending, self._pending_offsets, 0, len(self._pending_offsets) - 1))
+        try:
+            self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))])
+            self._flusher.stop()
+            self._env.sync(True)
+        except (lmdb.Error, OSError) as exc:
+            raise StoreError(f"{self.path}: LMDB failed while finishing the store: {exc}") from None
+        finally:
+            self._abort()
+
+    def _abort(self):
+        if self._flusher is not None:
+            self._flusher.stop(check=False)
+            self._flusher = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+class _Flusher:
+    """Flushes a file to disk in a background thread, overlapping the disk
+    writes with the packing and putting of the next values (``fdatasync``
+    releases the GIL). Requests made while a flush runs merge into one."""
+
+    def __init__(self, path):
+        self._fd = os.open(path, os.O_RDONLY)
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="imgconv-lmdb-flush", daemon=True)
+        self._thread.start()
+
+    def request(self):
+        """Ask for a flush of what has been written so far."""
+        self._wanted.set()
+
+    def _run(self):
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._error = exc
+                return
+
+    def stop(self, check=True):
+        """Stop the thread; with ``check``, raise the OSError a flush met."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+        self._thread = None
+        os.close(self._fd)
+        if check and self._error is not None:
+            raise self._error
+
+
+class LmdbReader(Reader):
+    """Reads an LMDB store read-only.
+
+    Options: ``readahead`` (default False): let the OS read ahead around
+    each page touched; off suits random access to stores larger than memory
+    (FORMAT.md has the measurements). ``verify`` (default True): check each
+    record's CRC32C; False skips it (headers and bounds are still checked).
+    """
+
+    format_name = FORMAT_NAME
+
+    def _open_handles(self):
+        data = os.path.join(self.path, "data.mdb")
+        if not os.path.isfile(data):
+            raise StoreError(f"{self.path}: not an imgconv LMDB store (no data.mdb inside)")
+        env = _shared_env(self.path, bool(self._options.get("readahead", False)))
+        try:
+            meta = self._load(env, data)
+        except BaseException:
+            _release_env(env)
+            raise
+        self._env = env
+        return meta
+
+    def _load(self, env, data):
+        _check_not_truncated(env, data, self.path)
+        try:
+            with env.begin() as txn:
+                raw = txn.get(METADATA_KEY)
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: corrupt LMDB database: {exc}") from None
+        if raw is None:
+            raise StoreError(f"{self.path}: LMDB database without imgconv metadata (not an imgconv store, or unfinished)")
+        meta = load_metadata(raw, self.path, FORMAT_NAME, FORMAT_VERSION)
+        k = meta.get("records_per_value")
+        if not isinstance(k, int) or k < 1:
+            raise StoreError(f"{self.path}: invalid records_per_value {k!r} in the metadata")
+        self._k = k
+        self._verify = bool(self._options.get("verify", True))
+        if meta["shape"] != VARIABLE:
+            self._record_size = record.record_size(meta["shape"])
+            self._expected = record._expected_header(meta["shape"], np.uint8)
+            self._payload = int(np.prod(meta["shape"]))
+            self._slot_offsets = [np.array([j * self._record_size], np.int64) for j in range(k)]
+            self._kernel = kernels.implementation()
+        return meta
+
+    def _close_handles(self):
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            _release_env(env)
+
+    def _forget_handles(self):
+        # The environment belongs to the parent; LMDB forbids using it after fork.
+        self._env = None
+
+    # reading ----------------------------------------------------------------
+
+    def _value(self, txn, chunk):
+        value = txn.get(chunk_key(chunk))
+        if value is None:
+            raise StoreError(f"{self.path}: chunk {chunk} (key {chunk_key(chunk).hex()}) is missing: the store is corrupt")
+        return value
+
+    def _chunk_len(self, chunk):
+        return min(self._k, len(self) - chunk * self._k)
+
+    def _offsets(self, value, chunk, slots):
+        """Start of the records at ``slots`` (int64 array or scalar) within chunk ``chunk``'s ``value``."""
+        if self.shape != VARIABLE:
+            return slots * self._record_size
+        n = self._chunk_len(chunk)
+        data = memoryview(value)
+        if len(data) < TABLE_HEAD.size + 8 * n or TABLE_HEAD.unpack_from(data)[0] != n:
+            raise StoreError(f"{self.path}: chunk {chunk} has a corrupt offset table")
+        table = np.frombuffer(data, "<u8", count=n, offset=TABLE_HEAD.size)
+        return table[slots].astype(np.int64)
+
+    def _read_one(self, i):
+        chunk, slot = divmod(i, self._k)
+        with self._env.begin(buffers=True) as txn:
+            value = self._value(txn, chunk)
+            if self.shape != VARIABLE:
+                return self._read_one_fixed(value, i, slot)
+            try:
+                return record.unpack_record(value, int(self._offsets(value, chunk, slot)), verify=self._verify)
+            except RecordError as exc:
+                raise StoreError(f"{self.path}: image {i} (chunk {chunk}): {exc}") from None
+
+    def _read_one_fixed(self, value, i, slot):
+        # The single-image hot path: the header is compared with the expected
+        # one in compiled code, skipping record.unpack_records' argument
+        # normalisation, which would double the cost of a 3 KB read. LMDB's
+        # buffers are already contiguous unsigned-byte memoryviews.
+        pixels = np.empty((1, self._payload), np.uint8)
+        label = np.empty(1, np.int64)
+        offsets = self._slot_offsets[slot]
+        bad, _ = self._kernel.unpack_records([value], _ZERO, offsets, self._expected, pixels, label, self._verify)
+        if bad >= 0:
+            raise self._first_bad([value], [0], offsets, np.array([i]))
+        return pixels.reshape(self.shape), label[0]
+
+    def _read_many(self, indices, out):
+        distinct, sources = np.unique(indices // self._k, return_inverse=True)
+        with self._env.begin(buffers=True) as txn:
+            # Buffers point into the map: valid only inside this transaction.
+            values = [self._value(txn, int(c)) for c in distinct]
+            return self._gather(values, distinct, sources.reshape(-1), indices, out)
+
+    def _read_range(self, start, stop, out):
+        first, last = start // self._k, (stop - 1) // self._k
+        count = last - first + 1
+        with self._env.begin(buffers=True) as txn:
+            values = []
+            cursor = txn.cursor()
+            if cursor.set_key(chunk_key(first)):
+                # Keys sort in chunk order: a cursor scan visits the chunks in turn.
+                for key, value in cursor:
+                    if bytes(key) != chunk_key(first + len(values)):
+                        break
+                    values.append(value)
+                    if len(values) == count:
+                        break
+            if len(values) != count:
+                self._value(txn, first + len(values))  # raises: that chunk is missing
+            indices = np.arange(start, stop, dtype=np.int64)
+            distinct = np.arange(first, last + 1, dtype=np.int64)
+            return self._gather(values, distinct, indices // self._k - first, indices, out)
+
+    def _gather(self, values, distinct, sources, indices, out):
+        slots = indices % self._k
+        if self.shape == VARIABLE:
+            return self._gather_variable(values, distinct, sources, slots, indices)
+        if out is None:
+            out = np.empty((indices.size, *self.shape), np.uint8)
+        labels = np.empty(indices.size, np.int64)
+        offsets = slots * self._record_size
+        parts = _parts(indices.size, self._record_size)
+        try:
+            if len(parts) == 1:
+                record.unpack_records(values, offsets, sources=sources, out=out, labels_out=labels,
+                                      verify=self._verify)
+            else:
+                # The gather kernel runs without the GIL: large reads are split
+                # over threads (copy, checksum and page faults all scale).
+                list(_pool().map(
+                    lambda ab: record.unpack_records(
+                        values, offsets[ab[0] : ab[1]], sources=sources[ab[0] : ab[1]], out=out[ab[0] : ab[1]],
+                        labels_out=labels[ab[0] : ab[1]], verify=self._verify),
+                    parts))
+        except RecordError:
+            raise self._first_bad(values, sources, offsets, indices) from None
+        return out, labels
+
+    def _gather_variable(self, values, distinct, sources, slots, indices):
+        tables = [self._offsets(v, int(c), np.arange(self._chunk_len(int(c)))) for v, c in zip(values, distinct)]
+        images, labels = [], np.empty(indices.size, np.int64)
+        for n, (s, slot) in enumerate(zip(sources, slots)):
+            try:
+                image, labels[n] = record.unpack_record(values[s], int(tables[s][slot]), verify=self._verify)
+            except RecordError as exc:
+                raise StoreError(f"{self.path}: image {indices[n]} (chunk {distinct[s]}): {exc}") from None
+            images.append(image)
+        return images, labels
+
+    def _first_bad(self, values, sources, offsets, indices):
+        """The StoreError for the first record of a failed gather, found one by one (error path only)."""
+        for n, (s, offset) in enumerate(zip(sources, offsets)):
+            try:
+                image, _ = record.unpack_record(values[s], int(offset))
+            except RecordError as exc:
+                return StoreError(f"{self.path}: image {indices[n]} (chunk {indices[n] // self._k}): {exc}")
+            if image.shape != self.shape:
+                return StoreError(
+                    f"{self.path}: image {indices[n]} is {shape_text(image.shape)}, "
+                    f"the metadata says {shape_text(self.shape)}: the store is corrupt"
+                )
+        return StoreError(f"{self.path}: the records of this batch do not decode")
+
+
+# LMDB allows one Environment per database file per process, so readers of
+# the same store share it: {(st_dev, st_ino) of data.mdb: [env, users]}, for
+# this process only. Keyed by file, not path: a store replaced at the same
+# path (overwrite=True) is a new file and gets a new environment.
+_ENVS = {}
+_ENVS_PID = [os.getpid()]
+
+
+def _shared_env(path, readahead):
+    if _ENVS_PID[0] != os.getpid():
+        # A forked child inherits the parent's environments: it must not use
+        # them, and py-lmdb refuses a second one for the same path while they
+        # exist. Closing them here only unmaps this process's copy and closes
+        # its descriptors: they are read-only and lock-free, so no lock or
+        # reader slot is shared with the parent.
+        for env, _ in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+        _ENVS_PID[0] = os.getpid()
+    key = _file_key(path)
+    entry = _ENVS.get(key)
+    if entry is None:
+        try:
+            # readonly + lock=False is safe because an imgconv store is
+            # immutable once renamed into place: no writer ever opens it
+            # again, so readers need no reader table. It also lets stores on
+            # read-only media and any number of concurrent readers work.
+            env = lmdb.open(path, readonly=True, lock=False, subdir=True, max_dbs=0, readahead=readahead)
+        except lmdb.Error as exc:
+            raise StoreError(f"{path}: not a readable LMDB database: {exc}") from None
+        entry = _ENVS[key] = [env, 0]
+    entry[1] += 1
+    return entry[0]
+
+
+def _release_env(env):
+    if _ENVS_PID[0] != os.getpid():
+        return
+    for key, entry in list(_ENVS.items()):
+        if entry[0] is env:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _ENVS[key]
+                env.close()
+            return
+
+
+def _file_key(path):
+    data = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read data.mdb: {exc}") from None
+    return st.st_dev, st.st_ino
+
+
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+_POOL = [None, None]  # (pid, executor): threads do not survive fork
+
+
+def _pool():
+    if _POOL[0] != os.getpid():
+        _POOL[:] = [os.getpid(), ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="imgconv-gather")]
+    return _POOL[1]
+
+
+def _threads():
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+def _parts(n, record_bytes):
+    """Index ranges for the gather: one per thread for reads of 32 MiB and more."""
+    threads = _threads()
+    if threads == 1 or n * record_bytes < PARALLEL_MIN_BYTES:
+        return [(0, n)]
+    bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _check_not_truncated(env, data, path):
+    # A truncated data.mdb would be mapped past its end and reading there
+    # kills the process with SIGBUS; refuse it up front instead.
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.path.getsize(data)
+    if have < need:
+        raise StoreError(f"{path}: data.mdb is truncated: {have} bytes, the database needs {need}")
+
+
+def detect(path):
+    """True when ``path`` is a directory holding ``data.mdb``."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "data.mdb"))
+

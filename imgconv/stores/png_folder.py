@@ -1,0 +1,309 @@
+"""PNG folder store: one PNG per image in shards of 1,000, a labels CSV, a manifest.
+
+Layout (FORMAT.md, "Stores", is the full specification)::
+
+    name/
+      manifest.json        the metadata (format "png"), written last
+      labels.csv           header "index,path,label", one row per image
+      images/000/000000.png ... images/000/000999.png
+      images/001/001000.png ...
+
+Image i is ``images/{i // 1000:03d}/{i:06d}.png`` (wider numbers past 999,999).
+Grayscale images are PNG mode L, two channels LA, three RGB, four RGBA.
+
+The reader also accepts the classic layout: ``0.png ... N-1.png`` with one
+CSV of labels beside them (``labels.csv``, or the folder's only ``*.csv``),
+either one label per row in index order or rows ``index,path,label``. Its
+images are taken to share the shape of ``0.png``.
+"""
+import csv
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from ..errors import StoreError
+from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text
+
+FORMAT_NAME = "png"
+FORMAT_VERSION = 1
+SHARD_SIZE = 1000
+MANIFEST = "manifest.json"
+LABELS = "labels.csv"
+# zlib level 6: measured on 32x32 photo-like images (FORMAT.md has the table),
+# level 1 encodes only 5-20% faster but its files are 9% larger and decode
+# 10-30% slower, and level 9 is no smaller than 6. A folder is written once
+# and read every epoch, so 6 wins; level 0 (no compression) is 1.75x larger.
+DEFAULT_COMPRESS_LEVEL = 6
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def image_path(index):
+    """The relative path of image ``index`` in an imgconv PNG folder."""
+    return f"images/{index // SHARD_SIZE:03d}/{index:06d}.png"
+
+
+class EncodedPngs(EncodedBatch):
+    """A batch as PNG files: ``blobs`` holds the bytes of each image's PNG."""
+
+    def __init__(self, blobs, labels, shapes, variable):
+        super().__init__(labels, shapes, variable)
+        self.blobs = blobs
+
+
+def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
+    """The PNG bytes of one (H, W, C) uint8 image, C in 1..4."""
+    channels = image.shape[2]
+    if channels not in _MODES:
+        raise StoreError(f"PNG holds 1 to 4 channels, the image has {channels}")
+    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image, _MODES[channels])
+    out = io.BytesIO()
+    pil.save(out, format="PNG", compress_level=compress_level)
+    return out.getvalue()
+
+
+def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
+    """Check a batch and encode each image as PNG (zlib ``compress_level`` 0..9).
+
+    Returns :class:`EncodedPngs`. Raises StoreError for a bad batch or an
+    image with more than 4 channels.
+    """
+    batch = check_batch(images, labels)
+    blobs = []
+    for i, image in enumerate(batch.images):
+        try:
+            blobs.append(encode_png(image, compress_level))
+        except StoreError as exc:
+            raise StoreError(f"image {i} of the batch: {exc}") from None
+    return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable)
+
+
+class _PngEncoder:
+    """Picklable ``(images, labels) -> EncodedPngs`` with a fixed compression level."""
+
+    def __init__(self, compress_level):
+        self.compress_level = compress_level
+
+    def __call__(self, images, labels):
+        return encode_batch(images, labels, compress_level=self.compress_level)
+
+
+class PngFolderWriter(Writer):
+    """Writes a PNG folder (see the module docstring). Option ``compress_level`` 0..9 (default 6)."""
+
+    format_name = FORMAT_NAME
+    format_version = FORMAT_VERSION
+
+    def __init__(self, path, *, compress_level=DEFAULT_COMPRESS_LEVEL, **common):
+        super().__init__(path, **common)
+        if not 0 <= int(compress_level) <= 9:
+            raise StoreError(f"{self.path}: compress_level must be 0..9, got {compress_level}")
+        self.compress_level = int(compress_level)
+        self._csv_file = None
+        self._shard = None
+
+    def encoder(self):
+        """The picklable encode step: :func:`encode_batch` with this writer's level."""
+        return _PngEncoder(self.compress_level)
+
+    def _start(self):
+        os.makedirs(os.path.join(self.temporary, "images"))
+        self._csv_file = open(os.path.join(self.temporary, LABELS), "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._csv_file, lineterminator="\n")
+        self._csv.writerow(["index", "path", "label"])
+
+    def _write(self, encoded):
+        for j, blob in enumerate(encoded.blobs):
+            index = self.count + j
+            shard = index // SHARD_SIZE
+            if shard != self._shard:
+                os.makedirs(os.path.join(self.temporary, "images", f"{shard:03d}"), exist_ok=True)
+                self._shard = shard
+            rel = image_path(index)
+            with open(os.path.join(self.temporary, rel), "wb") as f:
+                f.write(blob)
+            self._csv.writerow([index, rel, int(encoded.labels[j])])
+
+    def _format_metadata(self):
+        return {"compress_level": self.compress_level, "shard_size": SHARD_SIZE, "labels_file": LABELS}
+
+    def _finish(self, meta):
+        self._csv_file.close()
+        self._csv_file = None
+        with open(os.path.join(self.temporary, MANIFEST), "wb") as f:
+            f.write(dump_metadata(meta))
+
+    def _abort(self):
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+
+
+class PngFolderReader(Reader):
+    """Reads an imgconv PNG folder, or a classic ``0.png ... N-1.png`` folder with a labels CSV."""
+
+    format_name = FORMAT_NAME
+
+    def _open_handles(self):
+        if self.metadata is not None:
+            return self.metadata  # no handles: what a forked child inherits is all it needs
+        manifest = os.path.join(self.path, MANIFEST)
+        if os.path.isfile(manifest):
+            meta = self._open_imgconv(manifest)
+        else:
+            meta = self._open_classic()
+        return meta
+
+    def _open_imgconv(self, manifest):
+        try:
+            with open(manifest, "rb") as f:
+                meta = load_metadata(f.read(), self.path, FORMAT_NAME, FORMAT_VERSION)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read {MANIFEST}: {exc}") from None
+        rows = _read_csv(os.path.join(self.path, meta.get("labels_file", LABELS)))
+        if not rows or [c.strip() for c in rows[0]] != ["index", "path", "label"]:
+            raise StoreError(f"{self.path}: {LABELS} must start with the header index,path,label")
+        self._paths, self._labels = _parse_indexed(rows[1:], self.path, LABELS)
+        if len(self._labels) != meta["count"]:
+            raise StoreError(
+                f"{self.path}: {LABELS} lists {len(self._labels)} images, the manifest says {meta['count']}"
+            )
+        return meta
+
+    def _open_classic(self):
+        if not os.path.isfile(os.path.join(self.path, "0.png")):
+            raise StoreError(f"{self.path}: neither {MANIFEST} nor a classic 0.png is here")
+        csv_path = _classic_csv(self.path)
+        rows = [r for r in _read_csv(csv_path) if r and any(c.strip() for c in r)]
+        header = [c.strip().lower() for c in rows[0]] if rows else []
+        if header[:3] == ["index", "path", "label"]:
+            self._paths, self._labels = _parse_indexed(rows[1:], self.path, os.path.basename(csv_path))
+        else:
+            if header and not _is_int(rows[0][0]):
+                rows = rows[1:]  # a header such as "label"
+            self._labels = _parse_single(rows, csv_path)
+            self._paths = [f"{i}.png" for i in range(len(self._labels))]
+        n = len(self._labels)
+        if n == 0:
+            raise StoreError(f"{csv_path}: no labels in the CSV")
+        last = os.path.join(self.path, self._paths[-1])
+        if not os.path.isfile(last):
+            raise StoreError(f"{self.path}: {os.path.basename(csv_path)} lists {n} labels but {last} is missing")
+        first, _ = self._decode(0, None)
+        return {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "count": n, "shape": first.shape,
+            "dtype": "uint8", "label_names": None, "source": f"classic PNG folder ({os.path.basename(csv_path)})",
+            "imgconv_version": None,
+        }
+
+    def _close_handles(self):
+        pass  # no handle stays open between reads
+
+    def _decode(self, i, shape):
+        path = os.path.join(self.path, self._paths[i])
+        try:
+            with Image.open(path) as pil:
+                if pil.format != "PNG":
+                    raise StoreError(f"{path}: image {i} is {pil.format}, not PNG")
+                image = np.asarray(_eight_bit(pil, path))
+        except FileNotFoundError:
+            raise StoreError(f"{path}: image {i} is missing") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise StoreError(f"{path}: image {i} cannot be decoded (corrupt or truncated PNG): {exc}") from None
+        if image.ndim == 2:
+            image = image[:, :, np.newaxis]
+        if shape is not None and shape != VARIABLE and image.shape != tuple(shape):
+            raise StoreError(f"{path}: image {i} is {shape_text(image.shape)}, the store holds {shape_text(shape)}")
+        return image, self._labels[i]
+
+    def _read_one(self, i):
+        return self._decode(i, self.shape)
+
+    def _read_many(self, indices, out):
+        images = [self._decode(i, self.shape)[0] for i in indices.tolist()]
+        labels = self._labels[indices]
+        if self.variable:
+            return images, labels
+        return np.stack(images, out=out), labels
+
+
+def _eight_bit(pil, path):
+    if pil.mode in ("L", "LA", "RGB", "RGBA"):
+        return pil
+    if pil.mode == "P":
+        return pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+    if pil.mode == "1":
+        return pil.convert("L")
+    raise StoreError(f"{path}: PNG mode {pil.mode} is not 8-bit L, LA, RGB or RGBA")
+
+
+def _read_csv(path):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            sample = f.read(4096)
+            f.seek(0)
+            # The classic recipe writes space-separated rows; imgconv writes commas.
+            delimiter = "," if "," in sample else " "
+            return list(csv.reader(f, delimiter=delimiter))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: the labels file is missing") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise StoreError(f"{path}: cannot read the labels CSV: {exc}") from None
+
+
+def _is_int(text):
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_indexed(rows, where, name):
+    paths, labels = [], []
+    for n, row in enumerate(rows):
+        try:
+            index, rel, label = int(row[0]), row[1].strip(), int(row[2])
+        except (ValueError, IndexError):
+            raise StoreError(f"{where}: {name} row {n + 2} is not index,path,label: {row!r}") from None
+        if index != n:
+            raise StoreError(f"{where}: {name} row {n + 2} has index {index}, expected {n}")
+        if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+            raise StoreError(f"{where}: {name} row {n + 2} points outside the folder: {rel!r}")
+        paths.append(rel)
+        labels.append(label)
+    return paths, np.array(labels, np.int64)
+
+
+def _parse_single(rows, path):
+    labels = []
+    for n, row in enumerate(rows):
+        cells = [c for c in row if c.strip()]
+        if len(cells) != 1 or not _is_int(cells[0]):
+            raise StoreError(f"{path}: row {n + 1} is not a single integer label: {row!r}")
+        labels.append(int(cells[0]))
+    return np.array(labels, np.int64)
+
+
+def _classic_csv(folder):
+    preferred = os.path.join(folder, LABELS)
+    if os.path.isfile(preferred):
+        return preferred
+    found = sorted(name for name in os.listdir(folder) if name.lower().endswith(".csv"))
+    if len(found) != 1:
+        what = "no CSV" if not found else f"{len(found)} CSVs ({', '.join(found[:4])})"
+        raise StoreError(f"{folder}: a classic PNG folder needs labels.csv or exactly one *.csv of labels, found {what}")
+    return os.path.join(folder, found[0])
+
+
+def detect(path):
+    """True for a directory with manifest.json, or a classic folder (0.png and a CSV)."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return True
+    if not os.path.isfile(os.path.join(path, "0.png")):
+        return False
+    return any(name.lower().endswith(".csv") for name in os.listdir(path))
