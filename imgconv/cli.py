@@ -7,11 +7,14 @@ registered in ``COMMANDS``; each entry adds its arguments to a parser and
 names the function that runs it.
 """
 import argparse
+import os
 import sys
 import time
+import traceback
 from collections import namedtuple
 
 from . import __version__
+from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError
 from .sample import MIN_COUNT, write_sample
 
@@ -68,7 +71,139 @@ def cmd_sample(args):
     return EXIT_OK
 
 
+def _positive(text, allow_zero=False):
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < (0 if allow_zero else 1):
+        raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'at least 1'}, got {value}")
+    return value
+
+
+def _workers(text):
+    return _positive(text, allow_zero=True)
+
+
+def _size(text):
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not WIDTHxHEIGHT: {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be at least 1, got {text!r}")
+    return width, height
+
+
+def _level(text):
+    value = _positive(text, allow_zero=True)
+    if value > 9:
+        raise argparse.ArgumentTypeError(f"a compression level is 0..9, got {value}")
+    return value
+
+
+CONVERT_EXAMPLE = """examples:
+  python -m imgconv sample data
+  python -m imgconv convert data/cifar-10-python.tar.gz cifar-train.lmdb
+  python -m imgconv convert photos/ photos.h5 --resize 64x64 --resize-policy crop --workers 2
+  python -m imgconv convert data/cifar-10-batches-py cifar-all --split all --png-level 1
+"""
+
+
+def _add_convert_arguments(parser):
+    parser.epilog = CONVERT_EXAMPLE
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("source", help="a CIFAR directory or .tar.gz, an image folder, a .npy or .npz file")
+    parser.add_argument("dest", help="the store to write: *.lmdb, *.h5/*.hdf5, or a directory for a PNG folder")
+    parser.add_argument("--format", choices=("png", "lmdb", "hdf5"), help="the store format (default: from DEST)")
+    parser.add_argument("--workers", type=_workers, default=None,
+                        help=f"worker processes (default: one per CPU, here {default_workers()}; 0: no pool)")
+    parser.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per batch sent to a worker (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--limit", type=_workers, default=None, help="convert the first N images only")
+    parser.add_argument("--split", choices=("train", "test", "all"), default="train",
+                        help="CIFAR and NumPy: which part (default train)")
+    parser.add_argument("--label-kind", choices=("fine", "coarse"), default="fine",
+                        help="CIFAR-100: fine (default) or coarse labels")
+    parser.add_argument("--mode", choices=("RGB", "L", "RGBA"), default="RGB",
+                        help="image folders: the channel layout (default RGB)")
+    parser.add_argument("--resize", type=_size, metavar="WxH", help="image folders: make every image WxH")
+    parser.add_argument("--resize-policy", choices=("stretch", "crop"), default="stretch",
+                        help="stretch, or scale the shorter side and centre-crop (default stretch)")
+    parser.add_argument("--labels-csv", metavar="CSV", help="image folders: labels for a flat folder")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="an unreadable image stops the conversion (default) or is skipped and reported")
+    parser.add_argument("--shuffle", action="store_true", help="write the images in a random order")
+    parser.add_argument("--seed", type=_seed, default=0, help="the seed of --shuffle (default 0)")
+    parser.add_argument("--png-level", type=_level, default=None, help="PNG folder: zlib level 0..9")
+    parser.add_argument("--hdf5-chunk", type=_positive, default=None, metavar="N", help="HDF5: images per chunk")
+    parser.add_argument("--hdf5-compression", choices=("gzip", "lzf"), default=None, help="HDF5: compression")
+    parser.add_argument("--hdf5-level", type=_level, default=None, help="HDF5: gzip level 0..9")
+    parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _store_options(args):
+    chosen = {
+        "compress_level": args.png_level,
+        "chunk_images": args.hdf5_chunk,
+        "compression": args.hdf5_compression,
+        "compression_level": args.hdf5_level,
+    }
+    return {name: value for name, value in chosen.items() if value is not None}
+
+
+def _progress_bar(args, total_hint):
+    """A tqdm bar on stderr, or None when quiet or stderr is not a terminal."""
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total_hint, unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                desc=os.path.basename(os.path.abspath(args.dest)))
+
+
+def _human_bytes(count):
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+
+
+def cmd_convert(args):
+    """Convert SOURCE into the store DEST through a pool of worker processes."""
+    bar = _progress_bar(args, None)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        result = convert(
+            args.source, args.dest, format=args.format, workers=args.workers, batch_size=args.batch_size,
+            limit=args.limit, shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=progress,
+            store_options=_store_options(args), split=args.split, label_kind=args.label_kind, mode=args.mode,
+            resize=args.resize, resize_policy=args.resize_policy, on_error=args.on_error,
+            labels_csv=args.labels_csv,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.skipped:
+        print(f"imgconv convert: skipped {len(result.skipped)} unreadable file(s):", file=sys.stderr)
+        for skipped in result.skipped:
+            print(f"  {skipped.path}: {skipped.reason}", file=sys.stderr)
+    if not args.quiet:
+        rate = result.count / result.seconds if result.seconds > 0 else 0.0
+        print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
+              f"{_human_bytes(result.bytes)} on disk: {result.path} ({result.format})")
+    return EXIT_OK
+
+
 COMMANDS = [
+    Command("convert", "convert a dataset into a PNG folder, an LMDB or an HDF5 store", _add_convert_arguments,
+            cmd_convert),
     Command(
         "sample", "write a synthetic dataset in the genuine CIFAR-10 file formats", _add_sample_arguments, cmd_sample
     ),
@@ -77,11 +212,19 @@ COMMANDS = [
 
 def build_parser():
     """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="imgconv", description="Store image datasets once, read them fast.")
+    parser = argparse.ArgumentParser(
+        prog="imgconv", description="Store image datasets once, read them fast.", epilog=CONVERT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"imgconv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a --debug given before the command from being reset here.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = subcommands.add_parser(command.name, help=command.help, description=command.help)
+        sub = subcommands.add_parser(command.name, help=command.help, description=command.help, parents=[common])
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
@@ -96,7 +239,12 @@ def main(argv=None):
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     try:
         return args.run(args)
+    except Interrupted as exc:
+        print(f"imgconv {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except ImgconvError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"imgconv {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DATA
     except OSError as exc:

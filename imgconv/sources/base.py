@@ -64,6 +64,17 @@ class Source(abc.ABC):
         """Class names indexed by label, or None when the dataset has none."""
         return None
 
+    @property
+    def sequential(self):
+        """True when reading a subrange first costs a pass over the data before it.
+
+        A compressed archive is such a source: gzip cannot seek. A converter
+        then reads it once, in order, in one process, and gives its workers
+        only the encoding, instead of having every worker decompress the
+        archive again for its own range.
+        """
+        return False
+
     @abc.abstractmethod
     def batches(self, batch_size, start=0, stop=None):
         """Yield ``(images, labels)`` for images ``start <= i < stop`` (``stop=None``: to the end).

@@ -411,6 +411,11 @@ class CifarSource(Source):
         self._label_names = None
         self._cache = None
 
+    @property
+    def sequential(self):
+        """True for a tar archive (see :attr:`Source.sequential`)."""
+        return isinstance(self.container, _Archive)
+
     def _batch_names(self):
         names = {"train": self.layout.train, "test": self.layout.test}.get(self.split)
         return names if names is not None else self.layout.train + self.layout.test

@@ -223,7 +223,7 @@ def check_target(path, overwrite):
     if not os.path.isdir(parent):
         raise StoreError(f"{path}: cannot create a store there, directory {parent} does not exist")
     if os.path.lexists(path) and not overwrite:
-        raise StoreError(f"{path}: already exists; pass overwrite=True to replace it")
+        raise StoreError(f"{path}: already exists; to replace it, pass overwrite=True (--overwrite on the command line)")
 
 
 def commit(temporary, path, overwrite):

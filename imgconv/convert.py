@@ -1,0 +1,339 @@
+"""The conversion pipeline: plan -> pool -> store.
+
+The parent process plans the work as tasks (ranges of image indices, or index
+lists when shuffling), hands them to a pool of worker processes, and is the
+only writer: workers read their range from the source, transform it (decode,
+resize, CHW to HWC: the source's work) and encode it for the store (PNG
+encoding, record packing: the store's ``encoder()``), and send back finished
+payloads, which the parent writes in task order. At most ``2 * workers``
+tasks are in flight, so memory stays flat whatever the dataset size, and the
+output does not depend on the number of workers or the order they finish in.
+
+Workers report, the parent decides: an exception in a worker comes back as
+the task's result and stops the conversion; a worker that dies breaks the
+pool, which the parent sees at once (never a hang). On any failure or
+interruption the pool is torn down, the writer aborts (removing its temporary
+output) and nothing is left at the destination.
+"""
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque, namedtuple
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from . import stores
+from .errors import ImgconvError
+from .sources import Source, open_source
+from .verify import disk_usage
+
+DEFAULT_BATCH_SIZE = 1024
+
+ConvertResult = namedtuple("ConvertResult", "path format count seconds bytes skipped")
+ConvertResult.__doc__ = """What :func:`convert` did: the store's ``path`` and ``format``, the
+``count`` of images written, wall ``seconds``, ``bytes`` on disk, and the
+``skipped`` input files (path, reason) under ``on_error="skip"``."""
+
+Task = namedtuple("Task", "number start stop indices")
+Task.__doc__ = """One unit of work: images ``start <= i < stop`` of the source in order, or,
+when shuffling, the source images ``indices`` (in output order)."""
+
+
+class ConversionError(ImgconvError):
+    """A conversion failed in a worker or in the pool; the message says where and why."""
+
+
+class Interrupted(ImgconvError):
+    """The conversion was stopped by a signal (SIGINT or SIGTERM); ``signum`` says which."""
+
+    def __init__(self, signum):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; nothing was written at the destination")
+        self.signum = signum
+
+
+def default_workers():
+    """The number of worker processes used by default: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def plan_tasks(count, batch_size, shuffle=False, seed=0):
+    """Split ``count`` images into tasks of ``batch_size``; with ``shuffle``, a seeded permutation."""
+    order = np.random.default_rng(seed).permutation(count) if shuffle else None
+    tasks = []
+    for number, start in enumerate(range(0, count, batch_size)):
+        stop = min(start + batch_size, count)
+        tasks.append(Task(number, start, stop, None if order is None else order[start:stop]))
+    return tasks
+
+
+# --------------------------------------------------------------------------- workers
+
+# Set once per worker process by _init_worker, so tasks carry only indices.
+_WORKER = {}
+
+
+def _init_worker(source, encoder):
+    # Ctrl-C reaches the whole process group; the parent alone decides what
+    # happens, and it stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _WORKER["source"] = source
+    _WORKER["encoder"] = encoder
+
+
+def _read_task(source, task):
+    """The images and labels of one task, in output order."""
+    if task.indices is None:
+        return next(source.batches(task.stop - task.start, task.start, task.stop))
+    return source.take(task.indices)
+
+
+def read_and_encode(source, encoder, task):
+    """Read, transform and encode one task; returns ``(encoded, skipped)``."""
+    skipped_before = len(getattr(source, "skipped", ()))
+    images, labels = _read_task(source, task)
+    encoded = encoder(images, labels)
+    skipped = list(getattr(source, "skipped", ())[skipped_before:])
+    return encoded, skipped
+
+
+def encode_only(source, encoder, images, labels):
+    """Encode a batch the parent has read (sequential sources); returns ``(encoded, [])``."""
+    return encoder(images, labels), []
+
+
+def _in_worker(function, *args):
+    return function(_WORKER["source"], _WORKER["encoder"], *args)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def _jobs(source, tasks, batch_size):
+    """``(task, function, args)`` per task, lazily, in task order.
+
+    Normally a worker reads its own range. A sequential source (a compressed
+    archive) is read here, once and in order, and workers only encode.
+    """
+    if source.sequential and tasks and tasks[0].indices is None:
+        batches = source.batches(batch_size, 0, tasks[-1].stop)
+        for task, (images, labels) in zip(tasks, batches):
+            yield task, encode_only, (images, labels)
+    else:
+        for task in tasks:
+            yield task, read_and_encode, (task,)
+
+
+def _results_in_process(source, encoder, jobs):
+    for task, function, args in jobs:
+        yield task, function(source, encoder, *args)
+
+
+def _results_from_pool(pool, jobs, window):
+    """Job results in task order, with at most ``window`` jobs submitted ahead."""
+    pending = deque()
+
+    def submit_next():
+        for task, function, args in jobs:
+            pending.append((task, pool.submit(_in_worker, function, *args)))
+            return True
+        return False
+
+    while len(pending) < window and submit_next():
+        pass
+    while pending:
+        task, future = pending.popleft()
+        result = _task_result(task, future)
+        submit_next()
+        yield task, result
+
+
+def _task_result(task, future):
+    """The result of ``future``; a worker's unexpected exception becomes one ConversionError."""
+    try:
+        return future.result()
+    except (ImgconvError, BrokenProcessPool):
+        raise  # already says which file or record, or handled by convert()
+    except Exception as exc:
+        raise ConversionError(
+            f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _start_pool(workers, source, encoder):
+    methods = multiprocessing.get_all_start_methods()
+    # fork starts workers in milliseconds and shares the parent's imports;
+    # the parent holds no threads or open stores at this point.
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder)
+    )
+
+
+def _pool_processes(pool):
+    # The executor keeps its processes in a private mapping, dropped by
+    # shutdown(). (Python 3.14 adds terminate_workers() for this.)
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _stop_pool(pool):
+    """Cancel queued tasks and end every worker now (they hold no state worth saving)."""
+    processes = _pool_processes(pool)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+class _StopOnSignal:
+    """While converting, SIGINT and SIGTERM stop the conversion.
+
+    The handler does not raise inside whatever the parent is doing (it may
+    hold a lock of the pool's): it notes the signal and kills the workers,
+    which breaks the pool at once; the parent then sees the note at its next
+    step and raises :class:`Interrupted`. With no pool the handler raises
+    directly.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self.pool = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals are delivered to the main thread only
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        if self.pool is None:
+            raise Interrupted(signum)
+        for process in _pool_processes(self.pool):
+            try:
+                process.kill()
+            except (OSError, ValueError):
+                pass
+
+    def check(self):
+        """Raise :class:`Interrupted` if a signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def _open(source, source_options):
+    if isinstance(source, Source):
+        if source_options:
+            raise TypeError(f"source options {sorted(source_options)} apply only when source is a path")
+        return source
+    return open_source(source, **source_options)
+
+
+def _count(source, limit):
+    length = source.length
+    if length is None:
+        raise ImgconvError(f"{source.description}: the number of images is unknown, so the work cannot be planned")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        length = min(length, limit)
+    return length
+
+
+def _check_positive(name, value, allow_zero=False):
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH_SIZE, limit=None,
+            shuffle=False, seed=0, overwrite=False, progress=None, store_options=None, **source_options):
+    """Convert a dataset into a store, streaming batches through a pool of worker processes.
+
+    ``source`` is a path (opened with :func:`imgconv.open_source` and
+    ``source_options``: ``split``, ``mode``, ``resize``, ``resize_policy``,
+    ``on_error``, ...) or a :class:`~imgconv.sources.Source`. ``dest`` is the
+    store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
+    suffix says. ``workers`` processes do the CPU work (default: one per CPU;
+    0 runs everything in this process). ``limit`` caps the number of images;
+    ``shuffle`` writes them in a permutation drawn from ``seed``.
+    ``store_options`` go to the store's writer (e.g. ``compress_level``,
+    ``chunk_images``, ``compression``). ``progress(done, total)`` is called
+    after every batch written.
+
+    The output is the same whatever ``workers`` and ``batch_size``. On any
+    error or interruption nothing is left at ``dest``. Returns a
+    :class:`ConvertResult`. Raises SourceError/StoreError for bad input or
+    output, ConversionError when a worker fails or dies, Interrupted on
+    SIGINT/SIGTERM.
+    """
+    started = time.perf_counter()
+    workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
+    batch_size = _check_positive("batch_size", batch_size)
+    src = _open(source, source_options)
+    total = _count(src, limit)
+    tasks = plan_tasks(total, batch_size, shuffle, seed)
+    shape = src.shape  # computed here once, so workers inherit it instead of each scanning
+    writer = stores.create(dest, format, overwrite=overwrite, label_names=src.label_names, source=src.description,
+                           shape=stores.VARIABLE if shape is None else shape, **(store_options or {}))
+    encoder = writer.encoder()
+    skipped = []
+    pool = None
+    stop = _StopOnSignal()
+    try:
+        with stop:
+            jobs = _jobs(src, tasks, batch_size)
+            if workers == 0 or len(tasks) <= 1:
+                results = _results_in_process(src, encoder, jobs)
+            else:
+                pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder)
+                results = _results_from_pool(pool, jobs, 2 * workers)
+            done = 0
+            for task, (encoded, task_skipped) in results:
+                stop.check()
+                writer.write_encoded(encoded)
+                skipped.extend(task_skipped)
+                done += task.stop - task.start
+                if progress is not None:
+                    progress(done, total)
+            stop.check()
+            if pool is not None:
+                stop.pool = None
+                pool.shutdown(wait=True)
+                pool = None
+            writer.close()
+    except (BrokenProcessPool, ConversionError) as exc:
+        stop.check()  # workers killed on purpose by a signal: that is the story
+        if isinstance(exc, ConversionError):
+            raise
+        raise ConversionError(
+            f"converting {src.description}: a worker process died unexpectedly ({exc}); nothing was written to {dest}"
+        ) from None
+    finally:
+        if pool is not None:
+            _stop_pool(pool)
+        if not writer.closed:
+            writer.abort()
+    path = writer.path
+    return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
+                         disk_usage(path), skipped)

@@ -1,0 +1,151 @@
+"""The command line, run as users run it: in a subprocess, end to end."""
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgconv
+import imgconv.stores
+from imgconv.sample import generate_sample, write_sample
+
+
+def run(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "imgconv", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Every kind of source, holding the same 120 sample images (train part: 100)."""
+    root = tmp_path_factory.mktemp("inputs")
+    files = write_sample(root / "cifar", count=120, seed=5)
+    images, labels = generate_sample(120, seed=5)
+    train, train_labels = images[: files.train], labels[: files.train]
+    np.save(root / "images.npy", train)
+    np.savez(root / "arrays.npz", images=train, labels=train_labels)
+    folder = root / "folder"
+    for i, (image, label) in enumerate(zip(train, train_labels)):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"c{label}" / f"{i:04d}.png")
+    return {
+        "python_dir": files.python_dir,
+        "python_archive": files.python_archive,
+        "binary_dir": files.binary_dir,
+        "binary_archive": files.binary_archive,
+        "npy": root / "images.npy",
+        "npz": root / "arrays.npz",
+        "folder": folder,
+        "_train": (train, train_labels),
+    }
+
+
+@pytest.mark.parametrize("suffix", [".lmdb", ".h5", "_png"])
+@pytest.mark.parametrize("kind", ["python_dir", "python_archive", "binary_dir", "binary_archive", "npy", "npz",
+                                  "folder"])
+def test_convert_every_source_kind_into_every_format(tmp_path, inputs, kind, suffix):
+    dest = tmp_path / f"out{suffix}"
+    done = run("convert", inputs[kind], dest, "--workers", "2", "--batch-size", "32")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no bar: stderr is not a terminal
+    assert f"100 images in" in done.stdout and str(dest) in done.stdout
+    images, labels = imgconv.stores.open(dest).read_all()
+    train, train_labels = inputs["_train"]
+    if kind == "folder":  # files in class folders, sorted: compare as sets of (label, pixels)
+        assert sorted(labels.tolist()) == sorted(train_labels.tolist())
+        assert sorted(i.tobytes() for i in images) == sorted(i.tobytes() for i in train)
+    else:
+        np.testing.assert_array_equal(images, train)
+        if kind != "npy":  # a bare .npy has no labels
+            np.testing.assert_array_equal(labels, train_labels)
+
+
+def test_quiet_prints_nothing(tmp_path, inputs):
+    done = run("convert", inputs["binary_dir"], tmp_path / "q.lmdb", "--quiet")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+
+
+def test_bad_input_is_one_line_and_status_1(tmp_path):
+    done = run("convert", tmp_path / "missing", tmp_path / "out.lmdb")
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "missing: no such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr
+    debug = run("convert", tmp_path / "missing", tmp_path / "out.lmdb", "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_existing_destination_says_how_to_replace_it(tmp_path, inputs):
+    dest = tmp_path / "x.lmdb"
+    assert run("convert", inputs["binary_dir"], dest, "--limit", "5").returncode == 0
+    again = run("convert", inputs["binary_dir"], dest, "--limit", "5")
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert run("convert", inputs["binary_dir"], dest, "--limit", "7", "--overwrite").returncode == 0
+
+
+@pytest.mark.parametrize("args", [["convert"], ["convert", "a", "b", "--workers", "-1"],
+                                  ["convert", "a", "b", "--resize", "12"], ["frobnicate"]])
+def test_usage_errors_exit_2(args):
+    done = run(*args)
+    assert done.returncode == 2 and "usage:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_and_version():
+    top = run("--help")
+    assert top.returncode == 0 and "convert" in top.stdout and "sample" in top.stdout and "examples:" in top.stdout
+    sub = run("convert", "--help")
+    assert sub.returncode == 0 and "--workers" in sub.stdout and "examples:" in sub.stdout
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"imgconv {imgconv.__version__}"
+
+
+def test_console_script_is_installed():
+    script = os.path.join(sysconfig.get_path("scripts"), "imgconv")
+    assert os.path.exists(script), "pip install did not create the imgconv console script"
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and imgconv.__version__ in done.stdout
+
+
+def _processes_in_group(pgid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_stops_cleanly_with_no_process_and_no_output_left(tmp_path, signum, status):
+    # Enough slow work (PNG level 9, small batches) to be interrupted midway.
+    np.save(tmp_path / "many.npy", generate_sample(6000, seed=1)[0])
+    dest = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgconv", "convert", tmp_path / "many.npy", dest, "--workers", "2",
+         "--batch-size", "50", "--png-level", "9"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_processes_in_group(process.pid)) < 3:
+        time.sleep(0.05)  # wait for the parent and both workers
+    assert len(_processes_in_group(process.pid)) >= 3, "the pool did not start"
+    time.sleep(0.5)
+    os.killpg(process.pid, signum)  # what a terminal's Ctrl-C does: the whole group
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert "interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while _processes_in_group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_in_group(process.pid) == []
+    assert not dest.exists()
+    assert sorted(os.listdir(tmp_path)) == ["many.npy"]
