@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections import deque, namedtuple
+from contextlib import closing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -240,6 +241,42 @@ class _StopOnSignal:
         return False
 
 
+def _pipeline(src, encoder, tasks, batch_size, workers, what):
+    """Yield ``(task, (result, skipped))`` in task order, from a pool or this process.
+
+    Owns the pool and the signal handling: on leaving (normally, by an
+    exception, or when the caller stops iterating) the workers are gone.
+    Raises Interrupted on SIGINT/SIGTERM and ConversionError when a worker
+    dies; ``what`` says what was being done, for that message.
+    """
+    pool = None
+    stop = _StopOnSignal()
+    try:
+        with stop:
+            jobs = _jobs(src, tasks, batch_size)
+            if workers == 0 or len(tasks) <= 1:
+                results = _results_in_process(src, encoder, jobs)
+            else:
+                pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder)
+                results = _results_from_pool(pool, jobs, 2 * workers)
+            for item in results:
+                stop.check()
+                yield item
+            stop.check()
+            if pool is not None:
+                stop.pool = None
+                pool.shutdown(wait=True)
+                pool = None
+    except (BrokenProcessPool, ConversionError) as exc:
+        stop.check()  # workers killed on purpose by a signal: that is the story
+        if isinstance(exc, ConversionError):
+            raise
+        raise ConversionError(f"{what}: a worker process died unexpectedly ({exc})") from None
+    finally:
+        if pool is not None:
+            _stop_pool(pool)
+
+
 def _open(source, source_options):
     if isinstance(source, Source):
         if source_options:
@@ -296,44 +333,57 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     shape = src.shape  # computed here once, so workers inherit it instead of each scanning
     writer = stores.create(dest, format, overwrite=overwrite, label_names=src.label_names, source=src.description,
                            shape=stores.VARIABLE if shape is None else shape, **(store_options or {}))
-    encoder = writer.encoder()
     skipped = []
-    pool = None
-    stop = _StopOnSignal()
+    done = 0
     try:
-        with stop:
-            jobs = _jobs(src, tasks, batch_size)
-            if workers == 0 or len(tasks) <= 1:
-                results = _results_in_process(src, encoder, jobs)
-            else:
-                pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder)
-                results = _results_from_pool(pool, jobs, 2 * workers)
-            done = 0
+        what = f"converting {src.description} (nothing was written to {dest})"
+        # closing(): a failure here (say, in the writer) ends the pool at once,
+        # not whenever the suspended generator is collected.
+        with closing(_pipeline(src, writer.encoder(), tasks, batch_size, workers, what)) as results:
             for task, (encoded, task_skipped) in results:
-                stop.check()
                 writer.write_encoded(encoded)
                 skipped.extend(task_skipped)
                 done += task.stop - task.start
                 if progress is not None:
                     progress(done, total)
-            stop.check()
-            if pool is not None:
-                stop.pool = None
-                pool.shutdown(wait=True)
-                pool = None
-            writer.close()
-    except (BrokenProcessPool, ConversionError) as exc:
-        stop.check()  # workers killed on purpose by a signal: that is the story
-        if isinstance(exc, ConversionError):
-            raise
-        raise ConversionError(
-            f"converting {src.description}: a worker process died unexpectedly ({exc}); nothing was written to {dest}"
-        ) from None
+        writer.close()
     finally:
-        if pool is not None:
-            _stop_pool(pool)
         if not writer.closed:
             writer.abort()
     path = writer.path
     return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
                          disk_usage(path), skipped)
+
+
+def _as_is(images, labels):
+    """The identity "encoder" of :func:`load`: workers send decoded batches back."""
+    return images, labels
+
+
+def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options):
+    """Read a whole dataset or store into memory, decoding in a pool of worker processes.
+
+    ``path`` is anything :func:`imgconv.open_source` reads (a PNG folder is
+    where the pool pays: decoding is the work). Returns ``(images, labels)``:
+    an (N, H, W, C) uint8 array, or a list for images of varying sizes, and
+    (N,) int64 labels, in the source's order. ``workers=0`` reads in this
+    process. Raises like :func:`convert`.
+    """
+    workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
+    batch_size = _check_positive("batch_size", batch_size)
+    src = open_source(path, **source_options)
+    total = _count(src, None)
+    tasks = plan_tasks(total, batch_size)
+    shape = src.shape
+    images = [] if shape is None else np.empty((total, *shape), np.uint8)
+    labels = np.empty(total, np.int64)
+    count = 0  # under on_error="skip" a batch may hold fewer images than its task
+    with closing(_pipeline(src, _as_is, tasks, batch_size, workers, f"reading {src.description}")) as results:
+        for _, ((batch, batch_labels), _) in results:
+            if shape is None:
+                images.extend(batch)
+            else:
+                images[count : count + len(batch_labels)] = batch
+            labels[count : count + len(batch_labels)] = batch_labels
+            count += len(batch_labels)
+    return (images if shape is None else images[:count]), labels[:count]

@@ -8,11 +8,12 @@ import os
 from collections import namedtuple
 
 from ..errors import SourceError
-from . import cifar, folder, numpy_files
+from . import cifar, folder, numpy_files, store
 from .base import SkippedFile, SkippedImageWarning, Source
 from .cifar import CifarSource
 from .folder import FolderSource
 from .numpy_files import NumpySource
+from .store import StoreSource
 
 Reader = namedtuple("Reader", "name detect source options")
 Reader.__doc__ = """A registered reader: ``detect(path)`` says whether ``path`` is its kind (it may
@@ -20,6 +21,7 @@ raise SourceError when the path is its kind but unusable); ``source(path, **opti
 opens it; ``options`` names the keyword options it takes."""
 
 READERS = [
+    Reader("store", store.detect, StoreSource, ()),
     Reader("cifar", cifar.is_cifar, CifarSource, ("split", "label_kind")),
     Reader("numpy", numpy_files.detect, NumpySource, ("split", "images_key", "labels_key")),
     Reader("folder", folder.detect, FolderSource, ("mode", "resize", "resize_policy", "on_error", "labels_csv")),
@@ -44,8 +46,9 @@ OPTION_DEFAULTS = {
 def open_source(path, **options):
     """Open the dataset at ``path`` with the reader that fits what is there.
 
-    ``path`` is a CIFAR batch directory (or its parent, or an official
-    ``.tar.gz``), a ``.npy``/``.npz`` file, or a folder of images. Options
+    ``path`` is an imgconv store (PNG folder, LMDB, HDF5), a CIFAR batch
+    directory (or its parent, or an official ``.tar.gz``), a
+    ``.npy``/``.npz`` file, or a folder of images. Options
     (see each reader): ``split``, ``label_kind`` (CIFAR); ``split``,
     ``images_key``, ``labels_key`` (NumPy); ``mode``, ``resize``,
     ``resize_policy``, ``on_error``, ``labels_csv`` (folders). An option left
@@ -142,5 +145,6 @@ __all__ = [
     "SkippedFile",
     "SkippedImageWarning",
     "Source",
+    "StoreSource",
     "open_source",
 ]

@@ -1,0 +1,60 @@
+"""imgconv stores as sources: convert one store into another, or read one through the pool.
+
+Any store :func:`imgconv.open` reads (an imgconv PNG folder, LMDB or HDF5, or
+a classic ``0.png ... N-1.png`` folder) is a source with random access: a
+range or any list of indices is one ``read_batch``. Checked first in the
+registry, so a PNG folder written by imgconv is read as a store (with its
+labels and checksums), not as a folder of loose images.
+"""
+import numpy as np
+
+from .. import stores
+from ..errors import StoreError, UnknownFormatError
+from .base import Source
+
+
+def detect(path):
+    """True when ``path`` holds a store :func:`imgconv.open` can read."""
+    try:
+        stores.detect_format(path)
+    except (UnknownFormatError, StoreError):
+        return False
+    return True
+
+
+class StoreSource(Source):
+    """The images of an imgconv store, in order; ``take`` is a random-access read.
+
+    The store is opened lazily in each process (a store pickles as its path).
+    Raises StoreError for a store that cannot be read.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._store = stores.open(path)
+
+    @property
+    def description(self):
+        return f"{self._store.format_name} store {self._store.path} ({len(self._store)} images)"
+
+    @property
+    def length(self):
+        return len(self._store)
+
+    @property
+    def shape(self):
+        return None if self._store.variable else tuple(self._store.shape)
+
+    @property
+    def label_names(self):
+        return self._store.label_names
+
+    def batches(self, batch_size, start=0, stop=None):
+        """Consecutive images of the store, ``batch_size`` at a time (see :meth:`Source.batches`)."""
+        start, stop = self._check_range(batch_size, start, stop)
+        for first in range(start, stop, batch_size):
+            yield self._store.read_batch(np.arange(first, min(first + batch_size, stop)))
+
+    def take(self, indices):
+        """The images at ``indices`` (any order, repeats allowed) in one read."""
+        return self._store.read_batch(np.asarray(indices, np.int64))
