@@ -141,6 +141,18 @@ def crc32c(const uint8_t[::1] data, uint32_t value=0):
     return value
 
 
+def crc32c_rows(const uint8_t[:, ::1] rows, uint32_t[::1] out):
+    """Write the CRC32C of each row of ``rows`` (N, P) into ``out`` (N,)."""
+    cdef Py_ssize_t n = rows.shape[0]
+    cdef Py_ssize_t p = rows.shape[1]
+    cdef Py_ssize_t i
+    if out.shape[0] < n:
+        raise ValueError("crc32c_rows: out is shorter than rows")
+    with nogil:
+        for i in range(n):
+            out[i] = imgconv_crc32c(0, &rows[i, 0], p) if p else 0
+
+
 cdef inline uint32_t _record_crc(const uint8_t *header, const uint8_t *payload,
                                  uint8_t *dst, Py_ssize_t p) noexcept nogil:
     """CRC32C of header bytes 0..27 then the payload, copying the payload to dst."""

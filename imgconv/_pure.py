@@ -46,7 +46,14 @@ def chw_to_hwc_into(src, dst):
     dst[...] = src[:n, : h * w * c].reshape(n, c, h, w).transpose(0, 2, 3, 1)
 
 
-def crc32c_rows(rows, crc=None):
+def crc32c_rows(rows, out):
+    """Write the CRC32C of each row of ``rows`` (N, P) into ``out`` (N,)."""
+    if out.shape[0] < rows.shape[0]:
+        raise ValueError("crc32c_rows: out is shorter than rows")
+    out[: rows.shape[0]] = _crc_of_rows(rows)
+
+
+def _crc_of_rows(rows, crc=None):
     """CRC32C of every row of a 2-D uint8 array, continuing from ``crc`` (finalised)."""
     value = np.zeros(rows.shape[0], np.uint32) if crc is None else crc.astype(np.uint32)
     value = ~value
@@ -99,7 +106,7 @@ def crc32c(data, value=0):
     body = data[: lane * _LANES].reshape(_LANES, lane)
     # For finalised CRCs, crc(A || B) = Z(crc(A)) ^ crc(B) where Z advances a
     # CRC over len(B) zero bytes (linear over GF(2)); zlib's crc32_combine.
-    lanes = crc32c_rows(body)
+    lanes = _crc_of_rows(body)
     shift = _shift_operator(lane)
     crc = value
     for lane_crc in lanes:
@@ -115,7 +122,7 @@ def pack_uniform(headers, payloads, out):
     records = out[: n * (_HEADER_SIZE + p)].reshape(n, _HEADER_SIZE + p)
     records[:, :_CRC_OFFSET] = headers[:, :_CRC_OFFSET]
     records[:, _HEADER_SIZE:] = payloads
-    crc = crc32c_rows(records[:, _HEADER_SIZE:], crc32c_rows(records[:, :_CRC_OFFSET]))
+    crc = _crc_of_rows(records[:, _HEADER_SIZE:], _crc_of_rows(records[:, :_CRC_OFFSET]))
     records[:, _CRC_OFFSET:_HEADER_SIZE] = crc.astype("<u4").view(np.uint8).reshape(n, 4)
 
 
@@ -146,7 +153,7 @@ def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify
     ).all(axis=1)
     status[(status == OK) & ~header_ok] = HEADER_MISMATCH
     if verify:
-        crc = crc32c_rows(rows[:, _HEADER_SIZE:], crc32c_rows(rows[:, :_CRC_OFFSET]))
+        crc = _crc_of_rows(rows[:, _HEADER_SIZE:], _crc_of_rows(rows[:, :_CRC_OFFSET]))
         stored = rows[:, _CRC_OFFSET:_HEADER_SIZE].copy().view("<u4").reshape(n)
         status[(status == OK) & (crc != stored)] = CRC_MISMATCH
     bad = np.flatnonzero(status)

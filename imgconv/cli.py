@@ -7,6 +7,7 @@ registered in ``COMMANDS``; each entry adds its arguments to a parser and
 names the function that runs it.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ from . import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError
 from .sample import MIN_COUNT, write_sample
+from .verify import store_info, verify_store
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -153,14 +155,14 @@ def _store_options(args):
     return {name: value for name, value in chosen.items() if value is not None}
 
 
-def _progress_bar(args, total_hint):
-    """A tqdm bar on stderr, or None when quiet or stderr is not a terminal."""
+def _progress_bar(args, total_hint, path):
+    """A tqdm bar on stderr (images per second, time left), or None when quiet or stderr is not a terminal."""
     if args.quiet or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
     return tqdm(total=total_hint, unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
-                desc=os.path.basename(os.path.abspath(args.dest)))
+                desc=os.path.basename(os.path.abspath(path)))
 
 
 def _human_bytes(count):
@@ -172,7 +174,7 @@ def _human_bytes(count):
 
 def cmd_convert(args):
     """Convert SOURCE into the store DEST through a pool of worker processes."""
-    bar = _progress_bar(args, None)
+    bar = _progress_bar(args, None, args.dest)
 
     def progress(done, total):
         if bar is not None:
@@ -201,9 +203,74 @@ def cmd_convert(args):
     return EXIT_OK
 
 
+def _add_store_argument(parser):
+    parser.add_argument("store", help="an imgconv store: PNG folder, *.lmdb or *.h5 (or a classic PNG folder)")
+
+
+def _add_info_arguments(parser):
+    _add_store_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print the facts as one JSON object, for scripts")
+    parser.epilog = "example:\n  python -m imgconv info cifar-train.lmdb --json"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def cmd_info(args):
+    """Describe a store: format, count, shape, labels, size on disk, who wrote it."""
+    info = store_info(args.store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    shape = info["shape"] if isinstance(info["shape"], str) else "x".join(map(str, info["shape"]))
+    if "shape_range" in info:
+        ranges = info["shape_range"]
+        shape += f" (heights {ranges['height']}, widths {ranges['width']}, channels {ranges['channels']})"
+    print(f"{info['path']}: {info['format']} store (format version {info['format_version']}), "
+          f"written by imgconv {info['imgconv_version'] or 'unknown (classic layout)'}")
+    print(f"  images:  {info['count']} of {shape} {info['dtype']}")
+    print(f"  on disk: {_human_bytes(info['bytes'])}")
+    print(f"  source:  {info['source']}")
+    print("  labels:  " + ", ".join(f"{name} {count}" for name, count in info["label_counts"].items()))
+    return EXIT_OK
+
+
+def _add_verify_arguments(parser):
+    _add_store_argument(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.epilog = "example:\n  python -m imgconv verify cifar-train.lmdb && echo sound"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def cmd_verify(args):
+    """Read every image of a store, check every checksum; exit 1 naming each bad image."""
+    bar = _progress_bar(args, None, args.store)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        report = verify_store(args.store, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for problem in report.problems:
+        print(f"{report.path}: {problem}")
+    for index, reason in report.bad:
+        print(f"{report.path}: image {index}: {reason}")
+    if report.bad or report.problems:
+        print(f"FAILED: {len(report.bad)} bad image(s) of {report.count}, {len(report.problems)} store problem(s): "
+              f"{report.path}", file=sys.stderr)
+        return EXIT_DATA
+    print(f"ok: {report.count} images read and checked in {report.seconds:.1f} s: {report.path} ({report.format})")
+    return EXIT_OK
+
+
 COMMANDS = [
     Command("convert", "convert a dataset into a PNG folder, an LMDB or an HDF5 store", _add_convert_arguments,
             cmd_convert),
+    Command("info", "describe a store: format, count, shape, labels, size", _add_info_arguments, cmd_info),
+    Command("verify", "read every image of a store and check every checksum", _add_verify_arguments, cmd_verify),
     Command(
         "sample", "write a synthetic dataset in the genuine CIFAR-10 file formats", _add_sample_arguments, cmd_sample
     ),

@@ -153,3 +153,19 @@ def crc32c(data, value=0):
     if not 0 <= int(value) <= 0xFFFFFFFF:
         raise ValueError(f"value must be a 32-bit unsigned CRC, got {value}")
     return int(_impl.crc32c(as_bytes(data), int(value)))
+
+
+def crc32c_images(images):
+    """The CRC32C of each image's pixel bytes: a (N,) uint32 array.
+
+    ``images`` is an (N, ...) array or a sequence of arrays (sizes may
+    differ); each image's bytes are taken in C order. Stores keep these
+    checksums to find damaged images.
+    """
+    if isinstance(images, np.ndarray):
+        n = images.shape[0] if images.ndim else 0
+        rows = np.ascontiguousarray(images).reshape(n, -1).view(np.uint8) if n else np.zeros((0, 0), np.uint8)
+        out = np.empty(n, np.uint32)
+        _impl.crc32c_rows(rows, out)
+        return out
+    return np.array([crc32c(np.ascontiguousarray(image)) for image in images], np.uint32)

@@ -525,7 +525,7 @@ def test_corrupt_png(tmp_path):
 def test_png_manifest_and_labels_checked(tmp_path):
     path = write(target(tmp_path, "png"), make_images(3), [0, 1, 2])
     with open(os.path.join(path, "labels.csv"), "a") as f:
-        f.write("3,images/000/000003.png,7\n")
+        f.write("3,images/000/000003.png,7,00000000\n")
     with pytest.raises(StoreError, match="lists 4 images, the manifest says 3"):
         stores.open(path)
     with open(os.path.join(path, "manifest.json"), "w") as f:

@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 
 from .._version import __version__
+from .. import kernels
 from ..errors import StoreError
 
 VARIABLE = "variable"
@@ -490,6 +491,7 @@ class Reader:
         i = self._check_index(index)
         self._ensure_open()
         image, label = self._read_one(i)
+        self._verify_pixels(np.array([i]), [image])
         return image, int(label)
 
     def read_batch(self, indices, out=None):
@@ -507,7 +509,7 @@ class Reader:
         out = self._check_out(out, idx.size)
         if idx.size == 0:
             return self._empty() if out is None else (out, np.empty(0, np.int64))
-        return self._read_many(idx, out)
+        return self._verified(idx, self._read_many(idx, out))
 
     def batches(self, batch_size=1024, start=0, stop=None):
         """Yield ``(images, labels)`` of consecutive images in order, ``batch_size`` at a time."""
@@ -516,7 +518,8 @@ class Reader:
         stop = len(self) if stop is None else min(stop, len(self))
         for first in range(start, stop, batch_size):
             self._ensure_open()
-            yield self._read_range(first, min(first + batch_size, stop), None)
+            last = min(first + batch_size, stop)
+            yield self._verified(np.arange(first, last), self._read_range(first, last, None))
 
     def read_all(self, out=None):
         """Every image and label: ``read_batch(range(len(self)), out)`` done the fastest way."""
@@ -524,7 +527,48 @@ class Reader:
         out = self._check_out(out, len(self))
         if len(self) == 0:
             return self._empty() if out is None else (out, np.empty(0, np.int64))
-        return self._read_range(0, len(self), out)
+        return self._verified(np.arange(len(self)), self._read_range(0, len(self), out))
+
+    def labels(self):
+        """All labels as an (N,) int64 array, in image order."""
+        parts = [labels for _, labels in self.batches(4096)]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def shapes(self):
+        """The (H, W, C) of every image as an (N, 3) int64 array."""
+        if not self.variable:
+            return np.tile(np.array(self.shape, np.int64), (len(self), 1))
+        shapes = [image.shape for images, _ in self.batches(1024) for image in images]
+        return np.array(shapes, np.int64).reshape(-1, 3)
+
+    def checksums(self):
+        """The CRC32C of each image's pixels kept by the store, or None.
+
+        None when the format checks its own records as it reads them (LMDB)
+        or keeps no checksums (a classic PNG folder).
+        """
+        return None
+
+    def check_layout(self):
+        """Store-wide problems (missing or extra parts) as a list of sentences; empty when sound."""
+        return []
+
+    def _verified(self, indices, result):
+        self._verify_pixels(indices, result[0])
+        return result
+
+    def _verify_pixels(self, indices, images):
+        """Raise StoreError for an image whose pixels do not match the store's checksum."""
+        if not self._options.get("verify", True):
+            return
+        stored = self.checksums()
+        if stored is None or len(indices) == 0:
+            return
+        computed = kernels.crc32c_images(images)
+        wrong = np.flatnonzero(computed != stored[indices])
+        if wrong.size:
+            i = int(indices[wrong[0]])
+            raise StoreError(f"{self.path}: image {i} does not match its stored checksum: the store is corrupt")
 
     def __iter__(self):
         for images, labels in self.batches():

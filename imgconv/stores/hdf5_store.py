@@ -8,6 +8,9 @@ Layout of one file (FORMAT.md, "Stores", is the full specification):
   (H, W, C) pixels back to back, ``/offsets`` (N,) int64 start of each image
   in ``/pixels``, ``/shapes`` (N, 3) int64 (H, W, C);
 * ``/labels`` (N,) int64;
+* ``/crc32c`` (N,) uint32: the CRC32C of each image's pixel bytes (in
+  (H, W, C) C order), checked on every read, since HDF5 keeps no checksums
+  of its own unless asked;
 * the metadata as attributes of the root group (``imgconv_format`` = "hdf5",
   ``imgconv_format_version``, ``count``, ``shape``, ...), written last: a file
   without them is not a finished store.
@@ -21,6 +24,7 @@ import os
 import h5py
 import numpy as np
 
+from .. import kernels
 from ..errors import StoreError
 from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, check_metadata
 
@@ -43,10 +47,11 @@ class EncodedArrays(EncodedBatch):
     """A batch as contiguous arrays: ``images`` (N, H, W, C), or for varying
     sizes ``pixels`` (every image's bytes back to back) with ``shapes``."""
 
-    def __init__(self, images, pixels, labels, shapes, variable):
+    def __init__(self, images, pixels, labels, shapes, variable, checksums):
         super().__init__(labels, shapes, variable)
         self.images = images
         self.pixels = pixels
+        self.checksums = checksums
 
 
 def encode_batch(images, labels):
@@ -55,10 +60,11 @@ def encode_batch(images, labels):
     Returns :class:`EncodedArrays`. Raises StoreError for a bad batch.
     """
     batch = check_batch(images, labels)
+    checksums = kernels.crc32c_images(batch.images)
     if not batch.variable:
-        return EncodedArrays(batch.images, None, batch.labels, batch.shapes(), False)
+        return EncodedArrays(batch.images, None, batch.labels, batch.shapes(), False, checksums)
     pixels = np.concatenate([image.reshape(-1) for image in batch.images]) if batch.images else np.empty(0, np.uint8)
-    return EncodedArrays(None, pixels, batch.labels, batch.shapes(), True)
+    return EncodedArrays(None, pixels, batch.labels, batch.shapes(), True, checksums)
 
 
 def _attr_value(value):
@@ -118,6 +124,7 @@ class Hdf5Writer(Writer):
             raise StoreError(f"{self.path}: cannot create the HDF5 file: {exc}") from None
         f = self._file
         f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(LABEL_CHUNK,))
+        f.create_dataset("crc32c", (0,), np.uint32, maxshape=(None,), chunks=(LABEL_CHUNK,))
         if self.shape == VARIABLE:
             f.create_dataset("pixels", (0,), np.uint8, maxshape=(None,), chunks=(PIXEL_CHUNK_BYTES,), **self._filters())
             f.create_dataset("offsets", (0,), np.int64, maxshape=(None,), chunks=(LABEL_CHUNK,))
@@ -139,31 +146,34 @@ class Hdf5Writer(Writer):
         images = encoded.images if not encoded.variable else encoded.pixels.reshape(len(encoded), *self.shape)
         # What waits for the next write unit is copied: it must not alias the
         # caller's arrays, which the caller may refill once append returns.
-        self._pending.append((images, encoded.labels))
+        self._pending.append((images, encoded.labels, encoded.checksums))
         self._pending_count += len(encoded)
         if self._pending_count >= self._unit:
             self._flush(final=False)
         else:
-            self._pending[-1] = (images.copy(), encoded.labels.copy())
+            self._pending[-1] = (images.copy(), encoded.labels.copy(), encoded.checksums.copy())
 
     def _flush(self, final):
         if not self._pending:
             return
-        images = np.concatenate([p[0] for p in self._pending]) if len(self._pending) > 1 else self._pending[0][0]
-        labels = np.concatenate([p[1] for p in self._pending]) if len(self._pending) > 1 else self._pending[0][1]
+        images, labels, checksums = (
+            (np.concatenate(parts) for parts in zip(*self._pending)) if len(self._pending) > 1 else self._pending[0]
+        )
         whole = len(labels) if final else len(labels) // self._unit * self._unit
         for first in range(0, whole, self._unit):
-            self._write_unit(images[first : first + self._unit], labels[first : first + self._unit])
+            unit = slice(first, first + self._unit)
+            self._write_unit(images[unit], labels[unit], checksums[unit])
         rest = len(labels) - whole
-        self._pending = [(images[whole:].copy(), labels[whole:].copy())] if rest else []
+        self._pending = [(images[whole:].copy(), labels[whole:].copy(), checksums[whole:].copy())] if rest else []
         self._pending_count = rest
 
-    def _write_unit(self, images, labels):
+    def _write_unit(self, images, labels, checksums):
         start, stop = self._written, self._written + len(labels)
         ds = self._file["images"]
         ds.resize(stop, axis=0)
         ds[start:stop] = images
         self._append("labels", labels, start)
+        self._append("crc32c", checksums, start)
         self._written = stop
 
     def _append(self, name, data, start):
@@ -181,6 +191,7 @@ class Hdf5Writer(Writer):
         self._append("offsets", offsets, self._written)
         self._append("shapes", encoded.shapes, self._written)
         self._append("labels", encoded.labels, self._written)
+        self._append("crc32c", encoded.checksums, self._written)
         self._pixels_written += int(sizes.sum())
         self._written += len(encoded)
 
@@ -255,6 +266,7 @@ class Hdf5Reader(Reader):
             raise
         self._file = f
         self._labels = None
+        self._checksums = None
         self._tables = None
         self._direct_reader = None
         return meta
@@ -282,6 +294,8 @@ class Hdf5Reader(Reader):
                 raise StoreError(f"{self.path}: /offsets or /shapes do not hold {n} entries")
         if f["labels"].shape != (n,):
             raise StoreError(f"{self.path}: /labels holds {f['labels'].shape} entries, the metadata says {n}")
+        if "crc32c" in f and f["crc32c"].shape != (n,):
+            raise StoreError(f"{self.path}: /crc32c holds {f['crc32c'].shape} entries, the metadata says {n}")
         return meta
 
     def _close_handles(self):
@@ -303,6 +317,20 @@ class Hdf5Reader(Reader):
         if self._labels is None:
             self._labels = self._guard(lambda: self._file["labels"][...].astype(np.int64, copy=False), "labels")
         return self._labels
+
+    def checksums(self):
+        """The stored CRC32C of every image (read once, then kept), or None for a file without them."""
+        self._ensure_open()
+        if self._checksums is None and "crc32c" in self._file:
+            self._checksums = self._guard(lambda: self._file["crc32c"][...], "/crc32c")
+        return self._checksums
+
+    def shapes(self):
+        """The (H, W, C) of every image as an (N, 3) int64 array."""
+        if not self.variable:
+            return super().shapes()
+        self._ensure_open()
+        return self._guard(lambda: self._shapes[...].astype(np.int64), "/shapes")
 
     def _guard(self, read, what):
         try:

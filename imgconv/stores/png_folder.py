@@ -4,7 +4,7 @@ Layout (FORMAT.md, "Stores", is the full specification)::
 
     name/
       manifest.json        the metadata (format "png"), written last
-      labels.csv           header "index,path,label", one row per image
+      labels.csv           header "index,path,label,crc32c", one row per image
       images/000/000000.png ... images/000/000999.png
       images/001/001000.png ...
 
@@ -24,6 +24,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from .. import kernels
 from ..errors import StoreError
 from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text
 
@@ -32,6 +33,9 @@ FORMAT_VERSION = 1
 SHARD_SIZE = 1000
 MANIFEST = "manifest.json"
 LABELS = "labels.csv"
+# The CRC32C column (the decoded pixels' checksum, 8 hex digits) catches damage
+# a PNG decoder does not: Pillow does not check the last bytes of the zlib stream.
+HEADER = ["index", "path", "label", "crc32c"]
 # zlib level 6: measured on 32x32 photo-like images (FORMAT.md has the table),
 # level 1 encodes only 5-20% faster but its files are 9% larger and decode
 # 10-30% slower, and level 9 is no smaller than 6. A folder is written once
@@ -48,9 +52,10 @@ def image_path(index):
 class EncodedPngs(EncodedBatch):
     """A batch as PNG files: ``blobs`` holds the bytes of each image's PNG."""
 
-    def __init__(self, blobs, labels, shapes, variable):
+    def __init__(self, blobs, labels, shapes, variable, checksums):
         super().__init__(labels, shapes, variable)
         self.blobs = blobs
+        self.checksums = checksums
 
 
 def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
@@ -77,7 +82,7 @@ def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
             blobs.append(encode_png(image, compress_level))
         except StoreError as exc:
             raise StoreError(f"image {i} of the batch: {exc}") from None
-    return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable)
+    return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable, kernels.crc32c_images(batch.images))
 
 
 class _PngEncoder:
@@ -112,7 +117,7 @@ class PngFolderWriter(Writer):
         os.makedirs(os.path.join(self.temporary, "images"))
         self._csv_file = open(os.path.join(self.temporary, LABELS), "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file, lineterminator="\n")
-        self._csv.writerow(["index", "path", "label"])
+        self._csv.writerow(HEADER)
 
     def _write(self, encoded):
         for j, blob in enumerate(encoded.blobs):
@@ -124,7 +129,7 @@ class PngFolderWriter(Writer):
             rel = image_path(index)
             with open(os.path.join(self.temporary, rel), "wb") as f:
                 f.write(blob)
-            self._csv.writerow([index, rel, int(encoded.labels[j])])
+            self._csv.writerow([index, rel, int(encoded.labels[j]), f"{int(encoded.checksums[j]):08x}"])
 
     def _format_metadata(self):
         return {"compress_level": self.compress_level, "shard_size": SHARD_SIZE, "labels_file": LABELS}
@@ -163,9 +168,10 @@ class PngFolderReader(Reader):
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read {MANIFEST}: {exc}") from None
         rows = _read_csv(os.path.join(self.path, meta.get("labels_file", LABELS)))
-        if not rows or [c.strip() for c in rows[0]] != ["index", "path", "label"]:
-            raise StoreError(f"{self.path}: {LABELS} must start with the header index,path,label")
-        self._paths, self._labels = _parse_indexed(rows[1:], self.path, LABELS)
+        header = [c.strip() for c in rows[0]] if rows else []
+        if header not in (HEADER, HEADER[:3]):
+            raise StoreError(f"{self.path}: {LABELS} must start with the header {','.join(HEADER)}")
+        self._paths, self._labels, self._checksums = _parse_indexed(rows[1:], self.path, LABELS, len(header) == 4)
         if len(self._labels) != meta["count"]:
             raise StoreError(
                 f"{self.path}: {LABELS} lists {len(self._labels)} images, the manifest says {meta['count']}"
@@ -178,8 +184,11 @@ class PngFolderReader(Reader):
         csv_path = _classic_csv(self.path)
         rows = [r for r in _read_csv(csv_path) if r and any(c.strip() for c in r)]
         header = [c.strip().lower() for c in rows[0]] if rows else []
-        if header[:3] == ["index", "path", "label"]:
-            self._paths, self._labels = _parse_indexed(rows[1:], self.path, os.path.basename(csv_path))
+        self._checksums = None
+        if header[:3] == HEADER[:3]:
+            self._paths, self._labels, self._checksums = _parse_indexed(
+                rows[1:], self.path, os.path.basename(csv_path), header == HEADER
+            )
         else:
             if header and not _is_int(rows[0][0]):
                 rows = rows[1:]  # a header such as "label"
@@ -200,6 +209,24 @@ class PngFolderReader(Reader):
 
     def _close_handles(self):
         pass  # no handle stays open between reads
+
+    def labels(self):
+        """All labels as an (N,) int64 array, from the labels CSV."""
+        self._ensure_open()
+        return self._labels.copy()
+
+    def checksums(self):
+        """The CRC32C of every image from the labels CSV, or None (a classic folder)."""
+        self._ensure_open()
+        return self._checksums
+
+    def check_layout(self):
+        """Files the labels CSV lists that are missing."""
+        self._ensure_open()
+        missing = [p for p in self._paths if not os.path.isfile(os.path.join(self.path, p))]
+        if not missing:
+            return []
+        return [f"{len(missing)} image file(s) listed in the labels CSV are missing, e.g. {missing[0]}"]
 
     def _decode(self, i, shape):
         path = os.path.join(self.path, self._paths[i])
@@ -261,20 +288,24 @@ def _is_int(text):
     return True
 
 
-def _parse_indexed(rows, where, name):
-    paths, labels = [], []
+def _parse_indexed(rows, where, name, with_checksums):
+    """Paths, labels and (when the CSV has the column) checksums of index,path,label[,crc32c] rows."""
+    paths, labels, checksums = [], [], []
     for n, row in enumerate(rows):
         try:
             index, rel, label = int(row[0]), row[1].strip(), int(row[2])
+            if with_checksums:
+                checksums.append(int(row[3], 16))
         except (ValueError, IndexError):
-            raise StoreError(f"{where}: {name} row {n + 2} is not index,path,label: {row!r}") from None
+            columns = ",".join(HEADER if with_checksums else HEADER[:3])
+            raise StoreError(f"{where}: {name} row {n + 2} is not {columns}: {row!r}") from None
         if index != n:
             raise StoreError(f"{where}: {name} row {n + 2} has index {index}, expected {n}")
         if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
             raise StoreError(f"{where}: {name} row {n + 2} points outside the folder: {rel!r}")
         paths.append(rel)
         labels.append(label)
-    return paths, np.array(labels, np.int64)
+    return paths, np.array(labels, np.int64), (np.array(checksums, np.uint32) if with_checksums else None)
 
 
 def _parse_single(rows, path):
