@@ -1,5 +1,6 @@
 """imgconv: store image datasets once as PNG folders, LMDB or HDF5, and read them fast."""
 from ._version import __version__
+from .convert import ConversionError, ConvertResult, Interrupted, convert, load
 from .errors import (
     ExtensionMissingError,
     ImgconvError,
@@ -17,6 +18,9 @@ from .stores import StoreIndexError, create, open  # noqa: A004 - imgconv.open i
 
 __all__ = [
     "BACKEND",
+    "ConversionError",
+    "ConvertResult",
+    "Interrupted",
     "ExtensionMissingError",
     "ImgconvError",
     "PackedRecords",
@@ -31,9 +35,11 @@ __all__ = [
     "__version__",
     "chw_to_hwc",
     "chw_to_hwc_into",
+    "convert",
     "crc32c",
     "create",
     "generate_sample",
+    "load",
     "open",
     "open_source",
     "pack_records",
