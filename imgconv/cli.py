@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections import namedtuple
+from contextlib import contextmanager
 
 from . import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
@@ -155,14 +156,27 @@ def _store_options(args):
     return {name: value for name, value in chosen.items() if value is not None}
 
 
-def _progress_bar(args, total_hint, path):
-    """A tqdm bar on stderr (images per second, time left), or None when quiet or stderr is not a terminal."""
-    if args.quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+@contextmanager
+def _progress(args, path):
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (images per
+    second, time left); silent with --quiet or when stderr is not a terminal."""
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
 
-    return tqdm(total=total_hint, unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
-                desc=os.path.basename(os.path.abspath(path)))
+        bar = tqdm(unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                   desc=os.path.basename(os.path.abspath(path)))
+
+    def update(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _human_bytes(count):
@@ -174,14 +188,7 @@ def _human_bytes(count):
 
 def cmd_convert(args):
     """Convert SOURCE into the store DEST through a pool of worker processes."""
-    bar = _progress_bar(args, None, args.dest)
-
-    def progress(done, total):
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-    try:
+    with _progress(args, args.dest) as progress:
         result = convert(
             args.source, args.dest, format=args.format, workers=args.workers, batch_size=args.batch_size,
             limit=args.limit, shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=progress,
@@ -189,9 +196,6 @@ def cmd_convert(args):
             resize=args.resize, resize_policy=args.resize_policy, on_error=args.on_error,
             labels_csv=args.labels_csv,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if result.skipped:
         print(f"imgconv convert: skipped {len(result.skipped)} unreadable file(s):", file=sys.stderr)
         for skipped in result.skipped:
@@ -242,18 +246,8 @@ def _add_verify_arguments(parser):
 
 def cmd_verify(args):
     """Read every image of a store, check every checksum; exit 1 naming each bad image."""
-    bar = _progress_bar(args, None, args.store)
-
-    def progress(done, total):
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-    try:
+    with _progress(args, args.store) as progress:
         report = verify_store(args.store, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     for problem in report.problems:
         print(f"{report.path}: {problem}")
     for index, reason in report.bad:
