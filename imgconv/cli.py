@@ -50,6 +50,8 @@ def _seed(text):
 
 
 def _add_sample_arguments(parser):
+    parser.epilog = "example:\n  python -m imgconv sample data --count 10000\n  python -m imgconv convert data/cifar-10-python.tar.gz train.lmdb"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("directory", help="where to write the dataset (created if needed)")
     parser.add_argument("--count", type=_count, default=60000, help="number of images (default 60000, like CIFAR-10)")
     parser.add_argument("--seed", type=_seed, default=0, help="generator seed (default 0); same seed, same files")

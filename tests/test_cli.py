@@ -65,6 +65,24 @@ def test_convert_every_source_kind_into_every_format(tmp_path, inputs, kind, suf
             np.testing.assert_array_equal(labels, train_labels)
 
 
+@pytest.mark.parametrize("suffix", [".lmdb", ".h5", "_png"])
+def test_same_bytes_for_0_1_and_2_workers(tmp_path, inputs, suffix):
+    outputs = []
+    for workers in (0, 1, 2):
+        dest = tmp_path / f"w{workers}{suffix}"
+        done = run("convert", inputs["python_archive"], dest, "--workers", workers, "--batch-size", "24", "--quiet")
+        assert done.returncode == 0, done.stderr
+        files = sorted(p for p in dest.rglob("*") if p.is_file() and p.name != "lock.mdb") if dest.is_dir() else [dest]
+        outputs.append([(str(p.relative_to(dest)) if dest.is_dir() else "", p.read_bytes()) for p in files])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("command", ["convert", "info", "verify", "sample"])
+def test_every_command_has_help_with_an_example(command):
+    done = run(command, "--help")
+    assert done.returncode == 0 and "example" in done.stdout
+
+
 def test_quiet_prints_nothing(tmp_path, inputs):
     done = run("convert", inputs["binary_dir"], tmp_path / "q.lmdb", "--quiet")
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
