@@ -1,21 +1,26 @@
 """Stores: round trips for every format, batching, atomic writes, processes, bad input."""
 import hashlib
+import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 
 import h5py
 import lmdb
 import numpy as np
 import pytest
 
-from imgconv import stores
+from imgconv import kernels, stores
 from imgconv.bench import classic
-from imgconv.errors import ImgconvError, StoreError, UnknownFormatError
-from imgconv.stores import StoreIndexError, hdf5_store, lmdb_store, png_folder
+from imgconv.errors import ImgconvError, RecordError, StoreError, UnknownFormatError
+from imgconv.stores import StoreIndexError, base, hdf5_store, lmdb_store, png_folder
 
 FORMATS = ["lmdb", "hdf5", "png"]
 SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5", "png": "_png"}
@@ -66,7 +71,7 @@ def test_round_trip_fixed_shape(tmp_path, fmt, shape):
         meta = store.metadata
         assert meta["format"] == fmt and meta["count"] == 11 and meta["dtype"] == "uint8"
         assert meta["label_names"] == ["a", "b"] and meta["source"] == "unit test"
-        assert meta["imgconv_version"] and meta["format_version"] == 1
+        assert meta["imgconv_version"] and meta["format_version"] == {"lmdb": 1, "hdf5": 2, "png": 2}[fmt]
         image, label = store[4]
         assert image.dtype == np.uint8 and np.array_equal(image, images[4]) and label == labels[4]
         assert np.array_equal(store[-1][0], images[-1])
@@ -180,16 +185,22 @@ def test_output_does_not_depend_on_batch_sizes(tmp_path, fmt, monkeypatch):
     assert len(digests) == 1
 
 
-def test_encoded_batches_from_workers_equal_append(tmp_path):
-    images = make_images(10)
-    first = write(target(tmp_path, "png", "appended"), images, np.arange(10), compress_level=9)
-    second = target(tmp_path, "png", "encoded")
-    with stores.create(second, compress_level=9) as writer:
+@pytest.mark.parametrize("fmt, sizes", [("png", "fixed"), ("lmdb", "fixed"), ("hdf5", "fixed"),
+                                         ("png", "varying"), ("lmdb", "varying"), ("hdf5", "varying")])
+def test_encoded_batches_from_workers_equal_append(tmp_path, fmt, sizes):
+    images = make_images(10) if sizes == "fixed" else varying_images(10)
+    options = {"compress_level": 9} if fmt == "png" else {}
+    first = write(target(tmp_path, fmt, "appended"), images, np.arange(10), **options)
+    second = target(tmp_path, fmt, "encoded")
+    with stores.create(second, **options) as writer:
         encode = pickle.loads(pickle.dumps(writer.encoder()))  # what a worker receives
         for start, stop in ((0, 4), (4, 10)):
             encoded = encode(images[start:stop], np.arange(start, stop))
             writer.write_encoded(pickle.loads(pickle.dumps(encoded)))  # what it sends back
     assert _digest(first) == _digest(second)
+    with stores.open(second) as store:
+        got, labels = store.read_all()
+        assert all(np.array_equal(a, as_hwc(b)) for a, b in zip(got, images)) and labels.tolist() == list(range(10))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -408,26 +419,124 @@ def test_lmdb_map_grows_and_file_stays_close_to_the_data(tmp_path):
 # --------------------------------------------------------------------------- read-only media
 
 
+@pytest.fixture
+def shared_dir():
+    """A directory outside pytest's private tmp tree, so another user can reach it."""
+    path = tempfile.mkdtemp(prefix="imgconv-test-")
+    os.chmod(path, 0o755)
+    yield path
+    for d, _, _ in os.walk(path):
+        os.chmod(d, 0o755)
+    shutil.rmtree(path)
+
+
+def run_without_write_access(script):
+    """Run Python ``script`` as a user whom a chmod 555 directory stops.
+
+    Root ignores file modes, so as root the script runs as nobody (setpriv);
+    without setpriv the test is skipped, since it could not fail.
+    """
+    if os.geteuid() != 0:
+        command = [sys.executable, "-c", script]
+    elif shutil.which("setpriv"):
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script]
+    else:
+        pytest.skip("running as root without setpriv: root writes into a chmod 555 directory, "
+                    "so this test could not fail")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_store_on_a_read_only_directory(tmp_path, fmt):
+def test_store_on_a_read_only_directory(shared_dir, fmt):
     images = make_images(5)
-    folder = tmp_path / "media"
-    folder.mkdir()
-    path = write(target(folder, fmt), images, np.arange(5))
-    before = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+    folder = os.path.join(shared_dir, "media")
+    os.mkdir(folder)
+    path = write(os.path.join(folder, "store" + SUFFIX[fmt]), images, np.arange(5))
     for d, dirs, files in os.walk(folder):
         for f in files:
             os.chmod(os.path.join(d, f), 0o444)
     for d, dirs, files in os.walk(folder, topdown=False):
         os.chmod(d, 0o555)
+    script = f"""
+import json, os, numpy as np
+from imgconv import stores
+folder, path = {folder!r}, {path!r}
+def listing():
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+before = listing()
+assert not os.access(folder, os.W_OK), "the directory is writable: this check would prove nothing"
+with stores.open(path) as store:
+    images, labels = store.read_batch([4, 0])
+print(json.dumps({{"images": images.tolist(), "labels": labels.tolist(), "same_files": listing() == before}}))
+"""
+    result = run_without_write_access(script)
+    assert np.array_equal(np.array(result["images"], np.uint8), images[[4, 0]]) and result["labels"] == [4, 0]
+    assert result["same_files"]  # a reader creates nothing (no lock file)
+
+
+def test_writing_into_a_read_only_directory_is_a_store_error(shared_dir):
+    folder = os.path.join(shared_dir, "media")
+    os.mkdir(folder)
+    os.chmod(folder, 0o555)
+    script = f"""
+import json, os, numpy as np
+from imgconv import stores
+folder = {folder!r}
+assert not os.access(folder, os.W_OK), "the directory is writable: this check would prove nothing"
+found = {{}}
+for fmt, name in [("png", "a"), ("lmdb", "a.lmdb"), ("hdf5", "a.h5")]:
+    path = os.path.join(folder, name)
     try:
-        with stores.open(path) as store:
-            assert np.array_equal(store.read_batch([4, 0])[0], images[[4, 0]])
-        after = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
-        assert after == before  # a reader creates nothing (no lock file)
-    finally:
-        for d, dirs, files in os.walk(folder):
-            os.chmod(d, 0o755)
+        with stores.create(path, fmt) as writer:
+            writer.append(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 2, 3])
+        found[fmt] = "no error"
+    except Exception as exc:
+        found[fmt] = [type(exc).__module__ + "." + type(exc).__name__, path in str(exc)]
+found["left"] = os.listdir(folder)
+print(json.dumps(found))
+"""
+    result = run_without_write_access(script)
+    for fmt in FORMATS:
+        assert result[fmt] == ["imgconv.errors.StoreError", True], (fmt, result[fmt])
+    assert result["left"] == []
+
+
+def test_disk_full_is_a_store_error_and_leaves_nothing(tmp_path):
+    # A 3 MB tmpfs in a private mount namespace (root only): the store cannot fit.
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a tiny tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    script = f"""
+import json, os, numpy as np
+from imgconv import stores
+images = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+found = {{}}
+for fmt, name in [("png", "a"), ("lmdb", "a.lmdb"), ("hdf5", "a.h5")]:
+    path = os.path.join({str(small)!r}, name)
+    try:
+        with stores.create(path, fmt, **({{"compress_level": 0}} if fmt == "png" else {{}})) as writer:
+            for _ in range(20):
+                writer.append(images, np.arange(100))
+        found[fmt] = "no error"
+    except Exception as exc:
+        found[fmt] = [type(exc).__module__ + "." + type(exc).__name__, path in str(exc)]
+    found[fmt + " left"] = os.listdir({str(small)!r})
+print(json.dumps(found))
+"""
+    shell = f"mount -t tmpfs -o size=3m tmpfs {small} && exec {sys.executable} -c \"$0\""
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, script],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "mount" in done.stderr and not done.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr[-2000:]  # a crash at exit (HDF5) fails here
+    assert "Exception ignored" not in done.stderr, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for fmt in FORMATS:
+        assert result[fmt] == ["imgconv.errors.StoreError", True], (fmt, result[fmt])
+        assert result[fmt + " left"] == []
 
 
 # --------------------------------------------------------------------------- bad stores
@@ -624,3 +733,337 @@ def test_reader_sees_a_store_replaced_at_the_same_path(tmp_path, fmt):
         assert len(new) == 5 and new[4][1] == 9
     assert len(old) == 3 and old[2][1] == 2  # the old reader keeps its own (now unlinked) store
     old.close()
+
+
+# --------------------------------------------------------------------------- replacing a store
+
+
+def _renames_interrupted_at(monkeypatch, call):
+    """Make the ``call``-th os.rename raise KeyboardInterrupt (Ctrl-C), and renameat2 unavailable."""
+    real, calls = os.rename, [0]
+
+    def rename(source, target):
+        calls[0] += 1
+        if calls[0] == call:
+            raise KeyboardInterrupt
+        return real(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(base, "_renameat2", lambda source, target, flags: False, raising=False)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_interrupted_overwrite_keeps_a_store_at_the_target(tmp_path, fmt, monkeypatch):
+    path = write(target(tmp_path, fmt), make_images(3), [1, 2, 3])
+    writer = stores.create(path, overwrite=True)
+    writer.append(make_images(2, seed=5), [8, 9])
+    # Without renameat2 a directory is renamed aside, then the new one in: Ctrl-C between the
+    # two. (A file is replaced by one os.replace and needs no second rename.)
+    _renames_interrupted_at(monkeypatch, 2)
+    try:
+        writer.close()
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    with stores.open(path) as store:
+        assert store.labels().tolist() in ([1, 2, 3], [8, 9])
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_overwrite_with_and_without_renameat2(tmp_path, fmt, monkeypatch):
+    path = write(target(tmp_path, fmt), make_images(3), [1, 2, 3])
+    write(path, make_images(2, seed=5), [8, 9], overwrite=True)  # renameat2 where the system has it
+    with stores.open(path) as store:
+        assert store.labels().tolist() == [8, 9]
+    monkeypatch.setattr(base, "_renameat2", lambda source, target, flags: False)
+    write(path, make_images(4, seed=6), [4, 5, 6, 7], overwrite=True)
+    with stores.open(path) as store:
+        assert store.labels().tolist() == [4, 5, 6, 7]
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_target_appearing_while_writing_keeps_the_finished_store(tmp_path, fmt):
+    path = target(tmp_path, fmt)
+    writer = stores.create(path)
+    writer.append(make_images(4), [0, 1, 2, 3])
+    if fmt == "hdf5":
+        open(path, "wb").close()
+    else:
+        os.makedirs(os.path.join(path, "x"))  # a non-empty directory
+    with pytest.raises(StoreError, match="already exists") as info:
+        writer.close()
+    (kept,) = leftovers(tmp_path)
+    assert os.path.join(str(tmp_path), kept) in str(info.value)
+    with stores.open(tmp_path / kept, fmt) as store:
+        assert store.labels().tolist() == [0, 1, 2, 3]
+
+
+def test_hdf5_reader_keeps_reading_its_own_file_after_a_replacement(tmp_path):
+    path = target(tmp_path, "hdf5")
+    write(path, np.full((40, 8, 8, 3), 1, np.uint8), np.arange(40), batch=40)
+    old = stores.open(path, verify=False)  # direct reads are set up lazily, after the replacement
+    # Same layout, so the old file's chunk offsets are valid in the new one: only the file differs.
+    write(path, np.full((40, 8, 8, 3), 2, np.uint8), np.arange(40) + 100, batch=40, overwrite=True)
+    image, label = old[5]
+    assert (image == 1).all() and label == 5
+    assert (old.read_all()[0] == 1).all()
+    old.close()
+
+
+def test_hdf5_userblock_is_detected_and_read(tmp_path):
+    images = make_images(30, (8, 8, 3))
+    source = write(target(tmp_path, "hdf5", "plain"), images, np.arange(30), chunk_images=10)
+    path = str(tmp_path / "ub.bin")
+    with h5py.File(source, "r") as f, h5py.File(path, "w", userblock_size=4096) as g:
+        for name in f:
+            f.copy(name, g)
+        for key, value in f.attrs.items():
+            g.attrs[key] = value
+    assert stores.detect_format(path) == "hdf5"
+    with stores.open(path) as store:
+        assert np.array_equal(store.read_all()[0], images) and np.array_equal(store[7][0], images[7])
+
+
+# --------------------------------------------------------------------------- failures inside libraries
+
+
+def test_hdf5_with_a_damaged_object_header_is_a_store_error(tmp_path):
+    path = write(target(tmp_path, "hdf5"), make_images(4, (2, 2, 3)), [0, 1, 2, 3])
+    raw = open(path, "rb").read()
+    headers = [i for i in range(len(raw)) if raw.startswith(b"OHDR", i)]
+    assert len(headers) >= 3
+    for at in headers:
+        damaged = bytearray(raw)
+        damaged[at + 8] ^= 1  # HDF5 finds the header checksum wrong
+        victim = tmp_path / f"damaged{at}.h5"
+        victim.write_bytes(bytes(damaged))
+        with pytest.raises(StoreError, match=f"damaged{at}"):
+            with stores.open(victim) as store:
+                store.read_all()
+
+
+class _CorruptEnv:
+    """Stands in for an LMDB environment whose database pages are damaged."""
+
+    def begin(self, **kwargs):
+        raise lmdb.CorruptedError("mdb_get: MDB_CORRUPTED: Located page was wrong type")
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_lmdb_errors_while_reading_are_store_errors(tmp_path, variable):
+    images = varying_images(6) if variable else make_images(6)
+    path = write(target(tmp_path, "lmdb"), images, np.arange(6))
+    store = stores.open(path)
+    real, store._env = store._env, _CorruptEnv()
+    try:
+        for read in (lambda: store[1], lambda: store.read_batch([0, 3]), store.read_all,
+                     lambda: list(store.batches(4))):
+            with pytest.raises(StoreError, match="store.lmdb.*corrupt"):
+                read()
+    finally:
+        store._env = real
+        store.close()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_failed_write_cannot_be_continued_or_finished(tmp_path, fmt, monkeypatch):
+    path = target(tmp_path, fmt)
+    writer = stores.create(path)
+    writer.append(make_images(2), [0, 1])
+    writer_class = type(writer)
+
+    def failing(self, encoded):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_class, "_write", failing)
+    with pytest.raises(StoreError, match="No space left"):
+        writer.append(make_images(2), [2, 3])
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="cannot be continued"):
+        writer.append(make_images(2), [2, 3])
+    with pytest.raises(StoreError, match="cannot be finished"):
+        writer.close()
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- index checks
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_batches_range_is_checked(tmp_path, fmt):
+    images = make_images(5)
+    path = write(target(tmp_path, fmt), images, np.arange(5))
+    with stores.open(path) as store:
+        for start, stop in ((-1, None), (-3, 2), (4, 2), (6, None)):
+            with pytest.raises(StoreIndexError, match="not a range"):
+                store.batches(2, start, stop)
+        assert list(store.batches(2, 5)) == []
+        parts = list(store.batches(2, 1, 4))
+        assert np.array_equal(np.concatenate([p[0] for p in parts]), images[1:4])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unsigned_indices_above_int64_are_out_of_range(tmp_path, fmt):
+    path = write(target(tmp_path, fmt), make_images(3), [0, 1, 2])
+    with stores.open(path) as store:
+        with pytest.raises(StoreIndexError, match=str(2**64 - 1)):
+            store.read_batch(np.array([0, 2**64 - 1], np.uint64))  # would wrap to -1, the last image
+        assert store.read_batch(np.array([2, 0], np.uint64))[1].tolist() == [2, 0]
+
+
+# --------------------------------------------------------------------------- checksums over labels
+
+
+def test_image_checksums_continue_over_the_label(backend):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (50, 3, 2, 3), dtype=np.uint8)
+    labels = np.concatenate([rng.integers(-2**63, 2**63 - 1, 47, dtype=np.int64), [-1, 0, 2**63 - 1]])
+    expected = [kernels.crc32c(np.array(label, "<i8").tobytes(), kernels.crc32c(image))
+                for image, label in zip(images, labels)]
+    assert base.image_checksums(images, labels).tolist() == expected  # the vectorised way
+    assert base.image_checksums(images[:3], labels[:3]).tolist() == expected[:3]  # one by one
+    varying = varying_images(9)
+    assert base.image_checksums(varying, np.arange(9)).tolist() == [
+        kernels.crc32c(np.array(i, "<i8").tobytes(), kernels.crc32c(np.ascontiguousarray(image)))
+        for i, image in enumerate(varying)]
+
+
+def _change_label(path, fmt, index, label):
+    if fmt == "hdf5":
+        with h5py.File(path, "r+") as f:
+            f["labels"][index] = label
+        return
+    name = os.path.join(path, "labels.csv")
+    rows = open(name).read().splitlines()
+    cells = rows[index + 1].split(",")
+    cells[2] = str(label)
+    rows[index + 1] = ",".join(cells)
+    open(name, "w").write("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "png"])
+@pytest.mark.parametrize("sizes", ["fixed", "varying"])
+def test_a_changed_label_is_caught(tmp_path, fmt, sizes):
+    images = make_images(6) if sizes == "fixed" else varying_images(6)
+    path = write(target(tmp_path, fmt), images, np.arange(6) + 10)
+    _change_label(path, fmt, 3, 77)
+    with stores.open(path) as store:
+        assert store[2][1] == 12
+        for read in (lambda: store[3], lambda: store.read_batch([0, 3]), store.read_all):
+            with pytest.raises(StoreError, match=r"image 3 .*checksum"):
+                read()
+    with stores.open(path, verify=False) as store:
+        assert store[3][1] == 77
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "png"])
+def test_version_1_stores_with_pixel_only_checksums_still_read(tmp_path, fmt):
+    images = make_images(5)
+    path = write(target(tmp_path, fmt), images, np.arange(5) + 10)
+    pixel_only = kernels.crc32c_images(images)
+    if fmt == "hdf5":
+        with h5py.File(path, "r+") as f:
+            f["crc32c"][...] = pixel_only
+            f.attrs["imgconv_format_version"] = 1
+    else:
+        rows = open(os.path.join(path, "labels.csv")).read().splitlines()
+        rows[1:] = [",".join(row.split(",")[:3] + [f"{int(c):08x}"]) for row, c in zip(rows[1:], pixel_only)]
+        open(os.path.join(path, "labels.csv"), "w").write("\n".join(rows) + "\n")
+        meta = json.load(open(os.path.join(path, "manifest.json")))
+        meta["format_version"] = 1
+        json.dump(meta, open(os.path.join(path, "manifest.json"), "w"))
+    with stores.open(path) as store:
+        assert store.metadata["format_version"] == 1
+        got, labels = store.read_all()
+        assert np.array_equal(got, images) and labels.tolist() == [10, 11, 12, 13, 14]
+        assert store[4][1] == 14
+
+
+# --------------------------------------------------------------------------- LMDB of varying sizes
+
+
+def test_lmdb_varying_sizes_with_a_tiny_first_image_keep_values_small(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [np.zeros((1, 1, 3), np.uint8)] + [rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+                                                for _ in range(40)]
+    path = target(tmp_path, "lmdb")
+    with stores.create(path) as writer:
+        for i, image in enumerate(images):
+            writer.append([image], [i])
+    with stores.open(path) as store:
+        assert store.metadata["records_per_value"] == lmdb_store.VARIABLE_RECORDS_PER_VALUE
+        assert all(np.array_equal(a, b) for a, b in zip(store.read_all()[0], images))
+        assert np.array_equal(store[33][0], images[33])
+    env = lmdb.open(path, readonly=True, lock=False)
+    with env.begin() as txn:
+        largest = max(len(v) for k, v in txn.cursor() if len(k) == 8)
+    env.close()
+    assert largest <= lmdb_store.VARIABLE_RECORDS_PER_VALUE * (32 + 100 * 100 * 3) + 8 + 8 * 16
+
+
+# --------------------------------------------------------------------------- PNG folder checks
+
+
+def test_png_labels_file_outside_the_folder_is_refused(tmp_path):
+    path = write(target(tmp_path, "png"), make_images(2), [0, 1])
+    (tmp_path / "elsewhere.csv").write_text(open(os.path.join(path, "labels.csv")).read())
+    name = os.path.join(path, "manifest.json")
+    for outside in ("../elsewhere.csv", str(tmp_path / "elsewhere.csv")):
+        meta = json.load(open(name))
+        meta["labels_file"] = outside
+        json.dump(meta, open(name, "w"))
+        with pytest.raises(StoreError, match="outside the folder"):
+            stores.open(path)
+
+
+def test_png_checksum_above_32_bits_is_a_store_error(tmp_path):
+    path = write(target(tmp_path, "png"), make_images(2), [0, 1])
+    name = os.path.join(path, "labels.csv")
+    rows = open(name).read().splitlines()
+    rows[2] = ",".join(rows[2].split(",")[:3] + ["1" + rows[2].split(",")[3]])
+    open(name, "w").write("\n".join(rows) + "\n")
+    with pytest.raises(StoreError, match="row 3"):
+        stores.open(path)
+
+
+def test_png_decompression_bomb_is_a_store_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = write(target(tmp_path, "png"), make_images(2, (16, 16, 3)), [0, 1])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 256 pixels is then over twice the limit
+    with stores.open(path) as store:
+        with pytest.raises(StoreError, match="decompression bomb"):
+            store[1]
+
+
+def test_png_label_beyond_int64_is_a_store_error(tmp_path):
+    path = write(target(tmp_path, "png"), make_images(2), [0, 1])
+    _change_label(path, "png", 1, 2**64)
+    with pytest.raises(StoreError, match="row 3"):
+        stores.open(path)
+
+
+def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(lmdb_store, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(lmdb_store, "_threads", lambda: 3)
+    monkeypatch.setattr(lmdb_store, "_POOL", [None, None])
+    path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
+    finished, lock = [], threading.Lock()
+
+    def unpack_records(values, offsets, **kwargs):
+        with lock:
+            first = not finished and not getattr(unpack_records, "failed", False)
+            unpack_records.failed = True
+        if first:
+            raise RecordError("damaged record")  # one part fails at once...
+        time.sleep(0.2)  # ...while the others still read the transaction's buffers
+        with lock:
+            finished.append(1)
+
+    monkeypatch.setattr(lmdb_store.record, "unpack_records", unpack_records)
+    with stores.open(path) as store:
+        with pytest.raises(StoreError):
+            store.read_all()
+        assert len(finished) == 2  # both were done before the read returned

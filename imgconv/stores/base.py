@@ -13,11 +13,14 @@ Images are uint8 (N, H, W, C); a batch given as (N, H, W) is grayscale, C = 1.
 A store holds either one fixed image shape (batches given as arrays) or varying
 shapes ("variable": batches given as lists of (H, W, C) or (H, W) arrays).
 """
+import ctypes
+import errno
 import json
 import operator
 import os
 import secrets
 import shutil
+import sys
 
 import numpy as np
 
@@ -133,6 +136,58 @@ def shape_text(shape):
     return VARIABLE if shape == VARIABLE else "x".join(str(int(v)) for v in shape)
 
 
+# --------------------------------------------------------------------------- checksums
+
+
+def image_checksums(images, labels):
+    """The per-image checksums HDF5 and PNG stores keep: a (N,) uint32 array.
+
+    For each image, the CRC32C of its pixel bytes ((H, W, C) C order)
+    continued over its label as 8 bytes, little-endian int64: that is
+    ``crc32c(label_bytes, crc32c(pixels))``, so a changed label is caught like a
+    changed pixel. ``images`` as for ``kernels.crc32c_images``; ``labels`` N integers.
+    """
+    labels = np.ascontiguousarray(labels, "<i8").reshape(-1)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if len(labels) <= _FEW:
+        # A few images (store[i]): direct calls cost less than the table lookups.
+        raw = labels.view(np.uint8)
+        return np.array([kernels.crc32c(raw[8 * j : 8 * j + 8], kernels.crc32c(np.ascontiguousarray(image)))
+                         for j, image in enumerate(images)], np.uint32)
+    crcs = kernels.crc32c_images(images)
+    # CRC32C is affine over GF(2): continuing a CRC c over 8 bytes b equals
+    # K ^ A(c) ^ B(b) with A and B linear, so both are XORs of per-byte
+    # tables (built once from kernels.crc32c): a vectorised continuation.
+    const, by_crc_byte, by_label_byte = _continuation_tables()
+    out = np.full(crcs.shape, const, np.uint32)
+    for k in range(4):
+        out ^= by_crc_byte[k][(crcs >> np.uint32(8 * k)) & np.uint32(0xFF)]
+    label_bytes = labels.view(np.uint8).reshape(-1, 8)
+    for j in range(8):
+        out ^= by_label_byte[j][label_bytes[:, j]]
+    return out
+
+
+_TABLES = []
+_FEW = 8
+
+
+def _continuation_tables():
+    if not _TABLES:
+        zero = bytes(8)
+        const = kernels.crc32c(zero, 0)
+        by_crc_byte = np.array(
+            [[kernels.crc32c(zero, v << (8 * k)) ^ const for v in range(256)] for k in range(4)], np.uint32
+        )
+        by_label_byte = np.array(
+            [[kernels.crc32c(bytes(j) + bytes([v]) + bytes(7 - j), 0) ^ const for v in range(256)] for j in range(8)],
+            np.uint32,
+        )
+        _TABLES.append((np.uint32(const), by_crc_byte, by_label_byte))
+    return _TABLES[0]
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -230,24 +285,94 @@ def check_target(path, overwrite):
 def commit(temporary, path, overwrite):
     """Move the finished ``temporary`` output to ``path``.
 
-    An existing ``path`` is refused unless ``overwrite``; then it is first
-    renamed aside, so that at every moment ``path`` is either the old store or
-    the new one, and removed only once the new one is in place.
+    An existing ``path`` is refused unless ``overwrite`` (it may have appeared
+    while the store was written): StoreError, and the finished store stays at
+    ``temporary``, named in the message. A file replaces the old one with one
+    atomic rename. A directory is swapped with the old one in one step where
+    the system can (``renameat2(RENAME_EXCHANGE)``); elsewhere the old one is
+    renamed aside, the new one renamed in, and the old one put back if that
+    fails or is interrupted. At every moment ``path`` is the old store or the
+    new one; the old one is removed only once the new one is in place.
     """
-    check_target(path, overwrite)
-    old = None
-    if os.path.lexists(path):
-        old = temporary_sibling(path).replace(".tmp-", ".old-")
-        os.rename(path, old)
+    if os.path.lexists(path) and not overwrite:
+        raise StoreError(f"{path}: already exists (it appeared while the store was written); "
+                         f"the finished store is kept at {temporary}")
+    try:
+        if not os.path.lexists(path):
+            _rename_no_replace(temporary, path)
+        elif os.path.isdir(temporary) or (os.path.isdir(path) and not os.path.islink(path)):
+            _swap_into_place(temporary, path)
+        else:
+            os.replace(temporary, path)
+    except FileExistsError:
+        raise StoreError(f"{path}: already exists (it appeared while the store was written); "
+                         f"the finished store is kept at {temporary}") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot move the finished store into place ({exc}); "
+                         f"it is kept at {temporary}") from None
+    _fsync_directory(os.path.dirname(path) or ".")
+
+
+def _rename_no_replace(source, target):
+    # Never replace something that appeared at the target in the meantime.
+    if _renameat2(source, target, _RENAME_NOREPLACE):
+        return
+    if os.path.isdir(source):
+        os.rename(source, target)  # replaces at most an empty directory
+        return
+    try:
+        os.link(source, target)  # refuses an existing target
+    except FileExistsError:
+        raise
+    except OSError:
+        os.rename(source, target)  # a filesystem without hard links
+        return
+    os.unlink(source)
+
+
+def _swap_into_place(temporary, path):
+    if _renameat2(temporary, path, _RENAME_EXCHANGE):
+        remove_path(temporary)  # the old store, swapped out
+        return
+    old = temporary_sibling(path).replace(".tmp-", ".old-")
+    os.rename(path, old)
     try:
         os.rename(temporary, path)
-    except OSError as exc:
-        if old is not None:
+    except BaseException:
+        # Put the old store back, whatever stopped the new one (even Ctrl-C).
+        if not os.path.lexists(path):
             os.rename(old, path)
-        raise StoreError(f"{path}: cannot move the finished store into place: {exc}") from None
-    if old is not None:
-        remove_path(old)
-    _fsync_directory(os.path.dirname(path) or ".")
+        raise
+    remove_path(old)
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+_RENAMEAT2 = []
+
+
+def _renameat2(source, target, flags):
+    """Linux renameat2(); False when the system or filesystem does not offer it or ``flags``."""
+    if not _RENAMEAT2:
+        func = None
+        if sys.platform.startswith("linux"):
+            try:
+                func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+            except OSError:
+                func = None
+            if func is not None:
+                func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+                func.restype = ctypes.c_int
+        _RENAMEAT2.append(func)
+    func = _RENAMEAT2[0]
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), target)
 
 
 def _fsync_directory(directory):
@@ -293,6 +418,7 @@ class Writer:
         self.temporary = temporary_sibling(self.path)
         self.closed = False
         self._started = False
+        self._failure = None  # why a write failed: the store can then only be aborted
         self._pid = os.getpid()
 
     # public API -----------------------------------------------------------
@@ -323,15 +449,18 @@ class Writer:
         if len(encoded) == 0:
             return
         self._check_shape(encoded.variable, encoded.shape_of_batch())
-        if not self._started:
-            self._start()
-            self._started = True
         try:
+            self._ensure_started()
             self._write(encoded)
-        except StoreError:
+        except StoreError as exc:
+            self._failure = str(exc)
             raise
         except OSError as exc:
-            raise StoreError(f"{self.path}: writing failed: {exc}") from exc
+            self._failure = f"{self.path}: writing failed: {exc}"
+            raise StoreError(self._failure) from None
+        except BaseException:
+            self._failure = f"{self.path}: a write was interrupted"
+            raise
         self.count += len(encoded)
 
     def close(self):
@@ -343,23 +472,32 @@ class Writer:
         if self.closed:
             return
         try:
+            if self._failure is not None:
+                raise StoreError(f"{self._failure}; the store cannot be finished and was removed")
             if self.shape is None:
                 raise StoreError(
                     f"{self.path}: no image was appended and no shape given; the store would have no image shape"
                 )
-            if not self._started:
-                self._start()
-                self._started = True
+            try:
+                self._ensure_started()
+            except OSError as exc:
+                raise StoreError(f"{self.path}: writing failed: {exc}") from None
             meta = make_metadata(
                 self.format_name, self.format_version, self.count, self.shape, self.label_names, self.source,
                 **self._format_metadata(),
             )
             self._finish(meta)
-            commit(self.temporary, self.path, self.overwrite)
         except BaseException:
             self.abort()
             raise
         self.closed = True
+        try:
+            commit(self.temporary, self.path, self.overwrite)
+        except StoreError:
+            raise  # the finished store stays at self.temporary, which the message names
+        except BaseException:
+            remove_path(self.temporary)  # interrupted: the target holds the old store or the new one
+            raise
 
     def abort(self):
         """Stop writing and remove the temporary output; ``path`` is left untouched."""
@@ -400,6 +538,8 @@ class Writer:
     def _check_open(self):
         if self.closed:
             raise StoreError(f"{self.path}: the writer is closed")
+        if self._failure is not None:
+            raise StoreError(f"{self._failure}; the store cannot be continued, only aborted")
 
     def _check_shape(self, variable, shape):
         if self.shape is None:
@@ -410,6 +550,11 @@ class Writer:
         if shape != self.shape:
             found = "images of varying sizes" if shape is None else f"images of {shape_text(shape)}"
             raise StoreError(f"{self.path}: the batch holds {found}, the store holds {shape_text(self.shape)} uint8 images")
+
+    def _ensure_started(self):
+        if not self._started:
+            self._start()
+            self._started = True
 
     def _format_metadata(self):
         return {}
@@ -491,7 +636,7 @@ class Reader:
         i = self._check_index(index)
         self._ensure_open()
         image, label = self._read_one(i)
-        self._verify_pixels(np.array([i]), [image])
+        self._verify_pixels(np.array([i]), [image], np.array([label], np.int64))
         return image, int(label)
 
     def read_batch(self, indices, out=None):
@@ -512,10 +657,22 @@ class Reader:
         return self._verified(idx, self._read_many(idx, out))
 
     def batches(self, batch_size=1024, start=0, stop=None):
-        """Yield ``(images, labels)`` of consecutive images in order, ``batch_size`` at a time."""
+        """Yield ``(images, labels)`` of consecutive images in order, ``batch_size`` at a time.
+
+        From image ``start`` up to ``stop`` (default and at most the end).
+        Raises ValueError for ``batch_size`` < 1 and StoreIndexError unless
+        0 <= start <= stop; both are checked at the call, not at the first batch.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        stop = len(self) if stop is None else min(stop, len(self))
+        n = len(self)
+        start = operator.index(start)
+        stop = n if stop is None else min(operator.index(stop), n)
+        if not 0 <= start <= stop:
+            raise StoreIndexError(f"{self.path}: batches(start={start}, stop={stop}) is not a range within 0 .. {n}")
+        return self._batches(batch_size, start, stop)
+
+    def _batches(self, batch_size, start, stop):
         for first in range(start, stop, batch_size):
             self._ensure_open()
             last = min(first + batch_size, stop)
@@ -542,7 +699,7 @@ class Reader:
         return np.array(shapes, np.int64).reshape(-1, 3)
 
     def checksums(self):
-        """The CRC32C of each image's pixels kept by the store, or None.
+        """The per-image checksums kept by the store (see :func:`image_checksums`), or None.
 
         None when the format checks its own records as it reads them (LMDB)
         or keeps no checksums (a classic PNG folder).
@@ -554,21 +711,30 @@ class Reader:
         return []
 
     def _verified(self, indices, result):
-        self._verify_pixels(indices, result[0])
+        self._verify_pixels(indices, result[0], result[1])
         return result
 
-    def _verify_pixels(self, indices, images):
-        """Raise StoreError for an image whose pixels do not match the store's checksum."""
+    def _verify_pixels(self, indices, images, labels):
+        """Raise StoreError for an image whose pixels or label do not match the store's checksum."""
         if not self._options.get("verify", True):
             return
         stored = self.checksums()
         if stored is None or len(indices) == 0:
             return
-        computed = kernels.crc32c_images(images)
+        if self._checksums_cover_labels():
+            computed = image_checksums(images, labels)
+        else:
+            computed = kernels.crc32c_images(images)
         wrong = np.flatnonzero(computed != stored[indices])
         if wrong.size:
             i = int(indices[wrong[0]])
-            raise StoreError(f"{self.path}: image {i} does not match its stored checksum: the store is corrupt")
+            raise StoreError(
+                f"{self.path}: image {i} (pixels or label) does not match its stored checksum: the store is corrupt"
+            )
+
+    def _checksums_cover_labels(self):
+        """Whether :meth:`checksums` are :func:`image_checksums` (pixels and label) or of the pixels only."""
+        return False
 
     def __iter__(self):
         for images, labels in self.batches():
@@ -632,6 +798,9 @@ class Reader:
         idx = np.asarray(indices)
         if idx.dtype.kind not in "iu" and not (idx.size == 0):
             raise TypeError(f"{self.path}: indices must be integers, got dtype {idx.dtype}")
+        if idx.dtype.kind == "u" and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
+            first = idx.reshape(-1)[int(np.argmax(idx.reshape(-1) > np.iinfo(np.int64).max))]
+            raise StoreIndexError(f"{self.path}: index {first} is out of range for a store of {len(self)} images")
         idx = idx.astype(np.int64, copy=False).reshape(-1)
         n = len(self)
         if idx.size:

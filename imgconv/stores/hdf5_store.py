@@ -9,8 +9,9 @@ Layout of one file (FORMAT.md, "Stores", is the full specification):
   in ``/pixels``, ``/shapes`` (N, 3) int64 (H, W, C);
 * ``/labels`` (N,) int64;
 * ``/crc32c`` (N,) uint32: the CRC32C of each image's pixel bytes (in
-  (H, W, C) C order), checked on every read, since HDF5 keeps no checksums
-  of its own unless asked;
+  (H, W, C) C order) continued over its label (8 bytes, little-endian
+  int64), checked on every read, since HDF5 keeps no checksums of its own
+  unless asked (format version 1 covered the pixels only);
 * the metadata as attributes of the root group (``imgconv_format`` = "hdf5",
   ``imgconv_format_version``, ``count``, ``shape``, ...), written last: a file
   without them is not a finished store.
@@ -20,16 +21,18 @@ Optional compression (``compression="gzip"`` with ``compression_level``, or
 """
 import json
 import os
+import threading
 
 import h5py
 import numpy as np
 
 from .. import kernels
 from ..errors import StoreError
-from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, check_metadata
+from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, check_metadata, image_checksums
 
 FORMAT_NAME = "hdf5"
-FORMAT_VERSION = 1
+# Version 2: /crc32c covers the label too (version 1: the pixels only).
+FORMAT_VERSION = 2
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 COMPRESSIONS = (None, "gzip", "lzf")
 # Automatic chunk size: about this many bytes per chunk (16 CIFAR images).
@@ -60,7 +63,7 @@ def encode_batch(images, labels):
     Returns :class:`EncodedArrays`. Raises StoreError for a bad batch.
     """
     batch = check_batch(images, labels)
-    checksums = kernels.crc32c_images(batch.images)
+    checksums = image_checksums(batch.images, batch.labels)
     if not batch.variable:
         return EncodedArrays(batch.images, None, batch.labels, batch.shapes(), False, checksums)
     pixels = np.concatenate([image.reshape(-1) for image in batch.images]) if batch.images else np.empty(0, np.uint8)
@@ -103,6 +106,7 @@ class Hdf5Writer(Writer):
         self.compression = compression
         self.compression_level = (4 if compression_level is None else int(compression_level)) if compression == "gzip" else None
         self._file = None
+        self._datasets = {}
         self._pending = []  # encoded batches not yet written (less than a write unit)
         self._pending_count = 0
         self._written = 0
@@ -138,8 +142,20 @@ class Hdf5Writer(Writer):
                              **self._filters())
             per_image = int(np.prod(self.shape))
             self._unit = self.chunk_images * max(1, WRITE_UNIT_BYTES // (per_image * self.chunk_images))
+        # One handle per dataset for the whole write: h5py opens a new HDF5
+        # object on every f[name], and closing one flushes it (a failure there
+        # could only be reported as "Exception ignored").
+        self._datasets = {name: f[name] for name in f}
 
     def _write(self, encoded):
+        try:
+            self._write_batch(encoded)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # h5py reports a full disk or a failed write as OSError or RuntimeError.
+            self._discard_output()
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+
+    def _write_batch(self, encoded):
         if self.shape == VARIABLE:
             self._write_variable(encoded)
             return
@@ -169,7 +185,7 @@ class Hdf5Writer(Writer):
 
     def _write_unit(self, images, labels, checksums):
         start, stop = self._written, self._written + len(labels)
-        ds = self._file["images"]
+        ds = self._datasets["images"]
         ds.resize(stop, axis=0)
         ds[start:stop] = images
         self._append("labels", labels, start)
@@ -177,7 +193,7 @@ class Hdf5Writer(Writer):
         self._written = stop
 
     def _append(self, name, data, start):
-        ds = self._file[name]
+        ds = self._datasets[name]
         ds.resize(start + len(data), axis=0)
         ds[start : start + len(data)] = data
 
@@ -210,18 +226,38 @@ class Hdf5Writer(Writer):
                 if value is not None:
                     self._file.attrs[_ATTR_NAMES.get(key, key)] = value
             self._file.flush()
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
-        finally:
+            self._datasets = {}
             self._file.close()
-            self._file = None
+        except (OSError, ValueError, RuntimeError) as exc:
+            # The file is left open: the caller aborts, and _abort closes it.
+            self._discard_output()
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+        self._file = None
 
-    def _abort(self):
+    def _discard_output(self):
+        # After a failed write the output is discarded. Emptying it at once
+        # gives back its space, so that HDF5, which flushes its caches when
+        # it closes a dataset or the file, can still do so on a full disk: an
+        # object HDF5 failed to close stays open in the library and crashes
+        # the process at exit.
         if self._file is not None:
             try:
-                self._file.close()
-            finally:
-                self._file = None
+                os.truncate(self.temporary, 0)
+            except OSError:
+                pass
+
+    def _abort(self):
+        self._discard_output()
+        f, self._file = self._file, None
+        self._datasets = {}
+        if f is None:
+            return
+        for _ in range(2):
+            try:
+                f.close()
+                return
+            except (OSError, ValueError, RuntimeError):
+                continue
 
 
 # Metadata keys whose attribute names say they belong to imgconv.
@@ -255,21 +291,60 @@ class Hdf5Reader(Reader):
 
     def _open_handles(self):
         cache = int(self._options.get("cache_bytes", DEFAULT_CACHE_BYTES))
-        try:
-            f = h5py.File(self.path, "r", rdcc_nbytes=cache, rdcc_nslots=10007)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot open as HDF5 (truncated or corrupt?): {exc}") from None
+        for _ in range(3):
+            f, fd = self._open_file(cache)
+            if f is not None:
+                break
+            # The store was replaced between the two opens: open both again.
+        else:
+            raise StoreError(f"{self.path}: the file keeps changing while being opened (replaced again and again?)")
         try:
             meta = self._load(f)
-        except BaseException:
+        except BaseException as exc:
             f.close()
+            if fd is not None:
+                os.close(fd)
+            if isinstance(exc, (OSError, KeyError, ValueError, RuntimeError, TypeError)):
+                raise StoreError(f"{self.path}: cannot read the HDF5 structure (corrupt file?): {exc}") from None
             raise
         self._file = f
+        self._fd = fd
         self._labels = None
         self._checksums = None
         self._tables = None
         self._direct_reader = None
+        self._direct_lock = threading.Lock()
         return meta
+
+    def _open_file(self, cache):
+        """h5py's handle and a descriptor of the same file for direct reads.
+
+        Returns (file, fd), with fd None when h5py's driver does not tell
+        its descriptor (then no direct reads), or (None, None) when the path
+        changed between the two opens. Direct reads use chunk offsets h5py
+        reports, so they must read the very file h5py opened, not whatever is
+        at the path later (a store replaced with overwrite=True).
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open: {exc}") from None
+        try:
+            f = h5py.File(self.path, "r", rdcc_nbytes=cache, rdcc_nslots=10007)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"{self.path}: cannot open as HDF5 (truncated or corrupt?): {exc}") from None
+        try:
+            theirs = os.fstat(f.id.get_vfd_handle())
+            ours = os.fstat(fd)
+        except (OSError, ValueError, TypeError, AttributeError):
+            os.close(fd)
+            return f, None
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+            f.close()
+            os.close(fd)
+            return None, None
+        return f, fd
 
     def _load(self, f):
         if f.attrs.get("imgconv_format") is None:
@@ -300,14 +375,23 @@ class Hdf5Reader(Reader):
 
     def _close_handles(self):
         f, self._file = getattr(self, "_file", None), None
-        direct, self._direct_reader = getattr(self, "_direct_reader", None), None
-        if direct:
-            direct.close()
+        fd, self._fd = getattr(self, "_fd", None), None
+        self._direct_reader = None
+        if fd is not None:
+            os.close(fd)
         if f is not None:
             f.close()
 
     def _forget_handles(self):
-        # The parent's HDF5 file id and descriptor are not used in the child.
+        # The parent's HDF5 file id is not used in the child. Its descriptor
+        # is a plain copy the child owns: closing it here leaks nothing and
+        # does not touch the parent's.
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._file = None
         self._direct_reader = None
 
@@ -319,11 +403,18 @@ class Hdf5Reader(Reader):
         return self._labels
 
     def checksums(self):
-        """The stored CRC32C of every image (read once, then kept), or None for a file without them."""
+        """The stored checksum of every image (read once, then kept), or None for a file without them.
+
+        Format version 2 and later: CRC32C of the pixels continued over the
+        label (:func:`imgconv.stores.base.image_checksums`); version 1: of the pixels only.
+        """
         self._ensure_open()
         if self._checksums is None and "crc32c" in self._file:
             self._checksums = self._guard(lambda: self._file["crc32c"][...], "/crc32c")
         return self._checksums
+
+    def _checksums_cover_labels(self):
+        return self.metadata["format_version"] >= 2
 
     def shapes(self):
         """The (H, W, C) of every image as an (N, 3) int64 array."""
@@ -335,7 +426,7 @@ class Hdf5Reader(Reader):
     def _guard(self, read, what):
         try:
             return read()
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise StoreError(f"{self.path}: reading {what} failed (truncated or corrupt file?): {exc}") from None
 
     def _read_one(self, i):
@@ -387,7 +478,16 @@ class Hdf5Reader(Reader):
     def _direct(self):
         """The :class:`_DirectChunks` reader for this process, or None when h5py must decode."""
         if self._direct_reader is None:
-            self._direct_reader = _DirectChunks.build(self.path, self._images, self.shape) or False
+            with self._direct_lock:
+                if self._fd is None:
+                    self._direct_reader = False
+                elif self._direct_reader is None:
+                    try:
+                        built = _DirectChunks.build(self.path, self._fd, self._images, self.shape)
+                        self._direct_reader = built or False
+                    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                        raise StoreError(f"{self.path}: cannot read the chunk index of /images (corrupt file?): "
+                                         f"{exc}") from None
         return self._direct_reader or None
 
     def _read_variable(self, indices):
@@ -422,14 +522,14 @@ class _DirectChunks:
 
     def __init__(self, path, fd, offsets, per_chunk, image_bytes):
         self.path = path
-        self.fd = fd
+        self.fd = fd  # owned by the reader
         self.offsets = offsets
         self.k = per_chunk
         self.image_bytes = image_bytes
 
     @classmethod
-    def build(cls, path, images, shape):
-        """A reader for ``images``, or None when its layout does not allow direct reads."""
+    def build(cls, path, fd, images, shape):
+        """A reader for ``images`` through ``fd`` (the file h5py has open); None when the layout forbids it."""
         dcpl = images.id.get_create_plist()
         if images.chunks is None or dcpl.get_nfilters() != 0 or images.chunks[1:] != tuple(shape):
             return None
@@ -446,14 +546,10 @@ class _DirectChunks:
             images.id.chunk_iter(visit)
         except (AttributeError, RuntimeError, OSError):
             return None  # an HDF5 library without H5Dchunk_iter: h5py reads instead
-        size = os.path.getsize(path)
+        size = os.fstat(fd).st_size
         if n_chunks and (offsets.min() < 0 or offsets.max() + k * image_bytes > size):
             return None  # missing or out-of-file chunks: let HDF5 report or fill them
-        return cls(path, os.open(path, os.O_RDONLY), offsets, k, image_bytes)
-
-    def close(self):
-        """Close the file descriptor."""
-        os.close(self.fd)
+        return cls(path, fd, offsets, k, image_bytes)
 
     def _read(self, view, offset, what):
         done = 0
@@ -484,11 +580,18 @@ class _DirectChunks:
 
 
 def detect(path):
-    """True when ``path`` is a file starting with the HDF5 signature."""
+    """True when ``path`` is a file with the HDF5 signature at 0, 512, 1024, 2048, ... (after a user block)."""
     if not os.path.isfile(path):
         return False
     try:
         with open(path, "rb") as f:
-            return f.read(8) == SIGNATURE
+            size = os.fstat(f.fileno()).st_size
+            at = 0
+            while at + len(SIGNATURE) <= size:
+                f.seek(at)
+                if f.read(len(SIGNATURE)) == SIGNATURE:
+                    return True
+                at = 512 if at == 0 else 2 * at
     except OSError:
         return False
+    return False

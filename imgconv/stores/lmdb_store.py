@@ -6,7 +6,8 @@ writing; readers do not need it). In the main database
 
 * key ``struct.pack(">Q", c)`` (8 bytes, big-endian, so keys sort in image
   order) holds chunk ``c``: the records of images ``c*K .. c*K + K - 1``
-  (fewer in the last chunk), K = ``records_per_value`` in the metadata;
+  (fewer in the last chunk), K = ``records_per_value`` in the metadata
+  (by default about 192 KiB of records for one image shape, 16 for varying sizes);
 * a store of one image shape lays the records back to back; a store of
   varying shapes starts each value with a table: u32 n, u32 0, then n u64
   record offsets from the start of the value;
@@ -22,7 +23,7 @@ single image is still one lookup and one record decode.
 import os
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import lmdb
 import numpy as np
@@ -41,10 +42,14 @@ TABLE_HEAD = struct.Struct("<II")
 # measurements (CIFAR: 64 records of 3,104 bytes = 194 KiB).
 TARGET_VALUE_BYTES = 192 * 1024
 MAX_RECORDS_PER_VALUE = 4096
+# K of a store of varying sizes: the first image says nothing about the next
+# ones (a 1x1 first image would give K = 4096 and values without bound), so K
+# is fixed and small; a value of 16 CIFAR-size images is about 48 KiB.
+VARIABLE_RECORDS_PER_VALUE = 16
 INITIAL_MAP_SIZE = 64 * 1024 * 1024
-# Chunks are committed in transactions of a fixed number of values (about
-# this many bytes), never per batch: the file then does not depend on how the
-# images were split into batches.
+# Chunks are committed in transactions of whole values, closed once they
+# hold this many bytes, never per batch: the file then does not depend on how
+# the images were split into batches.
 TXN_BYTES = 16 * 1024 * 1024
 _ZERO = np.zeros(1, np.int64)
 
@@ -90,8 +95,8 @@ def _value_with_table(buffer, offsets):
 class LmdbWriter(Writer):
     """Writes an LMDB store (see the module docstring for the layout).
 
-    Options: ``records_per_value`` (K; default chosen from the first image's
-    size, about 192 KiB per value) and ``map_size`` (initial map size; it grows
+    Options: ``records_per_value`` (K; by default about 192 KiB per value
+    for a store of one shape, 16 for varying sizes) and ``map_size`` (initial map size; it grows
     as needed, so MDB_MAP_FULL never reaches the caller).
     """
 
@@ -107,10 +112,10 @@ class LmdbWriter(Writer):
         self._env = None
         self._flusher = None
         self._chunk = 0
-        self._pending = np.empty(0, np.uint8)
-        self._pending_offsets = np.zeros(1, np.int64)
+        self._pending = []  # (buffer, offsets from 0) of records begun but not yet a whole chunk
+        self._pending_count = 0
         self._ready = []  # whole chunks waiting for their transaction
-        self._per_txn = None
+        self._ready_bytes = 0
 
     def encoder(self):
         """The picklable encode step: :func:`encode_batch`."""
@@ -122,40 +127,55 @@ class LmdbWriter(Writer):
         # writes committed pages to disk while the next ones are packed, and
         # _finish syncs the rest before the rename. A crash before then
         # leaves only the temporary directory.
-        self._env = lmdb.open(
-            self.temporary, map_size=self.map_size, subdir=True, sync=False, metasync=False,
-            readahead=False, max_dbs=0,
-        )
+        try:
+            self._env = lmdb.open(
+                self.temporary, map_size=self.map_size, subdir=True, sync=False, metasync=False,
+                readahead=False, max_dbs=0,
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot create the LMDB database: {exc}") from None
         self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb"))
 
     def _write(self, encoded):
         if self.records_per_value is None:
-            self.records_per_value = records_per_value_for(int(encoded.offsets[1]))
+            self.records_per_value = (VARIABLE_RECORDS_PER_VALUE if self.shape == VARIABLE
+                                      else records_per_value_for(int(encoded.offsets[1])))
         k = self.records_per_value
         buffer, offsets = encoded.buffer, encoded.offsets
         n = len(offsets) - 1
-        values, first = [], 0
-        waiting = len(self._pending_offsets) - 1
-        if waiting:
-            # Complete the chunk begun by earlier batches; only that one is copied.
-            first = min(k - waiting, n)
-            head = np.concatenate([self._pending, buffer[: offsets[first]]])
-            head_offsets = np.concatenate([self._pending_offsets[:-1], offsets[: first + 1] + self._pending.size])
-            if waiting + first < k:
-                self._pending, self._pending_offsets = head, head_offsets
+        first = 0
+        if self._pending_count:
+            # Continue the chunk begun by earlier batches. Its parts are kept
+            # apart and joined once, when the chunk is whole.
+            first = min(k - self._pending_count, n)
+            self._pending.append((buffer[offsets[0] : offsets[first]].copy(), offsets[: first + 1] - offsets[0]))
+            self._pending_count += first
+            if self._pending_count < k:
                 return
-            values.append(self._value(head, head_offsets, 0, k))
+            self._add_value(self._pending_value())
         whole = (n - first) // k
-        values += [self._value(buffer, offsets, first + q * k, first + (q + 1) * k) for q in range(whole)]
+        for q in range(whole):
+            self._add_value(self._value(buffer, offsets, first + q * k, first + (q + 1) * k))
         rest = first + whole * k
-        self._pending = buffer[offsets[rest] :].copy()
-        self._pending_offsets = offsets[rest:] - offsets[rest]
-        self._ready += values
-        if self._per_txn is None:
-            self._per_txn = max(1, round(TXN_BYTES / (k * int(encoded.offsets[1]))))
-        while len(self._ready) >= self._per_txn:
-            self._put(self._ready[: self._per_txn])
-            del self._ready[: self._per_txn]
+        if rest < n:
+            self._pending = [(buffer[offsets[rest] :].copy(), offsets[rest:] - offsets[rest])]
+            self._pending_count = n - rest
+
+    def _pending_value(self):
+        """The value of the records waiting in ``_pending``, which is emptied."""
+        buffers = [b for b, _ in self._pending]
+        starts = np.cumsum([0] + [b.size for b in buffers])
+        offsets = np.concatenate([o[:-1] + start for (_, o), start in zip(self._pending, starts)] + [starts[-1:]])
+        self._pending, self._pending_count = [], 0
+        buffer = np.concatenate(buffers) if len(buffers) > 1 else buffers[0]
+        return self._value(buffer, offsets, 0, len(offsets) - 1)
+
+    def _add_value(self, value):
+        self._ready.append(value)
+        self._ready_bytes += len(value)
+        if self._ready_bytes >= TXN_BYTES:
+            self._put(self._ready)
+            self._ready, self._ready_bytes = [], 0
 
     def _value(self, buffer, offsets, first, stop):
         data = buffer[offsets[first] : offsets[stop]]
@@ -166,19 +186,22 @@ class LmdbWriter(Writer):
     def _put(self, values, extra=()):
         """Put ``values`` as the next chunks (and ``extra`` key/values) in one transaction."""
         needed = sum(len(v) for v in values) + sum(len(v) for _, v in extra)
-        self._reserve(needed)
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    for q, value in enumerate(values):
-                        # append=True: keys arrive in sorted order, so LMDB
-                        # appends to the last leaf instead of searching.
-                        txn.put(chunk_key(self._chunk + q), value, append=True)
-                    for key, value in extra:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:
-                self._grow(2 * self._env.info()["map_size"])
+        try:
+            self._reserve(needed)
+            while True:
+                try:
+                    with self._env.begin(write=True) as txn:
+                        for q, value in enumerate(values):
+                            # append=True: keys arrive in sorted order, so LMDB
+                            # appends to the last leaf instead of searching.
+                            txn.put(chunk_key(self._chunk + q), value, append=True)
+                        for key, value in extra:
+                            txn.put(key, value)
+                    break
+                except lmdb.MapFullError:
+                    self._grow(2 * self._env.info()["map_size"])
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: LMDB failed while writing: {exc}") from None
         self._chunk += len(values)
         self._flusher.request()
 
@@ -198,7 +221,8 @@ class LmdbWriter(Writer):
 
     def _format_metadata(self):
         if self.records_per_value is None:
-            self.records_per_value = 1 if self.shape == VARIABLE else records_per_value_for(record.record_size(self.shape))
+            self.records_per_value = (VARIABLE_RECORDS_PER_VALUE if self.shape == VARIABLE
+                                      else records_per_value_for(record.record_size(self.shape)))
         return {
             "records_per_value": self.records_per_value,
             "record_version": record.VERSION,
@@ -208,8 +232,9 @@ class LmdbWriter(Writer):
 
     def _finish(self, meta):
         last = self._ready
-        if len(self._pending_offsets) > 1:
-            last.append(self._value(self._pending, self._pending_offsets, 0, len(self._pending_offsets) - 1))
+        if self._pending_count:
+            last.append(self._pending_value())
+        self._ready, self._ready_bytes = [], 0
         try:
             self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))])
             self._flusher.stop()
@@ -221,11 +246,17 @@ class LmdbWriter(Writer):
 
     def _abort(self):
         if self._flusher is not None:
-            self._flusher.stop(check=False)
+            try:
+                self._flusher.stop(check=False)
+            except OSError:
+                pass
             self._flusher = None
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        env, self._env = self._env, None
+        if env is not None:
+            try:
+                env.close()
+            except lmdb.Error:
+                pass
 
 
 class _Flusher:
@@ -275,7 +306,9 @@ class LmdbReader(Reader):
 
     Options: ``readahead`` (default False): let the OS read ahead around
     each page touched; off suits random access to stores larger than memory
-    (FORMAT.md has the measurements). ``verify`` (default True): check each
+    (FORMAT.md has the measurements). LMDB allows one environment per file
+    and process, so readers of one store in one process share the setting
+    of the first. ``verify`` (default True): check each
     record's CRC32C; False skips it (headers and bounds are still checked).
     """
 
@@ -288,6 +321,9 @@ class LmdbReader(Reader):
         env = _shared_env(self.path, bool(self._options.get("readahead", False)))
         try:
             meta = self._load(env, data)
+        except lmdb.Error as exc:
+            _release_env(env)
+            raise StoreError(f"{self.path}: corrupt LMDB database: {exc}") from None
         except BaseException:
             _release_env(env)
             raise
@@ -349,6 +385,27 @@ class LmdbReader(Reader):
         return table[slots].astype(np.int64)
 
     def _read_one(self, i):
+        try:
+            return self._read_one_in_txn(i)
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"image {i}") from None
+
+    def _read_many(self, indices, out):
+        try:
+            return self._read_many_in_txn(indices, out)
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"{indices.size} images") from None
+
+    def _read_range(self, start, stop, out):
+        try:
+            return self._read_range_in_txn(start, stop, out)
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"images {start}..{stop - 1}") from None
+
+    def _lmdb_error(self, exc, what):
+        return StoreError(f"{self.path}: reading {what} failed, the LMDB database is corrupt: {exc}")
+
+    def _read_one_in_txn(self, i):
         chunk, slot = divmod(i, self._k)
         with self._env.begin(buffers=True) as txn:
             value = self._value(txn, chunk)
@@ -372,14 +429,14 @@ class LmdbReader(Reader):
             raise self._first_bad([value], [0], offsets, np.array([i]))
         return pixels.reshape(self.shape), label[0]
 
-    def _read_many(self, indices, out):
+    def _read_many_in_txn(self, indices, out):
         distinct, sources = np.unique(indices // self._k, return_inverse=True)
         with self._env.begin(buffers=True) as txn:
             # Buffers point into the map: valid only inside this transaction.
             values = [self._value(txn, int(c)) for c in distinct]
             return self._gather(values, distinct, sources.reshape(-1), indices, out)
 
-    def _read_range(self, start, stop, out):
+    def _read_range_in_txn(self, start, stop, out):
         first, last = start // self._k, (stop - 1) // self._k
         count = last - first + 1
         with self._env.begin(buffers=True) as txn:
@@ -415,11 +472,16 @@ class LmdbReader(Reader):
             else:
                 # The gather kernel runs without the GIL: large reads are split
                 # over threads (copy, checksum and page faults all scale).
-                list(_pool().map(
-                    lambda ab: record.unpack_records(
-                        values, offsets[ab[0] : ab[1]], sources=sources[ab[0] : ab[1]], out=out[ab[0] : ab[1]],
-                        labels_out=labels[ab[0] : ab[1]], verify=self._verify),
-                    parts))
+                futures = [
+                    _pool().submit(record.unpack_records, values, offsets[a:b], sources=sources[a:b], out=out[a:b],
+                                   labels_out=labels[a:b], verify=self._verify)
+                    for a, b in parts
+                ]
+                # Every thread must be done before the caller leaves the
+                # transaction, whose buffers they read, even when one failed.
+                wait(futures)
+                for future in futures:
+                    future.result()
         except RecordError:
             raise self._first_bad(values, sources, offsets, indices) from None
         return out, labels
@@ -456,9 +518,31 @@ class LmdbReader(Reader):
 # path (overwrite=True) is a new file and gets a new environment.
 _ENVS = {}
 _ENVS_PID = [os.getpid()]
+_ENVS_LOCK = threading.Lock()
+
+
+def _new_envs_lock():
+    # A child forked while another thread held the lock must not inherit it held.
+    global _ENVS_LOCK
+    _ENVS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_envs_lock)
 
 
 def _shared_env(path, readahead):
+    """The environment of the store at ``path`` for this process, shared by its readers.
+
+    LMDB allows one environment per file per process, so a reader asking for
+    another ``readahead`` than the one that opened the file shares that one's
+    setting (readahead is advice to the OS about cold reads, never about results).
+    """
+    with _ENVS_LOCK:
+        return _shared_env_locked(path, readahead)
+
+
+def _shared_env_locked(path, readahead):
     if _ENVS_PID[0] != os.getpid():
         # A forked child inherits the parent's environments: it must not use
         # them, and py-lmdb refuses a second one for the same path while they
@@ -486,6 +570,11 @@ def _shared_env(path, readahead):
 
 
 def _release_env(env):
+    with _ENVS_LOCK:
+        _release_env_locked(env)
+
+
+def _release_env_locked(env):
     if _ENVS_PID[0] != os.getpid():
         return
     for key, entry in list(_ENVS.items()):

@@ -24,17 +24,19 @@ import os
 import numpy as np
 from PIL import Image
 
-from .. import kernels
 from ..errors import StoreError
-from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text
+from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, image_checksums,
+                   load_metadata, shape_text)
 
 FORMAT_NAME = "png"
-FORMAT_VERSION = 1
+# Version 2: the crc32c column covers the label too (version 1: the pixels only).
+FORMAT_VERSION = 2
 SHARD_SIZE = 1000
 MANIFEST = "manifest.json"
 LABELS = "labels.csv"
-# The CRC32C column (the decoded pixels' checksum, 8 hex digits) catches damage
-# a PNG decoder does not: Pillow does not check the last bytes of the zlib stream.
+# The CRC32C column (of the decoded pixels continued over the label, 8 hex
+# digits) catches damage a PNG decoder does not: Pillow does not check the last
+# bytes of the zlib stream; and it catches a changed label.
 HEADER = ["index", "path", "label", "crc32c"]
 # zlib level 6: measured on 32x32 photo-like images (FORMAT.md has the table),
 # level 1 encodes only 5-20% faster but its files are 9% larger and decode
@@ -82,7 +84,8 @@ def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
             blobs.append(encode_png(image, compress_level))
         except StoreError as exc:
             raise StoreError(f"image {i} of the batch: {exc}") from None
-    return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable, kernels.crc32c_images(batch.images))
+    checksums = image_checksums(batch.images, batch.labels)
+    return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable, checksums)
 
 
 class _PngEncoder:
@@ -135,15 +138,21 @@ class PngFolderWriter(Writer):
         return {"compress_level": self.compress_level, "shard_size": SHARD_SIZE, "labels_file": LABELS}
 
     def _finish(self, meta):
-        self._csv_file.close()
-        self._csv_file = None
-        with open(os.path.join(self.temporary, MANIFEST), "wb") as f:
-            f.write(dump_metadata(meta))
-
-    def _abort(self):
-        if self._csv_file is not None:
+        try:
             self._csv_file.close()
             self._csv_file = None
+            with open(os.path.join(self.temporary, MANIFEST), "wb") as f:
+                f.write(dump_metadata(meta))
+        except OSError as exc:
+            raise StoreError(f"{self.path}: writing the PNG folder failed: {exc}") from None
+
+    def _abort(self):
+        f, self._csv_file = self._csv_file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # flushing the CSV can fail (disk full); the output is being removed anyway
 
 
 class PngFolderReader(Reader):
@@ -167,7 +176,11 @@ class PngFolderReader(Reader):
                 meta = load_metadata(f.read(), self.path, FORMAT_NAME, FORMAT_VERSION)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read {MANIFEST}: {exc}") from None
-        rows = _read_csv(os.path.join(self.path, meta.get("labels_file", LABELS)))
+        labels_file = meta.get("labels_file", LABELS)
+        if (not isinstance(labels_file, str) or not labels_file or os.path.isabs(labels_file)
+                or ".." in labels_file.replace("\\", "/").split("/")):
+            raise StoreError(f"{self.path}: {MANIFEST} names a labels_file outside the folder: {labels_file!r}")
+        rows = _read_csv(os.path.join(self.path, labels_file))
         header = [c.strip() for c in rows[0]] if rows else []
         if header not in (HEADER, HEADER[:3]):
             raise StoreError(f"{self.path}: {LABELS} must start with the header {','.join(HEADER)}")
@@ -202,7 +215,8 @@ class PngFolderReader(Reader):
             raise StoreError(f"{self.path}: {os.path.basename(csv_path)} lists {n} labels but {last} is missing")
         first, _ = self._decode(0, None)
         return {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "count": n, "shape": first.shape,
+            # Version 1: a crc32c column here is read as the pixels' CRC only.
+            "format": FORMAT_NAME, "format_version": 1, "count": n, "shape": first.shape,
             "dtype": "uint8", "label_names": None, "source": f"classic PNG folder ({os.path.basename(csv_path)})",
             "imgconv_version": None,
         }
@@ -216,9 +230,17 @@ class PngFolderReader(Reader):
         return self._labels.copy()
 
     def checksums(self):
-        """The CRC32C of every image from the labels CSV, or None (a classic folder)."""
+        """The checksum of every image from the labels CSV, or None (a classic folder).
+
+        Format version 2 and later: the CRC32C of the pixels continued over
+        the label (:func:`imgconv.stores.base.image_checksums`); version 1:
+        of the pixels only.
+        """
         self._ensure_open()
         return self._checksums
+
+    def _checksums_cover_labels(self):
+        return self.metadata["format_version"] >= 2
 
     def check_layout(self):
         """Files the labels CSV lists that are missing."""
@@ -237,6 +259,8 @@ class PngFolderReader(Reader):
                 image = np.asarray(_eight_bit(pil, path))
         except FileNotFoundError:
             raise StoreError(f"{path}: image {i} is missing") from None
+        except Image.DecompressionBombError as exc:
+            raise StoreError(f"{path}: image {i} is refused as a decompression bomb: {exc}") from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise StoreError(f"{path}: image {i} cannot be decoded (corrupt or truncated PNG): {exc}") from None
         if image.ndim == 2:
@@ -294,8 +318,12 @@ def _parse_indexed(rows, where, name, with_checksums):
     for n, row in enumerate(rows):
         try:
             index, rel, label = int(row[0]), row[1].strip(), int(row[2])
+            if not -(2**63) <= label < 2**63:
+                raise ValueError("a label must fit in a signed 64-bit integer")
             if with_checksums:
                 checksums.append(int(row[3], 16))
+                if not 0 <= checksums[-1] <= 0xFFFFFFFF:
+                    raise ValueError("not a 32-bit checksum")
         except (ValueError, IndexError):
             columns = ",".join(HEADER if with_checksums else HEADER[:3])
             raise StoreError(f"{where}: {name} row {n + 2} is not {columns}: {row!r}") from None
@@ -312,8 +340,8 @@ def _parse_single(rows, path):
     labels = []
     for n, row in enumerate(rows):
         cells = [c for c in row if c.strip()]
-        if len(cells) != 1 or not _is_int(cells[0]):
-            raise StoreError(f"{path}: row {n + 1} is not a single integer label: {row!r}")
+        if len(cells) != 1 or not _is_int(cells[0]) or not -(2**63) <= int(cells[0]) < 2**63:
+            raise StoreError(f"{path}: row {n + 1} is not a single integer label (signed 64-bit): {row!r}")
         labels.append(int(cells[0]))
     return np.array(labels, np.int64)
 
