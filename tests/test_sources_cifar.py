@@ -330,3 +330,154 @@ def test_archive_members_in_the_official_scrambled_order(tmp_path, sample):
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
     np.testing.assert_array_equal(source.take([55, 3, 41])[0], images[[55, 3, 41]])
+
+
+# --- review findings: hostile labels, damaged and unusual archives, state kept between calls -----
+
+
+def test_shared_label_lists_are_refused_without_building_them(tmp_path, sample):
+    # [inner] * n pickles as n references to one list: a small file that np.asarray would expand to n * n.
+    import tracemalloc
+
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    inner = list(range(3000))
+    for rows, labels in [(1, [inner] * 3000), (2, [inner, inner])]:
+        (directory / "test_batch").write_bytes(
+            pickle.dumps({"data": np.zeros((rows, 3072), np.uint8), "labels": labels}, protocol=2)
+        )
+        assert len((directory / "test_batch").read_bytes()) < 30_000
+        tracemalloc.start()
+        try:
+            with pytest.raises(SourceError, match="test_batch: "):
+                open_source(directory, split="test").length
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([2**70, 1], "beyond 64 bits"),
+        ([True, False], r"labels\[0\] is a bool"),
+        ((1, 2), "a tuple"),
+        (np.array([1, 2], np.uint8), None),
+        (np.array([1.0, 2.0]), "float64"),
+    ],
+)
+def test_labels_are_a_list_of_ints_or_an_integer_array(tmp_path, sample, labels, message):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    (directory / "test_batch").write_bytes(
+        pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": labels}, protocol=2)
+    )
+    source = open_source(directory, split="test")
+    if message is None:
+        assert _read_all(source)[2].tolist() == [1, 2]
+    else:
+        with pytest.raises(SourceError, match=message):
+            source.length
+
+
+@pytest.mark.parametrize("cut", [20, 100, 600])
+def test_truncated_archive_is_a_source_error(tmp_path, sample, cut):
+    broken = tmp_path / "cifar-10-python.tar.gz"
+    broken.write_bytes(open(sample[0].python_archive, "rb").read()[:cut])
+    with pytest.raises(SourceError, match="cifar-10-python.tar.gz"):
+        open_source(broken).length
+
+
+@pytest.mark.parametrize("arcname", ["./cifar-10-batches-py", "."])
+def test_archive_members_named_with_dot_slash(tmp_path, sample, arcname):
+    files, images, labels = sample
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        if arcname == ".":  # what `tar -C parent .` writes: "." first, then "./cifar-10-batches-py/..."
+            tar.add(os.path.dirname(files.python_dir), arcname=".", filter=lambda info: (
+                info if info.name == "." or info.name.startswith("./cifar-10-batches-py") else None))
+        else:
+            tar.add(files.python_dir, arcname=arcname)
+    source = open_source(archive, split="all")
+    _, got, got_labels = _read_all(source)
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert source.label_names[0] == "airplane"
+
+
+def test_archive_with_two_members_of_one_name_is_refused(tmp_path, sample):
+    files = sample[0]
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(files.binary_dir, arcname="cifar-10-batches-bin")
+        tar.add(os.path.join(files.binary_dir, "data_batch_2.bin"), arcname="cifar-10-batches-bin/data_batch_1.bin")
+    with pytest.raises(SourceError, match=r"data_batch_1\.bin: the archive holds two members of that name"):
+        open_source(archive).length
+
+
+@pytest.mark.parametrize("form", ["python_archive", "binary_archive"])
+def test_archive_stays_open_between_calls_until_pickled_or_closed(sample, form, monkeypatch):
+    files, images, _ = sample
+    source = open_source(getattr(files, form), split="all")
+    assert source.length == COUNT
+    opened = []
+    real_open = tarfile.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    # Forward reads in separate calls continue one stream: one opening, not one per call.
+    got = [b[0] for lo, hi in [(0, 7), (7, 25), (25, 60)] for b in source.batches(8, lo, hi)]
+    np.testing.assert_array_equal(np.concatenate(got), images)
+    np.testing.assert_array_equal(source.take([40, 41])[0], images[[40, 41]])
+    assert len(opened) == 1
+    copy = pickle.loads(pickle.dumps(source))  # the open archive does not travel
+    assert copy.container._tar is None and copy._cache is None
+    np.testing.assert_array_equal(next(copy.batches(5, 10, 15))[0], images[10:15])
+    source.close()
+    assert source.container._tar is None
+    np.testing.assert_array_equal(next(source.batches(5, 0, 5))[0], images[:5])
+
+
+def test_take_on_python_batches_keeps_the_last_batches_loaded(sample, monkeypatch):
+    from imgconv.sources import cifar
+
+    files, images, _ = sample
+    source = open_source(files.python_dir, split="all")
+    assert source.length == COUNT
+    loads = []
+    real_load = cifar.load_pickle
+
+    def counting_load(data, where):
+        loads.append(os.path.basename(where))
+        return real_load(data, where)
+
+    monkeypatch.setattr(cifar, "load_pickle", counting_load)
+    for indices in ([3, 14], [1, 17], [12, 5]):
+        np.testing.assert_array_equal(source.take(indices)[0], images[indices])
+    assert sorted(loads) == ["data_batch_1", "data_batch_2"]  # each loaded once over three calls
+    source.take([55, 3])
+    assert loads[-1] == "test_batch" and loads.count("data_batch_1") == 1
+    assert len(source._cache) <= CifarSource.CACHED_BATCHES
+
+
+def _read_in_forked_child(source, queue):
+    images = next(source.batches(5, 20, 25))[0]
+    queue.put((images, source.container._pid == os.getpid()))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_a_forked_process_opens_the_archive_again(sample):
+    files, images, _ = sample
+    source = open_source(files.binary_archive, split="all")
+    next(source.batches(5, 0, 5))  # the parent has the archive open now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_forked_child, args=(source, queue))
+    child.start()
+    got, own = queue.get(timeout=60)
+    child.join(60)
+    np.testing.assert_array_equal(got, images[20:25])
+    assert own  # not the file object (and position) it shares with this process
+    np.testing.assert_array_equal(next(source.batches(5, 5, 10))[0], images[5:10])

@@ -262,3 +262,125 @@ def test_take_under_skip_leaves_bad_images_out(with_bad):
     with pytest.warns(SkippedImageWarning, match="2.png"):
         images, labels = source.take([3, 1, 0])
     assert labels.tolist() == [1, 0] and [tuple(i[0, 0]) for i in images] == [(4, 5, 6), (1, 2, 3)]
+
+
+# --- review findings ------------------------------------------------------------------------
+
+
+def _finishes(function, fifo, seconds=20):
+    """Run ``function`` in a thread; True when it ends in time. A reader stuck on ``fifo`` is released."""
+    import os
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(("ok", function()))
+        except Exception as exc:  # handed to the test, which checks it
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():  # opening the FIFO for writing lets a blocked reader see end-of-file
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        return None
+    return outcome[0]
+
+
+def test_a_fifo_named_like_an_image_is_not_an_image(classes):
+    import os
+
+    fifo = classes / "cat" / "z.png"
+    os.mkfifo(fifo)
+    source = open_source(classes, on_error="skip")
+    result = _finishes(lambda: (source.shape, _read_all(source)[2].tolist()), fifo)
+    assert result == ("ok", ((4, 6, 3), [0, 0, 1, 1]))  # left out of the scan
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_fifo_put_where_an_image_was_is_refused_not_waited_on(classes, on_error):
+    import os
+
+    source = open_source(classes, on_error=on_error)
+    assert source.shape == (4, 6, 3)
+    (classes / "cat" / "b.png").unlink()
+    os.mkfifo(classes / "cat" / "b.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)
+        result = _finishes(lambda: _read_all(source)[2].tolist(), classes / "cat" / "b.png")
+    assert result is not None, "the read blocked on the FIFO"
+    if on_error == "fail":
+        assert result[0] == "error" and "b.png: a FIFO, not an image file" in str(result[1])
+    else:
+        assert result == ("ok", [0, 1, 1]) and "a FIFO" in source.skipped[0].reason
+
+
+def test_csv_label_beyond_64_bits_names_its_row(flat, tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,label\na.png,1\nb.png,99999999999999999999999\nc.png,2\n")
+    with pytest.raises(SourceError, match=r"labels\.csv: row 3 labels b\.png 99999999999999999999999, beyond"):
+        open_source(flat, labels_csv=csv)
+
+
+def test_csv_first_row_with_an_integer_label_is_data_not_a_header(flat, tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("../../etc/passwd,1\na.png,1\nb.png,2\nc.png,3\n")
+    with pytest.raises(SourceError, match=r"row 1 names '\.\./\.\./etc/passwd', which is not an image"):
+        open_source(flat, labels_csv=csv)
+    csv.write_text("image,class\na.png,dog\nb.png,cat\nc.png,dog\n")  # a real header still goes
+    assert open_source(flat, labels_csv=csv).label_names == ["cat", "dog"]
+
+
+def test_a_pickled_source_reads_only_its_range_headers(tmp_path, monkeypatch):
+    from imgconv.sources import folder
+
+    for i in range(12):
+        _save(_solid((i, i, i)), tmp_path / "r" / "c" / f"{i:02d}.png")
+    source = pickle.loads(pickle.dumps(open_source(tmp_path / "r")))  # shape never asked
+    probed = []
+    real = folder._header_size
+
+    def counting(path):
+        probed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(folder, "_header_size", counting)
+    images, _ = next(source.batches(3, 6, 9))
+    assert images.shape == (3, 4, 6, 3) and len(probed) == 3
+    images, _ = source.take([1, 10])
+    assert images.shape == (2, 4, 6, 3) and len(probed) == 5
+    assert source.shape == (4, 6, 3) and len(probed) == 17  # asked for: the whole folder, once
+    next(source.batches(3, 0, 3))
+    assert len(probed) == 17
+
+
+def test_float_and_lab_images_are_refused(tmp_path):
+    root = tmp_path / "odd"
+    root.mkdir()
+    Image.fromarray(np.full((4, 6), 0.5, np.float32)).save(root / "f.tif")
+    Image.new("LAB", (6, 4), (50, 0, 0)).save(root / "lab.tif")
+    source = open_source(root, mode="RGBA")
+    with pytest.raises(SourceError, match=r"f\.tif: floating-point pixels \(mode F\)"):
+        list(source.batches(1, 0, 1))
+    with pytest.raises(SourceError, match=r"lab\.tif: CIE LAB colour"):
+        list(source.batches(1, 1, 2))
+
+
+def test_empty_class_folders_are_refused(classes):
+    (classes / "empty").mkdir()
+    (classes / "text_only").mkdir()
+    (classes / "text_only" / "readme.txt").write_text("no images")
+    with pytest.raises(SourceError, match=r"class folder\(s\) empty, text_only hold no images"):
+        open_source(classes)
+
+
+def test_take_under_skip_says_which_indices_were_kept(with_bad):
+    source = open_source(with_bad, on_error="skip")
+    with pytest.warns(SkippedImageWarning):
+        images, labels = source.take([3, 1, 0, 3])
+    assert source.last_kept.tolist() == [True, False, True, True]
+    assert labels.tolist() == [1, 0, 1]
+    assert pickle.loads(pickle.dumps(source)).last_kept is None

@@ -187,3 +187,56 @@ def test_take_across_train_and_test(tmp_path, save):
     images, labels = open_source(tmp_path / "k.npz", split="all").take([6, 2, 7, 2])
     np.testing.assert_array_equal(images, np.concatenate([train, test])[[6, 2, 7, 2]])
     assert labels.tolist() == [11, 2, 12, 2]
+
+
+def test_compressed_npz_reads_on_from_one_stream_across_calls(tmp_path, monkeypatch):
+    images, labels = _images(40), np.arange(40)
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, images=images, labels=labels)
+    source = open_source(path)
+    source.take([0])  # labels are read once, whole; count only the image stream from here
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def counting_open(self, name, *args, **kwargs):
+        opened.append(name)
+        return real_open(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
+    got = [b[0] for lo, hi in [(0, 9), (9, 30), (30, 40)] for b in source.batches(4, lo, hi)]
+    np.testing.assert_array_equal(np.concatenate(got), images)
+    assert opened == []  # the stream opened by take() read on, once per batch before
+    np.testing.assert_array_equal(source.take([35, 2])[0], images[[35, 2]])  # backwards: reopens
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy._readers is None
+    np.testing.assert_array_equal(next(copy.batches(3, 5, 8))[0], images[5:8])
+    source.close()
+    assert source._readers is None
+    np.testing.assert_array_equal(next(source.batches(3, 0, 3))[0], images[:3])
+
+
+def test_compressed_fortran_order_images_are_refused_with_the_remedy(tmp_path):
+    path = tmp_path / "f.npz"
+    np.savez_compressed(path, images=np.asfortranarray(_images(6)), labels=np.arange(6))
+    with pytest.raises(SourceError, match=r"f\.npz:images\.npy: a compressed Fortran-order array.*C-ordered"):
+        open_source(path)
+    np.savez(path, images=np.asfortranarray(_images(6)), labels=np.asfortranarray(np.arange(6)))
+    np.testing.assert_array_equal(_read_all(open_source(path))[1], _images(6))  # stored: memory-mapped, fine
+
+
+@pytest.mark.parametrize("damage", ["header", "method"])
+def test_damaged_npz_is_a_source_error(tmp_path, damage):
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, images=_images(4), labels=np.arange(4))
+    data = bytearray(path.read_bytes())
+    if damage == "method":  # an unknown compression method in the central directory
+        at = data.index(b"PK\x01\x02")
+        data[at + 10 : at + 12] = b"\x63\x00"
+    else:  # the .npy header text cut short inside the member
+        np.savez(path, images=_images(4))
+        data = bytearray(path.read_bytes())
+        at = data.index(b"{'descr'")
+        data[at + 5 : at + 30] = b"(" * 25
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="d.npz"):
+        open_source(path)

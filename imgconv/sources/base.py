@@ -91,21 +91,29 @@ class Source(abc.ABC):
         :meth:`batches`; a shuffled conversion reads its tasks this way. Each
         file is read once per call, however scattered the indices. Under
         ``on_error="skip"`` (folders) images that cannot be read are left
-        out. Raises ValueError for an index out of range and SourceError for
-        unreadable data.
+        out (a folder source's ``last_kept`` then says which). Raises
+        ValueError for an index out of range and SourceError for unreadable
+        data.
         """
+        images, labels, _ = self._take(indices)
+        return images, labels
+
+    def _take(self, indices):
+        """:meth:`take`, also returning ``kept``: a bool array over ``indices``, True for those returned."""
         indices = self._check_indices(indices)
         if indices.size == 0:
             shape = self.shape
-            return (np.empty((0, *shape), np.uint8) if shape is not None else []), np.zeros(0, np.int64)
+            empty = np.empty((0, *shape), np.uint8) if shape is not None else []
+            return empty, np.zeros(0, np.int64), np.zeros(0, bool)
         unique, inverse = np.unique(indices, return_inverse=True)
         images, labels, kept = self._gather(unique)
         # Position of each kept unique index among the images _gather returned.
         position = np.cumsum(kept) - 1
-        wanted = position[inverse[kept[inverse]]]
+        asked_kept = kept[inverse]
+        wanted = position[inverse[asked_kept]]
         if isinstance(images, np.ndarray):
-            return np.ascontiguousarray(images[wanted]), labels[wanted]
-        return [images[i] for i in wanted], labels[wanted]
+            return np.ascontiguousarray(images[wanted]), labels[wanted], asked_kept
+        return [images[i] for i in wanted], labels[wanted], asked_kept
 
     def _gather(self, unique):
         """Read the images at the sorted, distinct ``unique`` indices.
@@ -129,6 +137,13 @@ class Source(abc.ABC):
             bad = indices[(indices < 0) | (indices >= (length if length is not None else np.inf))][0]
             raise ValueError(f"index {bad} is outside 0..{length - 1} of {self.description}")
         return indices
+
+    def close(self):
+        """Let go of the open files and caches a source keeps between calls (none here).
+
+        The source stays usable: what it needs is reopened on the next read.
+        Pickling a source leaves them behind too.
+        """
 
     def __len__(self):
         length = self.length

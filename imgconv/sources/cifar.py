@@ -26,6 +26,7 @@ Images are numbered in the official order: the training batches in order,
 then the test batch (``split="all"``).
 """
 import os
+import posixpath
 import tarfile
 import zlib
 from collections import namedtuple
@@ -114,12 +115,23 @@ class _Directory:
         pass
 
 
+def _member_name(name):
+    """A tar member's name as compared everywhere: no "./", no doubled or trailing "/"."""
+    return posixpath.normpath(name).lstrip("/")
+
+
 class _Archive:
     """Batch files inside a tar archive (gzip or not), read member by member without extracting.
 
     The member index (names, offsets, sizes) is built by one pass over the
     archive and travels with the source when it is pickled; the open archive
-    and the member in memory do not.
+    and the member in memory do not. Within a process they are kept between
+    calls until :meth:`close`: gzip cannot seek, so reopening for every batch
+    would decompress the archive from its start each time. Reading on from
+    where the last read stopped continues the stream; reading an earlier
+    member restarts it (gzip does that itself when asked to seek backwards).
+    A process forked with the archive open opens its own: sharing the file
+    position with the parent would mix up their reads.
     """
 
     def __init__(self, path, prefix):
@@ -128,9 +140,11 @@ class _Archive:
         self.members = None
         self._tar = None
         self._member = None
+        self._pid = None  # the process that opened _tar
 
     def __getstate__(self):
-        return {"path": self.path, "prefix": self.prefix, "members": self.members, "_tar": None, "_member": None}
+        return {"path": self.path, "prefix": self.prefix, "members": self.members,
+                "_tar": None, "_member": None, "_pid": None}
 
     def where(self, name):
         return f"{self.path}:{self.prefix}/{name}"
@@ -150,8 +164,12 @@ class _Archive:
         try:
             with tarfile.open(self.path, "r|*") as tar:
                 for info in tar:
-                    if info.isfile() and info.name.startswith(self.prefix + "/"):
-                        name = info.name[len(self.prefix) + 1 :]
+                    full = _member_name(info.name)
+                    if info.isfile() and full.startswith(self.prefix + "/"):
+                        name = full[len(self.prefix) + 1 :]
+                        if name in members:
+                            # Counting would see the first, random access the last: refuse to guess.
+                            raise SourceError(f"{self.where(name)}: the archive holds two members of that name")
                         members[name] = info
                         if name in names:
                             yield name, tar.extractfile(info)
@@ -167,10 +185,14 @@ class _Archive:
 
     def open(self, name):
         info = self._index()[name]
+        if self._pid != os.getpid():
+            # Opened by the parent of this forked process (or never): leave its objects alone.
+            self._tar, self._member = None, None
         if self._tar is None:
             try:
+                self._pid = os.getpid()
                 self._tar = tarfile.open(self.path, "r:*")
-            except (tarfile.TarError, OSError) as exc:
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise SourceError(f"{self.path}: cannot open the tar archive ({exc})") from None
         return self._tar.extractfile(info)
 
@@ -181,13 +203,14 @@ class _Archive:
         seeking inside a gzip stream restarts it from the beginning whenever
         it goes backwards, which small reads ahead would make it do.
         """
-        if self._member is None or self._member[0] != name:
+        if self._member is None or self._member[0] != name or self._pid != os.getpid():
             self._member = None
             with self.open(name) as f:
                 self._member = (name, memoryview(f.read()))
         return self._member[1][offset : offset + size]
 
     def close(self):
+        """Close the open archive and drop the member kept in memory (reopened when next needed)."""
         self._member = None
         if self._tar is not None:
             self._tar.close()
@@ -209,29 +232,60 @@ def _read_exactly(container, name, offset, size):
 
 
 def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    """``value`` as str when it is a str or bytes, else None (never str() of data from a file)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 def _str_keys(obj, where):
     if not isinstance(obj, dict):
         raise SourceError(f"{where}: holds a {type(obj).__name__}, not the dict of a CIFAR batch")
-    return {_text(key): value for key, value in obj.items()}
+    # Keys that are not strings cannot be CIFAR keys; they are left out, not printed.
+    return {text: value for text, value in ((_text(key), value) for key, value in obj.items()) if text is not None}
+
+
+def _key_list(mapping, limit=10):
+    keys = sorted(mapping)
+    shown = ", ".join(repr(k[:40]) if len(k) > 40 else k for k in keys[:limit])
+    return shown + (f", ... ({len(keys)} keys)" if len(keys) > limit else "") if keys else "none"
 
 
 def _labels_array(values, n, classes, where, key):
-    try:
-        labels = np.asarray(values)
-    except (TypeError, ValueError) as exc:
-        raise SourceError(f"{where}: {key} is not a list of integers ({exc})") from None
-    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
-        raise SourceError(f"{where}: {key} must be a flat list of integers, got {labels.dtype} of shape {labels.shape}")
-    if labels.shape[0] != n:
-        raise SourceError(f"{where}: the arrays disagree in length: {n} images but {labels.shape[0]} {key}")
-    labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        bad = labels[(labels < 0) | (labels >= classes)][0]
+    """Check ``values`` (a list of ints, or a 1-D integer array) as ``n`` labels in ``0..classes-1``.
+
+    Returns an int64 array. The list is checked element by element before
+    NumPy sees it: ``np.asarray`` on a list of lists (which a pickle can make
+    huge from a few bytes by repeating one reference) would build all of it.
+    """
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
+            raise SourceError(
+                f"{where}: {key} must be a flat list of integers, got {values.dtype} of shape {values.shape}"
+            )
+        count = values.shape[0]
+    elif type(values) is list:
+        count = len(values)
+    else:
+        raise SourceError(f"{where}: {key} must be a list of integers, got a {type(values).__name__}")
+    if count != n:
+        raise SourceError(f"{where}: the arrays disagree in length: {n} images but {count} {key}")
+    if isinstance(values, list):
+        for position, value in enumerate(values):
+            if type(value) is not int:
+                raise SourceError(
+                    f"{where}: {key} must be integers, but {key}[{position}] is a {type(value).__name__}"
+                )
+        try:
+            values = np.fromiter(values, np.int64, n)
+        except OverflowError:
+            raise SourceError(f"{where}: {key} holds an integer beyond 64 bits") from None
+        except MemoryError:
+            raise SourceError(f"{where}: not enough memory for {n} {key}") from None
+    if values.size and (values.min() < 0 or values.max() >= classes):
+        bad = values[(values < 0) | (values >= classes)][0]
         raise SourceError(f"{where}: {key} holds {bad}, outside 0..{classes - 1}")
-    return labels
+    return values.astype(np.int64)
 
 
 def _python_batch(container, name, layout, label_kind):
@@ -248,8 +302,9 @@ def _parse_python_batch(f, where, layout, label_kind):
     key = f"{label_kind}_labels" if _is_cifar100(layout) else "labels"
     missing = [k for k in ("data", key) if k not in batch]
     if missing:
-        keys = ", ".join(sorted(batch))
-        raise SourceError(f"{where}: not a {layout.name} batch: no {' or '.join(missing)} (keys: {keys})")
+        raise SourceError(
+            f"{where}: not a {layout.name} batch: no {' or '.join(missing)} (keys: {_key_list(batch)})"
+        )
     rows = batch["data"]
     if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != ROW_BYTES:
         got = f"{rows.dtype} array of shape {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
@@ -305,12 +360,16 @@ def _label_names(container, layout, label_kind):
     try:
         with container.open(name) as f:
             meta = _str_keys(load_pickle(f, where), where)
-    except (OSError, tarfile.TarError) as exc:
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise SourceError(f"{where}: cannot read ({exc})") from None
     key = f"{label_kind}_label_names" if _is_cifar100(layout) else "label_names"
     if not isinstance(meta.get(key), (list, tuple)):
-        raise SourceError(f"{where}: no list {key} (keys: {', '.join(sorted(meta))})")
-    return [_text(n) for n in meta[key]]
+        raise SourceError(f"{where}: no list {key} (keys: {_key_list(meta)})")
+    names = [_text(n) for n in meta[key]]
+    if None in names:
+        bad = meta[key][names.index(None)]
+        raise SourceError(f"{where}: {key} holds a {type(bad).__name__}, not a name")
+    return names
 
 
 # --- finding a layout at a path ----------------------------------------------
@@ -329,15 +388,27 @@ def _layout_in_directory(path):
 
 
 def _archive_prefix(path):
-    """Top directory of the tar archive at ``path`` (from its first member), or None if not a tar."""
+    """Top directory of the tar archive at ``path`` (from its first named member), or None if not a tar."""
     try:
         with tarfile.open(path, "r:*") as tar:
-            first = tar.next()
-    except (tarfile.TarError, OSError, EOFError):
+            for info in tar:
+                name = _member_name(info.name)
+                if name != ".":  # "tar -C dir ." archives start with "./" itself
+                    return name.split("/")[0]
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
         return None
-    if first is None:
-        return ""
-    return first.name.lstrip("./").split("/")[0]
+    return ""
+
+
+def _is_tar(path):
+    """True when ``path`` is a tar archive; SourceError for a damaged compressed one."""
+    try:
+        return tarfile.is_tarfile(path)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        # is_tarfile only gets this far into a compressed file that began well: a damaged archive.
+        raise SourceError(
+            f"{path}: a damaged or truncated compressed archive, cannot read it ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def detect(path):
@@ -361,7 +432,7 @@ def detect(path):
             listed = ", ".join(p for _, p in found)
             raise SourceError(f"directory {path} holds several CIFAR layouts ({listed}); open the one to read")
         return (found[0][0], _Directory(found[0][1])) if found else None
-    if os.path.isfile(path) and tarfile.is_tarfile(path):
+    if os.path.isfile(path) and _is_tar(path):
         prefix = _archive_prefix(path)
         for layout in LAYOUTS:
             if prefix == layout.dirname:
@@ -389,12 +460,16 @@ class CifarSource(Source):
     Batches are uint8 (B, 32, 32, 3) arrays with int64 labels. The number of
     images is known from the file sizes for binary batches and by loading each
     batch once for python ones (done on first need, and kept when the source
-    is pickled, so workers do not count again). Raises SourceError for a
-    missing, truncated or inconsistent batch, UnsafePickleError for a pickle
-    that asks for code.
+    is pickled, so workers do not count again). Between calls a source keeps
+    the open archive and the last batches loaded (at most
+    ``CACHED_BATCHES``), so successive ``batches``/``take`` calls in one
+    process do not start over; pickling leaves them behind and :meth:`close`
+    lets them go. Raises SourceError for a missing, truncated or inconsistent
+    batch, UnsafePickleError for a pickle that asks for code.
     """
 
     _TRANSIENT = ("_cache",)
+    CACHED_BATCHES = 2
 
     def __init__(self, path, *, split="train", label_kind="fine"):
         self.path = os.fspath(path)
@@ -409,7 +484,7 @@ class CifarSource(Source):
             raise SourceError(f"label_kind={label_kind!r} applies to CIFAR-100; {self.path} holds CIFAR-10")
         self._counts = None
         self._label_names = None
-        self._cache = None
+        self._cache = None  # {part: (rows, labels)} of python batches, oldest first
 
     @property
     def sequential(self):
@@ -455,10 +530,18 @@ class CifarSource(Source):
         return [found[n] for n in names]
 
     def _python_rows(self, index, name):
-        if self._cache is None or self._cache[0] != index:
-            self._cache = None  # let the previous batch go before loading the next
-            self._cache = (index, *_python_batch(self.container, name, self.layout, self.label_kind))
-        return self._cache[1:]
+        if self._cache is None:
+            self._cache = {}
+        if index not in self._cache:
+            while len(self._cache) >= self.CACHED_BATCHES:  # let the oldest go before loading the next
+                del self._cache[next(iter(self._cache))]
+            self._cache[index] = _python_batch(self.container, name, self.layout, self.label_kind)
+        return self._cache[index]
+
+    def close(self):
+        """Close the archive and drop the batches kept in memory; the source stays usable."""
+        self._cache = None
+        self.container.close()
 
     @property
     def description(self):
@@ -497,24 +580,25 @@ class CifarSource(Source):
                     kernels.chw_to_hwc_into(rows, images[offset : offset + hi - lo])
                     labels[offset : offset + hi - lo] = part_labels
                 yield images, labels
-        finally:
-            self._cache = None
-            self.container.close()
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from None
 
     def _gather(self, unique):
         # Indices are sorted, so each batch file is read once, for the span its indices cover.
         names = self._batch_names()
         images = np.empty((unique.size, HEIGHT, WIDTH, CHANNELS), np.uint8)
         labels = np.empty(unique.size, np.int64)
+        groups = list(group_by_part(self._plan(), unique))
+        # Batches still in memory first, so they are used before loading others pushes them out.
+        groups.sort(key=lambda group: group[0] not in (self._cache or {}))
         try:
-            for part, out, local in group_by_part(self._plan(), unique):
+            for part, out, local in groups:
                 lo, hi = int(local[0]), int(local[-1]) + 1
                 rows, part_labels = self._segment(part, names[part], lo, hi)
                 kernels.chw_to_hwc_into(np.ascontiguousarray(rows[local - lo]), images[out])
                 labels[out] = part_labels[local - lo]
-        finally:
-            self._cache = None
-            self.container.close()
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            raise SourceError(f"{self.path}: cannot read ({exc})") from None
         return images, labels, np.ones(unique.size, bool)
 
     def _segment(self, part, name, lo, hi):

@@ -10,7 +10,13 @@ Two layouts, chosen from what is there:
   or, with ``labels_csv``, labels from a CSV file whose first column names the
   image (its path relative to ``root``, with or without the extension) and
   whose second column holds its label: integers as they are, or class names,
-  numbered in sorted order. A first row naming no image is a header.
+  numbered in sorted order. A first row is a header when it names no image and
+  its label is not an integer ("file,label"); any other row naming no image is
+  an error.
+
+Only regular files are images (a FIFO or device named ``x.png`` is left out of
+the scan, and refused if it replaces a file later, rather than blocking a read
+forever). A class folder holding no image is an error, as in torchvision.
 
 The scan (file names and labels) happens when the source is made and travels
 with it to worker processes, so every process sees the same numbering.
@@ -21,18 +27,24 @@ choices on the way: the EXIF orientation is applied (photos come out upright,
 as viewers show them); palette images are expanded (to RGBA when they have a
 transparent colour); 16-bit grayscale is scaled to 8 bits (``>> 8``), not
 clipped; for "RGB" and "L", transparency is composited over white rather than
-dropped; multi-frame files (GIF, TIFF) give their first frame.
+dropped; multi-frame files (GIF, TIFF) give their first frame. Floating-point
+(mode "F") and CIE LAB images are refused: they have no one 8-bit scale or
+no faithful conversion here.
 
 Sizes stay as they are unless ``resize=(W, H)`` is given, with
 ``resize_policy`` "stretch" (resize to exactly W x H) or "crop" (scale the
 shorter side to fit, then cut the centre), both bicubic. Without ``resize``,
 :attr:`FolderSource.shape` reads every file's header once to learn whether
-all images share one size; batches are then arrays, otherwise lists.
+all images share one size; batches are then arrays, otherwise lists. A
+source whose ``shape`` was not asked before it was pickled (say, to a
+worker) does not read the whole folder for a range: it reads the headers of
+that range alone, and its batches are arrays when those images share a size.
 
 Bad images (corrupt, truncated, empty, not an image): ``on_error="fail"``
 (default) raises SourceError naming the first; ``on_error="skip"`` leaves them
 out of the batches (which are then shorter, even empty: the k-th batch
-always covers indices ``start + k * batch_size`` onwards), appends a
+always covers indices ``start + k * batch_size`` onwards; after ``take``,
+``source.last_kept`` marks which of the indices asked were kept), appends a
 :class:`~imgconv.sources.base.SkippedFile` to ``source.skipped`` and, when a
 ``batches`` iteration ends, issues one
 :class:`~imgconv.sources.base.SkippedImageWarning` naming the files skipped
@@ -40,6 +52,7 @@ during it.
 """
 import csv
 import os
+import stat
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -72,20 +85,39 @@ def _is_image(name, extensions):
 
 
 def _walk(directory):
-    """Yield ``(folder, sorted file names)`` below ``directory``, in sorted order.
+    """Yield ``(folder, sorted names of its regular files)`` below ``directory``, in sorted order.
 
     Hidden folders are skipped; symbolic links are followed, each real
-    folder once, so a link loop cannot trap the walk.
+    folder once, so a link loop cannot trap the walk. FIFOs, sockets and
+    devices are not files here: opening a FIFO would block forever.
+    Unreadable folders are passed over, as ``os.walk`` does.
     """
     seen = set()
-    for top, dirs, files in os.walk(directory, followlinks=True):
+    pending = [directory]
+    while pending:
+        top = pending.pop()
         real = os.path.realpath(top)
         if real in seen:
-            dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        yield top, sorted(files)
+        try:
+            with os.scandir(top) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:
+            continue
+        folders, files = [], []
+        for entry in entries:
+            try:
+                # DirEntry answers from the directory listing; it stats only symbolic links.
+                if entry.is_dir():
+                    if not entry.name.startswith("."):
+                        folders.append(entry.name)
+                elif entry.is_file():
+                    files.append(entry.name)
+            except OSError:
+                continue
+        yield top, files
+        pending.extend(os.path.join(top, name) for name in reversed(folders))
 
 
 def _walk_images(directory, extensions):
@@ -131,6 +163,13 @@ def scan_folder(root, labels_csv=None):
         if not top_images:
             raise SourceError(f"directory {root} holds no images")
         return top_images, np.full(len(top_images), -1, np.int64), None, "flat"
+    empty = [f for f, found in zip(folders, per_class) if not found]
+    if empty and not top_images:
+        # Each would be a label no image has, shifting nothing but misleading every count.
+        raise SourceError(
+            f"directory {root}: class folder(s) {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''} "
+            "hold no images; remove them or add images (torchvision's ImageFolder refuses them too)"
+        )
     if top_images:
         with_images = [f for f, found in zip(folders, per_class) if found]
         raise SourceError(
@@ -145,11 +184,21 @@ def scan_folder(root, labels_csv=None):
 
 
 def _csv_rows(csv_path):
+    """``(line number, row)`` of the non-blank rows of the CSV at ``csv_path``."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            return [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+            reader = csv.reader(f)
+            return [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SourceError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
+
+
+def _as_int(text):
+    """``text`` as an int, or None when it is not one."""
+    try:
+        return int(text)
+    except ValueError:  # also for more digits than Python converts
+        return None
 
 
 def _csv_labels(csv_path, files):
@@ -159,10 +208,13 @@ def _csv_labels(csv_path, files):
     for i, name in enumerate(files):
         index.setdefault(name, i)
         index.setdefault(os.path.splitext(name)[0], i)
-    if rows and rows[0][0].strip() not in index:
-        rows = rows[1:]  # a header
-    found = {}
-    for number, row in enumerate(rows, 1):
+    if rows:
+        first = rows[0][1]
+        # A row with an integer label is data even when it names no image: it must not vanish unreported.
+        if first[0].strip() not in index and (len(first) < 2 or _as_int(first[1].strip()) is None):
+            rows = rows[1:]  # a header
+    found, lines = {}, {}
+    for number, row in rows:
         if len(row) < 2:
             raise SourceError(f"{csv_path}: row {number} has {len(row)} column(s); expected image,label")
         key, value = row[0].strip().replace("\\", "/"), row[1].strip()
@@ -171,18 +223,21 @@ def _csv_labels(csv_path, files):
         i = index[key]
         if found.get(i, value) != value:
             raise SourceError(f"{csv_path}: {files[i]} has two labels, {found[i]!r} and {value!r}")
-        found[i] = value
+        found[i], lines[i] = value, number
     missing = [files[i] for i in range(len(files)) if i not in found]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise SourceError(f"{csv_path}: {len(missing)} image(s) have no label row: {shown}")
     values = [found[i] for i in range(len(files))]
-    try:
-        return np.array([int(v) for v in values], np.int64), None
-    except ValueError:
-        names = sorted(set(values))
-        number = {name: i for i, name in enumerate(names)}
-        return np.array([number[v] for v in values], np.int64), names
+    numbers = [_as_int(v) for v in values]
+    if None not in numbers:
+        for i, label in enumerate(numbers):
+            if not -(2**63) <= label < 2**63:
+                raise SourceError(f"{csv_path}: row {lines[i]} labels {files[i]} {values[i]}, beyond a 64-bit integer")
+        return np.array(numbers, np.int64), None
+    names = sorted(set(values))
+    number = {name: i for i, name in enumerate(names)}
+    return np.array([number[v] for v in values], np.int64), names
 
 
 # --- decoding ----------------------------------------------------------------
@@ -190,14 +245,19 @@ def _csv_labels(csv_path, files):
 
 def _sixteen_to_eight(im):
     pixels = np.asarray(im)
-    if im.mode == "F":
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
     return Image.fromarray((np.clip(pixels.astype(np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
 
 
 def to_mode(im, mode):
-    """Convert a Pillow image to ``mode`` ("RGB", "L", "RGBA") the way the module docstring says."""
-    if im.mode.startswith("I") or im.mode == "F":
+    """Convert a Pillow image to ``mode`` ("RGB", "L", "RGBA") the way the module docstring says.
+
+    Raises SourceError for floating-point and LAB images (see the module docstring).
+    """
+    if im.mode == "F":
+        raise SourceError("floating-point pixels (mode F) have no one 8-bit scale; save the image with 8 or 16 bits")
+    if im.mode == "LAB":
+        raise SourceError("CIE LAB colour has no faithful conversion to RGB here; save the image as RGB")
+    if im.mode.startswith("I"):
         im = _sixteen_to_eight(im)
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
@@ -222,11 +282,14 @@ def decode_image(path, mode="RGB", resize=None, resize_policy="stretch"):
     module docstring says. Raises SourceError naming the file and the problem.
     """
     try:
-        with Image.open(path) as im:
+        with _open_file(path) as f, Image.open(f) as im:
             im.load()
             if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
-            im = to_mode(im, mode)
+            try:
+                im = to_mode(im, mode)
+            except SourceError as exc:
+                raise SourceError(f"{path}: {exc}") from None
             if resize is not None and im.size != tuple(resize):
                 if resize_policy == "crop":
                     im = ImageOps.fit(im, tuple(resize), Image.Resampling.BICUBIC)
@@ -251,13 +314,34 @@ def _describe_failure(path, exc):
     return f"cannot decode the image ({type(exc).__name__}: {exc})"
 
 
+def _open_file(path):
+    """Open ``path`` for reading if it is a regular file; SourceError otherwise.
+
+    The file is opened without blocking and checked on the open descriptor:
+    a FIFO put where an image was would otherwise block the read forever.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
+            raise SourceError(f"{path}: {kind}, not an image file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _header_size(path):
     """(W, H) of the image at ``path`` as it will be decoded (EXIF rotation applied)."""
     try:
-        with Image.open(path) as im:
+        with _open_file(path) as f, Image.open(f) as im:
             width, height = im.size
             if _orientation(im) in _SWAPS_AXES:
                 width, height = height, width
+    except SourceError:
+        raise
     except Exception as exc:  # see decode_image
         raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
     return width, height
@@ -295,7 +379,7 @@ class FolderSource(Source):
     images, bad options, or (under "fail") a bad image.
     """
 
-    _TRANSIENT = ("_files",)
+    _TRANSIENT = ("_files", "last_kept")
 
     def __init__(self, path, *, mode="RGB", resize=None, resize_policy="stretch", on_error="fail", labels_csv=None):
         self.path = os.fspath(path)
@@ -313,6 +397,7 @@ class FolderSource(Source):
         self._shape = None if self.resize is None else (self.resize[1], self.resize[0], MODES[self.mode])
         self._probed = self.resize is not None
         self.skipped = []
+        self.last_kept = None
 
     def _file_list(self):
         if self._files is None:
@@ -346,10 +431,12 @@ class FolderSource(Source):
             self._probed = True
         return self._shape
 
-    def _probe_shape(self):
+    def _probe_shape(self, indices=None):
+        """The shared (H, W, C) of the images at ``indices`` (all by default), or None."""
+        files = self._file_list()
         sizes = set()
-        for name in self._file_list():
-            path = os.path.join(self.path, name)
+        for i in range(len(files)) if indices is None else indices:
+            path = os.path.join(self.path, files[i])
             try:
                 sizes.add(_header_size(path))
             except SourceError as exc:
@@ -379,8 +466,29 @@ class FolderSource(Source):
         module docstring for ``on_error``.
         """
         start, stop = self._check_range(batch_size, start, stop)
-        shape = self.shape
+        shape = self._shape_of(range(start, stop))
         return self._iterate(batch_size, start, stop, shape)
+
+    def _shape_of(self, indices):
+        """:attr:`shape`, or when it is not known yet and ``indices`` is not everything, their shared shape.
+
+        A worker given a source whose shape was never asked reads the headers
+        of its own images, not the whole folder's.
+        """
+        if self._probed or len(indices) == self.length:
+            return self.shape
+        return self._probe_shape(indices)
+
+    def take(self, indices):
+        """See :meth:`Source.take`; afterwards ``last_kept`` is a bool array over ``indices``.
+
+        ``last_kept[k]`` is True when the image at ``indices[k]`` is in the
+        returned batch (always, under ``on_error="fail"``); the returned
+        images are those of the True entries, in order.
+        """
+        images, labels, kept = self._take(indices)
+        self.last_kept = kept
+        return images, labels
 
     def _iterate(self, batch_size, start, stop, shape):
         skipped = []
@@ -394,7 +502,7 @@ class FolderSource(Source):
     def _gather(self, unique):
         skipped = []
         try:
-            return self._decode_indices(unique, self.shape, skipped)
+            return self._decode_indices(unique, self._shape_of(unique), skipped)
         finally:
             warn_skipped(skipped, self.description)
 

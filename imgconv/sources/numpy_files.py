@@ -4,7 +4,10 @@ Images are uint8 (N, H, W, C), or (N, H, W) read as one channel. They are
 memory-mapped, never read whole: a ``.npy`` directly, a ``.npz`` member saved
 with ``np.savez`` (stored) through its offset inside the zip. A member of
 ``np.savez_compressed`` cannot be mapped; its rows are decompressed as the
-batches ask for them. Labels (one int per image, small) are read whole.
+batches ask for them, from one stream kept open between calls (reading on
+continues it, reading backwards restarts it). Compressed images must be
+C-ordered: the rows of a Fortran-order array are spread over the whole
+member. Labels (one int per image, small) are read whole.
 
 Which arrays of a ``.npz``: ``images_key`` and ``labels_key`` name them;
 without them the first present of these is used, by ``split``:
@@ -22,7 +25,9 @@ names. A ``.npy`` has no labels (-1).
 """
 import os
 import struct
+import tokenize
 import zipfile
+import zlib
 from collections import namedtuple
 
 import numpy as np
@@ -42,6 +47,10 @@ LABEL_KEYS = {
     "test": ("y_test", "labels_test", "test_labels"),
 }
 
+# What zipfile raises for a damaged or unusual member: an unknown compression
+# method (NotImplementedError), encryption (RuntimeError), corrupt deflate data.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError)
+
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 
 ArrayRef = namedtuple("ArrayRef", "path member offset shape dtype fortran stored")
@@ -57,7 +66,8 @@ def _read_npy_header(f, where):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zlib.error) as exc:
+        # NumPy parses the header as a Python literal: a damaged one fails in the tokenizer too.
         raise SourceError(f"{where}: not a readable .npy array ({exc})") from None
     return shape, fortran, dtype, f.tell()
 
@@ -89,7 +99,7 @@ def _zip_ref(path, archive, member):
     try:
         with archive.open(info) as f:
             shape, fortran, dtype, header = _read_npy_header(f, where)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise SourceError(f"{where}: cannot read ({exc})") from None
     _check_size(where, shape, dtype, info.file_size - header)
     stored = info.compress_type == zipfile.ZIP_STORED
@@ -107,6 +117,11 @@ def _zip_ref(path, archive, member):
 def _check_images(ref, where):
     if ref.dtype != np.uint8:
         raise SourceError(f"{where}: images must be uint8, got {ref.dtype} (scale and convert them first)")
+    if ref.fortran and not ref.stored:
+        raise SourceError(
+            f"{where}: a compressed Fortran-order array: its rows are spread over the whole member, so every "
+            "batch would decompress all of it; save it C-ordered (np.ascontiguousarray) or uncompressed (np.savez)"
+        )
     if len(ref.shape) not in (3, 4) or 0 in ref.shape[1:]:
         raise SourceError(f"{where}: images must be (N, H, W, C) or (N, H, W), got shape {ref.shape}")
     if len(ref.shape) == 4 and ref.shape[1] in (1, 3, 4) and ref.shape[3] > 4:
@@ -122,11 +137,20 @@ def _image_shape(ref):
 
 
 class _ArrayReader:
-    """Rows of one array, from a memory map or a stream over a compressed member."""
+    """Rows of one array, from a memory map or a stream over a compressed (C-order) member.
+
+    The stream stays open between calls: a zip member's ``seek`` reads on to
+    a later position and restarts the member only to go back. A process
+    forked with the stream open opens its own (a shared file position would
+    mix up the reads of both).
+    """
 
     def __init__(self, ref):
         self.ref = ref
         self._map = None
+        self._zip = None
+        self._stream = None
+        self._pid = None  # the process that opened the stream
 
     def rows(self, lo, hi):
         ref = self.ref
@@ -139,28 +163,55 @@ class _ArrayReader:
                     else np.zeros(ref.shape, ref.dtype)
                 )
             return self._map[lo:hi]
-        with zipfile.ZipFile(ref.path) as archive, archive.open(ref.member) as f:
-            if ref.fortran:  # rows are not contiguous in the file: decompress it all
-                f.seek(ref.offset)
-                whole = np.frombuffer(f.read(), ref.dtype, int(np.prod(ref.shape)))
-                return whole.reshape(ref.shape, order="F")[lo:hi]
-            row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
-            f.seek(ref.offset + lo * row)
-            data = f.read((hi - lo) * row)
+        row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
+        if self._pid != os.getpid():
+            self._zip, self._stream = None, None  # the parent's: leave them to it
+        try:
+            if self._stream is None:
+                self._pid = os.getpid()
+                self._zip = zipfile.ZipFile(ref.path)
+                self._stream = self._zip.open(ref.member)
+            self._stream.seek(ref.offset + lo * row)
+            data = self._stream.read((hi - lo) * row)
+        except BaseException:
+            self.close()  # a stream that failed midway is not read from again
+            raise
         if len(data) != (hi - lo) * row:
+            self.close()
             raise SourceError(f"{ref.path}:{ref.member}: truncated while reading rows {lo}..{hi}")
         return np.frombuffer(data, ref.dtype).reshape(hi - lo, *ref.shape[1:])
 
+    def close(self):
+        """Close the zip stream and drop the memory map; they are reopened when next needed."""
+        self._map = None
+        stream, archive, self._stream, self._zip = self._stream, self._zip, None, None
+        for f in (stream, archive):
+            if f is not None:
+                f.close()
+
 
 def _read_whole(ref):
-    return _ArrayReader(ref).rows(0, ref.shape[0])
+    """The whole array ``ref`` (labels, names: small), in any order."""
+    if ref.stored or not ref.fortran:
+        reader = _ArrayReader(ref)
+        try:
+            return np.array(reader.rows(0, ref.shape[0]))
+        finally:
+            reader.close()
+    with zipfile.ZipFile(ref.path) as archive, archive.open(ref.member) as f:
+        f.seek(ref.offset)
+        count = int(np.prod(ref.shape, dtype=np.int64))
+        data = f.read(count * ref.dtype.itemsize)
+    if len(data) != count * ref.dtype.itemsize:
+        raise SourceError(f"{ref.path}:{ref.member}: truncated")
+    return np.frombuffer(data, ref.dtype, count).reshape(ref.shape, order="F")
 
 
 def _is_npz(path):
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except _ZIP_ERRORS:
         return False
     return bool(names) and all(n.endswith(".npy") for n in names)
 
@@ -188,6 +239,7 @@ class NumpySource(Source):
     """
 
     _TRANSIENT = ("_readers", "_labels")
+    _READ_ERRORS = _ZIP_ERRORS
 
     def __init__(self, path, *, split="train", images_key=None, labels_key=None):
         self.path = os.fspath(path)
@@ -220,7 +272,7 @@ class NumpySource(Source):
     def _open_npz(self, images_key, labels_key):
         try:
             archive = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except _ZIP_ERRORS as exc:
             raise SourceError(f"{self.path}: not a readable .npz file ({exc})") from None
         with archive:
             arrays = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
@@ -298,6 +350,17 @@ class NumpySource(Source):
                 self._labels[part] = np.asarray(_read_whole(labels)).reshape(-1).astype(np.int64)
         return self._labels[part]
 
+    def _reader(self, part):
+        if self._readers is None:
+            self._readers = [_ArrayReader(ref) for ref, _ in self.parts]
+        return self._readers[part]
+
+    def close(self):
+        """Close the zip streams and memory maps kept between calls; the source stays usable."""
+        for reader in self._readers or ():
+            reader.close()
+        self._readers = None
+
     def _gather(self, unique):
         # Indices are sorted: each array is read once, over the span its indices cover.
         images = np.empty((unique.size, *self.shape), np.uint8)
@@ -305,10 +368,10 @@ class NumpySource(Source):
         try:
             for part, out, local in group_by_part([ref.shape[0] for ref, _ in self.parts], unique):
                 lo, hi = int(local[0]), int(local[-1]) + 1
-                rows = _ArrayReader(self.parts[part][0]).rows(lo, hi)
+                rows = self._reader(part).rows(lo, hi)
                 images[out] = rows[local - lo].reshape(local.size, *self.shape)
                 labels[out] = self._part_labels(part)[local]
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        except self._READ_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
         return images, labels, np.ones(unique.size, bool)
 
@@ -322,19 +385,15 @@ class NumpySource(Source):
         return self._iterate(batch_size, start, stop)
 
     def _iterate(self, batch_size, start, stop):
-        if self._readers is None:
-            self._readers = [_ArrayReader(ref) for ref, _ in self.parts]
         shape = self.shape
         try:
             for size, segments in plan_segments([r.shape[0] for r, _ in self.parts], start, stop, batch_size):
                 images = np.empty((size, *shape), np.uint8)
                 labels = np.empty(size, np.int64)
                 for part, lo, hi, offset in segments:
-                    rows = self._readers[part].rows(lo, hi)
+                    rows = self._reader(part).rows(lo, hi)
                     images[offset : offset + hi - lo] = rows.reshape(hi - lo, *shape)
                     labels[offset : offset + hi - lo] = self._part_labels(part)[lo:hi]
                 yield images, labels
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        except self._READ_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
-        finally:
-            self._readers = None
