@@ -17,7 +17,10 @@ output) and nothing is left at the destination.
 """
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import deque, namedtuple
@@ -80,13 +83,15 @@ def plan_tasks(count, batch_size, shuffle=False, seed=0):
 _WORKER = {}
 
 
-def _init_worker(source, encoder):
+def _init_worker(source, encoder, handoff):
     # Ctrl-C reaches the whole process group; the parent alone decides what
     # happens, and it stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER["source"] = source
     _WORKER["encoder"] = encoder
+    _WORKER["handoff"] = handoff
+    _WORKER["sent"] = 0
 
 
 def _read_task(source, task):
@@ -111,7 +116,28 @@ def encode_only(source, encoder, images, labels):
 
 
 def _in_worker(function, *args):
-    return function(_WORKER["source"], _WORKER["encoder"], *args)
+    """Run a job and hand its result over through a file; returns the file's path.
+
+    A worker killed while it writes a large result into the pool's pipe
+    leaves half a message there, and the executor then waits for the rest
+    forever. A path is a message short enough to be written whole (pipe
+    writes of up to PIPE_BUF bytes are atomic), so a killed worker can only
+    break the pool, never hang it.
+    """
+    result = function(_WORKER["source"], _WORKER["encoder"], *args)
+    _WORKER["sent"] += 1
+    path = os.path.join(_WORKER["handoff"], f"{os.getpid()}-{_WORKER['sent']}.pickle")
+    with open(path, "wb") as f:
+        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _received(path):
+    """The result a worker handed over at ``path`` (a file in this conversion's private directory)."""
+    with open(path, "rb") as f:
+        result = pickle.load(f)
+    os.remove(path)
+    return result
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -159,22 +185,23 @@ def _results_from_pool(pool, jobs, window):
 def _task_result(task, future):
     """The result of ``future``; a worker's unexpected exception becomes one ConversionError."""
     try:
-        return future.result()
+        path = future.result()
     except (ImgconvError, BrokenProcessPool):
         raise  # already says which file or record, or handled by convert()
     except Exception as exc:
         raise ConversionError(
             f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
         ) from exc
+    return _received(path)
 
 
-def _start_pool(workers, source, encoder):
+def _start_pool(workers, source, encoder, handoff):
     methods = multiprocessing.get_all_start_methods()
     # fork starts workers in milliseconds and shares the parent's imports;
     # the parent holds no threads or open stores at this point.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder)
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder, handoff)
     )
 
 
@@ -250,6 +277,7 @@ def _pipeline(src, encoder, tasks, batch_size, workers, what):
     dies; ``what`` says what was being done, for that message.
     """
     pool = None
+    handoff = None
     stop = _StopOnSignal()
     try:
         with stop:
@@ -257,7 +285,9 @@ def _pipeline(src, encoder, tasks, batch_size, workers, what):
             if workers == 0 or len(tasks) <= 1:
                 results = _results_in_process(src, encoder, jobs)
             else:
-                pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder)
+                # Private (mode 0700) directory for the workers' results; see _in_worker.
+                handoff = tempfile.mkdtemp(prefix="imgconv-results-")
+                pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder, handoff)
                 results = _results_from_pool(pool, jobs, 2 * workers)
             for item in results:
                 stop.check()
@@ -275,6 +305,8 @@ def _pipeline(src, encoder, tasks, batch_size, workers, what):
     finally:
         if pool is not None:
             _stop_pool(pool)
+        if handoff is not None:
+            shutil.rmtree(handoff, ignore_errors=True)
 
 
 def _open(source, source_options):
