@@ -49,9 +49,15 @@ def _seed(text):
     return value
 
 
-def _add_sample_arguments(parser):
-    parser.epilog = "example:\n  python -m imgconv sample data --count 10000\n  python -m imgconv convert data/cifar-10-python.tar.gz train.lmdb"
+def _examples(parser, text):
+    """Show ``text`` (example command lines) under the parser's help, as written."""
+    parser.epilog = text
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _add_sample_arguments(parser):
+    _examples(parser, "examples:\n  python -m imgconv sample data --count 10000\n"
+                      "  python -m imgconv convert data/cifar-10-python.tar.gz train.lmdb")
     parser.add_argument("directory", help="where to write the dataset (created if needed)")
     parser.add_argument("--count", type=_count, default=60000, help="number of images (default 60000, like CIFAR-10)")
     parser.add_argument("--seed", type=_seed, default=0, help="generator seed (default 0); same seed, same files")
@@ -116,8 +122,7 @@ CONVERT_EXAMPLE = """examples:
 
 
 def _add_convert_arguments(parser):
-    parser.epilog = CONVERT_EXAMPLE
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _examples(parser, CONVERT_EXAMPLE)
     parser.add_argument("source", help="a CIFAR directory or .tar.gz, an image folder, a .npy or .npz file")
     parser.add_argument("dest", help="the store to write: *.lmdb, *.h5/*.hdf5, or a directory for a PNG folder")
     parser.add_argument("--format", choices=("png", "lmdb", "hdf5"), help="the store format (default: from DEST)")
@@ -216,8 +221,7 @@ def _add_store_argument(parser):
 def _add_info_arguments(parser):
     _add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the facts as one JSON object, for scripts")
-    parser.epilog = "example:\n  python -m imgconv info cifar-train.lmdb --json"
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _examples(parser, "example:\n  python -m imgconv info cifar-train.lmdb --json")
 
 
 def cmd_info(args):
@@ -242,8 +246,7 @@ def cmd_info(args):
 def _add_verify_arguments(parser):
     _add_store_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.epilog = "example:\n  python -m imgconv verify cifar-train.lmdb && echo sound"
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _examples(parser, "example:\n  python -m imgconv verify cifar-train.lmdb && echo sound")
 
 
 def cmd_verify(args):
