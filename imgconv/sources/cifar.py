@@ -298,7 +298,10 @@ def _python_batch(container, name, layout, label_kind):
 
 
 def _parse_python_batch(f, where, layout, label_kind):
-    batch = _str_keys(load_pickle(f, where), where)
+    # Read the member whole first: the pure-Python unpickler makes many small
+    # reads, each costly through tarfile and gzip; the batch's array is this
+    # big anyway.
+    batch = _str_keys(load_pickle(f.read(), where), where)
     key = f"{label_kind}_labels" if _is_cifar100(layout) else "labels"
     missing = [k for k in ("data", key) if k not in batch]
     if missing:
