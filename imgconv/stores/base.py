@@ -13,6 +13,7 @@ Images are uint8 (N, H, W, C); a batch given as (N, H, W) is grayscale, C = 1.
 A store holds either one fixed image shape (batches given as arrays) or varying
 shapes ("variable": batches given as lists of (H, W, C) or (H, W) arrays).
 """
+import abc
 import ctypes
 import errno
 import json
@@ -392,7 +393,7 @@ def _fsync_directory(directory):
 # --------------------------------------------------------------------------- writer
 
 
-class Writer:
+class Writer(abc.ABC):
     """Writes a store in batches, to a temporary name renamed into place by :meth:`close`.
 
     Use it as a context manager: leaving the block normally closes (finishes)
@@ -439,9 +440,9 @@ class Writer:
         """This writer's pure encode step: ``encode_batch(images, labels, **options)`` of its format."""
         return self.encoder()(images, labels)
 
+    @abc.abstractmethod
     def encoder(self):
         """A picklable callable ``(images, labels) -> encoded batch`` for worker processes."""
-        raise NotImplementedError
 
     def write_encoded(self, encoded):
         """Write a batch that the format's ``encode_batch`` produced, after the ones before it."""
@@ -559,14 +560,17 @@ class Writer:
     def _format_metadata(self):
         return {}
 
+    @abc.abstractmethod
     def _start(self):
-        raise NotImplementedError
+        """Create the temporary output (called before the first write)."""
 
+    @abc.abstractmethod
     def _write(self, encoded):
-        raise NotImplementedError
+        """Write one encoded batch after the ones before it."""
 
+    @abc.abstractmethod
     def _finish(self, meta):
-        raise NotImplementedError
+        """Write the metadata and finish the output at ``self.temporary``."""
 
     def _abort(self):
         pass
@@ -589,7 +593,7 @@ def _initial_shape(shape, path):
 # --------------------------------------------------------------------------- reader
 
 
-class Reader:
+class Reader(abc.ABC):
     """A finished store, read-only: ``len``, ``store[i]``, ``read_batch``, ``batches``.
 
     Handles (LMDB environment, HDF5 file) are opened lazily and reopened in a
@@ -836,14 +840,18 @@ class Reader:
     def _forget_handles(self):
         """Drop handles inherited over fork without using them."""
 
+    @abc.abstractmethod
     def _open_handles(self):
-        raise NotImplementedError
+        """Open this process's handles; returns the checked metadata."""
 
+    @abc.abstractmethod
     def _close_handles(self):
-        raise NotImplementedError
+        """Close this process's handles."""
 
+    @abc.abstractmethod
     def _read_one(self, i):
-        raise NotImplementedError
+        """``(image, label)`` of the checked index ``i``."""
 
+    @abc.abstractmethod
     def _read_many(self, indices, out):
-        raise NotImplementedError
+        """``(images, labels)`` of the checked ``indices``, into ``out`` when given."""
