@@ -261,7 +261,7 @@ def cmd_verify(args):
         print(f"FAILED: {len(report.bad)} bad image(s) of {report.count}, {len(report.problems)} store problem(s): "
               f"{report.path}", file=sys.stderr)
         return EXIT_DATA
-    print(f"ok: {report.count} images read and checked in {report.seconds:.1f} s: {report.path} ({report.format})")
+    print(f"ok: {report.count} images read and checked in {report.seconds:.2f} s: {report.path} ({report.format})")
     return EXIT_OK
 
 
