@@ -382,6 +382,8 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     finally:
         if not writer.closed:
             writer.abort()
+        if src is not source:
+            src.close()  # opened here: let go of its archive and cached batches now
     path = writer.path
     return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
                          disk_usage(path), skipped)
@@ -410,7 +412,8 @@ def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options)
     images = [] if shape is None else np.empty((total, *shape), np.uint8)
     labels = np.empty(total, np.int64)
     count = 0  # under on_error="skip" a batch may hold fewer images than its task
-    with closing(_pipeline(src, _as_is, tasks, batch_size, workers, f"reading {src.description}")) as results:
+    pipeline = _pipeline(src, _as_is, tasks, batch_size, workers, f"reading {src.description}")
+    with closing(src), closing(pipeline) as results:
         for _, ((batch, batch_labels), _) in results:
             if shape is None:
                 images.extend(batch)
