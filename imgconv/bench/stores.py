@@ -105,6 +105,15 @@ def _random_indices(count, n, seed=1):
     return np.random.default_rng(seed).integers(0, count, n).tolist()
 
 
+def _random_reads(store, images, labels, indices, repeat, what):
+    """Median ``store[i]`` time over ``indices``, and of a checked 256-image random ``read_batch``."""
+    ours_one = _per_read(store.__getitem__, indices, repeat)
+    batch_idx = np.random.default_rng(2).integers(0, len(images), 256)
+    ours_batch, _ = median_seconds(lambda: store.read_batch(batch_idx), repeat)
+    _check(store.read_batch(batch_idx), images[batch_idx], labels[batch_idx], f"imgconv {what} read_batch")
+    return ours_one, ours_batch
+
+
 def _per_read(run, indices, repeat):
     seconds, _ = median_seconds(lambda: [run(i) for i in indices], repeat)
     return seconds / len(indices)
@@ -139,10 +148,7 @@ def bench_lmdb(images, labels, workdir, repeat, batch=1000, singles=2000):
     with env.begin() as txn:
         classic_one = _per_read(lambda i: pickle.loads(txn.get(f"{i:08}".encode())).get_image(), indices, repeat)
     env.close()
-    ours_one = _per_read(store.__getitem__, indices, repeat)
-    batch_idx = np.random.default_rng(2).integers(0, n, 256)
-    ours_batch, _ = median_seconds(lambda: store.read_batch(batch_idx), repeat)
-    _check(store.read_batch(batch_idx), images[batch_idx], labels[batch_idx], "imgconv LMDB read_batch")
+    ours_one, ours_batch = _random_reads(store, images, labels, indices, repeat, "LMDB")
     classic_disk = _size(os.path.join(classic_fresh.path, "data.mdb"))
     ours_disk = _size(os.path.join(ours_fresh.path, "data.mdb"))
     k = store.metadata["records_per_value"]
@@ -199,10 +205,7 @@ def bench_hdf5(images, labels, workdir, repeat, batch=1000, singles=2000, **opti
     with h5py.File(classic_path, "r") as f:
         contiguous = f["images"]
         classic_one = _per_read(lambda i: contiguous[i], indices, repeat)
-    ours_one = _per_read(store.__getitem__, indices, repeat)
-    batch_idx = np.random.default_rng(2).integers(0, n, 256)
-    ours_batch, _ = median_seconds(lambda: store.read_batch(batch_idx), repeat)
-    _check(store.read_batch(batch_idx), images[batch_idx], labels[batch_idx], "imgconv HDF5 read_batch")
+    ours_one, ours_batch = _random_reads(store, images, labels, indices, repeat, "HDF5")
     k = store.metadata["chunk_images"]
     store.close()
     return [
