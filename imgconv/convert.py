@@ -143,19 +143,24 @@ def _received(path):
 # --------------------------------------------------------------------------- the pipeline
 
 
-def _jobs(source, tasks, batch_size):
-    """``(task, function, args)`` per task, lazily, in task order.
+def _planned_jobs(tasks):
+    """``(task, function, args)`` per planned task, in task order: each worker reads its own range."""
+    for task in tasks:
+        yield task, read_and_encode, (task,)
 
-    Normally a worker reads its own range. A sequential source (a compressed
-    archive) is read here, once and in order, and workers only encode.
+
+def _streamed_jobs(source, batch_size, limit):
+    """``(task, function, args)`` per batch of a sequential source, read here once and in order.
+
+    A compressed archive cannot be split into ranges without decompressing
+    it up to each; so the parent streams it (without even counting its images
+    first), tasks are numbered as batches arrive, and workers only encode.
     """
-    if source.sequential and tasks and tasks[0].indices is None:
-        batches = source.batches(batch_size, 0, tasks[-1].stop)
-        for task, (images, labels) in zip(tasks, batches):
-            yield task, encode_only, (images, labels)
-    else:
-        for task in tasks:
-            yield task, read_and_encode, (task,)
+    start = 0
+    for number, (images, labels) in enumerate(source.stream(batch_size, limit)):
+        task = Task(number, start, start + len(labels), None)
+        start = task.stop
+        yield task, encode_only, (images, labels)
 
 
 def _results_in_process(source, encoder, jobs):
@@ -200,9 +205,14 @@ def _start_pool(workers, source, encoder, handoff):
     # fork starts workers in milliseconds and shares the parent's imports;
     # the parent holds no threads or open stores at this point.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder, handoff)
     )
+    # A forking pool starts all its workers at the first submit: do it now,
+    # before a streaming source starts its read-ahead thread, so no worker is
+    # forked from a parent with a thread in the middle of its work.
+    pool.submit(os.getpid)
+    return pool
 
 
 def _pool_processes(pool):
@@ -268,26 +278,27 @@ class _StopOnSignal:
         return False
 
 
-def _pipeline(src, encoder, tasks, batch_size, workers, what):
+def _pipeline(src, encoder, jobs, workers, what):
     """Yield ``(task, (result, skipped))`` in task order, from a pool or this process.
 
-    Owns the pool and the signal handling: on leaving (normally, by an
-    exception, or when the caller stops iterating) the workers are gone.
-    Raises Interrupted on SIGINT/SIGTERM and ConversionError when a worker
-    dies; ``what`` says what was being done, for that message.
+    ``jobs`` come from :func:`_planned_jobs` or :func:`_streamed_jobs`;
+    ``workers=0`` runs them here. Owns the pool and the signal handling: on
+    leaving (normally, by an exception, or when the caller stops iterating)
+    the workers are gone. Raises Interrupted on SIGINT/SIGTERM and
+    ConversionError when a worker dies; ``what`` says what was being done,
+    for that message.
     """
     pool = None
     handoff = None
     stop = _StopOnSignal()
     try:
         with stop:
-            jobs = _jobs(src, tasks, batch_size)
-            if workers == 0 or len(tasks) <= 1:
+            if workers == 0:
                 results = _results_in_process(src, encoder, jobs)
             else:
                 # Private (mode 0700) directory for the workers' results; see _in_worker.
                 handoff = tempfile.mkdtemp(prefix="imgconv-results-")
-                pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder, handoff)
+                pool = stop.pool = _start_pool(workers, src, encoder, handoff)
                 results = _results_from_pool(pool, jobs, 2 * workers)
             for item in results:
                 stop.check()
@@ -317,15 +328,17 @@ def _open(source, source_options):
     return open_source(source, **source_options)
 
 
+def _check_limit(limit):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+
+
 def _count(source, limit):
+    _check_limit(limit)
     length = source.length
     if length is None:
         raise ImgconvError(f"{source.description}: the number of images is unknown, so the work cannot be planned")
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
-        length = min(length, limit)
-    return length
+    return length if limit is None else min(length, limit)
 
 
 def _check_positive(name, value, allow_zero=False):
@@ -348,7 +361,8 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
-    after every batch written.
+    after every batch written; ``total`` is None while it is not known (a
+    compressed archive is converted in one pass, without counting first).
 
     The output is the same whatever ``workers`` and ``batch_size``. On any
     error or interruption nothing is left at ``dest``. Returns a
@@ -360,24 +374,35 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
     batch_size = _check_positive("batch_size", batch_size)
     src = _open(source, source_options)
-    total = _count(src, limit)
-    tasks = plan_tasks(total, batch_size, shuffle, seed)
+    streamed = src.sequential and not shuffle
+    if streamed:
+        _check_limit(limit)
+        jobs, total = _streamed_jobs(src, batch_size, limit), None
+    else:
+        total = _count(src, limit)
+        tasks = plan_tasks(total, batch_size, shuffle, seed)
+        jobs, workers = _planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
     shape = src.shape  # computed here once, so workers inherit it instead of each scanning
-    writer = stores.create(dest, format, overwrite=overwrite, label_names=src.label_names, source=src.description,
-                           shape=stores.VARIABLE if shape is None else shape, **(store_options or {}))
+    # A streamed source learns its label names as it goes: the writer takes them at the end.
+    writer = stores.create(dest, format, overwrite=overwrite, label_names=None if streamed else src.label_names,
+                           source=src.description, shape=stores.VARIABLE if shape is None else shape,
+                           **(store_options or {}))
     skipped = []
     done = 0
     try:
         what = f"converting {src.description} (nothing was written to {dest})"
         # closing(): a failure here (say, in the writer) ends the pool at once,
         # not whenever the suspended generator is collected.
-        with closing(_pipeline(src, writer.encoder(), tasks, batch_size, workers, what)) as results:
+        with closing(_pipeline(src, writer.encoder(), jobs, workers, what)) as results:
             for task, (encoded, task_skipped) in results:
                 writer.write_encoded(encoded)
                 skipped.extend(task_skipped)
                 done += task.stop - task.start
                 if progress is not None:
                     progress(done, total)
+        if streamed:
+            writer.label_names = src.label_names
+            writer.source = src.description  # now with the image count the stream learnt
         writer.close()
     finally:
         if not writer.closed:
@@ -412,7 +437,9 @@ def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options)
     images = [] if shape is None else np.empty((total, *shape), np.uint8)
     labels = np.empty(total, np.int64)
     count = 0  # under on_error="skip" a batch may hold fewer images than its task
-    pipeline = _pipeline(src, _as_is, tasks, batch_size, workers, f"reading {src.description}")
+    jobs = _streamed_jobs(src, batch_size, None) if src.sequential else _planned_jobs(tasks)
+    workers = 0 if len(tasks) <= 1 else min(workers, len(tasks))
+    pipeline = _pipeline(src, _as_is, jobs, workers, f"reading {src.description}")
     with closing(src), closing(pipeline) as results:
         for _, ((batch, batch_labels), _) in results:
             if shape is None:

@@ -84,6 +84,21 @@ class Source(abc.ABC):
         cannot be read.
         """
 
+    def stream(self, batch_size, limit=None):
+        """Yield ``(images, labels)`` from the first image on, in order: ``limit`` images at most.
+
+        The same batches as ``batches(batch_size, 0, limit)``, but the source
+        need not know its length first: a sequential source (an archive)
+        reads itself once and learns its length and label names on the way,
+        so after a stream that reached the end they cost nothing more.
+        Raises ValueError for a bad batch size or limit and SourceError for
+        data that cannot be read.
+        """
+        check_stream_arguments(batch_size, limit)
+        length = self.length
+        stop = limit if length is None else (length if limit is None else min(limit, length))
+        return self.batches(batch_size, 0, stop)
+
     def take(self, indices):
         """The images at ``indices`` (any order, repeats allowed) and their labels, as one batch.
 
@@ -181,6 +196,68 @@ class Source(abc.ABC):
         if length is not None and stop > length:
             raise ValueError(f"stop {stop} is past the end of {self.description}")
         return int(start), int(stop)
+
+
+def check_stream_arguments(batch_size, limit):
+    """Validate the arguments of :meth:`Source.stream` (ValueError)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+
+
+class BatchCutter:
+    """Cuts parts of a dataset arriving one after another into batches of ``batch_size`` images.
+
+    Parts are ``(rows, labels)`` in the source's own layout; ``transform(rows,
+    out)`` writes rows as images of ``shape`` into ``out`` (for CIFAR, CHW
+    rows to HWC). Batches come out exactly as :meth:`Source.batches` cuts
+    them: ``batch_size`` images each but the last, ``limit`` images in all
+    (None: every image). Used by sources that stream.
+    """
+
+    def __init__(self, batch_size, limit, transform, shape):
+        self.batch_size = batch_size
+        self.remaining = limit
+        self.transform = transform
+        self.shape = shape
+        self._images = self._labels = None
+        self._filled = 0
+
+    @property
+    def full(self):
+        """True once ``limit`` images have been taken."""
+        return self.remaining == 0
+
+    def add(self, rows, labels):
+        """Take one part; yield every batch it completes."""
+        position = 0
+        while position < len(labels) and not self.full:
+            if self._images is None:
+                size = self.batch_size if self.remaining is None else min(self.batch_size, self.remaining)
+                self._images = np.empty((size, *self.shape), np.uint8)
+                self._labels = np.empty(size, np.int64)
+            take = min(len(labels) - position, len(self._labels) - self._filled)
+            span = slice(self._filled, self._filled + take)
+            self.transform(rows[position : position + take], self._images[span])
+            self._labels[span] = labels[position : position + take]
+            position += take
+            self._filled += take
+            if self.remaining is not None:
+                self.remaining -= take
+            if self._filled == len(self._labels):
+                yield self._take_batch()
+
+    def finish(self):
+        """Yield the last, short batch, if any images are left."""
+        if self._filled:
+            yield self._take_batch()
+
+    def _take_batch(self):
+        batch = self._images[: self._filled], self._labels[: self._filled]
+        self._images = self._labels = None
+        self._filled = 0
+        return batch
 
 
 def _join(parts):

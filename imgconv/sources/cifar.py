@@ -27,16 +27,19 @@ then the test batch (``split="all"``).
 """
 import os
 import posixpath
+import queue
 import tarfile
-import zlib
+import threading
 from collections import namedtuple
+from contextlib import closing
 
 import numpy as np
 
 from .. import kernels
 from ..errors import SourceError
-from .base import Source, check_choice, group_by_part, plan_segments
+from .base import BatchCutter, Source, check_choice, check_stream_arguments, group_by_part, plan_segments
 from .safe_pickle import load_pickle
+from .tar_archive import DECODE_ERRORS, TarReader
 
 HEIGHT, WIDTH, CHANNELS = 32, 32, 3
 ROW_BYTES = HEIGHT * WIDTH * CHANNELS
@@ -115,6 +118,9 @@ class _Directory:
         pass
 
 
+_END = object()  # read_ahead's end of the archive
+
+
 def _member_name(name):
     """A tar member's name as compared everywhere: no "./", no doubled or trailing "/"."""
     return posixpath.normpath(name).lstrip("/")
@@ -162,8 +168,8 @@ class _Archive:
         """
         members = {}
         try:
-            with tarfile.open(self.path, "r|*") as tar:
-                for info in tar:
+            with TarReader(self.path, stream=True) as reader:
+                for info in reader.tar:
                     full = _member_name(info.name)
                     if info.isfile() and full.startswith(self.prefix + "/"):
                         name = full[len(self.prefix) + 1 :]
@@ -172,10 +178,60 @@ class _Archive:
                             raise SourceError(f"{self.where(name)}: the archive holds two members of that name")
                         members[name] = info
                         if name in names:
-                            yield name, tar.extractfile(info)
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                            yield name, reader.tar.extractfile(info)
+        except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read the tar archive ({exc})") from None
         self.members = members
+
+    def read_ahead(self, names):
+        """Yield ``(name, bytes)`` for those of ``names`` in the archive, in archive order, in one pass.
+
+        A thread inflates and reads the next member while the caller works on
+        the one before (the gzip decoder lets go of the GIL), so decompressing
+        overlaps converting; one member at most waits in memory. Closing the
+        generator early stops the thread. Raises SourceError as :meth:`each`.
+        """
+        handoff = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def hand_over(item):
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce():
+            members = self.each(names)
+            try:
+                for name, f in members:
+                    try:
+                        data = f.read()
+                    except DECODE_ERRORS as exc:
+                        raise SourceError(f"{self.where(name)}: cannot read ({exc})") from None
+                    if not hand_over((name, data)):
+                        return
+                hand_over(_END)
+            except BaseException as exc:  # re-raised by the consumer, in its thread
+                hand_over(exc)
+            finally:
+                members.close()
+
+        thread = threading.Thread(target=produce, name=f"imgconv read-ahead {self.path}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
 
     def has(self, name):
         return name in self._index()
@@ -191,10 +247,10 @@ class _Archive:
         if self._tar is None:
             try:
                 self._pid = os.getpid()
-                self._tar = tarfile.open(self.path, "r:*")
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                self._tar = TarReader(self.path, stream=False)
+            except DECODE_ERRORS as exc:
                 raise SourceError(f"{self.path}: cannot open the tar archive ({exc})") from None
-        return self._tar.extractfile(info)
+        return self._tar.tar.extractfile(info)
 
     def read_range(self, name, offset, size):
         """Up to ``size`` bytes of member ``name`` from ``offset``.
@@ -221,7 +277,7 @@ def _read_exactly(container, name, offset, size):
     where = container.where(name)
     try:
         data = container.read_range(name, offset, size)
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+    except DECODE_ERRORS as exc:
         raise SourceError(f"{where}: cannot read ({exc})") from None
     if len(data) != size:
         raise SourceError(f"{where}: truncated, {offset + len(data)} bytes where {offset + size} were expected")
@@ -292,16 +348,18 @@ def _python_batch(container, name, layout, label_kind):
     """Load one pickled batch: returns ``(rows (N, 3072) uint8, labels (N,) int64)``."""
     try:
         with container.open(name) as f:
-            return _parse_python_batch(f, container.where(name), layout, label_kind)
-    except (OSError, tarfile.TarError, zlib.error) as exc:
+            # Read whole first: the pure-Python unpickler makes many small
+            # reads, each costly through tarfile and gzip; the batch's array
+            # is this big anyway.
+            data = f.read()
+    except DECODE_ERRORS as exc:
         raise SourceError(f"{container.where(name)}: cannot read ({exc})") from None
+    return _parse_python_batch(data, container.where(name), layout, label_kind)
 
 
-def _parse_python_batch(f, where, layout, label_kind):
-    # Read the member whole first: the pure-Python unpickler makes many small
-    # reads, each costly through tarfile and gzip; the batch's array is this
-    # big anyway.
-    batch = _str_keys(load_pickle(f.read(), where), where)
+def _parse_python_batch(data, where, layout, label_kind):
+    """``(rows, labels)`` of a pickled batch held in ``data`` (bytes); ``where`` names it in errors."""
+    batch = _str_keys(load_pickle(data, where), where)
     key = f"{label_kind}_labels" if _is_cifar100(layout) else "labels"
     missing = [k for k in ("data", key) if k not in batch]
     if missing:
@@ -321,8 +379,12 @@ def _binary_record_size(layout):
 
 
 def _binary_count(container, name, layout):
-    size, record = container.size(name), _binary_record_size(layout)
-    where = container.where(name)
+    return _records_in(container.size(name), container.where(name), layout)
+
+
+def _records_in(size, where, layout):
+    """The number of records in a binary batch of ``size`` bytes; SourceError unless whole."""
+    record = _binary_record_size(layout)
     if size == 0:
         raise SourceError(f"{where}: empty file (0 bytes), a batch holds {record}-byte records")
     count, rest = divmod(size, record)
@@ -338,33 +400,49 @@ def _binary_records(container, name, layout, label_kind, lo, hi):
     """Read records ``lo..hi`` of a binary batch: ``(rows (n, 3072) uint8, labels (n,) int64)``."""
     record = _binary_record_size(layout)
     data = _read_exactly(container, name, lo * record, (hi - lo) * record)
-    records = np.frombuffer(data, np.uint8).reshape(hi - lo, record)
+    return _split_records(data, hi - lo, container.where(name), layout, label_kind)
+
+
+def _split_records(data, n, where, layout, label_kind):
+    """``(rows, labels)`` of ``n`` whole binary records in ``data``."""
+    records = np.frombuffer(data, np.uint8).reshape(n, _binary_record_size(layout))
     if _is_cifar100(layout):
         column, classes = (1, layout.classes) if label_kind == "fine" else (0, _COARSE_CLASSES)
     else:
         column, classes = 0, layout.classes
     key = f"{label_kind} label" if _is_cifar100(layout) else "label"
-    labels = _labels_array(records[:, column], hi - lo, classes, container.where(name), key)
+    labels = _labels_array(records[:, column], n, classes, where, key)
     return records[:, layout.label_bytes :], labels
+
+
+def _decode_member(data, where, layout, label_kind):
+    """``(rows, labels)`` of a whole batch file held in ``data``, python or binary."""
+    if layout.kind == "python":
+        return _parse_python_batch(data, where, layout, label_kind)
+    return _split_records(data, _records_in(len(data), where, layout), where, layout, label_kind)
+
+
+def _meta_name(layout, label_kind):
+    """The file of the layout holding the label names asked for."""
+    if layout.kind == "binary" and _is_cifar100(layout):
+        return f"{label_kind}_label_names.txt"
+    return layout.meta[0]
 
 
 def _label_names(container, layout, label_kind):
     """Label names from the layout's meta file, or None when the file is absent."""
-    if layout.kind == "binary":
-        name = f"{label_kind}_label_names.txt" if _is_cifar100(layout) else layout.meta[0]
-        if not container.has(name):
-            return None
-        data = _read_exactly(container, name, 0, container.size(name))
-        return [line.strip() for line in bytes(data).decode("utf-8", "replace").splitlines() if line.strip()]
-    name = layout.meta[0]
+    name = _meta_name(layout, label_kind)
     if not container.has(name):
         return None
-    where = container.where(name)
-    try:
-        with container.open(name) as f:
-            meta = _str_keys(load_pickle(f, where), where)
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-        raise SourceError(f"{where}: cannot read ({exc})") from None
+    data = _read_exactly(container, name, 0, container.size(name))
+    return _parse_label_names(data, container.where(name), layout, label_kind)
+
+
+def _parse_label_names(data, where, layout, label_kind):
+    """Label names from the bytes of the meta file at ``where``."""
+    if layout.kind == "binary":
+        return [line.strip() for line in bytes(data).decode("utf-8", "replace").splitlines() if line.strip()]
+    meta = _str_keys(load_pickle(data, where), where)
     key = f"{label_kind}_label_names" if _is_cifar100(layout) else "label_names"
     if not isinstance(meta.get(key), (list, tuple)):
         raise SourceError(f"{where}: no list {key} (keys: {_key_list(meta)})")
@@ -393,12 +471,12 @@ def _layout_in_directory(path):
 def _archive_prefix(path):
     """Top directory of the tar archive at ``path`` (from its first named member), or None if not a tar."""
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for info in tar:
+        with TarReader(path, stream=True) as reader:
+            for info in reader.tar:
                 name = _member_name(info.name)
                 if name != ".":  # "tar -C dir ." archives start with "./" itself
                     return name.split("/")[0]
-    except (tarfile.TarError, OSError, EOFError, zlib.error):
+    except DECODE_ERRORS:
         return None
     return ""
 
@@ -407,7 +485,7 @@ def _is_tar(path):
     """True when ``path`` is a tar archive; SourceError for a damaged compressed one."""
     try:
         return tarfile.is_tarfile(path)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except DECODE_ERRORS as exc:
         # is_tarfile only gets this far into a compressed file that began well: a damaged archive.
         raise SourceError(
             f"{path}: a damaged or truncated compressed archive, cannot read it ({type(exc).__name__}: {exc})"
@@ -487,6 +565,7 @@ class CifarSource(Source):
             raise SourceError(f"label_kind={label_kind!r} applies to CIFAR-100; {self.path} holds CIFAR-10")
         self._counts = None
         self._label_names = None
+        self._names_known = False
         self._cache = None  # {part: (rows, labels)} of python batches, oldest first
 
     @property
@@ -507,7 +586,9 @@ class CifarSource(Source):
                 counts = [_binary_count(self.container, n, self.layout) for n in names]
             else:
                 counts = self._count_python(names)
-            self._label_names = _label_names(self.container, self.layout, self.label_kind)
+            if not self._names_known:
+                self._label_names = _label_names(self.container, self.layout, self.label_kind)
+                self._names_known = True
             self._counts = counts
             self.container.close()
         return self._counts
@@ -525,9 +606,9 @@ class CifarSource(Source):
         found = {}
         try:
             for name, f in self.container.each(names):
-                rows, _ = _parse_python_batch(f, self.container.where(name), self.layout, self.label_kind)
+                rows, _ = _parse_python_batch(f.read(), self.container.where(name), self.layout, self.label_kind)
                 found[name] = rows.shape[0]
-        except (OSError, tarfile.TarError, zlib.error) as exc:
+        except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
         self._require(names, [n for n in names if n not in found])
         return [found[n] for n in names]
@@ -549,7 +630,9 @@ class CifarSource(Source):
     @property
     def description(self):
         kind = f", {self.label_kind} labels" if _is_cifar100(self.layout) else ""
-        return f"{self.layout.name} batches at {self.container.path} ({self.split}{kind}, {self.length} images)"
+        # An archive is not read just to say how many images it holds; once read, it says.
+        count = "" if self.sequential and self._counts is None else f", {self.length} images"
+        return f"{self.layout.name} batches at {self.container.path} ({self.split}{kind}{count})"
 
     @property
     def length(self):
@@ -561,8 +644,51 @@ class CifarSource(Source):
 
     @property
     def label_names(self):
-        self._plan()
+        if not self._names_known:
+            self._plan()
         return self._label_names
+
+    def stream(self, batch_size, limit=None):
+        """Batches from the first image on, as :meth:`Source.stream`; an archive is read once.
+
+        From a tar archive, members are read in one pass in archive order,
+        inflated by a thread while the batches before are converted; a batch
+        file that arrives before its turn waits in memory (at most the
+        split's size: the official archives do not keep batch order). The
+        image count and label names are learnt on the way, so no counting
+        pass comes first. Raises SourceError as :meth:`batches`.
+        """
+        if not self.sequential or self._counts is not None:
+            return super().stream(batch_size, limit)
+        check_stream_arguments(batch_size, limit)
+        return self._stream_archive(batch_size, limit)
+
+    def _stream_archive(self, batch_size, limit):
+        names = self._batch_names()
+        meta = _meta_name(self.layout, self.label_kind)
+        early = {}  # batch files read before their turn, by name
+        counts = []
+        label_names, meta_seen = None, False
+        cutter = BatchCutter(batch_size, limit, kernels.chw_to_hwc_into, (HEIGHT, WIDTH, CHANNELS))
+        members = self.container.read_ahead(set(names) | {meta})
+        with closing(members):
+            for name, data in members:
+                where = self.container.where(name)
+                if name == meta:
+                    label_names, meta_seen = _parse_label_names(data, where, self.layout, self.label_kind), True
+                elif not cutter.full:
+                    early[name] = _decode_member(data, where, self.layout, self.label_kind)
+                    while len(counts) < len(names) and names[len(counts)] in early:
+                        rows, labels = early.pop(names[len(counts)])
+                        counts.append(rows.shape[0])
+                        yield from cutter.add(rows, labels)
+                if cutter.full and meta_seen:
+                    break  # the images asked for are out and the label names known
+        if not cutter.full:
+            self._require(names, names[len(counts):])
+            self._counts = counts
+        self._label_names, self._names_known = label_names, True
+        yield from cutter.finish()
 
     def batches(self, batch_size, start=0, stop=None):
         """Yield uint8 (B, 32, 32, 3) images and int64 (B,) labels for images ``start..stop``.
@@ -583,7 +709,7 @@ class CifarSource(Source):
                     kernels.chw_to_hwc_into(rows, images[offset : offset + hi - lo])
                     labels[offset : offset + hi - lo] = part_labels
                 yield images, labels
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
 
     def _gather(self, unique):
@@ -600,7 +726,7 @@ class CifarSource(Source):
                 rows, part_labels = self._segment(part, names[part], lo, hi)
                 kernels.chw_to_hwc_into(np.ascontiguousarray(rows[local - lo]), images[out])
                 labels[out] = part_labels[local - lo]
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
         return images, labels, np.ones(unique.size, bool)
 
