@@ -15,6 +15,8 @@ pool, which the parent sees at once (never a hang). On any failure or
 interruption the pool is torn down, the writer aborts (removing its temporary
 output) and nothing is left at the destination.
 """
+import math
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -200,11 +202,15 @@ def _task_result(task, future):
     return _received(path)
 
 
+def _start_method():
+    # fork starts workers in milliseconds and shares the parent's imports
+    # (and load()'s shared output); the parent holds no threads or open
+    # stores when it forks.
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _start_pool(workers, source, encoder, handoff):
-    methods = multiprocessing.get_all_start_methods()
-    # fork starts workers in milliseconds and shares the parent's imports;
-    # the parent holds no threads or open stores at this point.
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context(_start_method())
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder, handoff)
     )
@@ -419,6 +425,30 @@ def _as_is(images, labels):
     return images, labels
 
 
+# load()'s output array in shared memory, set in the parent before a forking
+# pool starts so that its workers inherit it and write their images there.
+_SHARED_OUTPUT = {}
+
+
+def _shared_array(shape):
+    """A zeroed uint8 array of ``shape`` in anonymous shared memory (seen by forked children)."""
+    size = math.prod(shape)
+    buffer = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_SHARED)
+    return np.frombuffer(buffer, np.uint8, size).reshape(shape)
+
+
+def read_into_shared(source, encoder, task):
+    """Read one task in a worker and write its images into load()'s shared output; returns ``(labels, skipped)``.
+
+    Rows ``task.start...`` of the output are this task's whatever other tasks
+    hold, so workers write side by side; only the labels travel back.
+    """
+    skipped_before = len(getattr(source, "skipped", ()))
+    images, labels = _read_task(source, task)
+    _SHARED_OUTPUT["images"][task.start : task.start + len(labels)] = images
+    return labels, list(getattr(source, "skipped", ())[skipped_before:])
+
+
 def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options):
     """Read a whole dataset or store into memory, decoding in a pool of worker processes.
 
@@ -426,7 +456,9 @@ def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options)
     where the pool pays: decoding is the work). Returns ``(images, labels)``:
     an (N, H, W, C) uint8 array, or a list for images of varying sizes, and
     (N,) int64 labels, in the source's order. ``workers=0`` reads in this
-    process. Raises like :func:`convert`.
+    process. Workers write images of one size straight into the returned
+    array (shared memory), so nothing is copied through the parent. Raises
+    like :func:`convert`.
     """
     workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
     batch_size = _check_positive("batch_size", batch_size)
@@ -434,18 +466,32 @@ def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options)
     total = _count(src, None)
     tasks = plan_tasks(total, batch_size)
     shape = src.shape
-    images = [] if shape is None else np.empty((total, *shape), np.uint8)
+    # An archive is read by this process anyway (see _streamed_jobs): workers would only copy.
+    workers = 0 if len(tasks) <= 1 or src.sequential else min(workers, len(tasks))
+    shared = workers > 0 and shape is not None and _start_method() == "fork"
+    if shared:
+        images = _SHARED_OUTPUT["images"] = _shared_array((total, *shape))
+        jobs = ((task, read_into_shared, (task,)) for task in tasks)
+    else:
+        images = [] if shape is None else np.empty((total, *shape), np.uint8)
+        jobs = _streamed_jobs(src, batch_size, None) if src.sequential else _planned_jobs(tasks)
     labels = np.empty(total, np.int64)
     count = 0  # under on_error="skip" a batch may hold fewer images than its task
-    jobs = _streamed_jobs(src, batch_size, None) if src.sequential else _planned_jobs(tasks)
-    workers = 0 if len(tasks) <= 1 else min(workers, len(tasks))
     pipeline = _pipeline(src, _as_is, jobs, workers, f"reading {src.description}")
-    with closing(src), closing(pipeline) as results:
-        for _, ((batch, batch_labels), _) in results:
-            if shape is None:
-                images.extend(batch)
-            else:
-                images[count : count + len(batch_labels)] = batch
-            labels[count : count + len(batch_labels)] = batch_labels
-            count += len(batch_labels)
+    try:
+        with closing(src), closing(pipeline) as results:
+            for task, (result, _) in results:
+                batch_labels = result if shared else result[1]
+                n = len(batch_labels)
+                if shared:
+                    if count != task.start:  # images skipped before: close the gap
+                        images[count : count + n] = images[task.start : task.start + n]
+                elif shape is None:
+                    images.extend(result[0])
+                else:
+                    images[count : count + n] = result[0]
+                labels[count : count + n] = batch_labels
+                count += n
+    finally:
+        _SHARED_OUTPUT.clear()
     return (images if shape is None else images[:count]), labels[:count]
