@@ -47,6 +47,16 @@ def numpy_chw_to_hwc(rows, height=32, width=32, channels=3):
 # key, one contiguous HDF5 dataset. Paths are created fresh by the caller.
 
 
+def _png_image(image):
+    # Pillow saves (H, W) as grayscale; a one-channel (H, W, 1) array it refuses.
+    return image[:, :, 0] if image.shape[2] == 1 else image
+
+
+def _png_array(pil):
+    array = np.array(pil)
+    return array[:, :, np.newaxis] if array.ndim == 2 else array
+
+
 def store_png_files(directory, images, labels):
     """``Image.save`` per image as ``{i}.png`` in one directory, then one CSV of labels."""
     import csv
@@ -55,24 +65,30 @@ def store_png_files(directory, images, labels):
     from PIL import Image
 
     for i, image in enumerate(images):
-        Image.fromarray(image).save(os.path.join(directory, f"{i}.png"))
+        Image.fromarray(_png_image(image)).save(os.path.join(directory, f"{i}.png"))
     with open(os.path.join(directory, f"{len(images)}.csv"), "w", newline="") as f:
         writer = csv.writer(f, delimiter=" ", quotechar="|", quoting=csv.QUOTE_MINIMAL)
         for label in labels:
             writer.writerow([int(label)])
 
 
+def read_png_labels(directory, count):
+    """The labels CSV of a folder of ``count`` images, as an (N,) int64 array."""
+    import csv
+    import os
+
+    with open(os.path.join(directory, f"{count}.csv"), newline="") as f:
+        return np.array([int(row[0]) for row in csv.reader(f, delimiter=" ", quotechar="|")], np.int64)
+
+
 def read_png_files(directory, count):
     """Read ``0.png .. count-1.png`` and the labels CSV back into arrays."""
-    import csv
     import os
 
     from PIL import Image
 
-    images = np.array([np.array(Image.open(os.path.join(directory, f"{i}.png"))) for i in range(count)])
-    with open(os.path.join(directory, f"{count}.csv"), newline="") as f:
-        labels = np.array([int(row[0]) for row in csv.reader(f, delimiter=" ", quotechar="|")], np.int64)
-    return images, labels
+    images = np.array([_png_array(Image.open(os.path.join(directory, f"{i}.png"))) for i in range(count)])
+    return images, read_png_labels(directory, count)
 
 
 def store_lmdb_pickles(path, images, labels):
@@ -102,17 +118,6 @@ def read_lmdb_pickles(path, count):
     return np.array(images), np.array(labels, np.int64)
 
 
-def read_lmdb_pickle(path, index):
-    """Read one image: open, get, unpickle (the classic single read)."""
-    import lmdb
-
-    env = lmdb.open(path, readonly=True)
-    with env.begin() as txn:
-        obj = pickle.loads(txn.get(f"{index:08}".encode("ascii")))
-    env.close()
-    return obj.get_image(), obj.label
-
-
 def store_hdf5_contiguous(path, images, labels):
     """One ``create_dataset(data=...)`` for the images and one for the labels (contiguous)."""
     import h5py
@@ -130,3 +135,71 @@ def read_hdf5_contiguous(path):
         images = np.array(f["images"]).astype("uint8")
         labels = np.array(f["meta"]).astype("uint8")
     return images, labels
+
+
+# Random access the classic way: open once, then one lookup per index, as a
+# PyTorch ``Dataset.__getitem__`` over these stores does.
+
+
+class PngFilesReader:
+    """A classic PNG folder opened for random reads: labels read once, one ``Image.open`` per image."""
+
+    def __init__(self, directory, count):
+        self.directory = directory
+        self.labels = read_png_labels(directory, count)
+
+    def read_one(self, index):
+        """``(image, label)`` of image ``index``."""
+        import os
+
+        from PIL import Image
+
+        return _png_array(Image.open(os.path.join(self.directory, f"{index}.png"))), int(self.labels[index])
+
+    def close(self):
+        """Nothing is held open between reads."""
+
+
+class LmdbPicklesReader:
+    """A classic pickled-object LMDB opened for random reads: one read transaction, ``get`` + unpickle per image."""
+
+    def __init__(self, path, count):
+        import lmdb
+
+        self.env = lmdb.open(path, readonly=True, lock=False)
+        self.txn = self.env.begin()
+
+    def read_one(self, index):
+        """``(image, label)`` of image ``index``."""
+        obj = pickle.loads(self.txn.get(f"{index:08}".encode("ascii")))
+        return obj.get_image(), obj.label
+
+    def close(self):
+        """End the transaction and close the environment."""
+        self.txn.abort()
+        self.env.close()
+
+
+class Hdf5ContiguousReader:
+    """A classic contiguous HDF5 file opened for random reads: ``ds[i]`` per image."""
+
+    def __init__(self, path, count):
+        import h5py
+
+        self.file = h5py.File(path, "r")
+        self.images = self.file["images"]
+        self.labels = self.file["meta"]
+
+    def read_one(self, index):
+        """``(image, label)`` of image ``index``."""
+        return self.images[index].astype("uint8"), int(self.labels[index])
+
+    def close(self):
+        """Close the file."""
+        self.file.close()
+
+
+def read_batch(reader, indices):
+    """``(images, labels)`` for ``indices`` through a classic reader, one image at a time."""
+    pairs = [reader.read_one(int(i)) for i in indices]
+    return np.array([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int64)
