@@ -30,10 +30,9 @@ import numpy as np
 
 import imgconv
 
-from ..errors import ImgconvError
-from . import classic, inputs, kernels, report
-from .convert import classic_cifar_to_lmdb
-from .methods import FORMATS, METHODS, Environment, classic_of, disk_bytes, same_data
+from ..stores.base import remove_path
+from . import classic, inputs, kernels, memory, report, studies
+from .methods import FORMATS, METHODS, BenchCheckError, Environment, disk_bytes, same_data
 from .timing import measure
 
 DEFAULT_CUTOFFS = (10, 100, 1_000, 10_000, 100_000)
@@ -53,10 +52,6 @@ RANDOM_BATCHES, QUICK_RANDOM_BATCHES = 16, 4  # per timed run; the single reads 
 WARMUP_LIMIT = 1.0
 DEFAULT_OUT = "bench-results"
 SEED = 1
-
-
-class BenchCheckError(ImgconvError):
-    """A method returned images or labels other than those written: the run fails."""
 
 
 Experiment = namedtuple("Experiment", "name title grid run")
@@ -79,27 +74,39 @@ def experiment(name, title, grid):
     return register
 
 
-Target = namedtuple("Target", "what experiment method key higher threshold text")
+Target = namedtuple("Target", "what experiment method key higher threshold text unit")
 Target.__doc__ = """A target of the issues: the row of ``method`` in ``experiment`` at the
-largest cutoff, its ``key`` ("speedup" or "disk_ratio") at least (``higher``)
-or at most ``threshold``; ``text`` shows the target. Kernel targets
-(experiment "kernels") name a comparison of :mod:`imgconv.bench.kernels`."""
+largest count that has ``key`` ("speedup", "disk_ratio", ...), at least
+(``higher``) or at most ``threshold``; ``text`` shows the target and ``unit``
+follows the measured value. Kernel targets (experiment "kernels") name a
+comparison of :mod:`imgconv.bench.kernels` and judge its ratio."""
 
 TARGETS = [
-    Target("LMDB full read, against the classic pickles", "read-many", "lmdb", "speedup", True, 20, ">= 20x"),
-    Target("LMDB write, against the classic pickles", "store-many", "lmdb", "speedup", True, 6, ">= 6x"),
-    Target("LMDB disk, against the raw pixel bytes", "disk", "lmdb", "disk_ratio", False, 1.05, "<= 1.05x"),
-    Target("HDF5 full read, no slower than classic", "read-many", "hdf5", "speedup", True, 1, ">= 1x"),
-    Target("HDF5 write in batches, within 2x of classic", "store-many", "hdf5", "speedup", True, 0.5, ">= 0.5x"),
+    Target("LMDB full read, against the classic pickles", "read-many", "lmdb", "speedup", True, 20, ">= 20x", "x"),
+    Target("LMDB write, against the classic pickles", "store-many", "lmdb", "speedup", True, 6, ">= 6x", "x"),
+    Target("LMDB disk, against the raw pixel bytes", "disk", "lmdb", "disk_ratio", False, 1.05, "<= 1.05x", "x raw"),
+    Target("HDF5 full read, no slower than classic", "read-many", "hdf5", "speedup", True, 1, ">= 1x", "x"),
+    Target("HDF5 write in batches, within 2x of classic", "store-many", "hdf5", "speedup", True, 0.5, ">= 0.5x",
+           "x"),
     Target("HDF5 random single reads, within 2x of contiguous", "random-one", "hdf5", "speedup", True, 0.5,
-           ">= 0.5x"),
-    Target("PNG folder write, worker pool against one loop", "store-many", "png", "speedup", True, 1.8, ">= 1.8x"),
-    Target("PNG folder read, worker pool against one loop", "read-many", "png", "speedup", True, 1.8, ">= 1.8x"),
+           ">= 0.5x", "x"),
+    Target("PNG folder write, worker pool against one loop", "store-many", "png", "speedup", True, 1.8, ">= 1.8x",
+           "x"),
+    Target("PNG folder read, worker pool against one loop", "read-many", "png", "speedup", True, 1.8, ">= 1.8x", "x"),
     Target("CHW-to-HWC into a preallocated array, against NumPy", "kernels",
-           "chw_to_hwc, into a preallocated array", "ratio", True, 8, ">= 8x"),
+           "chw_to_hwc, into a preallocated array", "ratio", True, 8, ">= 8x", "x"),
     Target("CHW-to-HWC allocating the result, against NumPy", "kernels",
-           "chw_to_hwc, allocating the result", "ratio", True, 8, ">= 8x"),
-    Target("CIFAR-10 .tar.gz to LMDB end to end, against classic", "convert", "lmdb", "speedup", True, 3, ">= 3x"),
+           "chw_to_hwc, allocating the result", "ratio", True, 8, ">= 8x", "x"),
+    Target("CIFAR-10 .tar.gz to LMDB end to end, against classic", "convert", "lmdb", "speedup", True, 3, ">= 3x",
+           "x"),
+] + [
+    Target(f"{title} conversion, peak anonymous memory of the tree", "memory", fmt, "tree_anon_mb", False,
+           memory.LIMIT_MB, f"< {memory.LIMIT_MB:g} MB", " MB")
+    for fmt, title in (("png", "PNG folder"), ("lmdb", "LMDB"), ("hdf5", "HDF5"))
+] + [
+    Target(f"{title} conversion memory, 10x the images against 1x", "memory", fmt, "growth", False,
+           memory.GROWTH_LIMIT, f"<= {memory.GROWTH_LIMIT:g}x", "x")
+    for fmt, title in (("lmdb", "LMDB"), ("hdf5", "HDF5"))
 ]
 
 
@@ -144,7 +151,9 @@ class Harness:
         """The number of steps :meth:`run` reports to ``progress``."""
         one = len(self._grid("one")) * len(self.methods)
         per_cutoff = len(self._grid("cutoff")) * len(self.methods) * len(self.cutoffs)
-        return one + per_cutoff + len(self._grid("alone"))
+        # The memory experiment reports each of its five conversions.
+        alone = sum(6 if e.name == "memory" else 1 for e in self._grid("alone"))
+        return one + per_cutoff + alone
 
     def run(self):
         """Run every selected experiment; returns the rows (also kept in ``rows``)."""
@@ -179,7 +188,7 @@ class Harness:
             if one or "read-many" not in (e.name for e in chosen):
                 self.check(method.read_all(path, count, self.env), images, labels, f"{method.name} read_all", count)
         finally:
-            _remove(path)
+            remove_path(path)
 
     # helpers for experiments ----------------------------------------------
 
@@ -218,13 +227,6 @@ class Harness:
         return row
 
 
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
 # --------------------------------------------------------------------------- the experiments
 
 
@@ -233,7 +235,7 @@ def store_one(harness, method, path, count):
     """Write a store holding one image (a new store each run)."""
     images, labels = harness.images.images[:1], harness.images.labels[:1]
     timed = harness.time(("store-one", method.name), 1, lambda: method.store_one(path, images, labels),
-                         setup=lambda: _remove(path), repeat=max(harness.repeat, ONE_IMAGE_REPEAT))
+                         setup=lambda: remove_path(path), repeat=max(harness.repeat, ONE_IMAGE_REPEAT))
     return [harness.row("store-one", method, 1, timed)]
 
 
@@ -260,7 +262,7 @@ def store_many(harness, method, path, count):
     """Write ``count`` images as a new store (removed before each run)."""
     images, labels = harness.images.images[:count], harness.images.labels[:count]
     timed = harness.time(("store-many", method.name), count,
-                         lambda: method.store(path, images, labels, harness.env), setup=lambda: _remove(path))
+                         lambda: method.store(path, images, labels, harness.env), setup=lambda: remove_path(path))
     return [harness.row("store-many", method, count, timed, per_image_us=timed.median / count * 1e6)]
 
 
@@ -342,23 +344,43 @@ def convert_experiment(harness):
     classic_path = os.path.join(harness.workdir, "convert-classic.lmdb")
     ours_path = os.path.join(harness.workdir, "convert-imgconv.lmdb")
     try:
-        timed_classic = harness.time(("convert", "classic"), count, lambda: classic_cifar_to_lmdb(archive, classic_path),
-                                     setup=lambda: _remove(classic_path))
+        timed_classic = harness.time(("convert", "classic"), count, lambda: classic.classic_cifar_to_lmdb(archive, classic_path),
+                                     setup=lambda: remove_path(classic_path))
         harness.check(classic.read_lmdb_pickles(classic_path, count), expected, expected_labels,
                       "the classic CIFAR-to-LMDB recipe", count)
-        _remove(classic_path)
+        remove_path(classic_path)
         timed_ours = harness.time(("convert", "imgconv"), count,
                                   lambda: imgconv.convert(archive, ours_path, split="train",
                                                            workers=harness.env.workers),
-                                  setup=lambda: _remove(ours_path))
+                                  setup=lambda: remove_path(ours_path))
         with imgconv.open(ours_path) as store:
             harness.check(store.read_all(), expected, expected_labels, "imgconv.convert(archive, lmdb)", count)
     finally:
-        _remove(classic_path)
-        _remove(ours_path)
+        remove_path(classic_path)
+        remove_path(ours_path)
     return [harness.row("convert", METHODS["classic-lmdb"], count, timed_classic, source=archive),
             harness.row("convert", METHODS["lmdb"], count, timed_ours, source=archive,
                         workers=harness.env.workers)]
+
+
+@experiment("memory", "peak memory of python -m imgconv convert, process tree (opt-in: slow)", "alone")
+def memory_experiment(harness):
+    """Peak memory converting the largest cutoff's images to each format, and ten times as many to LMDB and HDF5."""
+    count = max(harness.cutoffs)
+    tile = harness.images.images[:count]
+    plan = {count: ("png", "lmdb", "hdf5"), 10 * count: ("lmdb", "hdf5")}
+    found = memory.measure(tile, harness.workdir, plan, harness.env.workers, harness.progress)
+    rows = [harness.row("memory", METHODS[f["format"]], f["images"], **f) for f in found]
+    small = {row["format"]: row for row in rows if row["images"] == count}
+    for row in rows:
+        if row["images"] > count:
+            row["growth"] = row["tree_anon_mb"] / small[row["format"]]["tree_anon_mb"]
+    return rows
+
+
+experiment("lmdb-layout", "LMDB records per value (opt-in)", "alone")(studies.lmdb_layout)
+experiment("hdf5-layout", "HDF5 images per chunk (opt-in)", "alone")(studies.hdf5_layout)
+experiment("png-level", "PNG compression level (opt-in)", "alone")(studies.png_level)
 
 
 # --------------------------------------------------------------------------- results
@@ -394,9 +416,8 @@ def evaluate_targets(rows, kernel_figures):
         status = "met" if met else "MISSED"
         if row is not None:
             row["target"], row["status"] = target.text, status
-        unit = "x raw" if target.key == "disk_ratio" else "x"
         found.append({"what": target.what, "experiment": target.experiment, "method": target.method,
-                      "images": images, "value": f"{value:.2f}{unit}", "ratio": value, "target": target.text,
+                      "images": images, "value": f"{value:.2f}{target.unit}", "ratio": value, "target": target.text,
                       "met": met, "status": status})
     return found
 
@@ -458,6 +479,7 @@ BENCH_EXAMPLE = """examples:
   python -m imgconv bench --cifar cifar-10-python.tar.gz --experiments store-many read-many disk
 
 experiments: """ + ", ".join(DEFAULT_EXPERIMENTS) + """
+opt-in experiments: memory, lmdb-layout, hdf5-layout, png-level
 methods: """ + ", ".join(METHODS) + """ (groups: imgconv, classic, all)
 """
 

@@ -21,6 +21,7 @@ import numpy as np
 
 import imgconv
 
+from ..errors import ImgconvError
 from . import classic
 
 WRITE_BATCH = 1024
@@ -162,11 +163,6 @@ FORMATS = ("png", "lmdb", "hdf5")
 FORMAT_TITLES = {"png": "PNG", "lmdb": "LMDB", "hdf5": "HDF5"}
 
 
-def classic_of(method):
-    """The classic method of ``method``'s format (``method`` itself when it is classic)."""
-    return METHODS[f"classic-{method.format}"]
-
-
 def disk_bytes(path):
     """``(apparent, allocated)`` bytes of the file or directory tree at ``path``.
 
@@ -182,6 +178,10 @@ def disk_bytes(path):
         apparent += info.st_size
         allocated += info.st_blocks * 512
     return apparent, allocated
+
+
+class BenchCheckError(ImgconvError):
+    """A method returned images or labels other than those written: the run fails."""
 
 
 def same_data(got, images, labels):

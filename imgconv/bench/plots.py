@@ -41,6 +41,8 @@ def _ordered(names):
 
 def _time_axes(ax, rows, experiment, verb, log):
     series = _series(rows, experiment)
+    if not series:
+        return False
     for name in _ordered(series):
         images, seconds = series[name]
         method = METHODS[name]
@@ -55,7 +57,7 @@ def _time_axes(ax, rows, experiment, verb, log):
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return bool(series)
+    return True
 
 
 def _disk_axes(ax, rows):

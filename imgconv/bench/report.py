@@ -12,6 +12,10 @@ CSV_COLUMNS = ("experiment", "method", "format", "family", "images", "reads", "s
                "per_image_us", "speedup", "bytes", "allocated_bytes", "disk_ratio", "target", "status")
 
 
+STUDY_FIELDS = ("write_seconds", "single_read_us", "h5py_single_read_us", "encode_us", "decode_us", "mean_bytes",
+                "disk_ratio", "size_ratio")
+
+
 # --------------------------------------------------------------------------- facts
 
 
@@ -147,6 +151,10 @@ def seconds_text(seconds):
     return f"{seconds * 1e6:.0f} us"
 
 
+def _number(value):
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _cell(row):
     if row is None:
         return "-"
@@ -215,6 +223,25 @@ def format_table(results, experiments):
         lines += ["", f"conversion end to end: {params['cifar']} (train split) to LMDB", header,
                   f"  {'LMDB':<6} {convert_rows[0]['images']:>9,}  {_cell(pair.get('classic')):>19}  "
                   f"{_cell(ours):>19}  {_ratio(ours):>9}  {target:<10} {status}"]
+    memory_rows = [row for row in rows if row["experiment"] == "memory"]
+    if memory_rows:
+        lines += ["", f"peak memory of python -m imgconv convert .npy DEST --workers {params['workers']}, MB: "
+                      "process tree summed (anon = RssAnon, file = RssFile), parent alone, /usr/bin/time -v",
+                  f"  {'format':<6} {'images':>10} {'procs':>5} {'tree anon':>9} {'tree file':>9} "
+                  f"{'parent anon':>11} {'time -v':>8} {'seconds':>8}  {'target':<10} status"]
+        for row in memory_rows:
+            time_v = "-" if row["time_max_rss_mb"] is None else f"{row['time_max_rss_mb']:.0f}"
+            target, status = _status(row)
+            lines.append(f"  {FORMAT_TITLES[row['format']]:<6} {row['images']:>10,} {row['processes']:>5} "
+                         f"{row['tree_anon_mb']:>9.0f} {row['tree_file_mb']:>9.0f} {row['parent_anon_mb']:>11.0f} "
+                         f"{time_v:>8} {row['seconds']:>8.1f}  {target:<10} {status}")
+    studies = [row for row in rows if row.get("setting")]
+    if studies:
+        lines += ["", "layout studies (median seconds; per-image times in us)"]
+        for row in studies:
+            extra = "  ".join(f"{key}={_number(row[key])}" for key in STUDY_FIELDS if row.get(key) is not None)
+            lines.append(f"  {row['experiment']:<12} {row['images']:>9,}  {row['setting']:<26} "
+                         f"{seconds_text(row['seconds']):>9}  {extra}")
     if results["targets"]:
         lines += ["", "targets (set for 100,000 images on a 2-core machine)"]
         for t in results["targets"]:
