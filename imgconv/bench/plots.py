@@ -55,7 +55,7 @@ def _time_axes(ax, rows, experiment, verb, log):
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return True
 
@@ -90,8 +90,10 @@ def _disk_axes(ax, rows):
 
 def _save(fig, out, name):
     path = os.path.join(out, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Fixed margins: tight_layout costs seconds on log axes, and the layout never changes.
+    fig.subplots_adjust(left=0.1 if len(fig.axes) == 1 else 0.04, right=0.98, bottom=0.12, top=0.88,
+                        wspace=0.22)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return name
 

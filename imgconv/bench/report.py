@@ -183,7 +183,8 @@ def format_table(results, experiments):
     lines = [
         f"imgconv bench: {params['input']}",
         f"{machine['cpu']}, {machine['usable_cores']} cores; PNG pool {params['workers']} workers; "
-        f"files in {tmp['path']} ({tmp['type']}); median of up to {params['repeat']} runs",
+        f"files in {tmp['path']} ({tmp['type']}); median of up to {params['repeat']} runs "
+        f"(fewer past {params['budget_seconds']:g} s)",
         "speed-up = classic time / imgconv time, same format, same run (above 1: imgconv is faster)",
     ]
     rows = results["rows"]
