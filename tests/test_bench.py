@@ -208,3 +208,23 @@ def test_bench_package_runs_as_the_bench_command():
     done = subprocess.run([sys.executable, "-m", "imgconv.bench", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "--cutoffs" in done.stdout and "lmdb-layout" in done.stdout
+
+
+def test_any_source_is_measured_repeated_up_to_the_largest_cutoff(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 6, 3), dtype=np.uint8)
+    source = tmp_path / "small.npz"
+    np.savez(source, images=images, labels=np.arange(20) % 4)
+    status = cli.main(["bench", "--source", str(source), "--experiments", "store-many", "read-many", "random-batch",
+                       "--cutoffs", "10,50", "--repeat", "1", "--no-plots", *_dirs(tmp_path)])
+    assert status == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "20 images of 8x6x3, repeated 3 times to reach 50" in results["parameters"]["input"]
+    assert {(r["method"], r["images"]) for r in results["rows"] if r["experiment"] == "read-many"} == {
+        (m, n) for m in methods.METHODS for n in (10, 50)}
+
+
+def test_a_cifar_binary_version_cannot_time_the_classic_conversion(tmp_path, capsys):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "data_batch_1.bin").write_bytes(bytes(3073))
+    status = cli.main(["bench", "--cifar", str(tmp_path / "bin"), "--experiments", "convert", *_dirs(tmp_path)])
+    assert status == 1 and "python-version" in capsys.readouterr().err

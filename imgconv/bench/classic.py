@@ -98,7 +98,9 @@ def store_lmdb_pickles(path, images, labels):
     """One pickled :class:`CifarImage` per key ``f"{i:08}"``, all in one write transaction."""
     import lmdb
 
-    map_size = images.nbytes * 10
+    # Ten times the pixels, as the classic recipe sets it; at least 64 MiB, so that
+    # tiny images, whose pickles are mostly overhead, fit too.
+    map_size = max(images.nbytes * 10, 1 << 26)
     env = lmdb.open(path, map_size=map_size)
     with env.begin(write=True) as txn:
         for i, (image, label) in enumerate(zip(images, labels)):
@@ -211,15 +213,31 @@ def read_batch(reader, indices):
 # The classic conversion of the CIFAR-10 python version to LMDB.
 
 
+def _is_python_batch(name):
+    # data_batch_1 .. data_batch_5; the binary version's are data_batch_1.bin ...
+    return name.startswith("data_batch_") and name[len("data_batch_"):].isdigit()
+
+
+def has_python_batches(path):
+    """True when ``path`` (a directory or a .tar.gz) holds CIFAR-10 python-version training batches."""
+    if os.path.isdir(path):
+        return any(_is_python_batch(name) for name in os.listdir(path))
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return any(_is_python_batch(os.path.basename(name)) for name in tar.getnames())
+    except (tarfile.TarError, OSError):
+        return False
+
+
 def _classic_batches(path):
     """Yield the training batches of the CIFAR-10 python version at ``path`` (.tar.gz or directory), unpickled."""
     if os.path.isdir(path):
-        for name in sorted(n for n in os.listdir(path) if n.startswith("data_batch")):
+        for name in sorted(n for n in os.listdir(path) if _is_python_batch(n)):
             with open(os.path.join(path, name), "rb") as f:
                 yield pickle.load(f, encoding="bytes")
         return
     with tarfile.open(path, "r:gz") as tar:
-        members = sorted((m for m in tar.getmembers() if os.path.basename(m.name).startswith("data_batch")),
+        members = sorted((m for m in tar.getmembers() if _is_python_batch(os.path.basename(m.name))),
                          key=lambda m: m.name)
         for member in members:
             yield pickle.load(tar.extractfile(member), encoding="bytes")

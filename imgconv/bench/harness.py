@@ -350,6 +350,9 @@ def convert_experiment(harness):
         timed_classic = harness.time(("convert", "classic"), count,
                                      lambda: classic.classic_cifar_to_lmdb(archive, classic_path),
                                      setup=lambda: remove_path(classic_path), warmup=0)
+        if timed_classic.result != count:
+            raise BenchCheckError(f"{archive}: the classic recipe converted {timed_classic.result:,} training images, "
+                                  f"imgconv reads {count:,}: the run fails")
         harness.check(classic.read_lmdb_pickles(classic_path, count), expected, expected_labels,
                       "the classic CIFAR-to-LMDB recipe", count)
         remove_path(classic_path)
@@ -579,6 +582,11 @@ def run_bench(args):
         "machine": report.machine_info(), "versions": report.versions(),
     }
     try:
+        if args.cifar and any(e.name == "convert" for e in experiments) and not classic.has_python_batches(args.cifar):
+            raise inputs.BenchInputError(
+                f"{args.cifar}: no python-version training batches (data_batch_1 ...): the conversion experiment "
+                "times the classic recipe, which reads cifar-10-python.tar.gz or cifar-10-batches-py; "
+                "choose --experiments without convert for this dataset")
         images = _image_set(args, max(cutoffs), cache, workdir)
         cifar = cifar_train = None
         if any(e.name == "convert" for e in experiments):
