@@ -248,4 +248,4 @@ def format_table(results, experiments):
         for t in results["targets"]:
             where = "" if t["images"] is None else f" at {t['images']:,} images"
             lines.append(f"  {t['status']:<7} {t['what']:<60} {t['value']:>12}  (target {t['target']}{where})")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
