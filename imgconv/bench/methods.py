@@ -10,8 +10,8 @@ imgconv's methods are what the package offers a user: a PNG folder written by
 ``imgconv.convert`` and read by ``imgconv.load`` through a pool of worker
 processes (PNG encoding and decoding is the CPU work a second core takes);
 LMDB and HDF5 written with ``imgconv.create`` in batches of 1,024 and read with
-``imgconv.open(...).read_all()`` in the calling process (their work is close
-to a memory copy, which a pool would only add to). The classic methods are in
+``imgconv.open(...).read_all()`` in the calling process: the library's API
+for images already in memory. The classic methods are in
 :mod:`imgconv.bench.classic`, done the plain way.
 """
 import os
