@@ -245,6 +245,8 @@ def format_table(results, experiments):
                          f"{seconds_text(row['seconds']):>9}  {extra}")
     if results["targets"]:
         lines += ["", "targets (set for 100,000 images on a 2-core machine)"]
+        if max(params["cutoffs"]) < 100_000:
+            lines.append(f"  (this run stops at {max(params['cutoffs']):,} images: indicative only)")
         for t in results["targets"]:
             where = "" if t["images"] is None else f" at {t['images']:,} images"
             lines.append(f"  {t['status']:<7} {t['what']:<60} {t['value']:>12}  (target {t['target']}{where})")
