@@ -265,6 +265,19 @@ def cmd_verify(args):
     return EXIT_OK
 
 
+def _add_bench_arguments(parser):
+    from .bench import harness
+
+    harness.add_arguments(parser)
+
+
+def cmd_bench(args):
+    """Time imgconv's stores, kernels and conversion against the classic methods; write results and plots."""
+    from .bench import harness
+
+    return harness.run_bench(args)
+
+
 COMMANDS = [
     Command("convert", "convert a dataset into a PNG folder, an LMDB or an HDF5 store", _add_convert_arguments,
             cmd_convert),
@@ -273,6 +286,8 @@ COMMANDS = [
     Command(
         "sample", "write a synthetic dataset in the genuine CIFAR-10 file formats", _add_sample_arguments, cmd_sample
     ),
+    Command("bench", "time imgconv's stores against the classic PNG, LMDB and HDF5 methods, with plots",
+            _add_bench_arguments, cmd_bench),
 ]
 
 

@@ -4,7 +4,9 @@ These follow the well-known comparison of PNG files, LMDB and HDF5 for CIFAR
 images: a small Python object pickled per image, rebuilt with ``np.frombuffer``
 when read. They carry no handicap: the same work, done the straightforward way.
 """
+import os
 import pickle
+import tarfile
 
 import numpy as np
 
@@ -47,6 +49,17 @@ def numpy_chw_to_hwc(rows, height=32, width=32, channels=3):
 # key, one contiguous HDF5 dataset. Paths are created fresh by the caller.
 
 
+def _png_image(image):
+    # Pillow saves (H, W) as grayscale; a one-channel (H, W, 1) array it refuses.
+    return image[:, :, 0] if image.shape[2] == 1 else image
+
+
+def png_array(pil):
+    """A decoded PNG as an (H, W, C) uint8 array (grayscale as C = 1)."""
+    array = np.array(pil)
+    return array[:, :, np.newaxis] if array.ndim == 2 else array
+
+
 def store_png_files(directory, images, labels):
     """``Image.save`` per image as ``{i}.png`` in one directory, then one CSV of labels."""
     import csv
@@ -55,31 +68,39 @@ def store_png_files(directory, images, labels):
     from PIL import Image
 
     for i, image in enumerate(images):
-        Image.fromarray(image).save(os.path.join(directory, f"{i}.png"))
+        Image.fromarray(_png_image(image)).save(os.path.join(directory, f"{i}.png"))
     with open(os.path.join(directory, f"{len(images)}.csv"), "w", newline="") as f:
         writer = csv.writer(f, delimiter=" ", quotechar="|", quoting=csv.QUOTE_MINIMAL)
         for label in labels:
             writer.writerow([int(label)])
 
 
+def read_png_labels(directory, count):
+    """The labels CSV of a folder of ``count`` images, as an (N,) int64 array."""
+    import csv
+    import os
+
+    with open(os.path.join(directory, f"{count}.csv"), newline="") as f:
+        return np.array([int(row[0]) for row in csv.reader(f, delimiter=" ", quotechar="|")], np.int64)
+
+
 def read_png_files(directory, count):
     """Read ``0.png .. count-1.png`` and the labels CSV back into arrays."""
-    import csv
     import os
 
     from PIL import Image
 
-    images = np.array([np.array(Image.open(os.path.join(directory, f"{i}.png"))) for i in range(count)])
-    with open(os.path.join(directory, f"{count}.csv"), newline="") as f:
-        labels = np.array([int(row[0]) for row in csv.reader(f, delimiter=" ", quotechar="|")], np.int64)
-    return images, labels
+    images = np.array([png_array(Image.open(os.path.join(directory, f"{i}.png"))) for i in range(count)])
+    return images, read_png_labels(directory, count)
 
 
 def store_lmdb_pickles(path, images, labels):
     """One pickled :class:`CifarImage` per key ``f"{i:08}"``, all in one write transaction."""
     import lmdb
 
-    map_size = images.nbytes * 10
+    # Ten times the pixels, as the classic recipe sets it; at least 64 MiB, so that
+    # tiny images, whose pickles are mostly overhead, fit too.
+    map_size = max(images.nbytes * 10, 1 << 26)
     env = lmdb.open(path, map_size=map_size)
     with env.begin(write=True) as txn:
         for i, (image, label) in enumerate(zip(images, labels)):
@@ -102,17 +123,6 @@ def read_lmdb_pickles(path, count):
     return np.array(images), np.array(labels, np.int64)
 
 
-def read_lmdb_pickle(path, index):
-    """Read one image: open, get, unpickle (the classic single read)."""
-    import lmdb
-
-    env = lmdb.open(path, readonly=True)
-    with env.begin() as txn:
-        obj = pickle.loads(txn.get(f"{index:08}".encode("ascii")))
-    env.close()
-    return obj.get_image(), obj.label
-
-
 def store_hdf5_contiguous(path, images, labels):
     """One ``create_dataset(data=...)`` for the images and one for the labels (contiguous)."""
     import h5py
@@ -130,3 +140,130 @@ def read_hdf5_contiguous(path):
         images = np.array(f["images"]).astype("uint8")
         labels = np.array(f["meta"]).astype("uint8")
     return images, labels
+
+
+# Random access the classic way: open once, then one lookup per index, as a
+# PyTorch ``Dataset.__getitem__`` over these stores does.
+
+
+class PngFilesReader:
+    """A classic PNG folder opened for random reads: labels read once, one ``Image.open`` per image."""
+
+    def __init__(self, directory, count):
+        self.directory = directory
+        self.labels = read_png_labels(directory, count)
+
+    def read_one(self, index):
+        """``(image, label)`` of image ``index``."""
+        import os
+
+        from PIL import Image
+
+        return png_array(Image.open(os.path.join(self.directory, f"{index}.png"))), int(self.labels[index])
+
+    def close(self):
+        """Nothing is held open between reads."""
+
+
+class LmdbPicklesReader:
+    """A classic pickled-object LMDB opened for random reads: one read transaction, ``get`` + unpickle per image."""
+
+    def __init__(self, path, count):
+        import lmdb
+
+        self.env = lmdb.open(path, readonly=True, lock=False)
+        self.txn = self.env.begin()
+
+    def read_one(self, index):
+        """``(image, label)`` of image ``index``."""
+        obj = pickle.loads(self.txn.get(f"{index:08}".encode("ascii")))
+        return obj.get_image(), obj.label
+
+    def close(self):
+        """End the transaction and close the environment."""
+        self.txn.abort()
+        self.env.close()
+
+
+class Hdf5ContiguousReader:
+    """A classic contiguous HDF5 file opened for random reads: ``ds[i]`` per image."""
+
+    def __init__(self, path, count):
+        import h5py
+
+        self.file = h5py.File(path, "r")
+        self.images = self.file["images"]
+        self.labels = self.file["meta"]
+
+    def read_one(self, index):
+        """``(image, label)`` of image ``index``."""
+        return self.images[index].astype("uint8"), int(self.labels[index])
+
+    def close(self):
+        """Close the file."""
+        self.file.close()
+
+
+def read_batch(reader, indices):
+    """``(images, labels)`` for ``indices`` through a classic reader, one image at a time."""
+    pairs = [reader.read_one(int(i)) for i in indices]
+    return np.array([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int64)
+
+
+# The classic conversion of the CIFAR-10 python version to LMDB.
+
+
+def _is_python_batch(name):
+    # data_batch_1 .. data_batch_5; the binary version's are data_batch_1.bin ...
+    return name.startswith("data_batch_") and name[len("data_batch_"):].isdigit()
+
+
+def has_python_batches(path):
+    """True when ``path`` (a directory or a .tar.gz) holds CIFAR-10 python-version training batches."""
+    if os.path.isdir(path):
+        return any(_is_python_batch(name) for name in os.listdir(path))
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return any(_is_python_batch(os.path.basename(name)) for name in tar.getnames())
+    except (tarfile.TarError, OSError):
+        return False
+
+
+def _classic_batches(path):
+    """Yield the training batches of the CIFAR-10 python version at ``path`` (.tar.gz or directory), unpickled."""
+    if os.path.isdir(path):
+        for name in sorted(n for n in os.listdir(path) if _is_python_batch(n)):
+            with open(os.path.join(path, name), "rb") as f:
+                yield pickle.load(f, encoding="bytes")
+        return
+    with tarfile.open(path, "r:gz") as tar:
+        members = sorted((m for m in tar.getmembers() if _is_python_batch(os.path.basename(m.name))),
+                         key=lambda m: m.name)
+        for member in members:
+            yield pickle.load(tar.extractfile(member), encoding="bytes")
+
+
+def classic_cifar_to_lmdb(archive, path):
+    """The classic recipe: every training batch of the CIFAR-10 python version to LMDB.
+
+    ``archive`` is the ``.tar.gz`` or the ``cifar-10-batches-py`` directory.
+    ``pickle.load(f, encoding="bytes")`` per batch, each row rebuilt as
+    ``np.dstack((r, g, b))`` of its three 32x32 planes, and one pickled
+    :class:`CifarImage` per key ``f"{i:08}"``, all in
+    one write transaction; the map size is set once, generously (the
+    classic recipe's ten times the pixels of 60,000 images). Returns the
+    number of images written.
+    """
+    import lmdb
+
+    count = 0
+    env = lmdb.open(path, map_size=10 * 60000 * 3072)
+    with env.begin(write=True) as txn:
+        for batch in _classic_batches(archive):
+            for row, label in zip(batch[b"data"], batch[b"labels"]):
+                r, g, b = (row[k * 1024 : (k + 1) * 1024].reshape(32, 32) for k in range(3))
+                image = np.dstack((r, g, b))
+                txn.put(f"{count:08}".encode("ascii"), pickle.dumps(CifarImage(image, label)))
+                count += 1
+    env.close()
+    return count
