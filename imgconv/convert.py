@@ -11,15 +11,28 @@ output does not depend on the number of workers or the order they finish in.
 
 Workers report, the parent decides: an exception in a worker comes back as
 the task's result and stops the conversion; a worker that dies breaks the
-pool, which the parent sees at once (never a hang). On any failure or
-interruption the pool is torn down, the writer aborts (removing its temporary
-output) and nothing is left at the destination.
+pool, which the parent sees at once (never a hang); a worker whose parent
+dies (even by SIGKILL) ends itself at once. On any failure or interruption
+the pool is torn down and nothing is left at the destination: the writer
+aborts (removing its partial output) or, when the conversion was
+interrupted (a signal, a killed worker), suspends, keeping the batches
+written so far beside the destination for ``resume=True``.
+
+Resuming: after every batch the writer records a checkpoint (images in the
+store, source position reached). A resumed conversion asks the writer to
+reopen the partial output, cut it back to its last checkpoint that is safely
+on disk, and plans the remaining tasks from that source position on; the
+job fingerprint (source, its size and modification time, the options)
+must match, so only the same conversion is ever continued.
 """
+import ctypes
+import glob
 import multiprocessing
 import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -33,14 +46,19 @@ import numpy as np
 from . import stores
 from .errors import ImgconvError
 from .sources import Source, open_source
+from .sources.base import SkippedFile
 from .verify import disk_usage
 
 DEFAULT_BATCH_SIZE = 1024
 
-ConvertResult = namedtuple("ConvertResult", "path format count seconds bytes skipped")
+ConvertResult = namedtuple("ConvertResult", "path format count seconds bytes skipped resumed restart_reason",
+                           defaults=(0, None))
 ConvertResult.__doc__ = """What :func:`convert` did: the store's ``path`` and ``format``, the
-``count`` of images written, wall ``seconds``, ``bytes`` on disk, and the
-``skipped`` input files (path, reason) under ``on_error="skip"``."""
+``count`` of images written, wall ``seconds``, ``bytes`` on disk, the
+``skipped`` input files (path, reason) under ``on_error="skip"``, how many
+images were ``resumed`` (kept from an interrupted conversion), and the
+``restart_reason`` when ``resume=True`` found a partial output it could not
+continue (None otherwise)."""
 
 Task = namedtuple("Task", "number start stop indices")
 Task.__doc__ = """One unit of work: images ``start <= i < stop`` of the source in order, or,
@@ -51,11 +69,15 @@ class ConversionError(ImgconvError):
     """A conversion failed in a worker or in the pool; the message says where and why."""
 
 
+class WorkerDied(ConversionError):
+    """A worker process died (killed, out of memory); the work done so far can be resumed."""
+
+
 class Interrupted(ImgconvError):
     """The conversion was stopped by a signal (SIGINT or SIGTERM); ``signum`` says which."""
 
-    def __init__(self, signum):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; nothing was written at the destination")
+    def __init__(self, signum, detail="nothing was written at the destination"):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {detail}")
         self.signum = signum
 
 
@@ -67,11 +89,15 @@ def default_workers():
         return os.cpu_count() or 1
 
 
-def plan_tasks(count, batch_size, shuffle=False, seed=0):
-    """Split ``count`` images into tasks of ``batch_size``; with ``shuffle``, a seeded permutation."""
+def plan_tasks(count, batch_size, shuffle=False, seed=0, start=0):
+    """Split ``count`` images into tasks of ``batch_size``; with ``shuffle``, a seeded permutation.
+
+    ``start`` skips the first images (of the permutation when shuffling):
+    what a resumed conversion has already written.
+    """
     order = np.random.default_rng(seed).permutation(count) if shuffle else None
     tasks = []
-    for number, start in enumerate(range(0, count, batch_size)):
+    for number, start in enumerate(range(start, count, batch_size)):
         stop = min(start + batch_size, count)
         tasks.append(Task(number, start, stop, None if order is None else order[start:stop]))
     return tasks
@@ -83,15 +109,47 @@ def plan_tasks(count, batch_size, shuffle=False, seed=0):
 _WORKER = {}
 
 
-def _init_worker(source, encoder, handoff):
+def _init_worker(source, encoder, handoff, parent):
     # Ctrl-C reaches the whole process group; the parent alone decides what
     # happens, and it stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
     _WORKER["source"] = source
     _WORKER["encoder"] = encoder
     _WORKER["handoff"] = handoff
     _WORKER["sent"] = 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent):
+    """End this worker as soon as the process ``parent`` dies, however it dies.
+
+    A worker of a parent killed by SIGKILL would otherwise wait on the task
+    queue forever: it holds the queue's write end itself, so it never sees
+    end-of-file. On Linux the kernel sends SIGKILL when the parent goes
+    (PR_SET_PDEATHSIG); elsewhere a thread watches the parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    else:
+        armed = False
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the signal was armed
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), name="imgconv-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent):
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def _read_task(source, task):
@@ -150,7 +208,7 @@ def _jobs(source, tasks, batch_size):
     archive) is read here, once and in order, and workers only encode.
     """
     if source.sequential and tasks and tasks[0].indices is None:
-        batches = source.batches(batch_size, 0, tasks[-1].stop)
+        batches = source.batches(batch_size, tasks[0].start, tasks[-1].stop)
         for task, (images, labels) in zip(tasks, batches):
             yield task, encode_only, (images, labels)
     else:
@@ -201,8 +259,31 @@ def _start_pool(workers, source, encoder, handoff):
     # the parent holds no threads or open stores at this point.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder, handoff)
+        max_workers=workers, mp_context=context, initializer=_init_worker,
+        initargs=(source, encoder, handoff, os.getpid()),
     )
+
+
+HANDOFF_PREFIX = "imgconv-results-"
+
+
+def _make_handoff():
+    """A private (mode 0700) directory for the workers' results (see _in_worker), named after this process.
+
+    Directories that conversions killed by SIGKILL left behind (their
+    process is gone) are removed first.
+    """
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), HANDOFF_PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(HANDOFF_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+    return tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")
 
 
 def _pool_processes(pool):
@@ -285,8 +366,7 @@ def _pipeline(src, encoder, tasks, batch_size, workers, what):
             if workers == 0 or len(tasks) <= 1:
                 results = _results_in_process(src, encoder, jobs)
             else:
-                # Private (mode 0700) directory for the workers' results; see _in_worker.
-                handoff = tempfile.mkdtemp(prefix="imgconv-results-")
+                handoff = _make_handoff()
                 pool = stop.pool = _start_pool(min(workers, len(tasks)), src, encoder, handoff)
                 results = _results_from_pool(pool, jobs, 2 * workers)
             for item in results:
@@ -301,7 +381,7 @@ def _pipeline(src, encoder, tasks, batch_size, workers, what):
         stop.check()  # workers killed on purpose by a signal: that is the story
         if isinstance(exc, ConversionError):
             raise
-        raise ConversionError(f"{what}: a worker process died unexpectedly ({exc})") from None
+        raise WorkerDied(f"{what}: a worker process died unexpectedly ({exc})") from None
     finally:
         if pool is not None:
             _stop_pool(pool)
@@ -335,8 +415,29 @@ def _check_positive(name, value, allow_zero=False):
     return value
 
 
+def _fingerprint(source, src, total, shuffle, seed, source_options):
+    """What makes two conversions the same job (JSON-ready): a resume must match it exactly.
+
+    The source is identified by its description and, for a path, its size
+    and modification time (a folder's: files added or removed change it).
+    """
+    found = None
+    if not isinstance(source, Source):
+        try:
+            st = os.stat(source)
+            found = [st.st_size if not os.path.isdir(source) else None, st.st_mtime_ns]
+        except OSError:
+            found = None
+    return {
+        "source": src.description, "source_stat": found, "images": total, "source_length": src.length,
+        "shuffle": bool(shuffle), "seed": int(seed) if shuffle else None,
+        "source_options": {name: repr(value) for name, value in sorted(source_options.items())},
+    }
+
+
 def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH_SIZE, limit=None,
-            shuffle=False, seed=0, overwrite=False, progress=None, store_options=None, **source_options):
+            shuffle=False, seed=0, overwrite=False, resume=False, progress=None, store_options=None,
+            **source_options):
     """Convert a dataset into a store, streaming batches through a pool of worker processes.
 
     ``source`` is a path (opened with :func:`imgconv.open_source` and
@@ -351,42 +452,74 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     after every batch written.
 
     The output is the same whatever ``workers`` and ``batch_size``. On any
-    error or interruption nothing is left at ``dest``. Returns a
-    :class:`ConvertResult`. Raises SourceError/StoreError for bad input or
-    output, ConversionError when a worker fails or dies, Interrupted on
-    SIGINT/SIGTERM.
+    error or interruption nothing is left at ``dest``. An interrupted
+    conversion (SIGINT, SIGTERM, a killed worker, or the converter killed)
+    leaves the batches it wrote in ``.NAME.imgconv-partial`` beside ``dest``;
+    ``resume=True`` continues it (same source and options required; the
+    result equals an uninterrupted conversion image for image, and byte for
+    byte for a PNG folder). Without ``resume`` such output is an error
+    unless ``overwrite=True``, which discards it; an unusable one (say, an
+    HDF5 file HDF5 cannot reopen) is discarded and the conversion starts
+    over, saying why in the result's ``restart_reason``. Other failures
+    (bad input, disk full) remove the partial output.
+
+    Returns a :class:`ConvertResult`. Raises SourceError/StoreError for bad
+    input or output, ConversionError when a worker fails (WorkerDied when it
+    dies), Interrupted on SIGINT/SIGTERM.
     """
     started = time.perf_counter()
     workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
     batch_size = _check_positive("batch_size", batch_size)
     src = _open(source, source_options)
-    total = _count(src, limit)
-    tasks = plan_tasks(total, batch_size, shuffle, seed)
-    shape = src.shape  # computed here once, so workers inherit it instead of each scanning
-    writer = stores.create(dest, format, overwrite=overwrite, label_names=src.label_names, source=src.description,
-                           shape=stores.VARIABLE if shape is None else shape, **(store_options or {}))
-    skipped = []
-    done = 0
+    writer = None
     try:
-        what = f"converting {src.description} (nothing was written to {dest})"
+        total = _count(src, limit)
+        shape = src.shape  # computed here once, so workers inherit it instead of each scanning
+        writer = stores.create(dest, format, overwrite=overwrite, label_names=src.label_names, source=src.description,
+                               shape=stores.VARIABLE if shape is None else shape,
+                               job=_fingerprint(source, src, total, shuffle, seed, source_options),
+                               **(store_options or {}))
+        writer.begin(resume=resume)
+        tasks = plan_tasks(total, batch_size, shuffle, seed, start=writer.position)
+        skipped = [SkippedFile(*entry) for entry in writer.earlier_skipped]
+        done = writer.position
+        if progress is not None and done:
+            progress(done, total)
+        what = f"converting {src.description}"
         # closing(): a failure here (say, in the writer) ends the pool at once,
         # not whenever the suspended generator is collected.
         with closing(_pipeline(src, writer.encoder(), tasks, batch_size, workers, what)) as results:
             for task, (encoded, task_skipped) in results:
                 writer.write_encoded(encoded)
+                writer.checkpoint(task.stop, task_skipped)
                 skipped.extend(task_skipped)
-                done += task.stop - task.start
+                done = task.stop
                 if progress is not None:
                     progress(done, total)
         writer.close()
+    except (Interrupted, WorkerDied) as exc:
+        raise _kept_for_resume(exc, writer) from None
     finally:
-        if not writer.closed:
+        if writer is not None and not writer.closed:
             writer.abort()
         if src is not source:
             src.close()  # opened here: let go of its archive and cached batches now
     path = writer.path
     return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
-                         disk_usage(path), skipped)
+                         disk_usage(path), skipped, writer.resumed, writer.restart_reason)
+
+
+def _kept_for_resume(exc, writer):
+    """The error to raise for an interruption, after keeping what was written for a resume."""
+    kept = 0 if writer is None else writer.suspend()
+    if kept:
+        detail = (f"nothing was written at the destination; the {kept} images done are kept in "
+                  f"{writer.partial.path}: run the same conversion with --resume (resume=True) to continue")
+    else:
+        detail = "nothing was written at the destination"
+    if isinstance(exc, Interrupted):
+        return Interrupted(exc.signum, detail)
+    return WorkerDied(f"{exc}; {detail}")
 
 
 def _as_is(images, labels):

@@ -108,6 +108,7 @@ class LmdbWriter(Writer):
         if records_per_value is not None and not 1 <= int(records_per_value) <= 1 << 20:
             raise StoreError(f"{self.path}: records_per_value must be 1 .. 1048576, got {records_per_value}")
         self.records_per_value = None if records_per_value is None else int(records_per_value)
+        self._given_options = {"records_per_value": self.records_per_value}
         self.map_size = max(int(map_size), 1 << 20)
         self._env = None
         self._flusher = None
@@ -257,6 +258,88 @@ class LmdbWriter(Writer):
                 env.close()
             except lmdb.Error:
                 pass
+
+
+    # resuming -------------------------------------------------------------------
+    # Committed transactions survive the death of the process (LMDB is
+    # copy-on-write), so the output holds every chunk committed before a kill;
+    # those chunks are checked record by record before they are trusted.
+
+    def _options_fingerprint(self):
+        return dict(self._given_options)
+
+    def _apply_format_state(self, state):
+        if state.get("records_per_value"):
+            self.records_per_value = int(state["records_per_value"])
+
+    def _reopen(self):
+        data = os.path.join(self.temporary, "data.mdb")
+        try:
+            self._env = lmdb.open(self.temporary, map_size=max(self.map_size, 2 * os.path.getsize(data)), subdir=True,
+                                  sync=False, metasync=False, readahead=False, max_dbs=0)
+            self._flusher = _Flusher(data)
+            if self.records_per_value is None:
+                return 0
+            chunks = 0
+            with self._env.begin(buffers=True) as txn:
+                for key, value in txn.cursor():
+                    if bytes(key) != chunk_key(chunks) or not self._chunk_intact(bytes(value)):
+                        break
+                    chunks += 1
+        except lmdb.Error as exc:
+            raise StoreError(f"LMDB cannot open it: {exc}") from None
+        return chunks * self.records_per_value
+
+    def _chunk_intact(self, value):
+        """Whether ``value`` holds a whole chunk of records that decode with their checksums."""
+        k = self.records_per_value
+        try:
+            if self.shape == VARIABLE:
+                if len(value) < TABLE_HEAD.size + 8 * k or TABLE_HEAD.unpack_from(value)[0] != k:
+                    return False
+                offsets = np.frombuffer(value, "<u8", count=k, offset=TABLE_HEAD.size).tolist()
+            else:
+                size = record.record_size(self.shape)
+                if len(value) != k * size:
+                    return False
+                offsets = range(0, k * size, size)
+            for offset in offsets:
+                image, _ = record.unpack_record(value, int(offset))
+                if self.shape != VARIABLE and image.shape != tuple(self.shape):
+                    return False
+        except RecordError:
+            return False
+        return True
+
+    def _truncate(self, count):
+        keep, rest = divmod(count, self.records_per_value)
+        try:
+            with self._env.begin(write=True) as txn:
+                if rest:
+                    # The chunk the cut falls in goes back to pending records.
+                    self._pending = [_first_records(bytes(txn.get(chunk_key(keep))), rest, self.shape)]
+                    self._pending_count = rest
+                cursor = txn.cursor()
+                later = list(cursor.iternext(values=False)) if cursor.set_range(chunk_key(keep)) else []
+                for key in later:
+                    txn.delete(bytes(key))
+        except lmdb.Error as exc:
+            raise StoreError(f"LMDB failed while cutting it back: {exc}") from None
+        self._chunk = keep
+
+
+def _first_records(value, n, shape):
+    """``(buffer, offsets)`` of the first ``n`` records of a chunk ``value``, offsets from 0."""
+    data = np.frombuffer(value, np.uint8)
+    if shape != VARIABLE:
+        size = record.record_size(shape)
+        return data[: n * size].copy(), np.arange(n + 1, dtype=np.int64) * size
+    k = TABLE_HEAD.unpack_from(value)[0]
+    table = np.frombuffer(value, "<u8", count=k, offset=TABLE_HEAD.size).astype(np.int64)
+    head = TABLE_HEAD.size + 8 * k
+    end = int(table[n]) if n < k else len(value)
+    offsets = np.concatenate([table[:n], [end]]) - head
+    return data[head:end].copy(), offsets
 
 
 class _Flusher:
