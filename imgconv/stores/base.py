@@ -586,7 +586,7 @@ class Writer(abc.ABC):
         self.restart_reason = None  # why a partial output could not be resumed, if so
         self.closed = False
         self._begun = False
-        self._checkpointed = 0
+        self._checkpoints = []  # image counts of the checkpoints recorded
         self._started = False
         self._failure = None  # why a write failed: the store can then only be aborted
         self._pid = os.getpid()
@@ -678,7 +678,7 @@ class Writer(abc.ABC):
         except OSError as exc:
             self._failure = f"{self.path}: writing failed: {exc}"
             raise StoreError(self._failure) from None
-        self._checkpointed = self.count
+        self._checkpoints.append(self.count)
 
     def _resume(self, header, checkpoints):
         """Continue the output an earlier writer left (see :meth:`begin`); sets ``_started`` when it does."""
@@ -707,7 +707,8 @@ class Writer(abc.ABC):
             self._abort()
             return
         self.partial.start_journal(header, kept)
-        self.count = self.resumed = self._checkpointed = kept[-1]["count"]
+        self.count = self.resumed = kept[-1]["count"]
+        self._checkpoints = [c["count"] for c in kept]
         self.position = kept[-1]["position"]
         self.earlier_skipped = [tuple(entry) for c in kept for entry in c.get("skipped", [])]
         self._started = True
@@ -808,21 +809,25 @@ class Writer(abc.ABC):
         """Stop writing but keep the partial output, to be continued by ``begin(resume=True)``.
 
         For interruptions (a signal, a killed worker). Nothing is left at
-        ``path``. When no checkpoint with images was recorded there is
-        nothing worth keeping, and this is :meth:`abort`. Returns the number
-        of images kept (as of the last checkpoint).
+        ``path``. Returns the number of images a resume will keep: those of
+        the last checkpoint the output holds entirely. When that is none,
+        there is nothing worth keeping, and this is :meth:`abort`.
         """
         if self.closed:
             return 0
-        if not self._begun or self._checkpointed == 0:
+        kept = 0
+        if self._begun and self._failure is None:
+            try:
+                held = self._suspend()
+            except (StoreError, OSError):
+                held = 0
+            kept = max([c for c in self._checkpoints if c <= held], default=0)
+        if not kept:
             self.abort()
             return 0
         self.closed = True
-        try:
-            self._suspend()
-        finally:
-            self.partial.release()
-        return self._checkpointed
+        self.partial.release()
+        return kept
 
     def __enter__(self):
         return self
@@ -916,8 +921,9 @@ class Writer(abc.ABC):
         """Make what was written so far reopenable (called at every checkpoint)."""
 
     def _suspend(self):
-        """Close the output, keeping what is in it (see :meth:`suspend`)."""
+        """Close the output, keeping what is in it (see :meth:`suspend`); returns how many images it holds."""
         self._abort()
+        return self.count
 
 
 def _initial_shape(shape, path):

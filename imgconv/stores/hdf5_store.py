@@ -346,7 +346,8 @@ class Hdf5Writer(Writer):
             try:
                 f.close()
             except (OSError, ValueError, RuntimeError):
-                pass
+                return 0
+        return self._written
 
 
 _LIBRARY = []

@@ -311,6 +311,17 @@ class LmdbWriter(Writer):
             return False
         return True
 
+    def _suspend(self):
+        # Commit the whole chunks waiting for their transaction, so that a
+        # resume keeps them; the records of an unfinished chunk are lost.
+        try:
+            if self._env is not None and self._ready:
+                self._put(self._ready)
+                self._ready, self._ready_bytes = [], 0
+        finally:
+            self._abort()
+        return self._chunk * (self.records_per_value or 0)
+
     def _truncate(self, count):
         keep, rest = divmod(count, self.records_per_value)
         try:
