@@ -268,11 +268,12 @@ HANDOFF_PREFIX = "imgconv-results-"
 
 
 def _make_handoff():
-    """A private (mode 0700) directory for the workers' results (see _in_worker), named after this process.
+    """A private (mode 0700) directory for the workers' results (see _in_worker), named after this process."""
+    return tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")
 
-    Directories that conversions killed by SIGKILL left behind (their
-    process is gone) are removed first.
-    """
+
+def _remove_stale_handoffs():
+    """Remove the hand-off directories of conversions killed by SIGKILL (their process is gone)."""
     for path in glob.glob(os.path.join(tempfile.gettempdir(), HANDOFF_PREFIX + "*-*")):
         pid = os.path.basename(path)[len(HANDOFF_PREFIX):].split("-")[0]
         try:
@@ -283,7 +284,6 @@ def _make_handoff():
             shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
-    return tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")
 
 
 def _pool_processes(pool):
@@ -362,6 +362,7 @@ def _pipeline(src, encoder, tasks, batch_size, workers, what):
     stop = _StopOnSignal()
     try:
         with stop:
+            _remove_stale_handoffs()
             jobs = _jobs(src, tasks, batch_size)
             if workers == 0 or len(tasks) <= 1:
                 results = _results_in_process(src, encoder, jobs)

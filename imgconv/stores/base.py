@@ -525,6 +525,12 @@ class PartialOutput:
         os.write(self._journal_fd, _journal_line(entry))
 
 
+def _images_kept(checkpoints):
+    """The images a resume should find in the output: the last checkpoint it had stored."""
+    stored = checkpoints[-1].get("stored", checkpoints[-1]["count"]) if checkpoints else 0
+    return max([c["count"] for c in checkpoints if c["count"] <= stored], default=0)
+
+
 def _journal_line(entry):
     return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
 
@@ -587,6 +593,7 @@ class Writer(abc.ABC):
         self.closed = False
         self._begun = False
         self._checkpoints = []  # image counts of the checkpoints recorded
+        self._last_entry = None
         self._started = False
         self._failure = None  # why a write failed: the store can then only be aborted
         self._pid = os.getpid()
@@ -636,13 +643,13 @@ class Writer(abc.ABC):
         self.partial.acquire()
         try:
             header, checkpoints = self.partial.read_journal()
-            worth_keeping = (header == self._journal_header() and bool(checkpoints) and checkpoints[-1]["count"] > 0
-                             and self.partial.has_output())
+            kept = _images_kept(checkpoints)
+            worth_keeping = header == self._journal_header() and kept > 0 and self.partial.has_output()
             if resume and header is not None:
                 self._resume(header, checkpoints)
             elif worth_keeping and not self.overwrite:
                 raise StoreError(
-                    f"{self.path}: an interrupted conversion left {checkpoints[-1]['count']} images in "
+                    f"{self.path}: an interrupted conversion left {kept} images in "
                     f"{self.partial.path}; pass resume=True (--resume on the command line) to continue it, or "
                     f"overwrite=True (--overwrite) to discard it and start over"
                 )
@@ -673,8 +680,10 @@ class Writer(abc.ABC):
             state = {"shape": None}
             if self.shape is not None:  # the format's choices follow from the shape
                 state = {"shape": VARIABLE if self.shape == VARIABLE else list(self.shape), **self._format_metadata()}
-            self.partial.append({"count": self.count, "position": int(position),
-                                 "skipped": [[str(part) for part in entry] for entry in skipped], "state": state})
+            entry = {"count": self.count, "stored": self._stored(), "position": int(position),
+                     "skipped": [[str(part) for part in entry] for entry in skipped], "state": state}
+            self.partial.append(entry)
+            self._last_entry = entry
         except OSError as exc:
             self._failure = f"{self.path}: writing failed: {exc}"
             raise StoreError(self._failure) from None
@@ -691,8 +700,8 @@ class Writer(abc.ABC):
                 f"different {', '.join(_differences(header, wanted))}; pass overwrite=True (--overwrite on the "
                 f"command line) to discard it and start over"
             )
-        if not checkpoints or not self.partial.has_output():
-            return
+        if not self.partial.has_output() or _images_kept(checkpoints) == 0:
+            return  # nothing ever reached the output: nothing to continue
         self._apply_state(checkpoints[-1].get("state") or {})
         try:
             durable = self._reopen()
@@ -819,9 +828,12 @@ class Writer(abc.ABC):
         if self._begun and self._failure is None:
             try:
                 held = self._suspend()
+                kept = max([c for c in self._checkpoints if c <= held], default=0)
+                if kept and self._last_entry is not None:
+                    # What _suspend stored beyond the last checkpoint's figure.
+                    self.partial.append({**self._last_entry, "skipped": [], "stored": held})
             except (StoreError, OSError):
-                held = 0
-            kept = max([c for c in self._checkpoints if c <= held], default=0)
+                kept = 0
         if not kept:
             self.abort()
             return 0
@@ -919,6 +931,10 @@ class Writer(abc.ABC):
 
     def _checkpoint(self):
         """Make what was written so far reopenable (called at every checkpoint)."""
+
+    def _stored(self):
+        """How many images the output holds in a form a resume can reopen (not waiting in memory)."""
+        return self.count
 
     def _suspend(self):
         """Close the output, keeping what is in it (see :meth:`suspend`); returns how many images it holds."""

@@ -292,6 +292,9 @@ class Hdf5Writer(Writer):
                 raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
             self._flushed = self._written
 
+    def _stored(self):
+        return self._flushed
+
     def _reopen(self):
         self._file = _open_unfinished(self.temporary)
         try:

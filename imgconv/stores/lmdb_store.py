@@ -311,6 +311,9 @@ class LmdbWriter(Writer):
             return False
         return True
 
+    def _stored(self):
+        return self._chunk * (self.records_per_value or 0)
+
     def _suspend(self):
         # Commit the whole chunks waiting for their transaction, so that a
         # resume keeps them; the records of an unfinished chunk are lost.
