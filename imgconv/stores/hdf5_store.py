@@ -22,6 +22,7 @@ Optional compression (``compression="gzip"`` with ``compression_level``, or
 import ctypes
 import json
 import os
+import re
 import threading
 
 import h5py
@@ -163,7 +164,7 @@ class Hdf5Writer(Writer):
         except (OSError, RuntimeError, ValueError) as exc:
             # h5py reports a full disk or a failed write as OSError or RuntimeError.
             self._discard_output()
-            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
 
     def _write_batch(self, encoded):
         if self.shape == VARIABLE:
@@ -241,7 +242,7 @@ class Hdf5Writer(Writer):
         except (OSError, ValueError, RuntimeError) as exc:
             # The file is left open: the caller aborts, and _abort closes it.
             self._discard_output()
-            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
         self._file = None
 
     def _discard_output(self):
@@ -289,7 +290,7 @@ class Hdf5Writer(Writer):
             try:
                 self._file.flush()
             except (OSError, RuntimeError) as exc:
-                raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+                raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
             self._flushed = self._written
 
     def _stored(self):
@@ -351,6 +352,13 @@ class Hdf5Writer(Writer):
             except (OSError, ValueError, RuntimeError):
                 return 0
         return self._written
+
+
+def _one_line(exc):
+    """An HDF5 error as one line: the system's reason when HDF5 quotes one (its text spans lines)."""
+    text = " ".join(str(exc).split())
+    reason = re.search(r"error message = '([^']*)'", text)
+    return f"{text.split(' (')[0]} ({reason.group(1)})" if reason else text
 
 
 _LIBRARY = []

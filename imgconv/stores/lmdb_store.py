@@ -202,7 +202,7 @@ class LmdbWriter(Writer):
                 except lmdb.MapFullError:
                     self._grow(2 * self._env.info()["map_size"])
         except lmdb.Error as exc:
-            raise StoreError(f"{self.path}: LMDB failed while writing: {exc}") from None
+            raise StoreError(f"{self.path}: LMDB failed while writing: {exc}{_space_note(self.temporary)}") from None
         self._chunk += len(values)
         self._flusher.request()
 
@@ -340,6 +340,15 @@ class LmdbWriter(Writer):
         except lmdb.Error as exc:
             raise StoreError(f"LMDB failed while cutting it back: {exc}") from None
         self._chunk = keep
+
+
+def _space_note(path):
+    """" (No space left on device: N bytes free)" when the filesystem of ``path`` is full, else ""."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return ""
+    return f" ({os.strerror(28)}: {st.f_bavail * st.f_frsize} bytes free)" if st.f_bavail * st.f_frsize < (1 << 20) else ""
 
 
 def _first_records(value, n, shape):
