@@ -249,3 +249,29 @@ def test_cli_resume(tmp_path, npz, capsys):
     assert "continued after" in capsys.readouterr().out
     with stores.open(dest) as store:
         assert np.array_equal(store.labels(), np.load(npz)["labels"])
+
+
+def test_resume_from_a_compressed_archive_read_in_order(tmp_path):
+    """A .tar.gz is read by the parent, forward only: the resumed run starts reading mid-archive."""
+    from imgconv.sample import write_sample
+
+    sample = write_sample(tmp_path / "sample", count=300, seed=3)
+    options = dict(workers=2, batch_size=32, store_options={"compress_level": 1})
+    reference = convert(sample.python_archive, tmp_path / "ref", **options)
+    dest = tmp_path / "out"
+    _interrupted(sample.python_archive, dest, 160, **options)
+    result = convert(sample.python_archive, dest, resume=True, **options)
+    assert result.resumed == 160
+    _same_store(dest, reference.path, "png")
+
+
+def test_a_journal_left_after_the_store_was_renamed_into_place_is_removed(tmp_path):
+    dest = tmp_path / "out.h5"
+    with stores.create(dest) as writer:
+        writer.append(np.zeros((2, 4, 4, 3), np.uint8), [0, 1])
+    leftover = tmp_path / ".out.h5.imgconv-partial"  # as a kill right after the rename leaves it
+    leftover.mkdir()
+    (leftover / "journal.jsonl").write_text("{}\n")
+    with pytest.raises(StoreError, match="already exists"):
+        stores.create(dest)
+    assert sorted(os.listdir(tmp_path)) == ["out.h5"]

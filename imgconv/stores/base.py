@@ -525,6 +525,22 @@ class PartialOutput:
         os.write(self._journal_fd, _journal_line(entry))
 
 
+def _remove_finished_partial(path):
+    """Remove a partial-output directory whose store is gone (a writer killed between its
+    rename into place and the removal of the directory): it holds only a journal."""
+    partial = PartialOutput(path)
+    if not os.path.isdir(partial.path) or partial.has_output():
+        return
+    try:
+        partial.acquire()
+    except StoreError:
+        return  # in use
+    if partial.has_output():
+        partial.release()
+    else:
+        partial.remove()
+
+
 def _images_kept(checkpoints):
     """The images a resume should find in the output: the last checkpoint it had stored."""
     stored = checkpoints[-1].get("stored", checkpoints[-1]["count"]) if checkpoints else 0
@@ -575,6 +591,7 @@ class Writer(abc.ABC):
 
     def __init__(self, path, *, overwrite=False, label_names=None, source=None, shape=None, job=None):
         self.path = os.path.abspath(os.fspath(path))
+        _remove_finished_partial(self.path)
         check_target(self.path, overwrite)
         self.overwrite = bool(overwrite)
         self.label_names = None if label_names is None else [str(n) for n in label_names]
