@@ -97,9 +97,9 @@ def plan_tasks(count, batch_size, shuffle=False, seed=0, start=0):
     """
     order = np.random.default_rng(seed).permutation(count) if shuffle else None
     tasks = []
-    for number, start in enumerate(range(start, count, batch_size)):
-        stop = min(start + batch_size, count)
-        tasks.append(Task(number, start, stop, None if order is None else order[start:stop]))
+    for number, first in enumerate(range(start, count, batch_size)):
+        stop = min(first + batch_size, count)
+        tasks.append(Task(number, first, stop, None if order is None else order[first:stop]))
     return tasks
 
 
@@ -130,7 +130,9 @@ def _die_with_parent(parent):
     A worker of a parent killed by SIGKILL would otherwise wait on the task
     queue forever: it holds the queue's write end itself, so it never sees
     end-of-file. On Linux the kernel sends SIGKILL when the parent goes
-    (PR_SET_PDEATHSIG); elsewhere a thread watches the parent's pid.
+    (PR_SET_PDEATHSIG; strictly, when the parent's thread that forked us
+    ends: the executor forks from the thread that submits, the main one);
+    elsewhere a thread watches the parent's pid.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -256,7 +258,8 @@ def _task_result(task, future):
 def _start_pool(workers, source, encoder, handoff):
     methods = multiprocessing.get_all_start_methods()
     # fork starts workers in milliseconds and shares the parent's imports;
-    # the parent holds no threads or open stores at this point.
+    # the parent holds no threads at this point, and no open store except,
+    # when resuming, the writer's own output, which workers never touch.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker,

@@ -375,11 +375,15 @@ class _Flusher:
         self._wanted = threading.Event()
         self._stopping = False
         self._error = None
-        self._thread = threading.Thread(target=self._run, name="imgconv-lmdb-flush", daemon=True)
-        self._thread.start()
+        # Started by the first request: a writer reopened to resume, before
+        # the converter forks its workers, then has no thread at the fork.
+        self._thread = None
 
     def request(self):
         """Ask for a flush of what has been written so far."""
+        if self._thread is None and self._fd is not None:
+            self._thread = threading.Thread(target=self._run, name="imgconv-lmdb-flush", daemon=True)
+            self._thread.start()
         self._wanted.set()
 
     def _run(self):
@@ -396,13 +400,15 @@ class _Flusher:
 
     def stop(self, check=True):
         """Stop the thread; with ``check``, raise the OSError a flush met."""
-        if self._thread is None:
+        if self._fd is None:
             return
         self._stopping = True
         self._wanted.set()
-        self._thread.join()
-        self._thread = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         os.close(self._fd)
+        self._fd = None
         if check and self._error is not None:
             raise self._error
 
