@@ -674,7 +674,9 @@ class Writer(abc.ABC):
                 self.partial.clear()
                 self.partial.start_journal(self._journal_header())
         except OSError as exc:
-            self.partial.release()
+            # Writing the journal failed (a full disk, say): like any failed write, remove the output.
+            self._abort()
+            self.partial.remove()
             raise StoreError(f"{self.path}: cannot prepare the partial output {self.partial.path}: {exc}") from None
         except BaseException:
             self.partial.release()
