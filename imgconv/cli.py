@@ -122,8 +122,9 @@ CONVERT_EXAMPLE = """examples:
 
 An interrupted conversion (Ctrl-C, kill, a killed worker) leaves nothing at DEST; what it
 wrote stays in .DEST.imgconv-partial beside it until a run with --resume continues it or
-one with --overwrite discards it. Every format resumes; an HDF5 file that HDF5 cannot
-reopen or whose images fail their checksums is discarded, with a message, and rewritten.
+one with --overwrite discards it. Every format resumes from what it has safely on disk
+(PNG: every image; LMDB: its last transaction, every 16 MiB; HDF5: its last flushed 4 MiB);
+an HDF5 file that HDF5 cannot reopen is discarded, with a message, and written again.
 """
 
 
