@@ -118,6 +118,13 @@ CONVERT_EXAMPLE = """examples:
   python -m imgconv convert data/cifar-10-python.tar.gz cifar-train.lmdb
   python -m imgconv convert photos/ photos.h5 --resize 64x64 --resize-policy crop --workers 2
   python -m imgconv convert data/cifar-10-batches-py cifar-all --split all --png-level 1
+  python -m imgconv convert data/cifar-10-python.tar.gz cifar-train.lmdb --resume   # after an interruption
+
+An interrupted conversion (Ctrl-C, kill, a killed worker) leaves nothing at DEST; what it
+wrote stays in .DEST.imgconv-partial beside it until a run with --resume continues it or
+one with --overwrite discards it. Every format resumes from what it has safely on disk
+(PNG: every image; LMDB: its last transaction, every 16 MiB; HDF5: its last flushed 4 MiB);
+an HDF5 file that HDF5 cannot reopen is discarded, with a message, and written again.
 """
 
 
@@ -149,7 +156,11 @@ def _add_convert_arguments(parser):
     parser.add_argument("--hdf5-chunk", type=_positive, default=None, metavar="N", help="HDF5: images per chunk")
     parser.add_argument("--hdf5-compression", choices=("gzip", "lzf"), default=None, help="HDF5: compression")
     parser.add_argument("--hdf5-level", type=_level, default=None, help="HDF5: gzip level 0..9")
-    parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DEST if it exists, and discard what an interrupted conversion left")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted conversion to DEST (same SOURCE and options) from its last "
+                             "batch on disk; without one, convert from the start")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -198,19 +209,23 @@ def cmd_convert(args):
     with _progress(args, args.dest) as progress:
         result = convert(
             args.source, args.dest, format=args.format, workers=args.workers, batch_size=args.batch_size,
-            limit=args.limit, shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=progress,
+            limit=args.limit, shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, resume=args.resume,
+            progress=progress,
             store_options=_store_options(args), split=args.split, label_kind=args.label_kind, mode=args.mode,
             resize=args.resize, resize_policy=args.resize_policy, on_error=args.on_error,
             labels_csv=args.labels_csv,
         )
+    if result.restart_reason:
+        print(f"imgconv convert: {result.restart_reason}", file=sys.stderr)
     if result.skipped:
         print(f"imgconv convert: skipped {len(result.skipped)} unreadable file(s):", file=sys.stderr)
         for skipped in result.skipped:
             print(f"  {skipped.path}: {skipped.reason}", file=sys.stderr)
     if not args.quiet:
         rate = result.count / result.seconds if result.seconds > 0 else 0.0
+        resumed = f" (continued after {result.resumed} images kept from the interrupted run)" if result.resumed else ""
         print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
-              f"{_human_bytes(result.bytes)} on disk: {result.path} ({result.format})")
+              f"{_human_bytes(result.bytes)} on disk: {result.path} ({result.format}){resumed}")
     return EXIT_OK
 
 

@@ -11,10 +11,22 @@ output does not depend on the number of workers or the order they finish in.
 
 Workers report, the parent decides: an exception in a worker comes back as
 the task's result and stops the conversion; a worker that dies breaks the
-pool, which the parent sees at once (never a hang). On any failure or
-interruption the pool is torn down, the writer aborts (removing its temporary
-output) and nothing is left at the destination.
+pool, which the parent sees at once (never a hang); a worker whose parent
+dies (even by SIGKILL) ends itself at once. On any failure or interruption
+the pool is torn down and nothing is left at the destination: the writer
+aborts (removing its partial output) or, when the conversion was
+interrupted (a signal, a killed worker), suspends, keeping the batches
+written so far beside the destination for ``resume=True``.
+
+Resuming: after every batch the writer records a checkpoint (images in the
+store, source position reached). A resumed conversion asks the writer to
+reopen the partial output, cut it back to its last checkpoint that is safely
+on disk, and plans the remaining tasks from that source position on; the
+job fingerprint (source, its size and modification time, the options)
+must match, so only the same conversion is ever continued.
 """
+import ctypes
+import glob
 import math
 import mmap
 import multiprocessing
@@ -22,6 +34,7 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -35,14 +48,19 @@ import numpy as np
 from . import stores
 from .errors import ImgconvError
 from .sources import Source, open_source
+from .sources.base import SkippedFile
 from .verify import disk_usage
 
 DEFAULT_BATCH_SIZE = 1024
 
-ConvertResult = namedtuple("ConvertResult", "path format count seconds bytes skipped")
+ConvertResult = namedtuple("ConvertResult", "path format count seconds bytes skipped resumed restart_reason",
+                           defaults=(0, None))
 ConvertResult.__doc__ = """What :func:`convert` did: the store's ``path`` and ``format``, the
-``count`` of images written, wall ``seconds``, ``bytes`` on disk, and the
-``skipped`` input files (path, reason) under ``on_error="skip"``."""
+``count`` of images written, wall ``seconds``, ``bytes`` on disk, the
+``skipped`` input files (path, reason) under ``on_error="skip"``, how many
+images were ``resumed`` (kept from an interrupted conversion), and the
+``restart_reason`` when ``resume=True`` found a partial output it could not
+continue (None otherwise)."""
 
 Task = namedtuple("Task", "number start stop indices")
 Task.__doc__ = """One unit of work: images ``start <= i < stop`` of the source in order, or,
@@ -53,11 +71,15 @@ class ConversionError(ImgconvError):
     """A conversion failed in a worker or in the pool; the message says where and why."""
 
 
+class WorkerDied(ConversionError):
+    """A worker process died (killed, out of memory); the work done so far can be resumed."""
+
+
 class Interrupted(ImgconvError):
     """The conversion was stopped by a signal (SIGINT or SIGTERM); ``signum`` says which."""
 
-    def __init__(self, signum):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; nothing was written at the destination")
+    def __init__(self, signum, detail="nothing was written at the destination"):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {detail}")
         self.signum = signum
 
 
@@ -69,13 +91,17 @@ def default_workers():
         return os.cpu_count() or 1
 
 
-def plan_tasks(count, batch_size, shuffle=False, seed=0):
-    """Split ``count`` images into tasks of ``batch_size``; with ``shuffle``, a seeded permutation."""
+def plan_tasks(count, batch_size, shuffle=False, seed=0, start=0):
+    """Split ``count`` images into tasks of ``batch_size``; with ``shuffle``, a seeded permutation.
+
+    ``start`` skips the first images (of the permutation when shuffling):
+    what a resumed conversion has already written.
+    """
     order = np.random.default_rng(seed).permutation(count) if shuffle else None
     tasks = []
-    for number, start in enumerate(range(0, count, batch_size)):
-        stop = min(start + batch_size, count)
-        tasks.append(Task(number, start, stop, None if order is None else order[start:stop]))
+    for number, first in enumerate(range(start, count, batch_size)):
+        stop = min(first + batch_size, count)
+        tasks.append(Task(number, first, stop, None if order is None else order[first:stop]))
     return tasks
 
 
@@ -85,15 +111,49 @@ def plan_tasks(count, batch_size, shuffle=False, seed=0):
 _WORKER = {}
 
 
-def _init_worker(source, encoder, handoff):
+def _init_worker(source, encoder, handoff, parent):
     # Ctrl-C reaches the whole process group; the parent alone decides what
     # happens, and it stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
     _WORKER["source"] = source
     _WORKER["encoder"] = encoder
     _WORKER["handoff"] = handoff
     _WORKER["sent"] = 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent):
+    """End this worker as soon as the process ``parent`` dies, however it dies.
+
+    A worker of a parent killed by SIGKILL would otherwise wait on the task
+    queue forever: it holds the queue's write end itself, so it never sees
+    end-of-file. On Linux the kernel sends SIGKILL when the parent goes
+    (PR_SET_PDEATHSIG; strictly, when the parent's thread that forked us
+    ends: the executor forks from the thread that submits, the main one);
+    elsewhere a thread watches the parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    else:
+        armed = False
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the signal was armed
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), name="imgconv-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent):
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def _read_task(source, task):
@@ -151,15 +211,22 @@ def _planned_jobs(tasks):
         yield task, read_and_encode, (task,)
 
 
-def _streamed_jobs(source, batch_size, limit):
+def _streamed_jobs(source, batch_size, limit, first=0):
     """``(task, function, args)`` per batch of a sequential source, read here once and in order.
 
     A compressed archive cannot be split into ranges without decompressing
     it up to each; so the parent streams it (without even counting its images
     first), tasks are numbered as batches arrive, and workers only encode.
+    Images before ``first`` (a resumed conversion's) are read and dropped.
     """
     start = 0
     for number, (images, labels) in enumerate(source.stream(batch_size, limit)):
+        if start + len(labels) <= first:
+            start += len(labels)  # written before the conversion was interrupted
+            continue
+        if start < first:
+            images, labels = images[first - start :], labels[first - start :]
+            start = first
         task = Task(number, start, start + len(labels), None)
         start = task.stop
         yield task, encode_only, (images, labels)
@@ -204,21 +271,45 @@ def _task_result(task, future):
 
 def _start_method():
     # fork starts workers in milliseconds and shares the parent's imports
-    # (and load()'s shared output); the parent holds no threads or open
-    # stores when it forks.
+    # (and load()'s shared output); the parent holds no threads when it
+    # forks, and no open store except, when resuming, the writer's own
+    # output, which workers never touch.
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _start_pool(workers, source, encoder, handoff):
     context = multiprocessing.get_context(_start_method())
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(source, encoder, handoff)
+        max_workers=workers, mp_context=context, initializer=_init_worker,
+        initargs=(source, encoder, handoff, os.getpid()),
     )
     # A forking pool starts all its workers at the first submit: do it now,
     # before a streaming source starts its read-ahead thread, so no worker is
     # forked from a parent with a thread in the middle of its work.
     pool.submit(os.getpid)
     return pool
+
+
+HANDOFF_PREFIX = "imgconv-results-"
+
+
+def _make_handoff():
+    """A private (mode 0700) directory for the workers' results (see _in_worker), named after this process."""
+    return tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")
+
+
+def _remove_stale_handoffs():
+    """Remove the hand-off directories of conversions killed by SIGKILL (their process is gone)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), HANDOFF_PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(HANDOFF_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _pool_processes(pool):
@@ -299,11 +390,11 @@ def _pipeline(src, encoder, jobs, workers, what):
     stop = _StopOnSignal()
     try:
         with stop:
+            _remove_stale_handoffs()
             if workers == 0:
                 results = _results_in_process(src, encoder, jobs)
             else:
-                # Private (mode 0700) directory for the workers' results; see _in_worker.
-                handoff = tempfile.mkdtemp(prefix="imgconv-results-")
+                handoff = _make_handoff()
                 pool = stop.pool = _start_pool(workers, src, encoder, handoff)
                 results = _results_from_pool(pool, jobs, 2 * workers)
             for item in results:
@@ -318,7 +409,7 @@ def _pipeline(src, encoder, jobs, workers, what):
         stop.check()  # workers killed on purpose by a signal: that is the story
         if isinstance(exc, ConversionError):
             raise
-        raise ConversionError(f"{what}: a worker process died unexpectedly ({exc})") from None
+        raise WorkerDied(f"{what}: a worker process died unexpectedly ({exc})") from None
     finally:
         if pool is not None:
             _stop_pool(pool)
@@ -335,6 +426,7 @@ def _open(source, source_options):
 
 
 def _check_limit(limit):
+    """Raise ValueError unless ``limit`` is None or a non-negative int; returns None."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
 
@@ -354,8 +446,31 @@ def _check_positive(name, value, allow_zero=False):
     return value
 
 
+def _fingerprint(source, src, total, shuffle, seed, source_options, streamed=False):
+    """What makes two conversions the same job (JSON-ready): a resume must match it exactly.
+
+    The source is identified by its description and, for a path, its size
+    and modification time (a folder's: files added or removed change it).
+    A streamed source (an archive) is not counted for this: its size and
+    time say enough.
+    """
+    found = None
+    if not isinstance(source, Source):
+        try:
+            st = os.stat(source)
+            found = [st.st_size if not os.path.isdir(source) else None, st.st_mtime_ns]
+        except OSError:
+            found = None
+    return {
+        "source": src.description, "source_stat": found, "images": total, "source_length": None if streamed else src.length,
+        "shuffle": bool(shuffle), "seed": int(seed) if shuffle else None,
+        "source_options": {name: repr(value) for name, value in sorted(source_options.items())},
+    }
+
+
 def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH_SIZE, limit=None,
-            shuffle=False, seed=0, overwrite=False, progress=None, store_options=None, **source_options):
+            shuffle=False, seed=0, overwrite=False, resume=False, progress=None, store_options=None,
+            **source_options):
     """Convert a dataset into a store, streaming batches through a pool of worker processes.
 
     ``source`` is a path (opened with :func:`imgconv.open_source` and
@@ -371,53 +486,85 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     compressed archive is converted in one pass, without counting first).
 
     The output is the same whatever ``workers`` and ``batch_size``. On any
-    error or interruption nothing is left at ``dest``. Returns a
-    :class:`ConvertResult`. Raises SourceError/StoreError for bad input or
-    output, ConversionError when a worker fails or dies, Interrupted on
-    SIGINT/SIGTERM.
+    error or interruption nothing is left at ``dest``. An interrupted
+    conversion (SIGINT, SIGTERM, a killed worker, or the converter killed)
+    leaves the batches it wrote in ``.NAME.imgconv-partial`` beside ``dest``;
+    ``resume=True`` continues it (same source and options required; the
+    result equals an uninterrupted conversion image for image, and byte for
+    byte for a PNG folder). Without ``resume`` such output is an error
+    unless ``overwrite=True``, which discards it; an unusable one (say, an
+    HDF5 file HDF5 cannot reopen) is discarded and the conversion starts
+    over, saying why in the result's ``restart_reason``. Other failures
+    (bad input, disk full) remove the partial output.
+
+    Returns a :class:`ConvertResult`. Raises SourceError/StoreError for bad
+    input or output, ConversionError when a worker fails (WorkerDied when it
+    dies), Interrupted on SIGINT/SIGTERM.
     """
     started = time.perf_counter()
     workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
     batch_size = _check_positive("batch_size", batch_size)
     src = _open(source, source_options)
     streamed = src.sequential and not shuffle
-    if streamed:
-        _check_limit(limit)
-        jobs, total = _streamed_jobs(src, batch_size, limit), None
-    else:
-        total = _count(src, limit)
-        tasks = plan_tasks(total, batch_size, shuffle, seed)
-        jobs, workers = _planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
-    shape = src.shape  # computed here once, so workers inherit it instead of each scanning
-    # A streamed source learns its label names as it goes: the writer takes them at the end.
-    writer = stores.create(dest, format, overwrite=overwrite, label_names=None if streamed else src.label_names,
-                           source=src.description, shape=stores.VARIABLE if shape is None else shape,
-                           **(store_options or {}))
-    skipped = []
-    done = 0
+    writer = None
     try:
-        what = f"converting {src.description} (nothing was written to {dest})"
+        # A streamed source is not counted first; it learns its length and
+        # label names as it goes, and the writer takes them at the end.
+        total = _check_limit(limit) if streamed else _count(src, limit)
+        shape = src.shape  # computed here once, so workers inherit it instead of each scanning
+        writer = stores.create(dest, format, overwrite=overwrite, label_names=None if streamed else src.label_names,
+                               source=src.description, shape=stores.VARIABLE if shape is None else shape,
+                               job=_fingerprint(source, src, limit if streamed else total, shuffle, seed,
+                                                source_options, streamed),
+                               **(store_options or {}))
+        writer.begin(resume=resume)
+        if streamed:
+            jobs = _streamed_jobs(src, batch_size, limit, first=writer.position)
+        else:
+            tasks = plan_tasks(total, batch_size, shuffle, seed, start=writer.position)
+            jobs, workers = _planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
+        skipped = [SkippedFile(*entry) for entry in writer.earlier_skipped]
+        done = writer.position
+        if progress is not None and done:
+            progress(done, total)
+        what = f"converting {src.description}"
         # closing(): a failure here (say, in the writer) ends the pool at once,
         # not whenever the suspended generator is collected.
         with closing(_pipeline(src, writer.encoder(), jobs, workers, what)) as results:
             for task, (encoded, task_skipped) in results:
                 writer.write_encoded(encoded)
+                writer.checkpoint(task.stop, task_skipped)
                 skipped.extend(task_skipped)
-                done += task.stop - task.start
+                done = task.stop
                 if progress is not None:
                     progress(done, total)
         if streamed:
             writer.label_names = src.label_names
             writer.source = src.description  # now with the image count the stream learnt
         writer.close()
+    except (Interrupted, WorkerDied) as exc:
+        raise _kept_for_resume(exc, writer) from None
     finally:
-        if not writer.closed:
+        if writer is not None and not writer.closed:
             writer.abort()
         if src is not source:
             src.close()  # opened here: let go of its archive and cached batches now
     path = writer.path
     return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
-                         disk_usage(path), skipped)
+                         disk_usage(path), skipped, writer.resumed, writer.restart_reason)
+
+
+def _kept_for_resume(exc, writer):
+    """The error to raise for an interruption, after keeping what was written for a resume."""
+    kept = 0 if writer is None else writer.suspend()
+    if kept:
+        detail = (f"nothing was written at the destination; the {kept} images done are kept in "
+                  f"{writer.partial.path}: run the same conversion with --resume (resume=True) to continue")
+    else:
+        detail = "nothing was written at the destination"
+    if isinstance(exc, Interrupted):
+        return Interrupted(exc.signum, detail)
+    return WorkerDied(f"{exc}; {detail}")
 
 
 def _as_is(images, labels):

@@ -164,9 +164,11 @@ def test_exception_in_a_worker_is_one_clear_error(tmp_path):
 
 def test_killed_worker_is_one_clear_error_not_a_hang(tmp_path):
     dest = tmp_path / "out.h5"
-    with pytest.raises(ConversionError, match="worker process died"):
+    with pytest.raises(ConversionError, match="worker process died") as info:
         convert(_FailingSource(3, "kill"), dest, workers=2, batch_size=2)
-    assert os.listdir(tmp_path) == []
+    # Nothing at dest; the batches written before the death are kept for --resume.
+    assert os.listdir(tmp_path) in ([], [".out.h5.imgconv-partial"])
+    assert bool(os.listdir(tmp_path)) == ("--resume" in str(info.value))
 
 
 def test_interruption_stops_cleanly(tmp_path, sample):

@@ -54,7 +54,8 @@ def write(path, images, labels, batch=3, fmt=None, **options):
 
 
 def leftovers(directory):
-    return [name for name in os.listdir(directory) if ".tmp-" in name or ".old-" in name]
+    return [name for name in os.listdir(directory)
+            if ".tmp-" in name or ".old-" in name or name.endswith(".imgconv-partial")]
 
 
 # --------------------------------------------------------------------------- round trips
@@ -281,9 +282,9 @@ def test_killed_writer_leaves_no_store_at_the_target(tmp_path, fmt):
     assert result.returncode == -9, result.stderr.decode()
     assert not os.path.exists(path)
     (partial,) = leftovers(tmp_path)
-    assert partial.startswith("." + os.path.basename(path) + ".tmp-")
+    assert partial == "." + os.path.basename(path) + ".imgconv-partial"
     with pytest.raises(ImgconvError):
-        stores.open(tmp_path / partial, fmt)
+        stores.open(tmp_path / partial / os.path.basename(path), fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -16,6 +16,7 @@ shapes ("variable": batches given as lists of (H, W, C) or (H, W) arrays).
 import abc
 import ctypes
 import errno
+import fcntl
 import json
 import operator
 import os
@@ -390,6 +391,178 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- partial output
+
+PARTIAL_SUFFIX = ".imgconv-partial"
+JOURNAL = "journal.jsonl"
+JOURNAL_VERSION = 1
+
+
+def partial_path(path):
+    """The directory where the writer of ``path`` keeps its output until it is finished.
+
+    ``.{name}.imgconv-partial`` beside ``path``: a fixed name, so that the
+    next writer of ``path`` finds what an interrupted one left (to resume it
+    or remove it). It holds the output under ``path``'s own name and a journal.
+    """
+    return os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}{PARTIAL_SUFFIX}")
+
+
+class PartialOutput:
+    """The partial-output directory of one target, locked by the writer that uses it.
+
+    Its journal (JSON lines, appended with one ``write`` each, so a killed
+    writer leaves at most one torn last line, which is ignored) starts with
+    a header describing the job (format, options, the converter's source
+    fingerprint) and then has one checkpoint per batch: the image ``count``
+    the store had, the source ``position`` it corresponds to, the files
+    skipped in that batch and the writer's ``state`` (choices made on the
+    first write). The lock (``flock`` on the directory) is what keeps two
+    writers of one target apart; the kernel drops it when its process dies.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self.path = partial_path(target)
+        self.store = os.path.join(self.path, os.path.basename(target))
+        self.journal = os.path.join(self.path, JOURNAL)
+        self._fd = None
+        self._journal_fd = None
+
+    @property
+    def locked(self):
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self):
+        """Create the directory if needed and lock it; StoreError if another process holds it."""
+        while self._fd is None:
+            try:
+                os.mkdir(self.path)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"{self.target}: cannot create {self.path}: {exc.strerror or exc}") from None
+            try:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except FileNotFoundError:
+                continue  # removed by the writer that just finished: create it again
+            except OSError as exc:
+                raise StoreError(f"{self.target}: cannot use {self.path}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise StoreError(f"{self.target}: another process is writing this store "
+                                 f"(its partial output {self.path} is locked)") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+            else:
+                os.close(fd)  # the directory was removed (and perhaps made again) meanwhile
+
+    def release(self):
+        """Close the journal and drop the lock (the directory stays)."""
+        for name in ("_journal_fd", "_fd"):
+            fd = getattr(self, name)
+            setattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
+
+    def clear(self):
+        """Empty the directory (locked by us) for a fresh start."""
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        for name in os.listdir(self.path):
+            remove_path(os.path.join(self.path, name))
+
+    def remove(self):
+        """Remove the directory and drop the lock."""
+        remove_path(self.path)
+        self.release()
+
+    def has_output(self):
+        """True when an earlier writer left output here."""
+        return os.path.lexists(self.store)
+
+    def read_journal(self):
+        """``(header, checkpoints)`` of the journal; ``(None, [])`` when there is none or its header is torn."""
+        try:
+            with open(self.journal, "rb") as f:
+                lines = f.read().split(b"\n")
+        except OSError:
+            return None, []
+        entries = []
+        for line in lines:
+            try:
+                entries.append(json.loads(line.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                break  # a torn last line (or garbage): nothing after it counts
+        if not entries or not isinstance(entries[0], dict) or entries[0].get("journal") != JOURNAL_VERSION:
+            return None, []
+        checkpoints = [e for e in entries[1:] if isinstance(e, dict) and isinstance(e.get("count"), int)
+                       and isinstance(e.get("position"), int)]
+        return entries[0], checkpoints
+
+    def start_journal(self, header, checkpoints=()):
+        """Write a new journal: ``header`` then ``checkpoints`` (replacing any journal atomically)."""
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        data = b"".join(_journal_line(entry) for entry in [header, *checkpoints])
+        temporary = self.journal + ".new"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, self.journal)
+        self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
+
+    def append(self, entry):
+        """Append one checkpoint to the journal, in one write."""
+        os.write(self._journal_fd, _journal_line(entry))
+
+
+def _remove_finished_partial(path):
+    """Remove a partial-output directory whose store is gone (a writer killed between its
+    rename into place and the removal of the directory): it holds only a journal."""
+    partial = PartialOutput(path)
+    if not os.path.isdir(partial.path) or partial.has_output():
+        return
+    try:
+        partial.acquire()
+    except StoreError:
+        return  # in use
+    if partial.has_output():
+        partial.release()
+    else:
+        partial.remove()
+
+
+def _images_kept(checkpoints):
+    """The images a resume should find in the output: the last checkpoint it had stored."""
+    stored = checkpoints[-1].get("stored", checkpoints[-1]["count"]) if checkpoints else 0
+    return max([c["count"] for c in checkpoints if c["count"] <= stored], default=0)
+
+
+def _journal_line(entry):
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _differences(old, new, prefix=""):
+    """The keys (dotted) whose values differ between two JSON-like dicts."""
+    names = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names
+
+
 # --------------------------------------------------------------------------- writer
 
 
@@ -400,24 +573,44 @@ class Writer(abc.ABC):
     the store; leaving it with an exception aborts and removes the temporary
     output, leaving nothing at ``path``.
 
+    The output grows in a partial-output directory beside ``path`` (see
+    :func:`partial_path`), locked while the writer works. A writer that was
+    killed leaves it there; the next writer of ``path`` continues it when
+    asked (``begin(resume=True)``), which needs the checkpoints a converter
+    records with :meth:`checkpoint`, or removes it.
+
     Subclasses set ``format_name`` and implement ``_encode`` (the module's
     ``encode_batch`` with this writer's options), ``_start``, ``_write``,
     ``_finish`` (metadata dict in, output finished at ``self.temporary``) and
-    ``_abort``.
+    ``_abort``; to be resumable, ``_options_fingerprint``, ``_reopen`` and
+    ``_truncate`` (and ``_checkpoint``, ``_suspend``, ``_apply_format_state``
+    where the format needs them).
     """
 
     format_name = None
 
-    def __init__(self, path, *, overwrite=False, label_names=None, source=None, shape=None):
+    def __init__(self, path, *, overwrite=False, label_names=None, source=None, shape=None, job=None):
         self.path = os.path.abspath(os.fspath(path))
+        _remove_finished_partial(self.path)
         check_target(self.path, overwrite)
         self.overwrite = bool(overwrite)
         self.label_names = None if label_names is None else [str(n) for n in label_names]
         self.source = None if source is None else str(source)
         self.shape = _initial_shape(shape, self.path)
+        self._header_shape = None if self.shape is None else (VARIABLE if self.shape == VARIABLE else list(self.shape))
+        # What the caller says about the job (the converter: source and options), JSON-normalised.
+        self.job = None if job is None else json.loads(json.dumps(job, sort_keys=True))
         self.count = 0
-        self.temporary = temporary_sibling(self.path)
+        self.partial = PartialOutput(self.path)
+        self.temporary = self.partial.store
+        self.resumed = 0  # images kept from an interrupted writer
+        self.position = 0  # the source position those images came up to
+        self.earlier_skipped = []  # (path, reason) skipped before that position
+        self.restart_reason = None  # why a partial output could not be resumed, if so
         self.closed = False
+        self._begun = False
+        self._checkpoints = []  # image counts of the checkpoints recorded
+        self._last_entry = None
         self._started = False
         self._failure = None  # why a write failed: the store can then only be aborted
         self._pid = os.getpid()
@@ -443,6 +636,122 @@ class Writer(abc.ABC):
     @abc.abstractmethod
     def encoder(self):
         """A picklable callable ``(images, labels) -> encoded batch`` for worker processes."""
+
+    def begin(self, resume=False):
+        """Lock the partial output beside ``path``; continue or discard what an earlier writer left.
+
+        The first write calls this if the caller did not. With ``resume``,
+        the output of an interrupted writer with the same job and options is
+        checked, cut back to its last checkpoint that is safely on disk, and
+        continued: ``count`` (= ``resumed``), ``position`` and
+        ``earlier_skipped`` then say where it stands. If that output cannot
+        be reopened or verified, it is discarded and ``restart_reason`` says
+        why. Returns the number of images kept.
+
+        Raises StoreError when another process writes ``path``; when
+        ``resume`` is asked for an earlier job that differs (naming what
+        differs; with ``overwrite`` it is discarded instead); and when an
+        earlier writer of the same job left images and neither ``resume`` nor
+        ``overwrite`` says what to do with them.
+        """
+        self._check_open()
+        if self._begun:
+            return self.resumed
+        self.partial.acquire()
+        try:
+            header, checkpoints = self.partial.read_journal()
+            kept = _images_kept(checkpoints)
+            worth_keeping = header == self._journal_header() and kept > 0 and self.partial.has_output()
+            if resume and header is not None:
+                self._resume(header, checkpoints)
+            elif worth_keeping and not self.overwrite:
+                raise StoreError(
+                    f"{self.path}: an interrupted conversion left {kept} images in "
+                    f"{self.partial.path}; pass resume=True (--resume on the command line) to continue it, or "
+                    f"overwrite=True (--overwrite) to discard it and start over"
+                )
+            if not self._started:
+                self.partial.clear()
+                self.partial.start_journal(self._journal_header())
+        except OSError as exc:
+            # Writing the journal failed (a full disk, say): like any failed write, remove the output.
+            self._abort()
+            self.partial.remove()
+            raise StoreError(f"{self.path}: cannot prepare the partial output {self.partial.path}: {exc}") from None
+        except BaseException:
+            self.partial.release()
+            raise
+        self._begun = True
+        return self.resumed
+
+    def checkpoint(self, position, skipped=()):
+        """Record that the images written so far come from the source up to ``position``.
+
+        A converter calls this after each batch; ``skipped`` lists the
+        (path, reason) of the files that batch skipped. A later
+        ``begin(resume=True)`` continues from the last checkpoint whose
+        images are all safely in the output.
+        """
+        self._check_open()
+        self._ensure_begun()
+        try:
+            self._checkpoint()
+            state = {"shape": None}
+            if self.shape is not None:  # the format's choices follow from the shape
+                state = {"shape": VARIABLE if self.shape == VARIABLE else list(self.shape), **self._format_metadata()}
+            entry = {"count": self.count, "stored": self._stored(), "position": int(position),
+                     "skipped": [[str(part) for part in entry] for entry in skipped], "state": state}
+            self.partial.append(entry)
+            self._last_entry = entry
+        except OSError as exc:
+            self._failure = f"{self.path}: writing failed: {exc}"
+            raise StoreError(self._failure) from None
+        self._checkpoints.append(self.count)
+
+    def _resume(self, header, checkpoints):
+        """Continue the output an earlier writer left (see :meth:`begin`); sets ``_started`` when it does."""
+        wanted = self._journal_header()
+        if header != wanted:
+            if self.overwrite:
+                return
+            raise StoreError(
+                f"{self.path}: cannot resume: the interrupted conversion in {self.partial.path} was made with a "
+                f"different {', '.join(_differences(header, wanted))}; pass overwrite=True (--overwrite on the "
+                f"command line) to discard it and start over"
+            )
+        if not self.partial.has_output() or _images_kept(checkpoints) == 0:
+            return  # nothing ever reached the output: nothing to continue
+        self._apply_state(checkpoints[-1].get("state") or {})
+        try:
+            durable = self._reopen()
+            kept = [c for c in checkpoints if c["count"] <= durable]
+            if kept:
+                self._truncate(kept[-1]["count"])
+        except (StoreError, OSError) as exc:
+            self.restart_reason = f"the partial output {self.partial.store} cannot be continued ({exc}); started over"
+            self._abort()
+            return
+        if not kept:
+            self._abort()
+            return
+        self.partial.start_journal(header, kept)
+        self.count = self.resumed = kept[-1]["count"]
+        self._checkpoints = [c["count"] for c in kept]
+        self.position = kept[-1]["position"]
+        self.earlier_skipped = [tuple(entry) for c in kept for entry in c.get("skipped", [])]
+        self._started = True
+
+    def _journal_header(self):
+        return {
+            "journal": JOURNAL_VERSION, "format": self.format_name, "format_version": self.format_version,
+            "imgconv_version": __version__, "label_names": self.label_names, "source": self.source,
+            "shape": self._header_shape, "options": self._options_fingerprint(), "job": self.job,
+        }
+
+    def _apply_state(self, state):
+        if state.get("shape") is not None:
+            self.shape = _initial_shape(state["shape"], self.path)
+        self._apply_format_state(state)
 
     def write_encoded(self, encoded):
         """Write a batch that the format's ``encode_batch`` produced, after the ones before it."""
@@ -479,6 +788,7 @@ class Writer(abc.ABC):
                 raise StoreError(
                     f"{self.path}: no image was appended and no shape given; the store would have no image shape"
                 )
+            self._ensure_begun()
             try:
                 self._ensure_started()
             except OSError as exc:
@@ -494,21 +804,61 @@ class Writer(abc.ABC):
         self.closed = True
         try:
             commit(self.temporary, self.path, self.overwrite)
-        except StoreError:
-            raise  # the finished store stays at self.temporary, which the message names
+        except StoreError as exc:
+            # The finished store is kept where the message says; out of the
+            # partial output, which the next writer of path would take over.
+            kept = temporary_sibling(self.path)
+            try:
+                os.rename(self.temporary, kept)
+            except OSError:
+                self.partial.release()
+                raise exc from None
+            self.partial.remove()
+            raise StoreError(str(exc).replace(self.temporary, kept)) from None
         except BaseException:
-            remove_path(self.temporary)  # interrupted: the target holds the old store or the new one
+            self.partial.remove()  # interrupted: the target holds the old store or the new one
             raise
+        self.partial.remove()
 
     def abort(self):
-        """Stop writing and remove the temporary output; ``path`` is left untouched."""
+        """Stop writing and remove the partial output; ``path`` is left untouched."""
         if self.closed:
             return
         self.closed = True
         try:
             self._abort()
         finally:
-            remove_path(self.temporary)
+            if self._begun:
+                self.partial.remove()
+            else:
+                self.partial.release()  # begin() refused: what is there belongs to someone else
+
+    def suspend(self):
+        """Stop writing but keep the partial output, to be continued by ``begin(resume=True)``.
+
+        For interruptions (a signal, a killed worker). Nothing is left at
+        ``path``. Returns the number of images a resume will keep: those of
+        the last checkpoint the output holds entirely. When that is none,
+        there is nothing worth keeping, and this is :meth:`abort`.
+        """
+        if self.closed:
+            return 0
+        kept = 0
+        if self._begun and self._failure is None:
+            try:
+                held = self._suspend()
+                kept = max([c for c in self._checkpoints if c <= held], default=0)
+                if kept and self._last_entry is not None:
+                    # What _suspend stored beyond the last checkpoint's figure.
+                    self.partial.append({**self._last_entry, "skipped": [], "stored": held})
+            except (StoreError, OSError):
+                kept = 0
+        if not kept:
+            self.abort()
+            return 0
+        self.closed = True
+        self.partial.release()
+        return kept
 
     def __enter__(self):
         return self
@@ -552,7 +902,12 @@ class Writer(abc.ABC):
             found = "images of varying sizes" if shape is None else f"images of {shape_text(shape)}"
             raise StoreError(f"{self.path}: the batch holds {found}, the store holds {shape_text(self.shape)} uint8 images")
 
+    def _ensure_begun(self):
+        if not self._begun:
+            self.begin()
+
     def _ensure_started(self):
+        self._ensure_begun()
         if not self._started:
             self._start()
             self._started = True
@@ -574,6 +929,36 @@ class Writer(abc.ABC):
 
     def _abort(self):
         pass
+
+    # resuming (see begin) ----------------------------------------------------
+
+    def _options_fingerprint(self):
+        """The options that shape the output, for the journal header (a JSON-ready dict)."""
+        return {}
+
+    def _apply_format_state(self, state):
+        """Take over the choices an earlier writer made on its first write (``state`` of its checkpoints)."""
+
+    def _reopen(self):
+        """Open the partial output at ``self.temporary`` to continue it; returns how many of its
+        images are verified intact. Raises StoreError (or OSError) when it cannot be continued."""
+        raise StoreError(f"{self.format_name} output cannot be resumed")
+
+    def _truncate(self, count):
+        """Cut the reopened output back to its first ``count`` images and get ready to append."""
+        raise StoreError(f"{self.format_name} output cannot be resumed")
+
+    def _checkpoint(self):
+        """Make what was written so far reopenable (called at every checkpoint)."""
+
+    def _stored(self):
+        """How many images the output holds in a form a resume can reopen (not waiting in memory)."""
+        return self.count
+
+    def _suspend(self):
+        """Close the output, keeping what is in it (see :meth:`suspend`); returns how many images it holds."""
+        self._abort()
+        return self.count
 
 
 def _initial_shape(shape, path):

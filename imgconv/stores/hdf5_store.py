@@ -19,8 +19,10 @@ Layout of one file (FORMAT.md, "Stores", is the full specification):
 Optional compression (``compression="gzip"`` with ``compression_level``, or
 "lzf") applies to the pixel dataset; it is off by default.
 """
+import ctypes
 import json
 import os
+import re
 import threading
 
 import h5py
@@ -111,6 +113,9 @@ class Hdf5Writer(Writer):
         self._pending_count = 0
         self._written = 0
         self._pixels_written = 0
+        self._flushed = 0
+        self._given_options = {"chunk_images": self.chunk_images, "compression": self.compression,
+                               "compression_level": self.compression_level}
 
     def encoder(self):
         """The picklable encode step: :func:`encode_batch`."""
@@ -140,12 +145,18 @@ class Hdf5Writer(Writer):
             chunks = (self.chunk_images, *self.shape)
             f.create_dataset("images", (0, *self.shape), np.uint8, maxshape=(None, *self.shape), chunks=chunks,
                              **self._filters())
-            per_image = int(np.prod(self.shape))
-            self._unit = self.chunk_images * max(1, WRITE_UNIT_BYTES // (per_image * self.chunk_images))
+        self._set_unit()
         # One handle per dataset for the whole write: h5py opens a new HDF5
         # object on every f[name], and closing one flushes it (a failure there
         # could only be reported as "Exception ignored").
         self._datasets = {name: f[name] for name in f}
+
+    def _set_unit(self):
+        if self.shape == VARIABLE:
+            self._unit = 1
+        else:
+            per_image = int(np.prod(self.shape))
+            self._unit = self.chunk_images * max(1, WRITE_UNIT_BYTES // (per_image * self.chunk_images))
 
     def _write(self, encoded):
         try:
@@ -153,7 +164,7 @@ class Hdf5Writer(Writer):
         except (OSError, RuntimeError, ValueError) as exc:
             # h5py reports a full disk or a failed write as OSError or RuntimeError.
             self._discard_output()
-            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
 
     def _write_batch(self, encoded):
         if self.shape == VARIABLE:
@@ -231,7 +242,7 @@ class Hdf5Writer(Writer):
         except (OSError, ValueError, RuntimeError) as exc:
             # The file is left open: the caller aborts, and _abort closes it.
             self._discard_output()
-            raise StoreError(f"{self.path}: writing the HDF5 file failed: {exc}") from None
+            raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
         self._file = None
 
     def _discard_output(self):
@@ -258,6 +269,134 @@ class Hdf5Writer(Writer):
                 return
             except (OSError, ValueError, RuntimeError):
                 continue
+
+
+    # resuming -------------------------------------------------------------------
+    # HDF5 keeps no journal: a killed writer can leave the file in any state.
+    # At each checkpoint the file is flushed (HDF5 then holds a consistent
+    # picture of what was written); on resume every image kept is read back
+    # and checked against its CRC32C, and a file HDF5 cannot open is
+    # discarded (the converter starts over and says why).
+
+    def _options_fingerprint(self):
+        return dict(self._given_options)
+
+    def _apply_format_state(self, state):
+        if state.get("chunk_images"):
+            self.chunk_images = int(state["chunk_images"])
+
+    def _checkpoint(self):
+        if self._file is not None and self._written != self._flushed:
+            try:
+                self._file.flush()
+            except (OSError, RuntimeError) as exc:
+                raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
+            self._flushed = self._written
+
+    def _stored(self):
+        return self._flushed
+
+    def _reopen(self):
+        self._file = _open_unfinished(self.temporary)
+        try:
+            self._datasets = {name: self._file[name] for name in self._file}
+            wanted = {"labels", "crc32c"} | ({"pixels", "offsets", "shapes"} if self.shape == VARIABLE else {"images"})
+            if set(self._datasets) != wanted:
+                raise StoreError(f"it holds the datasets {sorted(self._datasets)}, expected {sorted(wanted)}")
+            self._set_unit()
+            count = min(len(ds) for name, ds in self._datasets.items() if name != "pixels")
+            return self._intact_prefix(count)
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise StoreError(f"HDF5 cannot read it: {exc}") from None
+
+    def _intact_prefix(self, count):
+        """How many of the first ``count`` images match their checksums, in order."""
+        d = self._datasets
+        for start in range(0, count, 4096):
+            stop = min(start + 4096, count)
+            labels, stored = d["labels"][start:stop], d["crc32c"][start:stop]
+            if self.shape == VARIABLE:
+                offsets, shapes = d["offsets"][start:stop], d["shapes"][start:stop]
+                ends = offsets + np.prod(shapes, axis=1)
+                if len(ends) and (offsets.min() < 0 or ends.max() > len(d["pixels"])):
+                    return start
+                pixels = d["pixels"][int(offsets[0]) : int(ends[-1])] if len(ends) else np.empty(0, np.uint8)
+                images = [pixels[o - offsets[0] : e - offsets[0]].reshape(tuple(s))
+                          for o, e, s in zip(offsets, ends, shapes)]
+            else:
+                images = d["images"][start:stop]
+            wrong = np.flatnonzero(image_checksums(images, labels) != stored)
+            if wrong.size:
+                return start + int(wrong[0])
+        return count
+
+    def _truncate(self, count):
+        d = self._datasets
+        for name, ds in d.items():
+            if name != "pixels":
+                ds.resize(count, axis=0)
+        if self.shape == VARIABLE:
+            end = int(d["offsets"][count - 1] + np.prod(d["shapes"][count - 1])) if count else 0
+            d["pixels"].resize(end, axis=0)
+            self._pixels_written = end
+        self._file.flush()
+        self._written = self._flushed = count
+
+    def _suspend(self):
+        # Unlike _abort, keep what is in the file: close it, which flushes it.
+        f, self._file = self._file, None
+        self._datasets = {}
+        if f is not None:
+            try:
+                f.close()
+            except (OSError, ValueError, RuntimeError):
+                return 0
+        return self._written
+
+
+def _one_line(exc):
+    """An HDF5 error as one line: the system's reason when HDF5 quotes one (its text spans lines)."""
+    text = " ".join(str(exc).split())
+    reason = re.search(r"error message = '([^']*)'", text)
+    return f"{text.split(' (')[0]} ({reason.group(1)})" if reason else text
+
+
+_LIBRARY = []
+
+
+def _hdf5_library():
+    """The HDF5 C library h5py uses (through its extension module), or None."""
+    if not _LIBRARY:
+        try:
+            library = ctypes.CDLL(h5py.h5f.__file__)
+            library.H5Pset.argtypes = (ctypes.c_int64, ctypes.c_char_p, ctypes.c_void_p)
+            library.H5Pexist.argtypes = (ctypes.c_int64, ctypes.c_char_p)
+        except (OSError, AttributeError):
+            library = None
+        _LIBRARY.append(library)
+    return _LIBRARY[0]
+
+
+def _open_unfinished(path):
+    """Open the HDF5 file a killed writer left at ``path``, read-write.
+
+    HDF5 marks a file open for writing in its superblock and refuses to
+    open it again until the mark is cleared (by ``h5clear``, or by the file
+    access property ``clear_status_flags`` that h5clear sets, set here
+    through the library h5py is linked to). Raises StoreError when that is
+    not possible or the file does not open.
+    """
+    library = _hdf5_library()
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)  # as the writer opened it
+    flag = ctypes.c_bool(True)
+    if (library is None or library.H5Pexist(fapl.id, b"clear_status_flags") <= 0
+            or library.H5Pset(fapl.id, b"clear_status_flags", ctypes.byref(flag)) < 0):
+        raise StoreError("this HDF5 library offers no way to reopen a file a killed writer left")
+    try:
+        return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"HDF5 cannot open it: {exc}") from None
 
 
 # Metadata keys whose attribute names say they belong to imgconv.

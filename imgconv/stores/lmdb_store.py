@@ -108,6 +108,7 @@ class LmdbWriter(Writer):
         if records_per_value is not None and not 1 <= int(records_per_value) <= 1 << 20:
             raise StoreError(f"{self.path}: records_per_value must be 1 .. 1048576, got {records_per_value}")
         self.records_per_value = None if records_per_value is None else int(records_per_value)
+        self._given_options = {"records_per_value": self.records_per_value}
         self.map_size = max(int(map_size), 1 << 20)
         self._env = None
         self._flusher = None
@@ -201,7 +202,7 @@ class LmdbWriter(Writer):
                 except lmdb.MapFullError:
                     self._grow(2 * self._env.info()["map_size"])
         except lmdb.Error as exc:
-            raise StoreError(f"{self.path}: LMDB failed while writing: {exc}") from None
+            raise StoreError(f"{self.path}: LMDB failed while writing: {exc}{_space_note(self.temporary)}") from None
         self._chunk += len(values)
         self._flusher.request()
 
@@ -259,6 +260,111 @@ class LmdbWriter(Writer):
                 pass
 
 
+    # resuming -------------------------------------------------------------------
+    # Committed transactions survive the death of the process (LMDB is
+    # copy-on-write), so the output holds every chunk committed before a kill;
+    # those chunks are checked record by record before they are trusted.
+
+    def _options_fingerprint(self):
+        return dict(self._given_options)
+
+    def _apply_format_state(self, state):
+        if state.get("records_per_value"):
+            self.records_per_value = int(state["records_per_value"])
+
+    def _reopen(self):
+        data = os.path.join(self.temporary, "data.mdb")
+        try:
+            self._env = lmdb.open(self.temporary, map_size=max(self.map_size, 2 * os.path.getsize(data)), subdir=True,
+                                  sync=False, metasync=False, readahead=False, max_dbs=0)
+            self._flusher = _Flusher(data)
+            if self.records_per_value is None:
+                return 0
+            chunks = 0
+            with self._env.begin(buffers=True) as txn:
+                for key, value in txn.cursor():
+                    if bytes(key) != chunk_key(chunks) or not self._chunk_intact(bytes(value)):
+                        break
+                    chunks += 1
+        except lmdb.Error as exc:
+            raise StoreError(f"LMDB cannot open it: {exc}") from None
+        return chunks * self.records_per_value
+
+    def _chunk_intact(self, value):
+        """Whether ``value`` holds a whole chunk of records that decode with their checksums."""
+        k = self.records_per_value
+        try:
+            if self.shape == VARIABLE:
+                if len(value) < TABLE_HEAD.size + 8 * k or TABLE_HEAD.unpack_from(value)[0] != k:
+                    return False
+                offsets = np.frombuffer(value, "<u8", count=k, offset=TABLE_HEAD.size).tolist()
+            else:
+                size = record.record_size(self.shape)
+                if len(value) != k * size:
+                    return False
+                offsets = range(0, k * size, size)
+            for offset in offsets:
+                image, _ = record.unpack_record(value, int(offset))
+                if self.shape != VARIABLE and image.shape != tuple(self.shape):
+                    return False
+        except RecordError:
+            return False
+        return True
+
+    def _stored(self):
+        return self._chunk * (self.records_per_value or 0)
+
+    def _suspend(self):
+        # Commit the whole chunks waiting for their transaction, so that a
+        # resume keeps them; the records of an unfinished chunk are lost.
+        try:
+            if self._env is not None and self._ready:
+                self._put(self._ready)
+                self._ready, self._ready_bytes = [], 0
+        finally:
+            self._abort()
+        return self._chunk * (self.records_per_value or 0)
+
+    def _truncate(self, count):
+        keep, rest = divmod(count, self.records_per_value)
+        try:
+            with self._env.begin(write=True) as txn:
+                if rest:
+                    # The chunk the cut falls in goes back to pending records.
+                    self._pending = [_first_records(bytes(txn.get(chunk_key(keep))), rest, self.shape)]
+                    self._pending_count = rest
+                cursor = txn.cursor()
+                later = list(cursor.iternext(values=False)) if cursor.set_range(chunk_key(keep)) else []
+                for key in later:
+                    txn.delete(bytes(key))
+        except lmdb.Error as exc:
+            raise StoreError(f"LMDB failed while cutting it back: {exc}") from None
+        self._chunk = keep
+
+
+def _space_note(path):
+    """" (No space left on device: N bytes free)" when the filesystem of ``path`` is full, else ""."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return ""
+    return f" ({os.strerror(28)}: {st.f_bavail * st.f_frsize} bytes free)" if st.f_bavail * st.f_frsize < (1 << 20) else ""
+
+
+def _first_records(value, n, shape):
+    """``(buffer, offsets)`` of the first ``n`` records of a chunk ``value``, offsets from 0."""
+    data = np.frombuffer(value, np.uint8)
+    if shape != VARIABLE:
+        size = record.record_size(shape)
+        return data[: n * size].copy(), np.arange(n + 1, dtype=np.int64) * size
+    k = TABLE_HEAD.unpack_from(value)[0]
+    table = np.frombuffer(value, "<u8", count=k, offset=TABLE_HEAD.size).astype(np.int64)
+    head = TABLE_HEAD.size + 8 * k
+    end = int(table[n]) if n < k else len(value)
+    offsets = np.concatenate([table[:n], [end]]) - head
+    return data[head:end].copy(), offsets
+
+
 class _Flusher:
     """Flushes a file to disk in a background thread, overlapping the disk
     writes with the packing and putting of the next values (``fdatasync``
@@ -269,11 +375,15 @@ class _Flusher:
         self._wanted = threading.Event()
         self._stopping = False
         self._error = None
-        self._thread = threading.Thread(target=self._run, name="imgconv-lmdb-flush", daemon=True)
-        self._thread.start()
+        # Started by the first request: a writer reopened to resume, before
+        # the converter forks its workers, then has no thread at the fork.
+        self._thread = None
 
     def request(self):
         """Ask for a flush of what has been written so far."""
+        if self._thread is None and self._fd is not None:
+            self._thread = threading.Thread(target=self._run, name="imgconv-lmdb-flush", daemon=True)
+            self._thread.start()
         self._wanted.set()
 
     def _run(self):
@@ -290,13 +400,15 @@ class _Flusher:
 
     def stop(self, check=True):
         """Stop the thread; with ``check``, raise the OSError a flush met."""
-        if self._thread is None:
+        if self._fd is None:
             return
         self._stopping = True
         self._wanted.set()
-        self._thread.join()
-        self._thread = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         os.close(self._fd)
+        self._fd = None
         if check and self._error is not None:
             raise self._error
 

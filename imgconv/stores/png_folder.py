@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import StoreError
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, image_checksums,
-                   load_metadata, shape_text)
+                   load_metadata, remove_path, shape_text)
 
 FORMAT_NAME = "png"
 # Version 2: the crc32c column covers the label too (version 1: the pixels only).
@@ -153,6 +153,69 @@ class PngFolderWriter(Writer):
                 f.close()
             except OSError:
                 pass  # flushing the CSV can fail (disk full); the output is being removed anyway
+
+    # resuming -------------------------------------------------------------------
+    # The output is trusted image by image: a row of labels.csv in order and
+    # a PNG file that is whole (signature first, IEND chunk last). A file a
+    # killed writer left half-written fails the second test.
+
+    def _options_fingerprint(self):
+        return {"compress_level": self.compress_level}
+
+    def _checkpoint(self):
+        if self._csv_file is not None:
+            self._csv_file.flush()  # the rows reach the file as the images did
+
+    def _reopen(self):
+        with open(os.path.join(self.temporary, LABELS), "rb") as f:
+            lines = f.read().split(b"\n")[:-1]  # what follows the last newline is a torn row
+        if not lines or lines[0].decode("utf-8", "replace").split(",") != HEADER:
+            raise StoreError(f"{LABELS} has no header")
+        count = 0
+        for line in lines[1:]:
+            fields = line.decode("utf-8", "replace").split(",")
+            if (len(fields) != len(HEADER) or fields[:2] != [str(count), image_path(count)]
+                    or not _whole_png(os.path.join(self.temporary, image_path(count)))):
+                break
+            count += 1
+        self._kept_rows = lines[: count + 1]
+        return count
+
+    def _truncate(self, count):
+        labels = os.path.join(self.temporary, LABELS)
+        with open(labels + ".new", "wb") as f:
+            f.write(b"".join(line + b"\n" for line in self._kept_rows[: count + 1]))
+        os.replace(labels + ".new", labels)
+        images = os.path.join(self.temporary, "images")
+        for shard in os.listdir(images):
+            if shard.isdigit() and int(shard) * SHARD_SIZE >= count:
+                remove_path(os.path.join(images, shard))
+            elif shard.isdigit() and (int(shard) + 1) * SHARD_SIZE > count:
+                for name in os.listdir(os.path.join(images, shard)):
+                    stem = name.split(".")[0]
+                    if not stem.isdigit() or int(stem) >= count:
+                        os.unlink(os.path.join(images, shard, name))
+        self._csv_file = open(labels, "a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._csv_file, lineterminator="\n")
+        self._shard = None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _whole_png(path):
+    """Whether the file at ``path`` starts and ends like a PNG file (a cheap test for a torn write)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_PNG_SIGNATURE))
+            f.seek(0, os.SEEK_END)
+            if f.tell() < len(_PNG_SIGNATURE) + len(_PNG_END):
+                return False
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            return head == _PNG_SIGNATURE and f.read() == _PNG_END
+    except OSError:
+        return False
 
 
 class PngFolderReader(Reader):
