@@ -256,6 +256,11 @@ class PngFolderReader(Reader):
             with Image.open(path) as pil:
                 if pil.format != "PNG":
                     raise StoreError(f"{path}: image {i} is {pil.format}, not PNG")
+                if shape is not None and shape != VARIABLE and pil.size != (shape[1], shape[0]):
+                    # Checked from the header, before decoding: a damaged or hostile file
+                    # declaring a huge size is refused without allocating it.
+                    raise StoreError(f"{path}: image {i} is {pil.size[0]}x{pil.size[1]} pixels, "
+                                     f"the store holds {shape_text(shape)}")
                 image = np.asarray(_eight_bit(pil, path))
         except FileNotFoundError:
             raise StoreError(f"{path}: image {i} is missing") from None
