@@ -450,6 +450,38 @@ def test_png_store_manifest_cannot_name_a_labels_file_outside(tmp_path):
         imgconv.open(path)
 
 
+def test_png_store_symbolic_links_cannot_lead_outside(tmp_path):
+    path, images = _png_store(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(images[1]).save(outside / "000001.png")  # a valid image that would pass every check
+    image_file = path / "images" / "000" / "000001.png"
+    image_file.unlink()
+    image_file.symlink_to(outside / "000001.png")
+    with imgconv.open(path) as store:
+        with pytest.raises(StoreError, match=r"000001\.png: image 1 is a symbolic link"):
+            store[1]
+        np.testing.assert_array_equal(store[2][0], images[2])
+    shard = path / "images" / "000"
+    shutil.move(str(shard), str(outside / "000"))
+    shard.symlink_to(outside / "000")
+    with pytest.raises(StoreError, match=r"folder images/000 of its images leads outside the store"):
+        imgconv.open(path)
+
+
+def test_classic_png_folder_may_link_to_images_kept_elsewhere(tmp_path):
+    elsewhere = tmp_path / "pool"
+    elsewhere.mkdir()
+    folder = tmp_path / "classic"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (3, 2), (i, 9, 9)).save(elsewhere / f"img{i}.png")
+        (folder / f"{i}.png").symlink_to(elsewhere / f"img{i}.png")
+    (folder / "labels.csv").write_text("label\n4\n5\n")
+    with imgconv.open(folder) as store:
+        assert store[1][0][0, 0].tolist() == [1, 9, 9] and store[1][1] == 5
+
+
 def test_png_folder_names_files_from_indices_never_from_input(tmp_path):
     root = tmp_path / "src"
     # Class folders and file names a naive writer might reuse: none may reach the output's names.
