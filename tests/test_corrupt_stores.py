@@ -80,17 +80,19 @@ def _damage(rng, path):
             f.truncate(cut)
             return {"kind": "truncate", "file": rel, "at": cut, "size": size}
         data = bytearray(f.read())
-        at = rng.randrange(size)
         if kind == "page":
-            # Where the structure lives: the first bytes of a 4 KiB page (page headers and
-            # node pointers of LMDB, object headers and B-tree nodes of HDF5).
-            at = min(size - 1, rng.randrange(-(-size // 4096)) * 4096 + rng.randrange(64))
-        length = 1 if kind in ("flip", "page") else min(8, size - at)
-        for k in range(at, at + length):
+            # Where the structure lives: the first bytes of 4 KiB pages (page headers and node
+            # pointers of LMDB, object headers and B-tree nodes of HDF5), one to three of them.
+            spots = [min(size - 1, rng.randrange(-(-size // 4096)) * 4096 + rng.randrange(64))
+                     for _ in range(rng.randint(1, 3))]
+        else:
+            at = rng.randrange(size)
+            spots = range(at, at + (1 if kind == "flip" else min(8, size - at)))
+        for k in spots:
             data[k] ^= rng.randrange(1, 256)
         f.seek(0)
         f.write(data)
-    return {"kind": kind, "file": rel, "at": at, "size": size}
+    return {"kind": kind, "file": rel, "at": sorted(spots), "size": size}
 
 
 def _run_case(store_path, expected):
@@ -214,7 +216,9 @@ def summarise(fmt, results):
 
 @pytest.mark.parametrize("fmt", sorted(STORES))
 def test_damaged_store_fails_loudly_never_silently(tmp_path, fmt):
-    results = run_format(fmt, tmp_path, seed=2024, cases=SUITE_CASES)
+    # Seed 2027: among its LMDB cases is one that killed the reader (SIGBUS) before the page
+    # check of imgconv.stores.lmdb_check; the crafted-page test below pins such cases exactly.
+    results = run_format(fmt, tmp_path, seed=2027, cases=SUITE_CASES)
     crashes = [(d, o) for d, o in results if o["result"] == "crash"]
     assert not crashes, crashes
     assert len(results) == SUITE_CASES

@@ -35,6 +35,17 @@ Two engines:
 Either way the script prints how many inputs it tried; a finding stops the
 random engine with the input saved to ``fuzz-finding-*.bin`` (replay it with
 ``--replay FILE``).
+
+Out-of-bounds reads in the compiled kernel rarely crash; AddressSanitizer
+makes every one fatal. Build the kernel with it in a copy of the tree and run
+either engine from there, with Python's allocations going through malloc so
+that every buffer has guard zones::
+
+    git archive HEAD | tar -x -C /tmp/asan && cd /tmp/asan
+    CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g -O1" LDFLAGS="-fsanitize=address" \\
+        python setup.py build_ext --inplace
+    LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \\
+        python tests/fuzz/fuzz_records.py --seconds 600
 """
 import argparse
 import os
