@@ -48,8 +48,24 @@ def written(tmp_path_factory):
     return paths, expected
 
 
+_START = []
+
+
+def _set_start(barrier):
+    """Pool initializer: the barrier every reader waits at, so that all of them read at once."""
+    _START[:] = [barrier]
+
+
+def _pool(method, processes):
+    barrier = multiprocessing.get_context(method).Barrier(processes)
+    return multiprocessing.get_context(method).Pool(processes, initializer=_set_start, initargs=(barrier,))
+
+
 def hammer(store, expected_path, seconds, seed):
     """Read ``store`` at random for ``seconds``; returns (pid, start, end, images checked, mismatches)."""
+    if _START:
+        # Spawned processes start one by one, slowly on a loaded machine: wait for all of them.
+        _START[0].wait(timeout=120)
     data = np.load(expected_path)
     images, labels = data["images"], data["labels"]
     rng = np.random.default_rng(seed)
@@ -106,7 +122,7 @@ def _run_forked(paths, expected, formats, processes, seconds):
             store.read_batch([0, COUNT - 1])  # handles open and in use in the parent
         _INHERITED.update(stores)
         jobs = [(formats[k % len(formats)], expected, seconds, k) for k in range(processes)]
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+        with _pool("fork", processes) as pool:
             results = pool.starmap(hammer_inherited, jobs, chunksize=1)
         total = _check(results, processes)
         for fmt, store in stores.items():  # the parent's handles still work afterwards
@@ -133,7 +149,7 @@ def test_spawned_readers_get_the_store_as_path_and_options(written, fmt):
     store.read_batch([1, 2])
     state = pickle.dumps(store)
     assert len(state) < 1024 and paths[fmt].encode() in state  # no handles, no data
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    with _pool("spawn", 4) as pool:
         results = pool.starmap(hammer, [(store, expected, 1.0, 100 + k) for k in range(4)], chunksize=1)
     assert _check(results, 4) > 50
     store.close()
