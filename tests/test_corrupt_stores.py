@@ -14,13 +14,15 @@ exactly). Never allowed: a read returning wrong pixels or labels without an
 error, an error other than imgconv's, an imgconv error not naming the store,
 a crash.
 
-``python tests/test_corrupt_stores.py report [CASES]`` prints the figures of
-RELIABILITY.md (default 200 cases per format).
+``python tests/test_corrupt_stores.py report [CASES [SEED [STORE ...]]]`` prints
+the figures of RELIABILITY.md (default 200 cases of every store, seed 7) and
+each case that crashed, hung or went wrong.
 """
 import collections
 import json
 import os
 import random
+import select
 import shutil
 import struct
 import subprocess
@@ -73,18 +75,25 @@ def _damage(rng, path):
     name = rng.choice(files)
     size = os.path.getsize(name)
     rel = os.path.relpath(name, os.path.dirname(path))
-    kind = rng.choice(["flip", "flip", "page", "page", "run", "truncate"])
+    kind = rng.choice(["flip", "flip", "page", "page", "bytes", "run", "truncate"])
     with open(name, "r+b") as f:
         if kind == "truncate":
             cut = rng.randrange(size) if size else 0
             f.truncate(cut)
             return {"kind": "truncate", "file": rel, "at": cut, "size": size}
-        data = bytearray(f.read())
+        original = f.read()
+        data = bytearray(original)
         if kind == "page":
             # Where the structure lives: the first bytes of 4 KiB pages (page headers and node
             # pointers of LMDB, object headers and B-tree nodes of HDF5), one to three of them.
             spots = [min(size - 1, rng.randrange(-(-size // 4096)) * 4096 + rng.randrange(64))
                      for _ in range(rng.randint(1, 3))]
+        elif kind == "bytes":
+            # One to three bytes anywhere set to a value parsers treat specially.
+            spots = sorted({rng.randrange(size) for _ in range(rng.randint(1, 3))})
+            for k in spots:
+                data[k] = rng.choice([v for v in (0x00, 0x01, 0x7F, 0x80, 0xFF) if v != data[k]])
+            spots = []  # already changed
         else:
             at = rng.randrange(size)
             spots = range(at, at + (1 if kind == "flip" else min(8, size - at)))
@@ -92,7 +101,8 @@ def _damage(rng, path):
             data[k] ^= rng.randrange(1, 256)
         f.seek(0)
         f.write(data)
-    return {"kind": kind, "file": rel, "at": sorted(spots), "size": size}
+    changed = [k for k in range(size) if original[k] != data[k]]
+    return {"kind": kind, "file": rel, "at": changed, "size": size}
 
 
 def _run_case(store_path, expected):
@@ -156,9 +166,14 @@ def _run_case(store_path, expected):
     return outcome
 
 
-def child(name, workdir, seed, cases):
-    """Run ``cases`` damage cases of store ``name`` in ``workdir``, one JSON line per event on stdout."""
-    original = _make_store(workdir, name)
+def child(name, workdir, seed, cases, first=0):
+    """Run damage cases ``first`` .. ``cases - 1`` of store ``name`` in ``workdir``, one JSON line per event.
+
+    The cases before ``first`` are damaged but not read, so that every case
+    gets the same damage whichever child process runs it.
+    """
+    original = _make_store(workdir, name) if not os.path.exists(os.path.join(workdir, "expected.npz")) else \
+        os.path.join(workdir, "store" + STORES[name][1])
     expected = dict(np.load(os.path.join(workdir, "expected.npz")))
     rng = random.Random(seed)
     for case in range(cases):
@@ -169,28 +184,60 @@ def child(name, workdir, seed, cases):
             os.unlink(target)
         (shutil.copytree if os.path.isdir(original) else shutil.copy)(original, target)
         damage = _damage(rng, target)
+        if case < first:
+            continue
         print(json.dumps({"start": case, "damage": damage}), flush=True)
         outcome = _run_case(target, expected)
         print(json.dumps({"case": case, "damage": damage, "outcome": outcome}), flush=True)
 
 
+CASE_SECONDS = 60  # a case taking longer than this is a hang
+
+
+def _failure(result, **details):
+    return {"result": result, "silent": [], "foreign": [], "unnamed": [], **details}
+
+
 def run_format(fmt, workdir, seed, cases):
-    """Run the cases of store ``fmt`` (a key of STORES) in a child process; returns the list of (damage, outcome)."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "child", fmt, str(workdir), str(seed),
-                           str(cases)], capture_output=True, text=True, timeout=900)
-    results, started = [], None
-    for line in done.stdout.splitlines():
-        event = json.loads(line)
-        if "start" in event:
-            started = event
-        else:
-            results.append((event["damage"], event["outcome"]))
-            started = None
-    if done.returncode != 0:
-        # The child died: the case it had started crashed it (a signal) or it raised.
-        crash = {"result": "crash", "returncode": done.returncode, "stderr": done.stderr[-2000:],
-                 "silent": [], "foreign": [], "unnamed": []}
-        results.append((started["damage"] if started else None, crash))
+    """Run the cases of store ``fmt`` (a key of STORES) in child processes; returns the list of (damage, outcome).
+
+    A case that kills its child is a crash, one that runs past CASE_SECONDS a
+    hang (the child is killed); the cases after it run in a new child.
+    """
+    results = []
+    while len(results) < cases:
+        command = [sys.executable, os.path.abspath(__file__), "child", fmt, str(workdir), str(seed), str(cases),
+                   str(len(results))]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = None
+        try:
+            while True:
+                ready, _, _ = select.select([proc.stdout], [], [], CASE_SECONDS)
+                if not ready:
+                    proc.kill()
+                    results.append((started["damage"], _failure("hang", seconds=CASE_SECONDS)))
+                    break
+                line = proc.stdout.readline()
+                if not line:
+                    code = proc.wait()
+                    if started is not None or code != 0:
+                        # The case it had started crashed it (a signal), or it raised.
+                        results.append((started["damage"] if started else None,
+                                        _failure("crash", returncode=code, stderr=proc.stderr.read()[-2000:])))
+                        if started is None:
+                            return results
+                    break
+                event = json.loads(line)
+                if "start" in event:
+                    started = event
+                else:
+                    results.append((event["damage"], event["outcome"]))
+                    started = None
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
     return results
 
 
@@ -208,6 +255,7 @@ def summarise(fmt, results):
         "label names silently changed": sum(bool(o.get("names changed")) for _, o in results),
         "other errors / unnamed": sum(bool(o["foreign"] or o["unnamed"]) for _, o in results),
         "crashes": counts["crash"],
+        "hangs": counts["hang"],
         "images still exact in read-refused cases": sum(o.get("good", 0) for _, o in results
                                                          if o["result"] == "read refused"),
         "images in read-refused cases": COUNT * counts["read refused"],
@@ -219,7 +267,7 @@ def test_damaged_store_fails_loudly_never_silently(tmp_path, fmt):
     # Seed 2027: among its LMDB cases is one that killed the reader (SIGBUS) before the page
     # check of imgconv.stores.lmdb_check; the crafted-page test below pins such cases exactly.
     results = run_format(fmt, tmp_path, seed=2027, cases=SUITE_CASES)
-    crashes = [(d, o) for d, o in results if o["result"] == "crash"]
+    crashes = [(d, o) for d, o in results if o["result"] in ("crash", "hang")]
     assert not crashes, crashes
     assert len(results) == SUITE_CASES
     for damage, outcome in results:
@@ -334,16 +382,21 @@ def test_crafted_lmdb_pages_are_refused_before_liblmdb_reads_them(tmp_path, name
 
 
 def main(argv):
-    """``child FMT DIR SEED CASES`` (used by the tests) or ``report [CASES]``."""
+    """``child NAME DIR SEED CASES FIRST`` (used by the tests) or ``report [CASES [SEED [NAME ...]]]``."""
     if argv[0] == "child":
-        child(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        child(argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
         return 0
     import tempfile
 
     cases = int(argv[1]) if len(argv) > 1 else 200
-    for fmt in sorted(STORES):
+    seed = int(argv[2]) if len(argv) > 2 else 7
+    for name in argv[3:] or sorted(STORES):
         with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(summarise(fmt, run_format(fmt, workdir, seed=7, cases=cases))))
+            results = run_format(name, workdir, seed=seed, cases=cases)
+            print(json.dumps(summarise(name, results)), flush=True)
+            for damage, outcome in results:
+                if outcome["result"] in ("crash", "hang") or outcome["silent"] or outcome["foreign"]:
+                    print(json.dumps({"damage": damage, "outcome": outcome}), flush=True)
     return 0
 
 
