@@ -67,9 +67,12 @@ EXTREMES = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\x01"]
 
 
 def _imports(backend):
+    # The backend asked for wins over the caller's environment.
     if backend == "numpy":
+        os.environ.pop("IMGCONV_REQUIRE_EXT", None)
         os.environ["IMGCONV_PURE"] = "1"
     else:
+        os.environ.pop("IMGCONV_PURE", None)
         os.environ["IMGCONV_REQUIRE_EXT"] = "1"
     import lmdb
     from imgconv import kernels, record, stores
