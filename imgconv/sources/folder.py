@@ -288,6 +288,16 @@ def _orientation(im):
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
+def _new_limit_lock():
+    # A child forked while another thread held the lock must not inherit it held.
+    global _PILLOW_LIMIT_LOCK
+    _PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_limit_lock)
+
+
 @contextmanager
 def _open_image(f, path, max_pixels):
     """``Image.open(f)`` with imgconv's pixel limit instead of Pillow's global one.
@@ -425,7 +435,8 @@ class FolderSource(Source):
     (W, H) or None; ``resize_policy`` "stretch" (default) or "crop";
     ``on_error`` "fail" (default) or "skip"; ``labels_csv`` a CSV of labels
     for a flat folder; ``max_pixels`` the most pixels an image may declare
-    (default :data:`DEFAULT_MAX_PIXELS`, Pillow's limit; see the module docstring). ``length`` counts the image files found; with
+    (default :data:`DEFAULT_MAX_PIXELS`, Pillow's limit; see the module
+    docstring). ``length`` counts the image files found; with
     ``on_error="skip"`` the batches may hold fewer. ``skipped`` lists the
     files this process skipped. Raises SourceError for a folder with no
     images, bad options, or (under "fail") a bad image.

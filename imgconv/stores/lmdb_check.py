@@ -90,6 +90,9 @@ def _check(fd, size):
     meta = second if first["txnid"] < second["txnid"] else first
     if meta["magic"] != MAGIC or meta["version"] != DATA_VERSION or not meta["flags"] & P_META:
         raise _Corrupt("has a damaged meta page")
+    if meta["psize"] != psize:
+        # liblmdb takes the page size of the meta page it picks; the pages were read with the first's.
+        raise _Corrupt(f"has meta pages of page sizes {psize} and {meta['psize']}")
     last = meta["last_page"]
     if (last + 1) * psize > size or last < 1:
         raise _Corrupt(f"is {size} bytes, its meta page says {last + 1} pages of {psize}")
