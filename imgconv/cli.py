@@ -148,6 +148,9 @@ def _add_convert_arguments(parser):
     parser.add_argument("--resize-policy", choices=("stretch", "crop"), default="stretch",
                         help="stretch, or scale the shorter side and centre-crop (default stretch)")
     parser.add_argument("--labels-csv", metavar="CSV", help="image folders: labels for a flat folder")
+    parser.add_argument("--max-pixels", type=_positive, default=None, metavar="N",
+                        help="image folders: refuse an image of more than N pixels, a decompression bomb "
+                             "(default: Pillow's limit, 89,478,485); refused images follow --on-error")
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="an unreadable image stops the conversion (default) or is skipped and reported")
     parser.add_argument("--shuffle", action="store_true", help="write the images in a random order")
@@ -213,7 +216,7 @@ def cmd_convert(args):
             progress=progress,
             store_options=_store_options(args), split=args.split, label_kind=args.label_kind, mode=args.mode,
             resize=args.resize, resize_policy=args.resize_policy, on_error=args.on_error,
-            labels_csv=args.labels_csv,
+            labels_csv=args.labels_csv, max_pixels=args.max_pixels,
         )
     if result.restart_reason:
         print(f"imgconv convert: {result.restart_reason}", file=sys.stderr)

@@ -24,7 +24,8 @@ READERS = [
     Reader("store", store.detect, StoreSource, ()),
     Reader("cifar", cifar.is_cifar, CifarSource, ("split", "label_kind")),
     Reader("numpy", numpy_files.detect, NumpySource, ("split", "images_key", "labels_key")),
-    Reader("folder", folder.detect, FolderSource, ("mode", "resize", "resize_policy", "on_error", "labels_csv")),
+    Reader("folder", folder.detect, FolderSource, ("mode", "resize", "resize_policy", "on_error", "labels_csv",
+                                                    "max_pixels")),
 ]
 
 # Every option a reader takes, with its default. open_source accepts the
@@ -40,6 +41,7 @@ OPTION_DEFAULTS = {
     "labels_csv": None,
     "images_key": None,
     "labels_key": None,
+    "max_pixels": None,
 }
 
 
@@ -51,7 +53,7 @@ def open_source(path, **options):
     ``.npy``/``.npz`` file, or a folder of images. Options
     (see each reader): ``split``, ``label_kind`` (CIFAR); ``split``,
     ``images_key``, ``labels_key`` (NumPy); ``mode``, ``resize``,
-    ``resize_policy``, ``on_error``, ``labels_csv`` (folders). An option left
+    ``resize_policy``, ``on_error``, ``labels_csv``, ``max_pixels`` (folders). An option left
     at its default or None is ignored by readers that do not take it.
 
     Returns a :class:`Source`. Raises TypeError for an unknown option name and

@@ -40,7 +40,13 @@ source whose ``shape`` was not asked before it was pickled (say, to a
 worker) does not read the whole folder for a range: it reads the headers of
 that range alone, and its batches are arrays when those images share a size.
 
-Bad images (corrupt, truncated, empty, not an image): ``on_error="fail"``
+Decompression bombs: an image declaring more than ``max_pixels`` pixels
+(width x height; default Pillow's own limit, about 89 million) is refused
+from its header, before any pixel is decoded, as a bad image. The limit is
+per source, so a folder of genuine huge scans can raise it without
+loosening Pillow for the rest of the program.
+
+Bad images (corrupt, truncated, empty, not an image, too many pixels): ``on_error="fail"``
 (default) raises SourceError naming the first; ``on_error="skip"`` leaves them
 out of the batches (which are then shorter, even empty: the k-th batch
 always covers indices ``start + k * batch_size`` onwards; after ``take``,
@@ -53,6 +59,8 @@ during it.
 import csv
 import os
 import stat
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -61,6 +69,8 @@ from ..errors import SourceError
 from .base import ON_ERROR, SkippedFile, Source, check_choice, warn_skipped
 
 MODES = {"RGB": 3, "L": 1, "RGBA": 4}
+# Pillow's limit as shipped (its DecompressionBombWarning threshold), fixed at import.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 1024 * 1024 * 1024 // 4 // 3
 RESIZE_POLICIES = ("stretch", "crop")
 
 # Pillow registers these extensions, but only as stubs or through external
@@ -275,14 +285,55 @@ def _orientation(im):
         return 1
 
 
-def decode_image(path, mode="RGB", resize=None, resize_policy="stretch"):
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _new_limit_lock():
+    # A child forked while another thread held the lock must not inherit it held.
+    global _PILLOW_LIMIT_LOCK
+    _PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_limit_lock)
+
+
+@contextmanager
+def _open_image(f, path, max_pixels):
+    """``Image.open(f)`` with imgconv's pixel limit instead of Pillow's global one.
+
+    Pillow's own check in ``Image.open`` (a warning above its global limit, an
+    error above twice that) is lifted for the call, under a lock, so that a
+    source may allow more than Pillow's default; the size the header
+    declares is then checked against ``max_pixels`` before anything is
+    decoded. Pillow's checks of frames and tiles during decoding stay.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(f)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise SourceError(
+                f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+                "(a decompression bomb?); if the image is genuine, raise max_pixels (--max-pixels)"
+            )
+        yield im
+
+
+def decode_image(path, mode="RGB", resize=None, resize_policy="stretch", max_pixels=DEFAULT_MAX_PIXELS):
     """Decode the image file at ``path`` into a C-contiguous uint8 (H, W, C) array.
 
     Applies the EXIF orientation, converts to ``mode`` and resizes as the
-    module docstring says. Raises SourceError naming the file and the problem.
+    module docstring says. Raises SourceError naming the file and the
+    problem, among them an image of more than ``max_pixels`` pixels.
     """
     try:
-        with _open_file(path) as f, Image.open(f) as im:
+        with _open_file(path) as f, _open_image(f, path, max_pixels) as im:
             im.load()
             if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
@@ -306,6 +357,8 @@ def decode_image(path, mode="RGB", resize=None, resize_policy="stretch"):
 
 
 def _describe_failure(path, exc):
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"refused as a decompression bomb while decoding ({exc})"
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
@@ -333,10 +386,10 @@ def _open_file(path):
         raise
 
 
-def _header_size(path):
+def _header_size(path, max_pixels=DEFAULT_MAX_PIXELS):
     """(W, H) of the image at ``path`` as it will be decoded (EXIF rotation applied)."""
     try:
-        with _open_file(path) as f, Image.open(f) as im:
+        with _open_file(path) as f, _open_image(f, path, max_pixels) as im:
             width, height = im.size
             if _orientation(im) in _SWAPS_AXES:
                 width, height = height, width
@@ -359,6 +412,14 @@ def _check_resize(resize):
     return width, height
 
 
+def _check_max_pixels(max_pixels):
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise SourceError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return max_pixels
+
+
 def detect(path):
     """True when ``path`` is a directory with at least one image file somewhere below it."""
     if not os.path.isdir(path):
@@ -373,7 +434,9 @@ class FolderSource(Source):
     Arguments: ``path``; ``mode`` "RGB" (default), "L" or "RGBA"; ``resize``
     (W, H) or None; ``resize_policy`` "stretch" (default) or "crop";
     ``on_error`` "fail" (default) or "skip"; ``labels_csv`` a CSV of labels
-    for a flat folder. ``length`` counts the image files found; with
+    for a flat folder; ``max_pixels`` the most pixels an image may declare
+    (default :data:`DEFAULT_MAX_PIXELS`, Pillow's limit; see the module
+    docstring). ``length`` counts the image files found; with
     ``on_error="skip"`` the batches may hold fewer. ``skipped`` lists the
     files this process skipped. Raises SourceError for a folder with no
     images, bad options, or (under "fail") a bad image.
@@ -381,8 +444,10 @@ class FolderSource(Source):
 
     _TRANSIENT = ("_files", "last_kept")
 
-    def __init__(self, path, *, mode="RGB", resize=None, resize_policy="stretch", on_error="fail", labels_csv=None):
+    def __init__(self, path, *, mode="RGB", resize=None, resize_policy="stretch", on_error="fail", labels_csv=None,
+                 max_pixels=None):
         self.path = os.fspath(path)
+        self.max_pixels = _check_max_pixels(max_pixels)
         self.mode = check_choice("mode", mode, tuple(MODES))
         self.resize = _check_resize(resize)
         self.resize_policy = check_choice("resize_policy", resize_policy, RESIZE_POLICIES)
@@ -438,7 +503,7 @@ class FolderSource(Source):
         for i in range(len(files)) if indices is None else indices:
             path = os.path.join(self.path, files[i])
             try:
-                sizes.add(_header_size(path))
+                sizes.add(_header_size(path, self.max_pixels))
             except SourceError as exc:
                 self._fail_or_skip(path, exc)
             if len(sizes) > 1:
@@ -513,7 +578,7 @@ class FolderSource(Source):
         for k, i in enumerate(indices):
             path = os.path.join(self.path, files[i])
             try:
-                image = decode_image(path, self.mode, self.resize, self.resize_policy)
+                image = decode_image(path, self.mode, self.resize, self.resize_policy, self.max_pixels)
                 if shape is not None and image.shape != shape:
                     raise SourceError(
                         f"{path}: decoded as {'x'.join(map(str, image.shape))}, "

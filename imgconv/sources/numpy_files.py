@@ -22,6 +22,10 @@ all        train then test, both required
 
 A string array ``label_names`` in the ``.npz``, when present, gives the class
 names. A ``.npy`` has no labels (-1).
+
+Arrays are read from their ``.npy`` headers and raw bytes, never unpickled:
+an array of Python objects (whose data is a pickle) is refused, as
+``np.load(allow_pickle=False)`` refuses it.
 """
 import os
 import struct
@@ -69,6 +73,12 @@ def _read_npy_header(f, where):
     except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zlib.error) as exc:
         # NumPy parses the header as a Python literal: a damaged one fails in the tokenizer too.
         raise SourceError(f"{where}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject:
+        # The data of such an array is a pickle: np.load(allow_pickle=False) refuses it, and so do we.
+        raise SourceError(
+            f"{where}: an array of Python objects (dtype {dtype}) is stored as a pickle, which could run code; "
+            "imgconv reads NumPy files as np.load(allow_pickle=False) does: save numbers (uint8 images, integer labels)"
+        )
     return shape, fortran, dtype, f.tell()
 
 

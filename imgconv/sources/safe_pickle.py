@@ -42,6 +42,7 @@ The unpickler is the pure-Python one of the standard library (``BUILD`` can
 only be intercepted there); a CIFAR batch has some tens of thousands of
 opcodes, a few tens of milliseconds of work.
 """
+import _compat_pickle
 import io
 import math
 import pickle
@@ -293,6 +294,21 @@ def _unknown_opcode(code):
     return load
 
 
+def _python3_name(module, name, protocol):
+    """' (subprocess.call in Python 3)' when a Python 2 name maps to another, else ''.
+
+    Python 3 pickles of protocol 0-2 write some globals under their Python 2
+    names (``subprocess.call`` as ``commands.call``); the message names both.
+    """
+    if protocol >= 3 or not isinstance(module, str) or not isinstance(name, str):
+        return ""
+    new_module, new_name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    new_module = _compat_pickle.IMPORT_MAPPING.get(new_module, new_module)
+    if (new_module, new_name) == (module, name):
+        return ""
+    return f" ({_clip(new_module)}.{_clip(new_name)} in Python 3)"
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """The standard library's pure-Python unpickler with the checks of the module docstring.
 
@@ -415,7 +431,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return self._globals[(module, name)]
         except (KeyError, TypeError):
             raise UnsafePickleError(
-                f"{self._where}: the pickle asks for {_clip(str(module))}.{_clip(str(name))}, which a dataset "
+                f"{self._where}: the pickle asks for {_clip(str(module))}.{_clip(str(name))}"
+                f"{_python3_name(module, name, self.proto)}, which a dataset "
                 "batch never needs; refused before anything ran (allowed: NumPy arrays, dtypes, dicts, lists, "
                 "strings, numbers)"
             ) from None

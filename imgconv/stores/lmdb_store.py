@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import kernels, record
 from ..errors import RecordError, StoreError
+from .lmdb_check import check_lmdb_file
 from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text
 
 FORMAT_NAME = "lmdb"
@@ -430,6 +431,8 @@ class LmdbReader(Reader):
         data = os.path.join(self.path, "data.mdb")
         if not os.path.isfile(data):
             raise StoreError(f"{self.path}: not an imgconv LMDB store (no data.mdb inside)")
+        # liblmdb trusts the file: a damaged page could make it read past the end (SIGBUS).
+        check_lmdb_file(data, self.path)
         env = _shared_env(self.path, bool(self._options.get("readahead", False)))
         try:
             meta = self._load(env, data)

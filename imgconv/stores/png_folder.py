@@ -17,6 +17,7 @@ either one label per row in index order or rows ``index,path,label``. Its
 images are taken to share the shape of ``0.png``.
 """
 import csv
+import errno
 import io
 import json
 import os
@@ -248,6 +249,8 @@ class PngFolderReader(Reader):
         if header not in (HEADER, HEADER[:3]):
             raise StoreError(f"{self.path}: {LABELS} must start with the header {','.join(HEADER)}")
         self._paths, self._labels, self._checksums = _parse_indexed(rows[1:], self.path, LABELS, len(header) == 4)
+        _check_inside(self.path, self._paths)
+        self._no_links = True
         if len(self._labels) != meta["count"]:
             raise StoreError(
                 f"{self.path}: {LABELS} lists {len(self._labels)} images, the manifest says {meta['count']}"
@@ -255,6 +258,7 @@ class PngFolderReader(Reader):
         return meta
 
     def _open_classic(self):
+        self._no_links = False  # a classic folder may be links to images kept elsewhere
         if not os.path.isfile(os.path.join(self.path, "0.png")):
             raise StoreError(f"{self.path}: neither {MANIFEST} nor a classic 0.png is here")
         csv_path = _classic_csv(self.path)
@@ -316,15 +320,23 @@ class PngFolderReader(Reader):
     def _decode(self, i, shape):
         path = os.path.join(self.path, self._paths[i])
         try:
-            with Image.open(path) as pil:
+            with _open_png(path, self._no_links) as f, Image.open(f) as pil:
                 if pil.format != "PNG":
                     raise StoreError(f"{path}: image {i} is {pil.format}, not PNG")
+                if shape is not None and shape != VARIABLE and pil.size != (shape[1], shape[0]):
+                    # Checked from the header, before decoding: a damaged or hostile file
+                    # declaring a huge size is refused without allocating it.
+                    raise StoreError(f"{path}: image {i} is {pil.size[0]}x{pil.size[1]} pixels, "
+                                     f"the store holds {shape_text(shape)}")
                 image = np.asarray(_eight_bit(pil, path))
         except FileNotFoundError:
             raise StoreError(f"{path}: image {i} is missing") from None
         except Image.DecompressionBombError as exc:
             raise StoreError(f"{path}: image {i} is refused as a decompression bomb: {exc}") from None
         except (OSError, ValueError, SyntaxError) as exc:
+            if getattr(exc, "errno", None) == errno.ELOOP:
+                raise StoreError(f"{path}: image {i} is a symbolic link; an imgconv PNG folder holds none, "
+                                 "and a link could lead outside it") from None
             raise StoreError(f"{path}: image {i} cannot be decoded (corrupt or truncated PNG): {exc}") from None
         if image.ndim == 2:
             image = image[:, :, np.newaxis]
@@ -341,6 +353,26 @@ class PngFolderReader(Reader):
         if self.variable:
             return images, labels
         return np.stack(images, out=out), labels
+
+
+def _open_png(path, no_links):
+    """``path`` opened for reading; with ``no_links`` a symbolic link is refused (ELOOP)."""
+    if not no_links:
+        return open(path, "rb")
+    return open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
+
+
+def _check_inside(root, paths):
+    """Refuse image paths whose folders resolve outside ``root`` (a symbolic link to elsewhere).
+
+    One check per distinct folder, a few hundred for millions of images; the
+    files themselves are opened without following links (:func:`_open_png`).
+    """
+    real_root = os.path.realpath(root)
+    for folder in sorted({os.path.dirname(p) for p in paths}):
+        real = os.path.realpath(os.path.join(root, folder))
+        if real != real_root and not real.startswith(real_root + os.sep):
+            raise StoreError(f"{root}: the folder {folder} of its images leads outside the store (to {real})")
 
 
 def _eight_bit(pil, path):
