@@ -209,3 +209,29 @@ def test_the_standard_library_decoder_gives_the_same_stream(sample, scrambled, m
     np.testing.assert_array_equal(plain[1], fast[1])
     np.testing.assert_array_equal(plain[1], images)
     np.testing.assert_array_equal(plain[2], labels)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_interrupted_archive_conversion_resumes_to_the_same_folder(tmp_path, workers):
+    import signal
+
+    from imgconv.convert import Interrupted
+
+    files = write_sample(tmp_path / "big", count=720, seed=2)
+    whole = imgconv.convert(files.python_archive, tmp_path / "whole", split="all", workers=workers, batch_size=64)
+
+    def interrupt(done, total):
+        if done >= 300:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    dest = tmp_path / "resumed"
+    with pytest.raises(Interrupted, match="resume"):
+        imgconv.convert(files.python_archive, dest, split="all", workers=workers, batch_size=64, progress=interrupt)
+    assert not dest.exists()
+    result = imgconv.convert(files.python_archive, dest, split="all", workers=workers, batch_size=100, resume=True)
+    assert result.resumed >= 300 and result.count == 720
+    with imgconv.stores.open(whole.path) as a, imgconv.stores.open(result.path) as b:
+        assert a.metadata == b.metadata
+    names = sorted(os.path.relpath(os.path.join(d, n), dest) for d, _, ns in os.walk(dest) for n in ns)
+    for name in names:
+        assert (dest / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
