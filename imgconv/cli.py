@@ -15,7 +15,7 @@ import traceback
 from collections import namedtuple
 from contextlib import contextmanager
 
-from . import __version__
+from . import __version__, stores
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError
 from .sample import MIN_COUNT, write_sample
@@ -167,14 +167,31 @@ def _add_convert_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
+# Each store option of the command line: (flag, the writer's keyword, the format it belongs to).
+_STORE_FLAGS = (
+    ("--png-level", "png_level", "compress_level", "png"),
+    ("--hdf5-chunk", "hdf5_chunk", "chunk_images", "hdf5"),
+    ("--hdf5-compression", "hdf5_compression", "compression", "hdf5"),
+    ("--hdf5-level", "hdf5_level", "compression_level", "hdf5"),
+)
+
+
 def _store_options(args):
-    chosen = {
-        "compress_level": args.png_level,
-        "chunk_images": args.hdf5_chunk,
-        "compression": args.hdf5_compression,
-        "compression_level": args.hdf5_level,
-    }
-    return {name: value for name, value in chosen.items() if value is not None}
+    """The writer options the flags ask for; UsageError for a flag of another format than DEST's."""
+    fmt = args.format or stores.format_for_path(args.dest)
+    options = {}
+    for flag, attribute, keyword, flag_format in _STORE_FLAGS:
+        value = getattr(args, attribute)
+        if value is None:
+            continue
+        if flag_format != fmt:
+            raise UsageError(f"{flag} applies to {flag_format} stores, and {args.dest} is written as {fmt}")
+        options[keyword] = value
+    return options
+
+
+class UsageError(Exception):
+    """Arguments that do not go together; reported as a usage error (exit 2)."""
 
 
 @contextmanager
@@ -338,6 +355,9 @@ def main(argv=None):
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     try:
         return args.run(args)
+    except UsageError as exc:
+        print(f"imgconv {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Interrupted as exc:
         print(f"imgconv {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signum

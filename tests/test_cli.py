@@ -112,6 +112,17 @@ def test_usage_errors_exit_2(args):
     assert done.returncode == 2 and "usage:" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("dest, flags, message", [
+    ("out.lmdb", ["--png-level", "1"], "--png-level applies to png stores"),
+    ("out", ["--hdf5-chunk", "8"], "--hdf5-chunk applies to hdf5 stores"),
+    ("out.h5", ["--format", "lmdb", "--hdf5-compression", "lzf"], "written as lmdb"),
+])
+def test_a_store_option_of_another_format_is_a_usage_error(tmp_path, inputs, dest, flags, message):
+    done = run("convert", inputs["binary_dir"], tmp_path / dest, "--limit", "5", *flags)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / dest)
+
+
 def test_help_and_version():
     top = run("--help")
     assert top.returncode == 0 and "convert" in top.stdout and "sample" in top.stdout and "examples:" in top.stdout
