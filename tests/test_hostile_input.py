@@ -441,9 +441,13 @@ def test_png_store_labels_cannot_point_outside_the_store(tmp_path, named):
 def test_png_store_manifest_cannot_name_a_labels_file_outside(tmp_path):
     import json
 
+    from imgconv.stores.base import metadata_checksum
+
     path, _ = _png_store(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["labels_file"] = "../labels.csv"
+    # A crafted manifest carries a checksum that matches (anyone can compute a CRC).
+    manifest["metadata_crc32c"] = metadata_checksum(manifest)
     shutil.copy(path / "labels.csv", tmp_path / "labels.csv")
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="labels_file outside the folder"):

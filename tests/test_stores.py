@@ -968,12 +968,14 @@ def test_version_1_stores_with_pixel_only_checksums_still_read(tmp_path, fmt):
         with h5py.File(path, "r+") as f:
             f["crc32c"][...] = pixel_only
             f.attrs["imgconv_format_version"] = 1
+            del f.attrs["metadata_crc32c"]  # version 1 writers had no metadata checksum
     else:
         rows = open(os.path.join(path, "labels.csv")).read().splitlines()
         rows[1:] = [",".join(row.split(",")[:3] + [f"{int(c):08x}"]) for row, c in zip(rows[1:], pixel_only)]
         open(os.path.join(path, "labels.csv"), "w").write("\n".join(rows) + "\n")
         meta = json.load(open(os.path.join(path, "manifest.json")))
         meta["format_version"] = 1
+        del meta["metadata_crc32c"]
         json.dump(meta, open(os.path.join(path, "manifest.json"), "w"))
     with stores.open(path) as store:
         assert store.metadata["format_version"] == 1
@@ -1014,6 +1016,7 @@ def test_png_labels_file_outside_the_folder_is_refused(tmp_path):
     for outside in ("../elsewhere.csv", str(tmp_path / "elsewhere.csv")):
         meta = json.load(open(name))
         meta["labels_file"] = outside
+        meta["metadata_crc32c"] = base.metadata_checksum(meta)  # crafted, so with a matching checksum
         json.dump(meta, open(name, "w"))
         with pytest.raises(StoreError, match="outside the folder"):
             stores.open(path)
@@ -1068,3 +1071,27 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
         with pytest.raises(StoreError):
             store.read_all()
         assert len(finished) == 2  # both were done before the read returned
+
+
+# --------------------------------------------------------------------------- metadata checksum
+
+
+@pytest.mark.parametrize("fmt", ["png", "lmdb", "hdf5"])
+def test_a_changed_label_name_is_caught_by_the_metadata_checksum(tmp_path, fmt):
+    path = target(tmp_path, fmt)
+    with stores.create(path, label_names=["cat", "dog"]) as writer:
+        writer.append(make_images(3), [0, 1, 0])
+    if fmt == "hdf5":
+        with h5py.File(path, "r+") as f:
+            f.attrs["label_names"] = json.dumps(["cat", "dig"])
+    elif fmt == "png":
+        name = os.path.join(path, "manifest.json")
+        data = open(name, "rb").read()
+        open(name, "wb").write(data.replace(b'"dog"', b'"dig"'))
+    else:
+        env = lmdb.open(path, subdir=os.path.isdir(path), lock=False)
+        with env.begin(write=True) as txn:
+            txn.put(lmdb_store.METADATA_KEY, txn.get(lmdb_store.METADATA_KEY).replace(b'"dog"', b'"dig"'))
+        env.close()
+    with pytest.raises(StoreError, match="metadata is damaged"):
+        stores.open(path)

@@ -206,7 +206,26 @@ def make_metadata(format_name, format_version, count, shape, label_names, source
         "source": None if source is None else str(source),
     }
     meta.update(extra)
+    meta[METADATA_CHECKSUM] = metadata_checksum(meta)
     return meta
+
+
+# The CRC32C of the rest of the metadata: label names, shape and count are
+# data too, and a flipped byte in them must not go unnoticed.
+METADATA_CHECKSUM = "metadata_crc32c"
+
+
+def metadata_checksum(meta):
+    """CRC32C of ``meta`` without its checksum field, as compact JSON with sorted keys.
+
+    Computed on what every format can say, so metadata read back from JSON
+    or from HDF5 attributes gives the same number: tuples count as lists and
+    a field set to None as one left out (HDF5 has no None attribute).
+    """
+    body = {key: list(value) if isinstance(value, tuple) else value
+            for key, value in meta.items() if key != METADATA_CHECKSUM and value is not None}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return int(kernels.crc32c(text.encode("ascii")))
 
 
 def dump_metadata(meta):
@@ -232,6 +251,14 @@ def check_metadata(meta, path, format_name, known_version):
     if not isinstance(meta, dict) or meta.get("format") != format_name:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise StoreError(f"{path}: metadata says format {found!r}, expected {format_name!r}")
+    # Stores written before the checksum existed have none; every one since has.
+    if METADATA_CHECKSUM in meta:
+        try:
+            intact = meta[METADATA_CHECKSUM] == metadata_checksum(meta)
+        except (TypeError, ValueError):  # values JSON cannot hold: not what was written
+            intact = False
+        if not intact:
+            raise StoreError(f"{path}: the store metadata is damaged (its CRC32C does not match its contents)")
     missing = [k for k in ("format_version", "count", "shape", "dtype") if k not in meta]
     if missing:
         raise StoreError(f"{path}: the store metadata lacks {', '.join(missing)}")
