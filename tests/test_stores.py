@@ -1052,17 +1052,21 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
     path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
     finished, lock = [], threading.Lock()
 
-    def unpack_records(values, offsets, **kwargs):
+    real_part = lmdb_store._gather_part
+
+    def gather_part(*args):
         with lock:
-            first = not finished and not getattr(unpack_records, "failed", False)
-            unpack_records.failed = True
+            first = not finished and not getattr(gather_part, "failed", False)
+            gather_part.failed = True
         if first:
-            raise RecordError("damaged record")  # one part fails at once...
+            return args[-2]  # one part finds a bad record at once...
         time.sleep(0.2)  # ...while the others still read the transaction's buffers
+        result = real_part(*args)
         with lock:
             finished.append(1)
+        return result
 
-    monkeypatch.setattr(lmdb_store.record, "unpack_records", unpack_records)
+    monkeypatch.setattr(lmdb_store, "_gather_part", gather_part)
     with stores.open(path) as store:
         with pytest.raises(StoreError):
             store.read_all()

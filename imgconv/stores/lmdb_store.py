@@ -20,9 +20,11 @@ Why runs of records: one small record per value puts every value on its own
 their pages and turn a full read into a scan of a few thousand values, while a
 single image is still one lookup and one record decode.
 """
+import itertools
 import os
 import struct
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import lmdb
@@ -111,6 +113,7 @@ class LmdbWriter(Writer):
         self.map_size = max(int(map_size), 1 << 20)
         self._env = None
         self._flusher = None
+        self._committer = None
         self._chunk = 0
         self._pending = []  # (buffer, offsets from 0) of records begun but not yet a whole chunk
         self._pending_count = 0
@@ -135,6 +138,7 @@ class LmdbWriter(Writer):
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot create the LMDB database: {exc}") from None
         self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb"))
+        self._committer = _Committer()
 
     def _write(self, encoded):
         if self.records_per_value is None:
@@ -184,7 +188,17 @@ class LmdbWriter(Writer):
         return data
 
     def _put(self, values, extra=()):
-        """Put ``values`` as the next chunks (and ``extra`` key/values) in one transaction."""
+        """Queue ``values`` as the next chunks (and ``extra`` key/values) for one transaction.
+
+        The committer thread runs it while this thread packs or receives the
+        next batches; the values must stay unchanged until then (each batch
+        is a fresh buffer). A failed transaction raises here, at a later put.
+        """
+        first, self._chunk = self._chunk, self._chunk + len(values)
+        self._committer.submit(self._commit, values, first, extra)
+
+    def _commit(self, values, first, extra):
+        """Put and commit one transaction (in the committer thread, which alone uses the environment)."""
         needed = sum(len(v) for v in values) + sum(len(v) for _, v in extra)
         try:
             self._reserve(needed)
@@ -194,7 +208,7 @@ class LmdbWriter(Writer):
                         for q, value in enumerate(values):
                             # append=True: keys arrive in sorted order, so LMDB
                             # appends to the last leaf instead of searching.
-                            txn.put(chunk_key(self._chunk + q), value, append=True)
+                            txn.put(chunk_key(first + q), value, append=True)
                         for key, value in extra:
                             txn.put(key, value)
                     break
@@ -202,7 +216,6 @@ class LmdbWriter(Writer):
                     self._grow(2 * self._env.info()["map_size"])
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: LMDB failed while writing: {exc}") from None
-        self._chunk += len(values)
         self._flusher.request()
 
     def _reserve(self, needed):
@@ -237,6 +250,7 @@ class LmdbWriter(Writer):
         self._ready, self._ready_bytes = [], 0
         try:
             self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))])
+            self._committer.drain()
             self._flusher.stop()
             self._env.sync(True)
         except (lmdb.Error, OSError) as exc:
@@ -245,6 +259,9 @@ class LmdbWriter(Writer):
             self._abort()
 
     def _abort(self):
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.stop()  # the transactions must end before the environment closes
         if self._flusher is not None:
             try:
                 self._flusher.stop(check=False)
@@ -257,6 +274,39 @@ class LmdbWriter(Writer):
                 env.close()
             except lmdb.Error:
                 pass
+
+
+class _Committer:
+    """Runs a writer's LMDB transactions in one background thread, in order.
+
+    py-lmdb releases the GIL while LMDB copies a value into its pages and
+    while a commit writes them to the file, so these overlap with packing
+    (or receiving) the next batches. At most ``depth`` transactions wait
+    behind the running one: ``submit`` blocks beyond that, keeping memory
+    bounded. A transaction's exception is raised by a later ``submit`` or by
+    ``drain``.
+    """
+
+    def __init__(self, depth=2):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgconv-lmdb-commit")
+        self._queued = deque()
+        self._depth = depth
+
+    def submit(self, function, *args):
+        """Queue ``function(*args)``; raise the exception of a finished earlier one."""
+        self._queued.append(self._executor.submit(function, *args))
+        while self._queued and (len(self._queued) > self._depth or self._queued[0].done()):
+            self._queued.popleft().result()
+
+    def drain(self):
+        """Wait for every queued transaction; raise the first exception."""
+        while self._queued:
+            self._queued.popleft().result()
+
+    def stop(self):
+        """Let the running transaction end and drop the queued ones (for abort)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._queued.clear()
 
 
 class _Flusher:
@@ -438,52 +488,52 @@ class LmdbReader(Reader):
 
     def _read_range_in_txn(self, start, stop, out):
         first, last = start // self._k, (stop - 1) // self._k
-        count = last - first + 1
         with self._env.begin(buffers=True) as txn:
-            values = []
-            cursor = txn.cursor()
-            if cursor.set_key(chunk_key(first)):
-                # Keys sort in chunk order: a cursor scan visits the chunks in turn.
-                for key, value in cursor:
-                    if bytes(key) != chunk_key(first + len(values)):
-                        break
-                    values.append(value)
-                    if len(values) == count:
-                        break
-            if len(values) != count:
-                self._value(txn, first + len(values))  # raises: that chunk is missing
+            values = self._scan(txn, first, last - first + 1)
             indices = np.arange(start, stop, dtype=np.int64)
             distinct = np.arange(first, last + 1, dtype=np.int64)
             return self._gather(values, distinct, indices // self._k - first, indices, out)
+
+    def _scan(self, txn, first, count):
+        """The values of chunks ``first .. first + count - 1``, by one cursor scan (keys sort in chunk order)."""
+        cursor = txn.cursor()
+        items = list(itertools.islice(cursor.iternext(), count)) if cursor.set_key(chunk_key(first)) else []
+        # One comparison of all keys at once instead of one per value.
+        expected = np.arange(first, first + count, dtype=">u8").tobytes()
+        if len(items) != count or b"".join(key for key, _ in items) != expected:
+            present = itertools.takewhile(lambda pair: bytes(pair[0][0]) == chunk_key(pair[1]),
+                                          zip(items, itertools.count(first)))
+            self._value(txn, first + sum(1 for _ in present))  # raises: that chunk is missing
+        return [value for _, value in items]
 
     def _gather(self, values, distinct, sources, indices, out):
         slots = indices % self._k
         if self.shape == VARIABLE:
             return self._gather_variable(values, distinct, sources, slots, indices)
+        n = indices.size
         if out is None:
-            out = np.empty((indices.size, *self.shape), np.uint8)
-        labels = np.empty(indices.size, np.int64)
+            out = np.empty((n, *self.shape), np.uint8)
+        labels = np.empty(n, np.int64)
         offsets = slots * self._record_size
-        parts = _parts(indices.size, self._record_size)
+        payloads = out.reshape(n, self._payload)
+        # The compiled gather is called directly: the buffers are LMDB's
+        # read-only map, which no writeable ``out`` can overlap, and
+        # record.unpack_records' per-buffer normalisation would cost as much
+        # as a fifth of a full read. Large reads are split over threads (the
+        # kernel runs without the GIL: copy, checksum and the page faults of
+        # a fresh ``out`` all scale); the calling thread takes the first part.
+        parts = _parts(n, self._record_size)
+        args = (values, sources, offsets, self._expected, payloads, labels, self._verify)
+        futures = [_pool().submit(_gather_part, *args, a, b) for a, b in parts[1:]]
         try:
-            if len(parts) == 1:
-                record.unpack_records(values, offsets, sources=sources, out=out, labels_out=labels,
-                                      verify=self._verify)
-            else:
-                # The gather kernel runs without the GIL: large reads are split
-                # over threads (copy, checksum and page faults all scale).
-                futures = [
-                    _pool().submit(record.unpack_records, values, offsets[a:b], sources=sources[a:b], out=out[a:b],
-                                   labels_out=labels[a:b], verify=self._verify)
-                    for a, b in parts
-                ]
-                # Every thread must be done before the caller leaves the
-                # transaction, whose buffers they read, even when one failed.
-                wait(futures)
-                for future in futures:
-                    future.result()
-        except RecordError:
-            raise self._first_bad(values, sources, offsets, indices) from None
+            bad = [_gather_part(*args, *parts[0])]
+        finally:
+            # Every thread must be done before the caller leaves the
+            # transaction, whose buffers they read, even when one failed.
+            wait(futures)
+        bad += [future.result() for future in futures]
+        if any(b >= 0 for b in bad):
+            raise self._first_bad(values, sources, offsets, indices)
         return out, labels
 
     def _gather_variable(self, values, distinct, sources, slots, indices):
@@ -619,6 +669,15 @@ def _parts(n, record_bytes):
         return [(0, n)]
     bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _gather_part(values, sources, offsets, expected, payloads, labels, verify, a, b):
+    """Gather records ``a .. b - 1`` with the compiled (or NumPy) kernel; -1, or the first bad one's position."""
+    if a == b:
+        return -1
+    bad, _ = kernels.implementation().unpack_records(values, sources[a:b], offsets[a:b], expected, payloads[a:b],
+                                                     labels[a:b], verify)
+    return bad if bad < 0 else a + bad
 
 
 def _check_not_truncated(env, data, path):
