@@ -1071,3 +1071,71 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
         with pytest.raises(StoreError):
             store.read_all()
         assert len(finished) == 2  # both were done before the read returned
+
+
+# --------------------------------------------------------------------------- write pipelines
+
+
+def test_lmdb_failed_background_transaction_is_a_store_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(lmdb_store, "TXN_BYTES", 100)  # a transaction per value
+    calls = []
+
+    def failing(self, values, first, extra):
+        calls.append(first)
+        if len(calls) == 2:
+            raise StoreError(f"{self.path}: LMDB failed while writing: MDB_PANIC (simulated)")
+        time.sleep(0.05)  # later transactions queue behind this one
+
+    monkeypatch.setattr(lmdb_store.LmdbWriter, "_commit", failing)
+    path = target(tmp_path, "lmdb")
+    with pytest.raises(StoreError, match="store.lmdb.*simulated"):
+        write(path, make_images(40), np.arange(40), batch=2, records_per_value=2)
+    assert not os.path.exists(path) and not leftovers(tmp_path)
+
+
+def test_lmdb_missing_chunk_in_a_full_read_is_named(tmp_path):
+    path = write(target(tmp_path, "lmdb"), make_images(12), np.arange(12), records_per_value=2)
+    env = lmdb.open(path, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.delete(lmdb_store.chunk_key(3))
+    env.close()
+    with stores.open(path) as store:
+        with pytest.raises(StoreError, match="chunk 3 .*missing"):
+            store.read_all()
+        assert np.array_equal(store.read_batch([0, 1, 2, 3, 4, 5])[0], make_images(12)[:6])
+
+
+def test_png_files_written_by_workers_at_shifted_positions_are_moved(tmp_path):
+    # What the converter does when skipped images shift later batches: the
+    # workers write each batch at its planned position, the writer moves it.
+    images, labels = make_images(7), np.arange(7)
+    expected = write(target(tmp_path, "png", "appended"), images, labels)
+    path = target(tmp_path, "png")
+    with stores.create(path) as writer:
+        encode = pickle.loads(pickle.dumps(writer.encoder()))  # what a worker receives
+        planned = [(0, 3), (4, 6), (8, 9), (12, 13)]  # one image "skipped" in each earlier task
+        for start, stop in planned:
+            k = writer.count
+            writer.write_encoded(encode.encode_at(images[k : k + stop - start], labels[k : k + stop - start], start))
+    assert _digest(path) == _digest(expected)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_png_conversion_with_skipped_images_matches_any_pool(tmp_path, workers):
+    from PIL import Image
+
+    import imgconv
+
+    root = tmp_path / "folder"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    (root / "004.png").write_bytes(b"not a PNG")
+    (root / "008.png").write_bytes(b"not a PNG either")
+    one = imgconv.convert(root, tmp_path / "one", workers=1, batch_size=11, on_error="skip")
+    many = imgconv.convert(root, tmp_path / "many", workers=workers, batch_size=3, on_error="skip")
+    assert one.count == many.count == 9
+    assert _digest(one.path) == _digest(many.path)
+    with stores.open(many.path) as store:
+        assert store.check_layout() == [] and len(store.read_all()[0]) == 9
