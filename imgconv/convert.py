@@ -105,10 +105,7 @@ def read_and_encode(source, encoder, task):
     """Read, transform and encode one task; returns ``(encoded, skipped)``."""
     skipped_before = len(getattr(source, "skipped", ()))
     images, labels = _read_task(source, task)
-    # An encoder that writes its output itself (a PNG folder's files, in the
-    # workers) is told the batch's output position.
-    encode_at = getattr(encoder, "encode_at", None)
-    encoded = encoder(images, labels) if encode_at is None else encode_at(images, labels, task.start)
+    encoded = encoder(images, labels)
     skipped = list(getattr(source, "skipped", ())[skipped_before:])
     return encoded, skipped
 

@@ -1105,21 +1105,6 @@ def test_lmdb_missing_chunk_in_a_full_read_is_named(tmp_path):
         assert np.array_equal(store.read_batch([0, 1, 2, 3, 4, 5])[0], make_images(12)[:6])
 
 
-def test_png_files_written_by_workers_at_shifted_positions_are_moved(tmp_path):
-    # What the converter does when skipped images shift later batches: the
-    # workers write each batch at its planned position, the writer moves it.
-    images, labels = make_images(7), np.arange(7)
-    expected = write(target(tmp_path, "png", "appended"), images, labels)
-    path = target(tmp_path, "png")
-    with stores.create(path) as writer:
-        encode = pickle.loads(pickle.dumps(writer.encoder()))  # what a worker receives
-        planned = [(0, 3), (4, 6), (8, 9), (12, 13)]  # one image "skipped" in each earlier task
-        for start, stop in planned:
-            k = writer.count
-            writer.write_encoded(encode.encode_at(images[k : k + stop - start], labels[k : k + stop - start], start))
-    assert _digest(path) == _digest(expected)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_png_conversion_with_skipped_images_matches_any_pool(tmp_path, workers):
     from PIL import Image

@@ -52,15 +52,12 @@ def image_path(index):
 
 
 class EncodedPngs(EncodedBatch):
-    """A batch as PNG files: ``blobs`` holds the bytes of each image's PNG; or,
-    when ``written_at`` is set, the encoder has already written the files, as
-    images ``written_at, written_at + 1, ...`` of the folder being written."""
+    """A batch as PNG files: ``blobs`` holds the bytes of each image's PNG."""
 
-    def __init__(self, blobs, labels, shapes, variable, checksums, written_at=None):
+    def __init__(self, blobs, labels, shapes, variable, checksums):
         super().__init__(labels, shapes, variable)
         self.blobs = blobs
         self.checksums = checksums
-        self.written_at = written_at
 
 
 def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
@@ -74,15 +71,6 @@ def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
     return out.getvalue()
 
 
-def _encode_all(batch, compress_level):
-    """The PNG bytes of each image of a checked batch, one at a time."""
-    for i, image in enumerate(batch.images):
-        try:
-            yield encode_png(image, compress_level)
-        except StoreError as exc:
-            raise StoreError(f"image {i} of the batch: {exc}") from None
-
-
 def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
     """Check a batch and encode each image as PNG (zlib ``compress_level`` 0..9).
 
@@ -90,46 +78,24 @@ def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
     image with more than 4 channels.
     """
     batch = check_batch(images, labels)
-    blobs = list(_encode_all(batch, compress_level))
+    blobs = []
+    for i, image in enumerate(batch.images):
+        try:
+            blobs.append(encode_png(image, compress_level))
+        except StoreError as exc:
+            raise StoreError(f"image {i} of the batch: {exc}") from None
     checksums = image_checksums(batch.images, batch.labels)
     return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable, checksums)
 
 
-def write_batch(folder, start, images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL, store=None):
-    """Check and encode a batch like :func:`encode_batch`, writing each PNG
-    file straight into ``folder`` (a folder being written) as images
-    ``start, start + 1, ...``.
+class _PngEncoder:
+    """Picklable ``(images, labels) -> EncodedPngs`` with a fixed compression level."""
 
-    Returns :class:`EncodedPngs` with ``written_at=start`` and no blobs, for
-    the writer's ``write_encoded``. Raises StoreError naming ``store`` (the
-    folder's final path, by default ``folder``) and the file that cannot be
-    written.
-    """
-    batch = check_batch(images, labels)
-    shards = _Shards(folder)
-    for j, blob in enumerate(_encode_all(batch, compress_level)):
-        index = start + j
-        try:
-            _write_file(shards.path(index), blob)
-        except OSError as exc:
-            raise StoreError(f"{store or folder}: writing {image_path(index)} failed: {exc}") from None
-    checksums = image_checksums(batch.images, batch.labels)
-    return EncodedPngs(None, batch.labels, batch.shapes(), batch.variable, checksums, written_at=start)
+    def __init__(self, compress_level):
+        self.compress_level = compress_level
 
-
-class _Shards:
-    """Paths of images in a folder being written; each shard directory is created once, when first needed."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self._made = None
-
-    def path(self, index):
-        """The path of image ``index``, its shard directory made."""
-        if index // SHARD_SIZE != self._made:
-            os.makedirs(os.path.join(self.folder, os.path.dirname(image_path(index))), exist_ok=True)
-            self._made = index // SHARD_SIZE
-        return os.path.join(self.folder, image_path(index))
+    def __call__(self, images, labels):
+        return encode_batch(images, labels, compress_level=self.compress_level)
 
 
 def _write_file(path, data):
@@ -141,30 +107,6 @@ def _write_file(path, data):
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
-
-
-class _PngEncoder:
-    """Picklable ``(images, labels) -> EncodedPngs`` with a fixed compression level.
-
-    In the converter's worker processes it also writes the files itself
-    (:meth:`encode_at`): creating a file costs as much CPU as encoding it on
-    some filesystems, and the workers do it in parallel where the writer,
-    one process, would do it in turn.
-    """
-
-    def __init__(self, compress_level, folder=None, store=None):
-        self.compress_level = compress_level
-        self.folder = folder
-        self.store = store
-
-    def __call__(self, images, labels):
-        return encode_batch(images, labels, compress_level=self.compress_level)
-
-    def encode_at(self, images, labels, start):
-        """Encode a batch whose first image is image ``start`` of the output, writing its files (:func:`write_batch`)."""
-        if self.folder is None:
-            return self(images, labels)
-        return write_batch(self.folder, start, images, labels, compress_level=self.compress_level, store=self.store)
 
 
 class PngFolderWriter(Writer):
@@ -179,42 +121,36 @@ class PngFolderWriter(Writer):
             raise StoreError(f"{self.path}: compress_level must be 0..9, got {compress_level}")
         self.compress_level = int(compress_level)
         self._csv_file = None
-        self._shards = _Shards(self.temporary)
+        self._shard = None
 
     def encoder(self):
-        """The picklable encode step: :func:`encode_batch` with this writer's level;
-        its ``encode_at(images, labels, start)`` writes the files into this writer's folder."""
-        return _PngEncoder(self.compress_level, self.temporary, self.path)
+        """The picklable encode step: :func:`encode_batch` with this writer's level."""
+        return _PngEncoder(self.compress_level)
 
     def _start(self):
-        # Workers writing files (encode_at) may have created the folder first.
-        os.makedirs(os.path.join(self.temporary, "images"), exist_ok=True)
+        os.makedirs(os.path.join(self.temporary, "images"))
         self._csv_file = open(os.path.join(self.temporary, LABELS), "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file, lineterminator="\n")
         self._csv.writerow(HEADER)
 
     def _write(self, encoded):
-        if encoded.written_at is None:
-            self._write_files(encoded.blobs)
-        elif encoded.written_at != self.count:
-            self._move_files(encoded.written_at, len(encoded))
+        # Files are created here, one at a time, not by the workers or a
+        # thread pool: on this project's VM (ext4 without a journal) creating
+        # a file costs 25-400 us of kernel time scanning recently deleted
+        # inodes, and two processes creating files at once made that cost
+        # grow by 1.5-2x (FORMAT.md, "PNG folder").
+        for j, blob in enumerate(encoded.blobs):
+            index = self.count + j
+            shard = index // SHARD_SIZE
+            if shard != self._shard:
+                os.makedirs(os.path.join(self.temporary, "images", f"{shard:03d}"), exist_ok=True)
+                self._shard = shard
+            _write_file(os.path.join(self.temporary, image_path(index)), blob)
         self._csv.writerows(
             [index, image_path(index), label, f"{crc:08x}"]
             for index, label, crc in zip(range(self.count, self.count + len(encoded)), encoded.labels.tolist(),
                                          encoded.checksums.tolist())
         )
-
-    def _write_files(self, blobs):
-        for j, blob in enumerate(blobs):
-            _write_file(self._shards.path(self.count + j), blob)
-
-    def _move_files(self, written_at, n):
-        # Images skipped before this batch (on_error="skip") moved it to lower
-        # positions than the worker, which could not know, wrote it at. In
-        # increasing order a file never lands on one still to be moved, and
-        # later batches were written at positions above this one's.
-        for j in range(n):
-            os.rename(os.path.join(self.temporary, image_path(written_at + j)), self._shards.path(self.count + j))
 
     def _format_metadata(self):
         return {"compress_level": self.compress_level, "shard_size": SHARD_SIZE, "labels_file": LABELS}
