@@ -1076,23 +1076,6 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
 # --------------------------------------------------------------------------- write pipelines
 
 
-def test_lmdb_failed_background_transaction_is_a_store_error_and_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(lmdb_store, "TXN_BYTES", 100)  # a transaction per value
-    calls = []
-
-    def failing(self, values, first, extra):
-        calls.append(first)
-        if len(calls) == 2:
-            raise StoreError(f"{self.path}: LMDB failed while writing: MDB_PANIC (simulated)")
-        time.sleep(0.05)  # later transactions queue behind this one
-
-    monkeypatch.setattr(lmdb_store.LmdbWriter, "_commit", failing)
-    path = target(tmp_path, "lmdb")
-    with pytest.raises(StoreError, match="store.lmdb.*simulated"):
-        write(path, make_images(40), np.arange(40), batch=2, records_per_value=2)
-    assert not os.path.exists(path) and not leftovers(tmp_path)
-
-
 def test_lmdb_missing_chunk_in_a_full_read_is_named(tmp_path):
     path = write(target(tmp_path, "lmdb"), make_images(12), np.arange(12), records_per_value=2)
     env = lmdb.open(path, subdir=True)

@@ -24,7 +24,6 @@ import itertools
 import os
 import struct
 import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import lmdb
@@ -113,7 +112,6 @@ class LmdbWriter(Writer):
         self.map_size = max(int(map_size), 1 << 20)
         self._env = None
         self._flusher = None
-        self._committer = None
         self._chunk = 0
         self._pending = []  # (buffer, offsets from 0) of records begun but not yet a whole chunk
         self._pending_count = 0
@@ -138,7 +136,6 @@ class LmdbWriter(Writer):
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot create the LMDB database: {exc}") from None
         self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb"))
-        self._committer = _Committer()
 
     def _write(self, encoded):
         if self.records_per_value is None:
@@ -188,17 +185,7 @@ class LmdbWriter(Writer):
         return data
 
     def _put(self, values, extra=()):
-        """Queue ``values`` as the next chunks (and ``extra`` key/values) for one transaction.
-
-        The committer thread runs it while this thread packs or receives the
-        next batches; the values must stay unchanged until then (each batch
-        is a fresh buffer). A failed transaction raises here, at a later put.
-        """
-        first, self._chunk = self._chunk, self._chunk + len(values)
-        self._committer.submit(self._commit, values, first, extra)
-
-    def _commit(self, values, first, extra):
-        """Put and commit one transaction (in the committer thread, which alone uses the environment)."""
+        """Put ``values`` as the next chunks (and ``extra`` key/values) in one transaction."""
         needed = sum(len(v) for v in values) + sum(len(v) for _, v in extra)
         try:
             self._reserve(needed)
@@ -208,7 +195,7 @@ class LmdbWriter(Writer):
                         for q, value in enumerate(values):
                             # append=True: keys arrive in sorted order, so LMDB
                             # appends to the last leaf instead of searching.
-                            txn.put(chunk_key(first + q), value, append=True)
+                            txn.put(chunk_key(self._chunk + q), value, append=True)
                         for key, value in extra:
                             txn.put(key, value)
                     break
@@ -216,6 +203,7 @@ class LmdbWriter(Writer):
                     self._grow(2 * self._env.info()["map_size"])
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: LMDB failed while writing: {exc}") from None
+        self._chunk += len(values)
         self._flusher.request()
 
     def _reserve(self, needed):
@@ -250,7 +238,6 @@ class LmdbWriter(Writer):
         self._ready, self._ready_bytes = [], 0
         try:
             self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))])
-            self._committer.drain()
             self._flusher.stop()
             self._env.sync(True)
         except (lmdb.Error, OSError) as exc:
@@ -259,9 +246,6 @@ class LmdbWriter(Writer):
             self._abort()
 
     def _abort(self):
-        committer, self._committer = self._committer, None
-        if committer is not None:
-            committer.stop()  # the transactions must end before the environment closes
         if self._flusher is not None:
             try:
                 self._flusher.stop(check=False)
@@ -274,39 +258,6 @@ class LmdbWriter(Writer):
                 env.close()
             except lmdb.Error:
                 pass
-
-
-class _Committer:
-    """Runs a writer's LMDB transactions in one background thread, in order.
-
-    py-lmdb releases the GIL while LMDB copies a value into its pages and
-    while a commit writes them to the file, so these overlap with packing
-    (or receiving) the next batches. At most ``depth`` transactions wait
-    behind the running one: ``submit`` blocks beyond that, keeping memory
-    bounded. A transaction's exception is raised by a later ``submit`` or by
-    ``drain``.
-    """
-
-    def __init__(self, depth=2):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgconv-lmdb-commit")
-        self._queued = deque()
-        self._depth = depth
-
-    def submit(self, function, *args):
-        """Queue ``function(*args)``; raise the exception of a finished earlier one."""
-        self._queued.append(self._executor.submit(function, *args))
-        while self._queued and (len(self._queued) > self._depth or self._queued[0].done()):
-            self._queued.popleft().result()
-
-    def drain(self):
-        """Wait for every queued transaction; raise the first exception."""
-        while self._queued:
-            self._queued.popleft().result()
-
-    def stop(self):
-        """Let the running transaction end and drop the queued ones (for abort)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self._queued.clear()
 
 
 class _Flusher:
