@@ -1056,17 +1056,21 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
     path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
     finished, lock = [], threading.Lock()
 
-    def unpack_records(values, offsets, **kwargs):
+    real_part = lmdb_store._gather_part
+
+    def gather_part(*args):
         with lock:
-            first = not finished and not getattr(unpack_records, "failed", False)
-            unpack_records.failed = True
+            first = not finished and not getattr(gather_part, "failed", False)
+            gather_part.failed = True
         if first:
-            raise RecordError("damaged record")  # one part fails at once...
+            return args[-2]  # one part finds a bad record at once...
         time.sleep(0.2)  # ...while the others still read the transaction's buffers
+        result = real_part(*args)
         with lock:
             finished.append(1)
+        return result
 
-    monkeypatch.setattr(lmdb_store.record, "unpack_records", unpack_records)
+    monkeypatch.setattr(lmdb_store, "_gather_part", gather_part)
     with stores.open(path) as store:
         with pytest.raises(StoreError):
             store.read_all()
@@ -1095,3 +1099,39 @@ def test_a_changed_label_name_is_caught_by_the_metadata_checksum(tmp_path, fmt):
         env.close()
     with pytest.raises(StoreError, match="metadata is damaged"):
         stores.open(path)
+
+
+# --------------------------------------------------------------------------- write pipelines
+
+
+def test_lmdb_missing_chunk_in_a_full_read_is_named(tmp_path):
+    path = write(target(tmp_path, "lmdb"), make_images(12), np.arange(12), records_per_value=2)
+    env = lmdb.open(path, subdir=True)
+    with env.begin(write=True) as txn:
+        txn.delete(lmdb_store.chunk_key(3))
+    env.close()
+    with stores.open(path) as store:
+        with pytest.raises(StoreError, match="chunk 3 .*missing"):
+            store.read_all()
+        assert np.array_equal(store.read_batch([0, 1, 2, 3, 4, 5])[0], make_images(12)[:6])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_png_conversion_with_skipped_images_matches_any_pool(tmp_path, workers):
+    from PIL import Image
+
+    import imgconv
+
+    root = tmp_path / "folder"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    (root / "004.png").write_bytes(b"not a PNG")
+    (root / "008.png").write_bytes(b"not a PNG either")
+    one = imgconv.convert(root, tmp_path / "one", workers=1, batch_size=11, on_error="skip")
+    many = imgconv.convert(root, tmp_path / "many", workers=workers, batch_size=3, on_error="skip")
+    assert one.count == many.count == 9
+    assert _digest(one.path) == _digest(many.path)
+    with stores.open(many.path) as store:
+        assert store.check_layout() == [] and len(store.read_all()[0]) == 9
