@@ -1135,3 +1135,23 @@ def test_png_conversion_with_skipped_images_matches_any_pool(tmp_path, workers):
     assert _digest(one.path) == _digest(many.path)
     with stores.open(many.path) as store:
         assert store.check_layout() == [] and len(store.read_all()[0]) == 9
+
+
+@pytest.mark.parametrize("options", [{"chunk_images": 4}, {"chunk_images": 5}, {"chunk_images": 4, "compression": "lzf"}])
+def test_hdf5_file_bytes_do_not_depend_on_batch_sizes(tmp_path, options):
+    # Several write units of images, chunks filled across batches: the same bytes whatever the batching.
+    images = np.random.default_rng(3).integers(0, 256, (3000, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(3000) % 10
+    digests = set()
+    for batch in (7, 100, 1024, 3000):
+        path = tmp_path / f"b{batch}.h5"
+        with stores.create(path, **options) as writer:
+            for i in range(0, 3000, batch):
+                chunk = images[i : i + batch].copy()
+                writer.append(chunk, labels[i : i + batch])
+                chunk[...] = 0  # the caller refills its array: what the writer kept must not change
+        with stores.open(path) as store:
+            got, got_labels = store.read_all()
+            assert np.array_equal(got, images) and np.array_equal(got_labels, labels)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
