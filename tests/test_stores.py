@@ -705,9 +705,9 @@ def test_store_permissions_after_close(tmp_path):
 
 
 def test_lmdb_gather_split_over_threads(tmp_path, monkeypatch):
-    monkeypatch.setattr(lmdb_store, "PARALLEL_MIN_BYTES", 1)
-    monkeypatch.setattr(lmdb_store, "_threads", lambda: 3)
-    monkeypatch.setattr(lmdb_store, "_POOL", [None, None])
+    monkeypatch.setattr(base, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(base, "read_threads", lambda: 3)
+    monkeypatch.setattr(base, "_POOL", [None, None])
     images = make_images(50)
     path = write(target(tmp_path, "lmdb"), images, np.arange(50), batch=7, records_per_value=4)
     indices = [49, 3, 3, 17, 0, 28, 28, 41]
@@ -1050,9 +1050,9 @@ def test_png_label_beyond_int64_is_a_store_error(tmp_path):
 
 
 def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkeypatch):
-    monkeypatch.setattr(lmdb_store, "PARALLEL_MIN_BYTES", 1)
-    monkeypatch.setattr(lmdb_store, "_threads", lambda: 3)
-    monkeypatch.setattr(lmdb_store, "_POOL", [None, None])
+    monkeypatch.setattr(base, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(base, "read_threads", lambda: 3)
+    monkeypatch.setattr(base, "_POOL", [None, None])
     path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
     finished, lock = [], threading.Lock()
 
@@ -1155,3 +1155,19 @@ def test_hdf5_file_bytes_do_not_depend_on_batch_sizes(tmp_path, options):
             assert np.array_equal(got, images) and np.array_equal(got_labels, labels)
         digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def test_hdf5_large_reads_split_over_threads_read_and_check_every_part(tmp_path, monkeypatch):
+    monkeypatch.setattr(base, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(base, "read_threads", lambda: 3)
+    images = make_images(50, shape=(6, 5, 3), seed=9)
+    path = write(target(tmp_path, "hdf5"), images, np.arange(50), chunk_images=4)
+    with stores.open(path) as store:
+        got, labels = store.read_all()
+        assert np.array_equal(got, images) and labels.tolist() == list(range(50))
+        assert np.array_equal(np.concatenate([b for b, _ in store.batches(20)]), images)
+    with h5py.File(path, "r+") as f:
+        f["images"][41, 2, 2, 1] ^= 0xFF  # in the last of the three parts
+    with stores.open(path) as store:
+        with pytest.raises(StoreError, match="image 41 "):
+            store.read_all()

@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -188,6 +189,38 @@ def _continuation_tables():
         )
         _TABLES.append((np.uint32(const), by_crc_byte, by_label_byte))
     return _TABLES[0]
+
+
+# --------------------------------------------------------------------------- reading with threads
+
+# Large reads are split over threads: the copies, checksums and page faults of
+# a fresh output run without the GIL and scale with the cores.
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+_POOL = [None, None]  # (pid, executor): threads do not survive fork
+
+
+def thread_pool():
+    """This process's pool of reader threads (one per CPU, at most 4), made on first use."""
+    if _POOL[0] != os.getpid():
+        _POOL[:] = [os.getpid(), ThreadPoolExecutor(max_workers=read_threads(), thread_name_prefix="imgconv-read")]
+    return _POOL[1]
+
+
+def read_threads():
+    """How many threads a large read is split over: the CPUs this process may use, at most 4."""
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+def split_for_threads(n, item_bytes):
+    """Index ranges ``(a, b)`` covering ``0..n``: one per thread for reads of 32 MiB and more, else one."""
+    threads = read_threads()
+    if threads == 1 or n * item_bytes < PARALLEL_MIN_BYTES:
+        return [(0, n)]
+    bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 # --------------------------------------------------------------------------- metadata
@@ -1092,7 +1125,7 @@ class Reader(abc.ABC):
         for first in range(start, stop, batch_size):
             self._ensure_open()
             last = min(first + batch_size, stop)
-            yield self._verified(np.arange(first, last), self._read_range(first, last, None))
+            yield self._read_range_checked(first, last, None)
 
     def read_all(self, out=None):
         """Every image and label: ``read_batch(range(len(self)), out)`` done the fastest way."""
@@ -1100,7 +1133,7 @@ class Reader(abc.ABC):
         out = self._check_out(out, len(self))
         if len(self) == 0:
             return self._empty() if out is None else (out, np.empty(0, np.int64))
-        return self._verified(np.arange(len(self)), self._read_range(0, len(self), out))
+        return self._read_range_checked(0, len(self), out)
 
     def labels(self):
         """All labels as an (N,) int64 array, in image order."""
@@ -1125,6 +1158,13 @@ class Reader(abc.ABC):
     def check_layout(self):
         """Store-wide problems (missing or extra parts) as a list of sentences; empty when sound."""
         return []
+
+    def _read_range_checked(self, start, stop, out):
+        """Images ``start .. stop - 1`` read (``_read_range``) and checked against their checksums.
+
+        A format may do both at once, in threads.
+        """
+        return self._verified(np.arange(start, stop), self._read_range(start, stop, out))
 
     def _verified(self, indices, result):
         self._verify_pixels(indices, result[0], result[1])

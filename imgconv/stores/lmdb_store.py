@@ -24,7 +24,7 @@ import itertools
 import os
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 
 import lmdb
 import numpy as np
@@ -32,7 +32,8 @@ import numpy as np
 from .. import kernels, record
 from ..errors import RecordError, StoreError
 from .lmdb_check import check_lmdb_file
-from .base import VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text
+from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text,
+                   split_for_threads, thread_pool)
 
 FORMAT_NAME = "lmdb"
 FORMAT_VERSION = 1
@@ -588,12 +589,12 @@ class LmdbReader(Reader):
         # per 100,000 CIFAR images, a third of a whole read. Large reads are split over threads (the
         # kernel runs without the GIL: copy, checksum and the page faults of
         # a fresh ``out`` all scale).
-        parts = _parts(n, self._record_size)
+        parts = split_for_threads(n, self._record_size)
         args = (values, sources, offsets, self._expected, payloads, labels, self._verify)
         if len(parts) == 1:
             bad = [_gather_part(*args, 0, n)]
         else:
-            futures = [_pool().submit(_gather_part, *args, a, b) for a, b in parts]
+            futures = [thread_pool().submit(_gather_part, *args, a, b) for a, b in parts]
             # Every thread must be done before the caller leaves the
             # transaction, whose buffers they read, even when one failed.
             wait(futures)
@@ -709,32 +710,6 @@ def _file_key(path):
     except OSError as exc:
         raise StoreError(f"{path}: cannot read data.mdb: {exc}") from None
     return st.st_dev, st.st_ino
-
-
-PARALLEL_MIN_BYTES = 32 * 1024 * 1024
-_POOL = [None, None]  # (pid, executor): threads do not survive fork
-
-
-def _pool():
-    if _POOL[0] != os.getpid():
-        _POOL[:] = [os.getpid(), ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="imgconv-gather")]
-    return _POOL[1]
-
-
-def _threads():
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:
-        return max(1, min(4, os.cpu_count() or 1))
-
-
-def _parts(n, record_bytes):
-    """Index ranges for the gather: one per thread for reads of 32 MiB and more."""
-    threads = _threads()
-    if threads == 1 or n * record_bytes < PARALLEL_MIN_BYTES:
-        return [(0, n)]
-    bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _gather_part(values, sources, offsets, expected, payloads, labels, verify, a, b):
