@@ -520,6 +520,10 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
         writer.begin(resume=resume)
         if streamed:
             jobs = _streamed_jobs(src, batch_size, limit, first=writer.position)
+            # This process reads and decodes the archive (its read-ahead
+            # thread inflates it on another core): workers would only encode,
+            # which pays for the trip to them only when encoding is heavy.
+            workers = workers if writer.heavy_encoding else 0
         else:
             tasks = plan_tasks(total, batch_size, shuffle, seed, start=writer.position)
             jobs, workers = _planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))

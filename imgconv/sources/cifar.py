@@ -168,7 +168,7 @@ class _Archive:
         """
         members = {}
         try:
-            with TarReader(self.path, stream=True) as reader:
+            with TarReader(self.path) as reader:
                 for info in reader.tar:
                     full = _member_name(info.name)
                     if info.isfile() and full.startswith(self.prefix + "/"):
@@ -247,7 +247,7 @@ class _Archive:
         if self._tar is None:
             try:
                 self._pid = os.getpid()
-                self._tar = TarReader(self.path, stream=False)
+                self._tar = TarReader(self.path)
             except DECODE_ERRORS as exc:
                 raise SourceError(f"{self.path}: cannot open the tar archive ({exc})") from None
         return self._tar.tar.extractfile(info)
@@ -471,7 +471,7 @@ def _layout_in_directory(path):
 def _archive_prefix(path):
     """Top directory of the tar archive at ``path`` (from its first named member), or None if not a tar."""
     try:
-        with TarReader(path, stream=True) as reader:
+        with TarReader(path) as reader:
             for info in reader.tar:
                 name = _member_name(info.name)
                 if name != ".":  # "tar -C dir ." archives start with "./" itself

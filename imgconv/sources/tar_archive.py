@@ -34,26 +34,27 @@ def fast_gzip_available():
 class TarReader:
     """A tar archive open for reading, and the gzip decoder under it; closed together.
 
-    ``stream=True`` reads the archive once, front to back (``tarfile``'s
-    ``"r|"`` modes: members in archive order, each readable only while it is
-    the current one); ``stream=False`` allows ``extractfile`` of any member in
-    any order (going backwards in a gzip stream restarts it). ``tar`` is the
-    ``tarfile.TarFile``. Raises the errors of :data:`DECODE_ERRORS`.
+    ``tar`` is the ``tarfile.TarFile``, always opened in its seekable mode:
+    iterating it front to back reads the archive once (a member read whole
+    is one large read of the decoder, about 1.5 times faster than
+    ``tarfile``'s stream mode and its 10 KiB reads), and ``extractfile`` of
+    any member in any order works too (going backwards in a gzip stream
+    restarts it). Raises the errors of :data:`DECODE_ERRORS`.
     """
 
-    def __init__(self, path, stream):
+    def __init__(self, path):
         self._gzip = None
         with open(path, "rb") as f:
             gzipped = f.read(2) == _GZIP_MAGIC
         if gzipped and _igzip is not None:
             self._gzip = _igzip.open(path, "rb")
             try:
-                self.tar = tarfile.open(fileobj=self._gzip, mode="r|" if stream else "r:")
+                self.tar = tarfile.open(fileobj=self._gzip, mode="r:")
             except BaseException:
                 self._gzip.close()
                 raise
         else:
-            self.tar = tarfile.open(path, "r|*" if stream else "r:*")
+            self.tar = tarfile.open(path, "r:*")
 
     def close(self):
         """Close the archive and its decoder."""

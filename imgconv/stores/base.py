@@ -648,6 +648,10 @@ class Writer(abc.ABC):
     """
 
     format_name = None
+    # Whether encode_batch is CPU work worth a worker process (PNG
+    # compression) rather than a pass at memory speed (packing records,
+    # checksums), which costs less than sending the batch to a worker.
+    heavy_encoding = False
 
     def __init__(self, path, *, overwrite=False, label_names=None, source=None, shape=None, job=None):
         self.path = os.path.abspath(os.fspath(path))

@@ -114,6 +114,7 @@ class PngFolderWriter(Writer):
     """Writes a PNG folder (see the module docstring). Option ``compress_level`` 0..9 (default 6)."""
 
     format_name = FORMAT_NAME
+    heavy_encoding = True  # PNG compression: the pool's work
     format_version = FORMAT_VERSION
 
     def __init__(self, path, *, compress_level=DEFAULT_COMPRESS_LEVEL, **common):
