@@ -1,4 +1,5 @@
 """NumPy sources: .npy and .npz (stored and compressed), memory-mapped, and their bad forms."""
+import os
 import pickle
 import zipfile
 
@@ -19,7 +20,7 @@ def _read_all(source, batch_size=4, start=0, stop=None):
     return batches, np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
-def test_npy_nhwc_is_memory_mapped_and_unlabelled(tmp_path):
+def test_npy_nhwc_is_read_in_place_and_unlabelled(tmp_path, monkeypatch):
     images = _images(10)
     path = tmp_path / "a.npy"
     np.save(path, images)
@@ -31,8 +32,26 @@ def test_npy_nhwc_is_memory_mapped_and_unlabelled(tmp_path):
     np.testing.assert_array_equal(got, images[1:])
     assert (labels == -1).all() and labels.dtype == np.int64
     assert batches[0][0].flags.c_contiguous
+    # Only the rows asked for are read, at their place in the file; no map stays in memory.
+    read = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: read.append(offset) or real(fd, buffers, offset))
     reader = _ArrayReader(source.parts[0][0])
-    assert isinstance(reader.rows(0, 1).base, np.memmap) or isinstance(reader.rows(0, 1), np.memmap)
+    rows = reader.rows(3, 5)
+    np.testing.assert_array_equal(rows, images[3:5])
+    assert not isinstance(rows, np.memmap) and not isinstance(rows.base, np.memmap)
+    assert read == [source.parts[0][0].offset + 3 * 4 * 5 * 3]
+    reader.close()
+
+
+def test_npy_truncated_under_a_reader_is_a_source_error(tmp_path):
+    path = tmp_path / "a.npy"
+    np.save(path, _images(10))
+    source = open_source(path)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 100)
+    with pytest.raises(SourceError, match="a.npy"):
+        list(source.batches(4))
 
 
 def test_npy_grayscale_becomes_one_channel(tmp_path):
@@ -63,12 +82,14 @@ def test_npz_default_names(tmp_path, save, keys):
     assert keys[0] in source.description
 
 
-def test_stored_npz_members_are_memory_mapped(tmp_path):
-    np.savez(tmp_path / "d.npz", images=_images(4), labels=np.arange(4))
+def test_stored_npz_members_are_read_in_place(tmp_path):
+    images = _images(4)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.arange(4))
     ref = open_source(tmp_path / "d.npz").parts[0][0]
-    assert ref.stored
-    rows = _ArrayReader(ref).rows(0, 2)
-    assert isinstance(rows, np.memmap) or isinstance(rows.base, np.memmap)
+    assert ref.stored and ref.offset > 0  # the member's data inside the zip file
+    reader = _ArrayReader(ref)
+    np.testing.assert_array_equal(reader.rows(1, 3), images[1:3])
+    reader.close()
 
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])

@@ -1,9 +1,11 @@
 """NumPy files: a ``.npy`` array of images, or a ``.npz`` with images and labels.
 
 Images are uint8 (N, H, W, C), or (N, H, W) read as one channel. They are
-memory-mapped, never read whole: a ``.npy`` directly, a ``.npz`` member saved
-with ``np.savez`` (stored) through its offset inside the zip. A member of
-``np.savez_compressed`` cannot be mapped; its rows are decompressed as the
+never read whole: the rows a batch asks for are read in place (``preadv`` at
+their offset; a Fortran-order array through a memory map), from a ``.npy``
+directly or from a ``.npz`` member saved with ``np.savez`` (stored) at its
+offset inside the zip. A member of ``np.savez_compressed`` cannot be read in
+place; its rows are decompressed as the
 batches ask for them, from one stream kept open between calls (reading on
 continues it, reading backwards restarts it). Compressed images must be
 C-ordered: the rows of a Fortran-order array are spread over the whole
@@ -147,7 +149,7 @@ def _image_shape(ref):
 
 
 class _ArrayReader:
-    """Rows of one array, from a memory map or a stream over a compressed (C-order) member.
+    """Rows of one array: read in place, from a memory map (Fortran order) or a stream over a compressed member.
 
     The stream stays open between calls: a zip member's ``seek`` reads on to
     a later position and restarts the member only to go back. A process
@@ -158,12 +160,16 @@ class _ArrayReader:
     def __init__(self, ref):
         self.ref = ref
         self._map = None
+        self._fd = None
+        self._fd_pid = None  # the process that opened _fd
         self._zip = None
         self._stream = None
         self._pid = None  # the process that opened the stream
 
     def rows(self, lo, hi):
         ref = self.ref
+        if ref.stored and not ref.fortran:
+            return self._read_rows(lo, hi)
         if ref.stored:
             if self._map is None:
                 # An empty array cannot be mapped; np.memmap needs at least one byte.
@@ -191,9 +197,36 @@ class _ArrayReader:
             raise SourceError(f"{ref.path}:{ref.member}: truncated while reading rows {lo}..{hi}")
         return np.frombuffer(data, ref.dtype).reshape(hi - lo, *ref.shape[1:])
 
+    def _read_rows(self, lo, hi):
+        """Rows ``lo..hi`` of a stored C-order array, read with ``preadv`` into a new array.
+
+        Read, not memory-mapped: pages of a map stay in the reading process's
+        resident memory (a worker that read a 3 GB file would show 3 GB of
+        RSS), and a file truncated under a map kills the process with SIGBUS
+        instead of raising.
+        """
+        ref = self.ref
+        out = np.empty((hi - lo, *ref.shape[1:]), ref.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        if self._fd_pid != os.getpid():
+            self._fd = None  # the parent's descriptor: its position is not shared, but keep ownership clear
+        if self._fd is None:
+            self._fd, self._fd_pid = os.open(ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), os.getpid()
+        row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
+        offset, done = ref.offset + lo * row, 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise SourceError(f"{ref.path}: truncated: rows {lo}..{hi - 1} end past the end of the file")
+            done += got
+        return out
+
     def close(self):
-        """Close the zip stream and drop the memory map; they are reopened when next needed."""
+        """Close the file, the zip stream and drop the memory map; they are reopened when next needed."""
         self._map = None
+        if self._fd is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
         stream, archive, self._stream, self._zip = self._stream, self._zip, None, None
         for f in (stream, archive):
             if f is not None:
@@ -238,7 +271,7 @@ def detect(path):
 
 
 class NumpySource(Source):
-    """Images from a ``.npy`` file or arrays in a ``.npz`` file, memory-mapped.
+    """Images from a ``.npy`` file or arrays in a ``.npz`` file, read batch by batch in place.
 
     Arguments: ``path``; for a ``.npz``, ``images_key`` and ``labels_key``
     name the arrays (defaults in the module docstring) and ``split`` picks
@@ -366,7 +399,7 @@ class NumpySource(Source):
         return self._readers[part]
 
     def close(self):
-        """Close the zip streams and memory maps kept between calls; the source stays usable."""
+        """Close the files, zip streams and memory maps kept between calls; the source stays usable."""
         for reader in self._readers or ():
             reader.close()
         self._readers = None
