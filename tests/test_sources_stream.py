@@ -235,3 +235,20 @@ def test_an_interrupted_archive_conversion_resumes_to_the_same_folder(tmp_path, 
     names = sorted(os.path.relpath(os.path.join(d, n), dest) for d, _, ns in os.walk(dest) for n in ns)
     for name in names:
         assert (dest / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_batch_files_before_their_turn_wait_on_disk_not_in_memory(scrambled, sample, monkeypatch):
+    _, (images, _) = sample
+    aside = []
+    real = cifar._set_aside
+
+    def recording(directory, number, data):
+        aside.append((directory, number))
+        return real(directory, number, data)
+
+    monkeypatch.setattr(cifar, "_set_aside", recording)
+    _, got, _ = _joined(open_source(scrambled, split="all").stream(16))
+    np.testing.assert_array_equal(got, images)
+    # data_batch_4, test_batch, 3, 2, 5 arrive before data_batch_1 (the archive's last member).
+    assert sorted(number for _, number in aside) == [1, 2, 3, 4, 5]
+    assert not os.path.exists(aside[0][0])  # the waiting room is gone with the stream

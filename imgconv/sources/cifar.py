@@ -29,6 +29,7 @@ import os
 import posixpath
 import queue
 import tarfile
+import tempfile
 import threading
 from collections import namedtuple
 from contextlib import closing
@@ -119,6 +120,24 @@ class _Directory:
 
 
 _END = object()  # read_ahead's end of the archive
+
+
+def _set_aside(directory, number, data):
+    """Keep a member's bytes in a file of ``directory`` until their turn; returns its path."""
+    path = os.path.join(directory, f"member-{number}")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _take_back(kept):
+    """The bytes :func:`_set_aside` kept (the file is removed), or ``kept`` itself when it is the bytes."""
+    if isinstance(kept, bytes):
+        return kept
+    with open(kept, "rb") as f:
+        data = f.read()
+    os.remove(kept)
+    return data
 
 
 def _member_name(name):
@@ -666,20 +685,27 @@ class CifarSource(Source):
     def _stream_archive(self, batch_size, limit):
         names = self._batch_names()
         meta = _meta_name(self.layout, self.label_kind)
-        early = {}  # batch files read before their turn, by name
+        # A batch file that arrives before its turn (the official archives are
+        # not in batch order) waits in a file, not in memory: the conversion's
+        # memory stays that of one batch file whatever the archive's order.
+        early = {}  # name -> the member's bytes (its turn) or the file they wait in
         counts = []
         label_names, meta_seen = None, False
         cutter = BatchCutter(batch_size, limit, kernels.chw_to_hwc_into, (HEIGHT, WIDTH, CHANNELS))
         members = self.container.read_ahead(set(names) | {meta})
-        with closing(members):
+        with tempfile.TemporaryDirectory(prefix="imgconv-early-") as waiting, closing(members):
             for name, data in members:
                 where = self.container.where(name)
                 if name == meta:
                     label_names, meta_seen = _parse_label_names(data, where, self.layout, self.label_kind), True
                 elif not cutter.full:
-                    early[name] = _decode_member(data, where, self.layout, self.label_kind)
+                    due = name == names[len(counts)]
+                    early[name] = data if due else _set_aside(waiting, names.index(name), data)
+                    del data
                     while len(counts) < len(names) and names[len(counts)] in early:
-                        rows, labels = early.pop(names[len(counts)])
+                        name = names[len(counts)]
+                        rows, labels = _decode_member(_take_back(early.pop(name)), self.container.where(name),
+                                                      self.layout, self.label_kind)
                         counts.append(rows.shape[0])
                         yield from cutter.add(rows, labels)
                 if cutter.full and meta_seen:
