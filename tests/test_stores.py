@@ -1116,6 +1116,7 @@ def test_lmdb_missing_chunk_in_a_full_read_is_named(tmp_path):
         assert np.array_equal(store.read_batch([0, 1, 2, 3, 4, 5])[0], make_images(12)[:6])
 
 
+@pytest.mark.filterwarnings("ignore::imgconv.sources.base.SkippedImageWarning")  # skipping is the point here
 @pytest.mark.parametrize("workers", [0, 2])
 def test_png_conversion_with_skipped_images_matches_any_pool(tmp_path, workers):
     from PIL import Image
