@@ -426,7 +426,7 @@ def _open(source, source_options):
 
 
 def _check_limit(limit):
-    """Raise ValueError unless ``limit`` is None or a non-negative int; returns None."""
+    """Raise ValueError unless ``limit`` is None or a non-negative int."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
 
@@ -510,7 +510,11 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     try:
         # A streamed source is not counted first; it learns its length and
         # label names as it goes, and the writer takes them at the end.
-        total = _check_limit(limit) if streamed else _count(src, limit)
+        if streamed:
+            _check_limit(limit)
+            total = None
+        else:
+            total = _count(src, limit)
         shape = src.shape  # computed here once, so workers inherit it instead of each scanning
         writer = stores.create(dest, format, overwrite=overwrite, label_names=None if streamed else src.label_names,
                                source=src.description, shape=stores.VARIABLE if shape is None else shape,

@@ -1,5 +1,8 @@
-"""Shared fixtures: every kernel test runs against both implementations."""
+"""Shared fixtures: every kernel test runs against both implementations; a directory other users reach."""
 import importlib
+import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -27,3 +30,14 @@ def backend(request, monkeypatch):
         impl = _pure
     monkeypatch.setattr(kernels, "_impl", impl)
     return request.param
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory outside pytest's private tmp tree (tmp_path is private to root), so another user can reach it."""
+    path = tempfile.mkdtemp(prefix="imgconv-test-")
+    os.chmod(path, 0o755)
+    yield path
+    for d, _, _ in os.walk(path):
+        os.chmod(d, 0o755)
+    shutil.rmtree(path)

@@ -8,7 +8,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -418,17 +417,6 @@ def test_lmdb_map_grows_and_file_stays_close_to_the_data(tmp_path):
 
 
 # --------------------------------------------------------------------------- read-only media
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory outside pytest's private tmp tree, so another user can reach it."""
-    path = tempfile.mkdtemp(prefix="imgconv-test-")
-    os.chmod(path, 0o755)
-    yield path
-    for d, _, _ in os.walk(path):
-        os.chmod(d, 0o755)
-    shutil.rmtree(path)
 
 
 def run_without_write_access(script):

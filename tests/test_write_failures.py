@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -12,17 +11,6 @@ import pytest
 from imgconv.sample import generate_sample
 
 FORMATS = [("png", "out"), ("lmdb", "out.lmdb"), ("hdf5", "out.h5")]
-
-
-@pytest.fixture
-def shared_dir():
-    """A directory other users can enter (tmp_path is private to root)."""
-    path = tempfile.mkdtemp(prefix="imgconv-test-")
-    os.chmod(path, 0o755)
-    yield path
-    for d, _, _ in os.walk(path):
-        os.chmod(d, 0o755)
-    shutil.rmtree(path)
 
 
 def _source(directory, count):
