@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from . import __version__, stores
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError
+from .errors import ImgconvError, UsageError
 from .sample import MIN_COUNT, write_sample
 from .verify import store_info, verify_store
 
@@ -188,10 +188,6 @@ def _store_options(args):
             raise UsageError(f"{flag} applies to {flag_format} stores, and {args.dest} is written as {fmt}")
         options[keyword] = value
     return options
-
-
-class UsageError(Exception):
-    """Arguments that do not go together; reported as a usage error (exit 2)."""
 
 
 @contextmanager

@@ -25,7 +25,6 @@ on disk, and plans the remaining tasks from that source position on; the
 job fingerprint (source, its size and modification time, the options)
 must match, so only the same conversion is ever continued.
 """
-import ctypes
 import glob
 import math
 import mmap
@@ -34,7 +33,6 @@ import os
 import pickle
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -45,11 +43,10 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from . import stores
-from .errors import ImgconvError
+from . import _platform, _validate, stores
+from .errors import ConversionError, ImgconvError, Interrupted, SourceError, WorkerDied
 from .sources import Source, open_source
 from .sources.base import SkippedFile
-from .verify import disk_usage
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -67,28 +64,9 @@ Task.__doc__ = """One unit of work: images ``start <= i < stop`` of the source i
 when shuffling, the source images ``indices`` (in output order)."""
 
 
-class ConversionError(ImgconvError):
-    """A conversion failed in a worker or in the pool; the message says where and why."""
-
-
-class WorkerDied(ConversionError):
-    """A worker process died (killed, out of memory); the work done so far can be resumed."""
-
-
-class Interrupted(ImgconvError):
-    """The conversion was stopped by a signal (SIGINT or SIGTERM); ``signum`` says which."""
-
-    def __init__(self, signum, detail="nothing was written at the destination"):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; {detail}")
-        self.signum = signum
-
-
 def default_workers():
     """The number of worker processes used by default: the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return _platform.cpu_count()
 
 
 def plan_tasks(count, batch_size, shuffle=False, seed=0, start=0):
@@ -116,44 +94,11 @@ def _init_worker(source, encoder, handoff, parent):
     # happens, and it stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(parent)
+    _platform.die_with_parent(parent)
     _WORKER["source"] = source
     _WORKER["encoder"] = encoder
     _WORKER["handoff"] = handoff
     _WORKER["sent"] = 0
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent):
-    """End this worker as soon as the process ``parent`` dies, however it dies.
-
-    A worker of a parent killed by SIGKILL would otherwise wait on the task
-    queue forever: it holds the queue's write end itself, so it never sees
-    end-of-file. On Linux the kernel sends SIGKILL when the parent goes
-    (PR_SET_PDEATHSIG; strictly, when the parent's thread that forked us
-    ends: the executor forks from the thread that submits, the main one);
-    elsewhere a thread watches the parent's pid.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            armed = False
-    else:
-        armed = False
-    if os.getppid() != parent:
-        os._exit(1)  # the parent died before the signal was armed
-    if not armed:
-        threading.Thread(target=_watch_parent, args=(parent,), name="imgconv-parent-watch", daemon=True).start()
-
-
-def _watch_parent(parent):
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(1)
 
 
 def _read_task(source, task):
@@ -303,13 +248,12 @@ def _remove_stale_handoffs():
     for path in glob.glob(os.path.join(tempfile.gettempdir(), HANDOFF_PREFIX + "*-*")):
         pid = os.path.basename(path)[len(HANDOFF_PREFIX):].split("-")[0]
         try:
-            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+            if not pid.isdigit() or not _platform.owned_by_me(path):
                 continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
+        if _platform.process_exists(int(pid)) is False:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _pool_processes(pool):
@@ -425,25 +369,12 @@ def _open(source, source_options):
     return open_source(source, **source_options)
 
 
-def _check_limit(limit):
-    """Raise ValueError unless ``limit`` is None or a non-negative int."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
-
-
 def _count(source, limit):
-    _check_limit(limit)
+    limit = _validate.optional_non_negative_int("limit", limit)
     length = source.length
     if length is None:
-        raise ImgconvError(f"{source.description}: the number of images is unknown, so the work cannot be planned")
+        raise SourceError(f"{source.description}: the number of images is unknown, so the work cannot be planned")
     return length if limit is None else min(length, limit)
-
-
-def _check_positive(name, value, allow_zero=False):
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def _fingerprint(source, src, total, shuffle, seed, source_options, streamed=False):
@@ -502,8 +433,8 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     dies), Interrupted on SIGINT/SIGTERM.
     """
     started = time.perf_counter()
-    workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
-    batch_size = _check_positive("batch_size", batch_size)
+    workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
+    batch_size = _validate.positive_int("batch_size", batch_size)
     src = _open(source, source_options)
     streamed = src.sequential and not shuffle
     writer = None
@@ -511,7 +442,7 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
         # A streamed source is not counted first; it learns its length and
         # label names as it goes, and the writer takes them at the end.
         if streamed:
-            _check_limit(limit)
+            limit = _validate.optional_non_negative_int("limit", limit)
             total = None
         else:
             total = _count(src, limit)
@@ -559,7 +490,7 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
             src.close()  # opened here: let go of its archive and cached batches now
     path = writer.path
     return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
-                         disk_usage(path), skipped, writer.resumed, writer.restart_reason)
+                         _platform.disk_usage(path).data_bytes, skipped, writer.resumed, writer.restart_reason)
 
 
 def _kept_for_resume(exc, writer):
@@ -615,8 +546,8 @@ def load(path, *, workers=None, batch_size=DEFAULT_BATCH_SIZE, **source_options)
     array (shared memory), so nothing is copied through the parent. Raises
     like :func:`convert`.
     """
-    workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
-    batch_size = _check_positive("batch_size", batch_size)
+    workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
+    batch_size = _validate.positive_int("batch_size", batch_size)
     src = open_source(path, **source_options)
     total = _count(src, None)
     tasks = plan_tasks(total, batch_size)

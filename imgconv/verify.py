@@ -6,13 +6,13 @@ the format for its own structural checks; it names each bad record instead
 of stopping at the first. :func:`store_info` gathers what ``imgconv info``
 prints.
 """
-import os
 import time
 from collections import namedtuple
 
 import numpy as np
 
 from . import stores
+from ._platform import disk_usage
 from .errors import ImgconvError
 
 VerifyReport = namedtuple("VerifyReport", "path format count checked bad problems seconds")
@@ -62,20 +62,6 @@ def _bad_images(store, start, stop):
     return found
 
 
-def disk_usage(path):
-    """Bytes taken by the file or directory tree at ``path``."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
-
-
 def store_info(path):
     """What ``imgconv info`` reports about the store at ``path``, as a JSON-ready dict.
 
@@ -99,7 +85,7 @@ def store_info(path):
                 (names[v] if names is not None and 0 <= v < len(names) else str(int(v))): int(c)
                 for v, c in zip(values.tolist(), counts.tolist())
             },
-            "bytes": disk_usage(store.path),
+            "bytes": disk_usage(store.path).data_bytes,
             "imgconv_version": meta.get("imgconv_version"),
             "format_version": meta.get("format_version"),
             "source": meta.get("source"),

@@ -16,7 +16,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from imgconv import kernels, stores
+from imgconv import _platform, kernels, stores
 from imgconv.bench import classic
 from imgconv.errors import ImgconvError, RecordError, StoreError, UnknownFormatError
 from imgconv.stores import StoreIndexError, base, hdf5_store, lmdb_store, png_folder
@@ -738,7 +738,7 @@ def _renames_interrupted_at(monkeypatch, call):
         return real(source, target)
 
     monkeypatch.setattr(os, "rename", rename)
-    monkeypatch.setattr(base, "_renameat2", lambda source, target, flags: False, raising=False)
+    monkeypatch.setattr(_platform, "renameat2", lambda source, target, flags: False)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -765,7 +765,7 @@ def test_overwrite_with_and_without_renameat2(tmp_path, fmt, monkeypatch):
     write(path, make_images(2, seed=5), [8, 9], overwrite=True)  # renameat2 where the system has it
     with stores.open(path) as store:
         assert store.labels().tolist() == [8, 9]
-    monkeypatch.setattr(base, "_renameat2", lambda source, target, flags: False)
+    monkeypatch.setattr(_platform, "renameat2", lambda source, target, flags: False)
     write(path, make_images(4, seed=6), [4, 5, 6, 7], overwrite=True)
     with stores.open(path) as store:
         assert store.labels().tolist() == [4, 5, 6, 7]

@@ -14,28 +14,20 @@ A store holds either one fixed image shape (batches given as arrays) or varying
 shapes ("variable": batches given as lists of (H, W, C) or (H, W) arrays).
 """
 import abc
-import ctypes
-import errno
-import fcntl
 import json
 import operator
 import os
 import secrets
-import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _platform, _validate, kernels
+from .._platform import remove_path
 from .._version import __version__
-from .. import kernels
-from ..errors import StoreError
+from ..errors import StoreArgumentError, StoreError, StoreIndexError
 
 VARIABLE = "variable"
-
-
-class StoreIndexError(StoreError, IndexError):
-    """An index outside ``0 .. len(store) - 1`` (negative indices count from the end)."""
 
 
 # --------------------------------------------------------------------------- batches
@@ -64,27 +56,21 @@ class Batch:
 
 def _as_image(image, where):
     if not isinstance(image, np.ndarray):
-        raise StoreError(f"{where}: an image must be a NumPy array, got {type(image).__name__}")
+        raise StoreArgumentError(f"{where}: an image must be a NumPy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise StoreError(f"{where}: images must be uint8, got dtype {image.dtype}")
+        raise StoreArgumentError(f"{where}: images must be uint8, got dtype {image.dtype}")
     if image.ndim == 2:
         image = image[:, :, np.newaxis]
     if image.ndim != 3 or 0 in image.shape:
-        raise StoreError(f"{where}: an image must be (H, W) or (H, W, C) and non-empty, got shape {image.shape}")
+        raise StoreArgumentError(
+            f"{where}: an image must be (H, W) or (H, W, C) and non-empty, got shape {image.shape}")
     return np.ascontiguousarray(image)
 
 
 def _as_labels(labels, n):
     if labels is None:
         return np.full(n, -1, np.int64)
-    labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise StoreError(f"the batch has {n} images but labels of shape {labels.shape}")
-    if labels.dtype.kind not in "iub":
-        raise StoreError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
-        raise StoreError("labels must fit in a signed 64-bit integer")
-    return np.ascontiguousarray(labels, np.int64)
+    return _validate.int64_labels(labels, n, error=StoreArgumentError)
 
 
 def check_batch(images, labels):
@@ -92,20 +78,20 @@ def check_batch(images, labels):
 
     ``images`` is a uint8 array (N, H, W, C) or (N, H, W), or a list/tuple of
     uint8 arrays (H, W, C) or (H, W) (varying sizes). ``labels`` holds N
-    integers, or None for "no label" (-1). Raises StoreError naming the problem.
+    integers, or None for "no label" (-1). Raises StoreArgumentError naming the problem.
     """
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
-            raise StoreError(f"images must be uint8, got dtype {images.dtype}")
+            raise StoreArgumentError(f"images must be uint8, got dtype {images.dtype}")
         if images.ndim == 3:
             images = images[..., np.newaxis]
         if images.ndim != 4 or 0 in images.shape[1:]:
-            raise StoreError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
+            raise StoreArgumentError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
         return Batch(np.ascontiguousarray(images), _as_labels(labels, images.shape[0]), False)
     if isinstance(images, (list, tuple)):
         checked = [_as_image(image, f"image {i} of the batch") for i, image in enumerate(images)]
         return Batch(checked, _as_labels(labels, len(checked)), True)
-    raise StoreError(f"images must be a uint8 array or a list of arrays, got {type(images).__name__}")
+    raise StoreArgumentError(f"images must be a uint8 array or a list of arrays, got {type(images).__name__}")
 
 
 class EncodedBatch:
@@ -208,10 +194,7 @@ def thread_pool():
 
 def read_threads():
     """How many threads a large read is split over: the CPUs this process may use, at most 4."""
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:
-        return max(1, min(4, os.cpu_count() or 1))
+    return min(4, _platform.cpu_count())
 
 
 def split_for_threads(n, item_bytes):
@@ -324,17 +307,6 @@ def temporary_sibling(path):
     )
 
 
-def remove_path(path):
-    """Remove a file or a directory tree; a missing path is fine."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 def check_target(path, overwrite):
     """Refuse an existing ``path`` unless ``overwrite``; check its directory exists."""
     parent = os.path.dirname(path) or "."
@@ -372,12 +344,12 @@ def commit(temporary, path, overwrite):
     except OSError as exc:
         raise StoreError(f"{path}: cannot move the finished store into place ({exc}); "
                          f"it is kept at {temporary}") from None
-    _fsync_directory(os.path.dirname(path) or ".")
+    _platform.fsync_dir(os.path.dirname(path) or ".")
 
 
 def _rename_no_replace(source, target):
     # Never replace something that appeared at the target in the meantime.
-    if _renameat2(source, target, _RENAME_NOREPLACE):
+    if _platform.renameat2(source, target, _platform.RENAME_NOREPLACE):
         return
     if os.path.isdir(source):
         os.rename(source, target)  # replaces at most an empty directory
@@ -393,7 +365,7 @@ def _rename_no_replace(source, target):
 
 
 def _swap_into_place(temporary, path):
-    if _renameat2(temporary, path, _RENAME_EXCHANGE):
+    if _platform.renameat2(temporary, path, _platform.RENAME_EXCHANGE):
         remove_path(temporary)  # the old store, swapped out
         return
     old = temporary_sibling(path).replace(".tmp-", ".old-")
@@ -406,49 +378,6 @@ def _swap_into_place(temporary, path):
             os.rename(old, path)
         raise
     remove_path(old)
-
-
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
-_AT_FDCWD = -100
-_RENAMEAT2 = []
-
-
-def _renameat2(source, target, flags):
-    """Linux renameat2(); False when the system or filesystem does not offer it or ``flags``."""
-    if not _RENAMEAT2:
-        func = None
-        if sys.platform.startswith("linux"):
-            try:
-                func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-            except OSError:
-                func = None
-            if func is not None:
-                func.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-                func.restype = ctypes.c_int
-        _RENAMEAT2.append(func)
-    func = _RENAMEAT2[0]
-    if func is None:
-        return False
-    if func(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
-        return False
-    raise OSError(err, os.strerror(err), target)
-
-
-def _fsync_directory(directory):
-    # Makes the rename itself durable; not possible on every platform/filesystem.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- partial output
@@ -496,6 +425,8 @@ class PartialOutput:
 
     def acquire(self):
         """Create the directory if needed and lock it; StoreError if another process holds it."""
+        if not _platform.CAN_LOCK_DIRECTORIES:
+            raise StoreError(f"{self.target}: cannot write a store here: {_platform.UNSUPPORTED}")
         while self._fd is None:
             try:
                 os.mkdir(self.path)
@@ -510,8 +441,11 @@ class PartialOutput:
             except OSError as exc:
                 raise StoreError(f"{self.target}: cannot use {self.path}: {exc.strerror or exc}") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+                locked = _platform.lock_exclusive(fd)
+            except OSError as exc:
+                os.close(fd)
+                raise StoreError(f"{self.target}: cannot lock {self.path}: {exc.strerror or exc}") from None
+            if not locked:
                 os.close(fd)
                 raise StoreError(f"{self.target}: another process is writing this store "
                                  f"(its partial output {self.path} is locked)") from None
@@ -690,7 +624,7 @@ class Writer(abc.ABC):
         try:
             encoded = self.encode_batch(images, labels)
         except StoreError as exc:
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise type(exc)(f"{self.path}: {exc}") from None
         self.write_encoded(encoded)
 
     def encode_batch(self, images, labels):
@@ -964,7 +898,8 @@ class Writer(abc.ABC):
             return
         if shape != self.shape:
             found = "images of varying sizes" if shape is None else f"images of {shape_text(shape)}"
-            raise StoreError(f"{self.path}: the batch holds {found}, the store holds {shape_text(self.shape)} uint8 images")
+            raise StoreArgumentError(
+                f"{self.path}: the batch holds {found}, the store holds {shape_text(self.shape)} uint8 images")
 
     def _ensure_begun(self):
         if not self._begun:
@@ -1031,11 +966,11 @@ def _initial_shape(shape, path):
     try:
         shape = tuple(operator.index(v) for v in shape)
     except TypeError:
-        raise StoreError(f"{path}: shape must be (H, W), (H, W, C) or 'variable', got {shape!r}") from None
+        raise StoreArgumentError(f"{path}: shape must be (H, W), (H, W, C) or 'variable', got {shape!r}") from None
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3 or min(shape) < 1:
-        raise StoreError(f"{path}: shape must be (H, W), (H, W, C) or 'variable', got {shape!r}")
+        raise StoreArgumentError(f"{path}: shape must be (H, W), (H, W, C) or 'variable', got {shape!r}")
     return shape
 
 
@@ -1116,8 +1051,7 @@ class Reader(abc.ABC):
         Raises ValueError for ``batch_size`` < 1 and StoreIndexError unless
         0 <= start <= stop; both are checked at the call, not at the first batch.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = _validate.positive_int("batch_size", batch_size)
         n = len(self)
         start = operator.index(start)
         stop = n if stop is None else min(operator.index(stop), n)
@@ -1243,45 +1177,26 @@ class Reader(abc.ABC):
         self._pid = pid
 
     def _check_index(self, index):
-        try:
-            i = operator.index(index)
-        except TypeError:
-            raise TypeError(f"store indices must be integers, got {type(index).__name__}") from None
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise StoreIndexError(f"{self.path}: index {index} is out of range for a store of {n} images")
-        return i
+        return _validate.index(index, len(self), error=StoreIndexError, where=f"{self.path}: ",
+                               out_of_range=f"is out of range for a store of {len(self)} images")
 
     def _check_indices(self, indices):
-        idx = np.asarray(indices)
-        if idx.dtype.kind not in "iu" and not (idx.size == 0):
-            raise TypeError(f"{self.path}: indices must be integers, got dtype {idx.dtype}")
-        if idx.dtype.kind == "u" and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
-            first = idx.reshape(-1)[int(np.argmax(idx.reshape(-1) > np.iinfo(np.int64).max))]
-            raise StoreIndexError(f"{self.path}: index {first} is out of range for a store of {len(self)} images")
-        idx = idx.astype(np.int64, copy=False).reshape(-1)
-        n = len(self)
-        if idx.size:
-            idx = np.where(idx < 0, idx + n, idx)
-            bad = (idx < 0) | (idx >= n)
-            if bad.any():
-                first = np.asarray(indices).reshape(-1)[int(np.argmax(bad))]
-                raise StoreIndexError(f"{self.path}: index {first} is out of range for a store of {n} images")
-        return np.ascontiguousarray(idx)
+        return _validate.int64_indices(indices, len(self), negative=True, flatten=True, error=StoreIndexError,
+                                       where=f"{self.path}: ",
+                                       out_of_range=f"is out of range for a store of {len(self)} images")
 
     def _check_out(self, out, n):
         if out is None:
             return None
         if self.variable:
-            raise StoreError(f"{self.path}: out= needs a store of one image shape, this one has varying sizes")
+            raise StoreArgumentError(
+                f"{self.path}: out= needs a store of one image shape, this one has varying sizes")
         want = (n, *self.shape)
         if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != want:
             got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise StoreError(f"{self.path}: out must be a uint8 array of shape {want}, got {got}")
+            raise StoreArgumentError(f"{self.path}: out must be a uint8 array of shape {want}, got {got}")
         if not out.flags.c_contiguous or not out.flags.writeable:
-            raise StoreError(f"{self.path}: out must be a writeable C-contiguous array")
+            raise StoreArgumentError(f"{self.path}: out must be a writeable C-contiguous array")
         return out
 
     def _empty(self):

@@ -29,8 +29,8 @@ from concurrent.futures import wait
 import h5py
 import numpy as np
 
-from .. import kernels
-from ..errors import StoreError
+from .. import _platform, _validate, kernels
+from ..errors import StoreArgumentError, StoreError
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, check_metadata, image_checksums,
                    split_for_threads, thread_pool)
 
@@ -48,6 +48,7 @@ CHUNK_TARGET_BYTES = 192 * 1024
 WRITE_UNIT_BYTES = 4 * 1024 * 1024
 PIXEL_CHUNK_BYTES = 256 * 1024
 LABEL_CHUNK = 1024
+MAX_CHUNK_IMAGES = 1 << 20  # the largest chunk_images accepted
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 
 
@@ -101,15 +102,18 @@ class Hdf5Writer(Writer):
 
     def __init__(self, path, *, chunk_images=None, compression=None, compression_level=None, **common):
         super().__init__(path, **common)
-        if compression not in COMPRESSIONS:
-            raise StoreError(f"{self.path}: compression must be one of {COMPRESSIONS}, got {compression!r}")
-        if compression_level is not None and (compression != "gzip" or not 0 <= int(compression_level) <= 9):
-            raise StoreError(f"{self.path}: compression_level is 0..9 and applies to gzip only")
-        if chunk_images is not None and not 1 <= int(chunk_images) <= 1 << 20:
-            raise StoreError(f"{self.path}: chunk_images must be 1 .. 1048576, got {chunk_images}")
-        self.chunk_images = None if chunk_images is None else int(chunk_images)
+        how = {"error": StoreArgumentError, "where": f"{self.path}: "}
+        _validate.choice("compression", compression, COMPRESSIONS, **how)
+        if compression_level is not None:
+            if compression != "gzip":
+                raise StoreArgumentError(f"{self.path}: compression_level applies to gzip only "
+                                         f"(compression is {compression!r})")
+            compression_level = _validate.integer("compression_level", compression_level, minimum=0, maximum=9, **how)
+        if chunk_images is not None:
+            chunk_images = _validate.integer("chunk_images", chunk_images, minimum=1, maximum=MAX_CHUNK_IMAGES, **how)
+        self.chunk_images = chunk_images
         self.compression = compression
-        self.compression_level = (4 if compression_level is None else int(compression_level)) if compression == "gzip" else None
+        self.compression_level = (4 if compression_level is None else compression_level) if compression == "gzip" else None
         self._file = None
         self._datasets = {}
         self._carry = []  # images of the chunk being filled, copied (fewer than a chunk)
@@ -742,12 +746,9 @@ class _DirectChunks:
         return cls(path, fd, offsets, k, image_bytes)
 
     def _read(self, view, offset, what):
-        done = 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise StoreError(f"{self.path}: {what} ends early at byte {offset + done}: the file is truncated")
-            done += got
+        got = _platform.pread_exact(self.fd, view, offset)
+        if got < len(view):
+            raise StoreError(f"{self.path}: {what} ends early at byte {offset + got}: the file is truncated")
 
     def read_image(self, i, out):
         """Read image ``i`` into ``out`` (an (H, W, C) uint8 array)."""

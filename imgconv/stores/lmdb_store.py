@@ -20,6 +20,7 @@ Why runs of records: one small record per value puts every value on its own
 their pages and turn a full read into a scan of a few thousand values, while a
 single image is still one lookup and one record decode.
 """
+import errno
 import itertools
 import os
 import struct
@@ -29,8 +30,8 @@ from concurrent.futures import wait
 import lmdb
 import numpy as np
 
-from .. import kernels, record
-from ..errors import RecordError, StoreError
+from .. import _platform, _validate, kernels, record
+from ..errors import RecordError, StoreArgumentError, StoreError
 from .lmdb_check import check_lmdb_file
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text,
                    split_for_threads, thread_pool)
@@ -54,6 +55,7 @@ INITIAL_MAP_SIZE = 64 * 1024 * 1024
 # hold this many bytes, never per batch: the file then does not depend on how
 # the images were split into batches.
 TXN_BYTES = 16 * 1024 * 1024
+MAX_OPTION = 1 << 20  # the largest records_per_value accepted
 _ZERO = np.zeros(1, np.int64)
 
 
@@ -108,11 +110,13 @@ class LmdbWriter(Writer):
 
     def __init__(self, path, *, records_per_value=None, map_size=INITIAL_MAP_SIZE, **common):
         super().__init__(path, **common)
-        if records_per_value is not None and not 1 <= int(records_per_value) <= 1 << 20:
-            raise StoreError(f"{self.path}: records_per_value must be 1 .. 1048576, got {records_per_value}")
-        self.records_per_value = None if records_per_value is None else int(records_per_value)
+        if records_per_value is not None:
+            records_per_value = _validate.integer("records_per_value", records_per_value, minimum=1,
+                                                  maximum=MAX_OPTION, error=StoreArgumentError, where=f"{self.path}: ")
+        self.records_per_value = records_per_value
         self._given_options = {"records_per_value": self.records_per_value}
-        self.map_size = max(int(map_size), 1 << 20)
+        self.map_size = max(_validate.positive_int("map_size", map_size, error=StoreArgumentError,
+                                                   where=f"{self.path}: "), 1 << 20)
         self._env = None
         self._flusher = None
         self._chunk = 0
@@ -347,11 +351,8 @@ class LmdbWriter(Writer):
 
 def _space_note(path):
     """" (No space left on device: N bytes free)" when the filesystem of ``path`` is full, else ""."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return ""
-    return f" ({os.strerror(28)}: {st.f_bavail * st.f_frsize} bytes free)" if st.f_bavail * st.f_frsize < (1 << 20) else ""
+    free = _platform.free_bytes(path)
+    return f" ({os.strerror(errno.ENOSPC)}: {free} bytes free)" if free is not None and free < (1 << 20) else ""
 
 
 def _first_records(value, n, shape):
@@ -396,7 +397,7 @@ class _Flusher:
             if self._stopping:
                 return
             try:
-                os.fdatasync(self._fd)
+                _platform.fdatasync(self._fd)
             except OSError as exc:
                 self._error = exc
                 return

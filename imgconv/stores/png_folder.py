@@ -25,7 +25,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..errors import StoreError
+from .. import _validate
+from ..errors import StoreArgumentError, StoreError
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, image_checksums,
                    load_metadata, remove_path, shape_text)
 
@@ -65,7 +66,7 @@ def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
     """The PNG bytes of one (H, W, C) uint8 image, C in 1..4."""
     channels = image.shape[2]
     if channels not in _MODES:
-        raise StoreError(f"PNG holds 1 to 4 channels, the image has {channels}")
+        raise StoreArgumentError(f"PNG holds 1 to 4 channels, the image has {channels}")
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image, _MODES[channels])
     out = io.BytesIO()
     pil.save(out, format="PNG", compress_level=compress_level)
@@ -83,8 +84,8 @@ def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
     for i, image in enumerate(batch.images):
         try:
             blobs.append(encode_png(image, compress_level))
-        except StoreError as exc:
-            raise StoreError(f"image {i} of the batch: {exc}") from None
+        except StoreArgumentError as exc:
+            raise StoreArgumentError(f"image {i} of the batch: {exc}") from None
     checksums = image_checksums(batch.images, batch.labels)
     return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable, checksums)
 
@@ -119,9 +120,8 @@ class PngFolderWriter(Writer):
 
     def __init__(self, path, *, compress_level=DEFAULT_COMPRESS_LEVEL, **common):
         super().__init__(path, **common)
-        if not 0 <= int(compress_level) <= 9:
-            raise StoreError(f"{self.path}: compress_level must be 0..9, got {compress_level}")
-        self.compress_level = int(compress_level)
+        self.compress_level = _validate.integer("compress_level", compress_level, minimum=0, maximum=9,
+                                                error=StoreArgumentError, where=f"{self.path}: ")
         self._csv_file = None
         self._shard = None
 
