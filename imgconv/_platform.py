@@ -74,6 +74,7 @@ def pread_exact(fd: int, view: memoryview, offset: int) -> int:
 
 
 _HAVE_PREADV = hasattr(os, "preadv")
+CAN_PREAD = _HAVE_PREADV or hasattr(os, "pread")
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:

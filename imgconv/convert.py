@@ -37,14 +37,15 @@ import tempfile
 import threading
 import time
 from collections import deque, namedtuple
-from contextlib import closing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 
 import numpy as np
 
 from . import _platform, _validate, stores
 from .errors import ConversionError, ImgconvError, Interrupted, SourceError, WorkerDied
+from .resume import ResumeSession
 from .sources import Source, open_source
 from .sources.base import SkippedFile
 
@@ -437,7 +438,7 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     batch_size = _validate.positive_int("batch_size", batch_size)
     src = _open(source, source_options)
     streamed = src.sequential and not shuffle
-    writer = None
+    writer = session = None
     try:
         # A streamed source is not counted first; it learns its length and
         # label names as it goes, and the writer takes them at the end.
@@ -449,21 +450,21 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
         shape = src.shape  # computed here once, so workers inherit it instead of each scanning
         writer = stores.create(dest, format, overwrite=overwrite, label_names=None if streamed else src.label_names,
                                source=src.description, shape=stores.VARIABLE if shape is None else shape,
-                               job=_fingerprint(source, src, limit if streamed else total, shuffle, seed,
-                                                source_options, streamed),
                                **(store_options or {}))
-        writer.begin(resume=resume)
+        session = ResumeSession(writer, _fingerprint(source, src, limit if streamed else total, shuffle, seed,
+                                                     source_options, streamed))
+        session.begin(resume=resume)
         if streamed:
-            jobs = _streamed_jobs(src, batch_size, limit, first=writer.position)
+            jobs = _streamed_jobs(src, batch_size, limit, first=session.position)
             # This process reads and decodes the archive (its read-ahead
             # thread inflates it on another core): workers would only encode,
             # which pays for the trip to them only when encoding is heavy.
             workers = workers if writer.heavy_encoding else 0
         else:
-            tasks = plan_tasks(total, batch_size, shuffle, seed, start=writer.position)
+            tasks = plan_tasks(total, batch_size, shuffle, seed, start=session.position)
             jobs, workers = _planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
-        skipped = [SkippedFile(*entry) for entry in writer.earlier_skipped]
-        done = writer.position
+        skipped = [SkippedFile(*entry) for entry in session.earlier_skipped]
+        done = session.position
         if progress is not None and done:
             progress(done, total)
         what = f"converting {src.description}"
@@ -472,17 +473,17 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
         with closing(_pipeline(src, writer.encoder(), jobs, workers, what)) as results:
             for task, (encoded, task_skipped) in results:
                 writer.write_encoded(encoded)
-                writer.checkpoint(task.stop, task_skipped)
+                session.checkpoint(task.stop, task_skipped)
                 skipped.extend(task_skipped)
                 done = task.stop
                 if progress is not None:
                     progress(done, total)
         if streamed:
-            writer.label_names = src.label_names
-            writer.source = src.description  # now with the image count the stream learnt
+            # Now with the label names and the image count the stream learnt.
+            writer.describe(label_names=src.label_names, source=src.description)
         writer.close()
     except (Interrupted, WorkerDied) as exc:
-        raise _kept_for_resume(exc, writer) from None
+        raise _kept_for_resume(exc, session) from None
     finally:
         if writer is not None and not writer.closed:
             writer.abort()
@@ -490,15 +491,15 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
             src.close()  # opened here: let go of its archive and cached batches now
     path = writer.path
     return ConvertResult(path, writer.format_name, writer.count, time.perf_counter() - started,
-                         _platform.disk_usage(path).data_bytes, skipped, writer.resumed, writer.restart_reason)
+                         _platform.disk_usage(path).data_bytes, skipped, session.resumed, session.restart_reason)
 
 
-def _kept_for_resume(exc, writer):
+def _kept_for_resume(exc, session):
     """The error to raise for an interruption, after keeping what was written for a resume."""
-    kept = 0 if writer is None else writer.suspend()
+    kept = 0 if session is None else session.suspend()
     if kept:
         detail = (f"nothing was written at the destination; the {kept} images done are kept in "
-                  f"{writer.partial.path}: run the same conversion with --resume (resume=True) to continue")
+                  f"{session.partial_path}: run the same conversion with --resume (resume=True) to continue")
     else:
         detail = "nothing was written at the destination"
     if isinstance(exc, Interrupted):

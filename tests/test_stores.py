@@ -16,10 +16,12 @@ import lmdb
 import numpy as np
 import pytest
 
-from imgconv import _platform, kernels, stores
+from imgconv import _platform, checksum, kernels, record, stores
 from imgconv.bench import classic
 from imgconv.errors import ImgconvError, RecordError, StoreError, UnknownFormatError
-from imgconv.stores import StoreIndexError, base, hdf5_store, lmdb_store, png_folder
+from imgconv.stores import StoreIndexError, hdf5, metadata, png_folder, read_pool
+from imgconv.stores.hdf5 import writer as hdf5_writer
+from imgconv.stores.lmdb import layout as lmdb_layout, reader as lmdb_reader, writer as lmdb_writer
 
 FORMATS = ["lmdb", "hdf5", "png"]
 SUFFIX = {"lmdb": ".lmdb", "hdf5": ".h5", "png": "_png"}
@@ -173,8 +175,8 @@ def _digest(path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_output_does_not_depend_on_batch_sizes(tmp_path, fmt, monkeypatch):
     # Small transaction / write-unit sizes make the 400 images span many of them.
-    monkeypatch.setattr(lmdb_store, "TXN_BYTES", 2000)
-    monkeypatch.setattr(hdf5_store, "WRITE_UNIT_BYTES", 600)
+    monkeypatch.setattr(lmdb_writer, "TXN_BYTES", 2000)
+    monkeypatch.setattr(hdf5_writer, "WRITE_UNIT_BYTES", 600)
     images = make_images(400, (4, 4, 3))
     labels = np.arange(400) % 7
     options = {"lmdb": {"records_per_value": 6, "map_size": 1 << 20}, "hdf5": {"chunk_images": 5}, "png": {}}[fmt]
@@ -594,8 +596,8 @@ def test_lmdb_record_with_a_bad_checksum(tmp_path):
     path = write(target(tmp_path, "lmdb"), images, np.arange(8), records_per_value=4)
     data = os.path.join(path, "data.mdb")
     raw = bytearray(open(data, "rb").read())
-    record = bytes(lmdb_store.record.pack_records(images[5:6], [5]).buffer)
-    at = raw.find(record)
+    packed = bytes(record.pack_records(images[5:6], [5]).buffer)
+    at = raw.find(packed)
     assert at > 0
     raw[at + 40] ^= 0xFF  # one pixel of image 5
     open(data, "wb").write(bytes(raw))
@@ -679,7 +681,7 @@ def test_format_from_suffix_and_detection(tmp_path):
     assert stores.format_for_path("folder") == "png"
     path = write(str(tmp_path / "named.bin"), make_images(2), [0, 1], fmt="hdf5")
     assert stores.detect_format(path) == "hdf5"
-    assert isinstance(stores.open(path), hdf5_store.Hdf5Reader)
+    assert isinstance(stores.open(path), hdf5.Hdf5Reader)
 
 
 def test_unknown_writer_option(tmp_path):
@@ -693,9 +695,9 @@ def test_store_permissions_after_close(tmp_path):
 
 
 def test_lmdb_gather_split_over_threads(tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "PARALLEL_MIN_BYTES", 1)
-    monkeypatch.setattr(base, "read_threads", lambda: 3)
-    monkeypatch.setattr(base, "_POOL", [None, None])
+    monkeypatch.setattr(read_pool, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(read_pool, "read_threads", lambda: 3)
+    monkeypatch.setattr(read_pool, "_POOL", _platform.PerProcess(read_pool._new_pool))
     images = make_images(50)
     path = write(target(tmp_path, "lmdb"), images, np.arange(50), batch=7, records_per_value=4)
     indices = [49, 3, 3, 17, 0, 28, 28, 41]
@@ -705,7 +707,7 @@ def test_lmdb_gather_split_over_threads(tmp_path, monkeypatch):
         assert np.array_equal(store.read_all()[0], images)
     data = os.path.join(path, "data.mdb")
     raw = bytearray(open(data, "rb").read())
-    at = raw.find(bytes(lmdb_store.record.pack_records(images[41:42], [41]).buffer))
+    at = raw.find(bytes(record.pack_records(images[41:42], [41]).buffer))
     raw[at + 33] ^= 1
     open(data, "wb").write(bytes(raw))
     with stores.open(path) as store:
@@ -911,10 +913,10 @@ def test_image_checksums_continue_over_the_label(backend):
     labels = np.concatenate([rng.integers(-2**63, 2**63 - 1, 47, dtype=np.int64), [-1, 0, 2**63 - 1]])
     expected = [kernels.crc32c(np.array(label, "<i8").tobytes(), kernels.crc32c(image))
                 for image, label in zip(images, labels)]
-    assert base.image_checksums(images, labels).tolist() == expected  # the vectorised way
-    assert base.image_checksums(images[:3], labels[:3]).tolist() == expected[:3]  # one by one
+    assert checksum.image_checksums(images, labels).tolist() == expected  # the vectorised way
+    assert checksum.image_checksums(images[:3], labels[:3]).tolist() == expected[:3]  # one by one
     varying = varying_images(9)
-    assert base.image_checksums(varying, np.arange(9)).tolist() == [
+    assert checksum.image_checksums(varying, np.arange(9)).tolist() == [
         kernels.crc32c(np.array(i, "<i8").tobytes(), kernels.crc32c(np.ascontiguousarray(image)))
         for i, image in enumerate(varying)]
 
@@ -984,14 +986,14 @@ def test_lmdb_varying_sizes_with_a_tiny_first_image_keep_values_small(tmp_path):
         for i, image in enumerate(images):
             writer.append([image], [i])
     with stores.open(path) as store:
-        assert store.metadata["records_per_value"] == lmdb_store.VARIABLE_RECORDS_PER_VALUE
+        assert store.metadata["records_per_value"] == lmdb_layout.VARIABLE_RECORDS_PER_VALUE
         assert all(np.array_equal(a, b) for a, b in zip(store.read_all()[0], images))
         assert np.array_equal(store[33][0], images[33])
     env = lmdb.open(path, readonly=True, lock=False)
     with env.begin() as txn:
         largest = max(len(v) for k, v in txn.cursor() if len(k) == 8)
     env.close()
-    assert largest <= lmdb_store.VARIABLE_RECORDS_PER_VALUE * (32 + 100 * 100 * 3) + 8 + 8 * 16
+    assert largest <= lmdb_layout.VARIABLE_RECORDS_PER_VALUE * (32 + 100 * 100 * 3) + 8 + 8 * 16
 
 
 # --------------------------------------------------------------------------- PNG folder checks
@@ -1004,7 +1006,7 @@ def test_png_labels_file_outside_the_folder_is_refused(tmp_path):
     for outside in ("../elsewhere.csv", str(tmp_path / "elsewhere.csv")):
         meta = json.load(open(name))
         meta["labels_file"] = outside
-        meta["metadata_crc32c"] = base.metadata_checksum(meta)  # crafted, so with a matching checksum
+        meta["metadata_crc32c"] = metadata.metadata_checksum(meta)  # crafted, so with a matching checksum
         json.dump(meta, open(name, "w"))
         with pytest.raises(StoreError, match="outside the folder"):
             stores.open(path)
@@ -1038,13 +1040,13 @@ def test_png_label_beyond_int64_is_a_store_error(tmp_path):
 
 
 def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "PARALLEL_MIN_BYTES", 1)
-    monkeypatch.setattr(base, "read_threads", lambda: 3)
-    monkeypatch.setattr(base, "_POOL", [None, None])
+    monkeypatch.setattr(read_pool, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(read_pool, "read_threads", lambda: 3)
+    monkeypatch.setattr(read_pool, "_POOL", _platform.PerProcess(read_pool._new_pool))
     path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
     finished, lock = [], threading.Lock()
 
-    real_part = lmdb_store._gather_part
+    real_part = lmdb_reader._gather_part
 
     def gather_part(*args):
         with lock:
@@ -1058,7 +1060,7 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
             finished.append(1)
         return result
 
-    monkeypatch.setattr(lmdb_store, "_gather_part", gather_part)
+    monkeypatch.setattr(lmdb_reader, "_gather_part", gather_part)
     with stores.open(path) as store:
         with pytest.raises(StoreError):
             store.read_all()
@@ -1083,7 +1085,7 @@ def test_a_changed_label_name_is_caught_by_the_metadata_checksum(tmp_path, fmt):
     else:
         env = lmdb.open(path, subdir=os.path.isdir(path), lock=False)
         with env.begin(write=True) as txn:
-            txn.put(lmdb_store.METADATA_KEY, txn.get(lmdb_store.METADATA_KEY).replace(b'"dog"', b'"dig"'))
+            txn.put(lmdb_layout.METADATA_KEY, txn.get(lmdb_layout.METADATA_KEY).replace(b'"dog"', b'"dig"'))
         env.close()
     with pytest.raises(StoreError, match="metadata is damaged"):
         stores.open(path)
@@ -1096,7 +1098,7 @@ def test_lmdb_missing_chunk_in_a_full_read_is_named(tmp_path):
     path = write(target(tmp_path, "lmdb"), make_images(12), np.arange(12), records_per_value=2)
     env = lmdb.open(path, subdir=True)
     with env.begin(write=True) as txn:
-        txn.delete(lmdb_store.chunk_key(3))
+        txn.delete(lmdb_layout.chunk_key(3))
     env.close()
     with stores.open(path) as store:
         with pytest.raises(StoreError, match="chunk 3 .*missing"):
@@ -1147,8 +1149,8 @@ def test_hdf5_file_bytes_do_not_depend_on_batch_sizes(tmp_path, options):
 
 
 def test_hdf5_large_reads_split_over_threads_read_and_check_every_part(tmp_path, monkeypatch):
-    monkeypatch.setattr(base, "PARALLEL_MIN_BYTES", 1)
-    monkeypatch.setattr(base, "read_threads", lambda: 3)
+    monkeypatch.setattr(read_pool, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(read_pool, "read_threads", lambda: 3)
     images = make_images(50, shape=(6, 5, 3), seed=9)
     path = write(target(tmp_path, "hdf5"), images, np.arange(50), chunk_images=4)
     with stores.open(path) as store:

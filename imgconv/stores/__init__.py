@@ -4,14 +4,26 @@
 ``append(images, labels)`` and ``close()``); ``open(path)`` detects the format
 and returns a reader with ``len``, ``store[i]``, ``read_batch(indices)``,
 ``batches(batch_size)`` and ``metadata``. ``FORMATS`` is the registry.
+
+What every format shares, one module each: :mod:`.batch` (batch checks),
+:mod:`.metadata` (metadata and its checksum), :mod:`.partial` (the locked
+partial output), :mod:`.atomic` (the rename into place), :mod:`.writer` and
+:mod:`.reader` (the base classes), :mod:`.read_pool` (threads of large reads).
+The formats: :mod:`.png_folder`, :mod:`.lmdb`, :mod:`.hdf5`.
 """
 import builtins
 import os
 from collections import namedtuple
 
-from ..errors import StoreError, UnknownFormatError
-from . import hdf5_store, lmdb_store, png_folder
-from .base import VARIABLE, EncodedBatch, Reader, StoreIndexError, Writer, check_batch
+from ..errors import (
+    StoreError,
+    StoreIndexError,  # noqa: F401 - its old import location
+    UnknownFormatError,
+)
+from . import hdf5, lmdb, png_folder
+from .batch import VARIABLE, EncodedBatch, check_batch
+from .reader import Reader
+from .writer import Writer, WriterState
 
 StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes")
 StoreFormat.__doc__ = """One registered format: its writer and reader classes, its pure
@@ -19,10 +31,8 @@ StoreFormat.__doc__ = """One registered format: its writer and reader classes, i
 that select it in :func:`create`."""
 
 FORMATS = {
-    "lmdb": StoreFormat("lmdb", lmdb_store.LmdbWriter, lmdb_store.LmdbReader, lmdb_store.encode_batch,
-                        lmdb_store.detect, (".lmdb",)),
-    "hdf5": StoreFormat("hdf5", hdf5_store.Hdf5Writer, hdf5_store.Hdf5Reader, hdf5_store.encode_batch,
-                        hdf5_store.detect, (".h5", ".hdf5")),
+    "lmdb": StoreFormat("lmdb", lmdb.LmdbWriter, lmdb.LmdbReader, lmdb.encode_batch, lmdb.detect, (".lmdb",)),
+    "hdf5": StoreFormat("hdf5", hdf5.Hdf5Writer, hdf5.Hdf5Reader, hdf5.encode_batch, hdf5.detect, (".h5", ".hdf5")),
     "png": StoreFormat("png", png_folder.PngFolderWriter, png_folder.PngFolderReader, png_folder.encode_batch,
                        png_folder.detect, ()),
 }
@@ -116,6 +126,7 @@ __all__ = [
     "StoreFormat",
     "StoreIndexError",
     "Writer",
+    "WriterState",
     "check_batch",
     "create",
     "detect_format",
