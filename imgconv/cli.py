@@ -268,7 +268,8 @@ def cmd_info(args):
     print(f"{info['path']}: {info['format']} store (format version {info['format_version']}), "
           f"written by imgconv {info['imgconv_version'] or 'unknown (classic layout)'}")
     print(f"  images:  {info['count']} of {shape} {info['dtype']}")
-    print(f"  on disk: {_human_bytes(info['bytes'])}")
+    allocated = "unknown" if info["allocated_bytes"] is None else _human_bytes(info["allocated_bytes"])
+    print(f"  size:    {_human_bytes(info['data_bytes'])} of data, {allocated} allocated on disk")
     print(f"  source:  {info['source']}")
     print("  labels:  " + ", ".join(f"{name} {count}" for name, count in info["label_counts"].items()))
     return EXIT_OK

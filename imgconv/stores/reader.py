@@ -170,7 +170,7 @@ class Reader(abc.ABC):
         if wrong.size:
             i = int(indices[wrong[0]])
             raise StoreError(
-                f"{self.path}: image {i} (pixels or label) does not match its stored checksum: the store is corrupt"
+                f"{self.path}: image {i} does not match its stored checksum (pixels or label): the store is corrupt"
             )
 
     def _checksums_cover_labels(self):

@@ -140,7 +140,7 @@ class LmdbReader(Reader):
             try:
                 return record.unpack_record(value, int(self._offsets(value, chunk, slot)), verify=self._verify)
             except RecordError as exc:
-                raise StoreError(f"{self.path}: image {i} (chunk {chunk}): {exc}") from None
+                raise StoreError(f"{self.path}: image {i} in chunk {chunk}: {exc}") from None
 
     def _read_one_fixed(self, value, i, slot):
         # The single-image hot path: the header is compared with the expected
@@ -219,7 +219,7 @@ class LmdbReader(Reader):
             try:
                 image, labels[n] = record.unpack_record(values[s], int(tables[s][slot]), verify=self._verify)
             except RecordError as exc:
-                raise StoreError(f"{self.path}: image {indices[n]} (chunk {distinct[s]}): {exc}") from None
+                raise StoreError(f"{self.path}: image {indices[n]} in chunk {distinct[s]}: {exc}") from None
             images.append(image)
         return images, labels
 
@@ -229,7 +229,7 @@ class LmdbReader(Reader):
             try:
                 image, _ = record.unpack_record(values[s], int(offset))
             except RecordError as exc:
-                return StoreError(f"{self.path}: image {indices[n]} (chunk {indices[n] // self._k}): {exc}")
+                return StoreError(f"{self.path}: image {indices[n]} in chunk {indices[n] // self._k}: {exc}")
             if image.shape != self.shape:
                 return StoreError(
                     f"{self.path}: image {indices[n]} is {shape_text(image.shape)}, "
