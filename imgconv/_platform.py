@@ -203,7 +203,7 @@ def renameat2(source: str, target: str, flags: int) -> bool:
     raise OSError(err, os.strerror(err), target)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _renameat2_function():
     if not IS_LINUX:
         return None

@@ -6,7 +6,7 @@ of P followed by L, so a changed label is caught like a changed pixel. LMDB
 records carry their own CRC32C (:mod:`imgconv.record`).
 """
 import functools
-from typing import Sequence, Tuple, Union
+from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from . import kernels
 _FEW = 8
 
 
-def image_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Sequence[int]) -> np.ndarray:
+def image_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Any) -> np.ndarray:
     """The checksum of each image and its label (see the module docstring): a (N,) uint32 array.
 
     ``images`` as for :func:`imgconv.kernels.crc32c_images` (an (N, H, W, C)
@@ -32,14 +32,14 @@ def image_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Seq
     return continue_over_labels(kernels.crc32c_images(images), labels)
 
 
-def direct_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Sequence[int]) -> np.ndarray:
+def direct_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Any) -> np.ndarray:
     """:func:`image_checksums` by one ``crc32c`` call per image and per label: the definition."""
     raw = np.ascontiguousarray(labels, "<i8").reshape(-1).view(np.uint8)
     return np.array([kernels.crc32c(raw[8 * j : 8 * j + 8], kernels.crc32c(np.ascontiguousarray(image)))
                      for j, image in enumerate(images)], np.uint32)
 
 
-def continue_over_labels(crcs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def continue_over_labels(crcs: np.ndarray, labels: Any) -> np.ndarray:
     """Continue each CRC32C in ``crcs`` over its label's 8 bytes, all at once.
 
     CRC32C is affine over GF(2): continuing a CRC c over 8 bytes b equals
@@ -57,7 +57,7 @@ def continue_over_labels(crcs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _continuation_tables() -> Tuple[np.uint32, np.ndarray, np.ndarray]:
     zero = bytes(8)
     const = kernels.crc32c(zero, 0)

@@ -30,7 +30,7 @@ def test_names_that_left_the_top_level_still_work_and_say_where_they_went(name, 
         value = getattr(imgconv, name)
     assert value is getattr(importlib.import_module(home), name)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
-        imgconv.no_such_name
+        _ = imgconv.no_such_name
 
 
 def test_from_import_of_an_old_name_warns_too():

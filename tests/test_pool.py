@@ -8,8 +8,7 @@ import time
 import pytest
 
 from imgconv.errors import ConversionError, WorkerDied
-from imgconv.pipeline import Engine, Job, Task, WorkerContext, local_engine
-from imgconv.pipeline import pool
+from imgconv.pipeline import Engine, Job, Task, WorkerContext, local_engine, pool
 from imgconv.pipeline.pool import InProcessEngine, ProcessPoolEngine
 
 

@@ -18,10 +18,12 @@ each task converting a partition into a shard) implements the same
 errors; the converter does not change.
 """
 import abc
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Generator, Iterable, Optional, Tuple
 
 from .. import _platform
 from .plan import Job, Task
+
+Results = Generator[Tuple[Task, Any], None, None]  # closing it ends the work
 
 
 class WorkerContext:
@@ -48,7 +50,7 @@ class Engine(abc.ABC):
     shares_memory: bool = False
 
     @abc.abstractmethod
-    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Iterator[Tuple[Task, Any]]:
+    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Results:
         """Yield ``(task, result)`` for each job, in task order; ``what`` names the work in error messages.
 
         Leaving the iteration (normally, by an exception, or by closing the

@@ -24,7 +24,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 
 from .. import _platform
 from ..errors import ConversionError, ImgconvError, Interrupted, WorkerDied
-from .engine import Engine, WorkerContext
+from .engine import Engine, Results, WorkerContext
 from .plan import Job, Task
 
 HANDOFF_PREFIX = "imgconv-results-"
@@ -35,7 +35,7 @@ class InProcessEngine(Engine):
 
     shares_memory = True
 
-    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Iterator[Tuple[Task, Any]]:
+    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Results:
         """See :meth:`Engine.run`; a signal raises Interrupted at once."""
         with _StopOnSignal():
             _remove_stale_handoffs()  # every run tidies what killed runs left, whatever its engine
@@ -60,7 +60,7 @@ class ProcessPoolEngine(Engine):
         """True where workers are forked (they inherit what the parent set up before the run)."""
         return start_method() == "fork"
 
-    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Iterator[Tuple[Task, Any]]:
+    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Results:
         """See :meth:`Engine.run`."""
         pool = handoff = None
         stop = _StopOnSignal()
@@ -275,7 +275,6 @@ class _StopOnSignal:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        return False

@@ -17,6 +17,7 @@ asked.
 import abc
 import warnings
 from collections import namedtuple
+from typing import Tuple
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Source(abc.ABC):
     out when the source is pickled.
     """
 
-    _TRANSIENT = ()
+    _TRANSIENT: Tuple[str, ...] = ()
 
     @property
     @abc.abstractmethod

@@ -191,9 +191,8 @@ class Reader(abc.ABC):
     def __enter__(self) -> "Reader":
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
-        return False
 
     def __del__(self):
         try:
@@ -255,7 +254,7 @@ class Reader(abc.ABC):
     def _read_range(self, start, stop, out):
         return self._read_many(np.arange(start, stop, dtype=np.int64), out)
 
-    def _forget_handles(self):
+    def _forget_handles(self) -> None:  # noqa: B027 - optional hook
         """Drop handles inherited over fork without using them."""
 
     @abc.abstractmethod

@@ -207,12 +207,11 @@ class Writer(abc.ABC):
     def __enter__(self) -> "Writer":
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close()
         else:
             self.abort()
-        return False
 
     def __del__(self) -> None:
         # A writer dropped without close() must not leave temporary output behind,
@@ -358,14 +357,14 @@ class Writer(abc.ABC):
         """Create the output at ``self.temporary`` (called before the first write)."""
 
     @abc.abstractmethod
-    def _write(self, encoded: EncodedBatch) -> None:
-        """Write one encoded batch after the ones before it."""
+    def _write(self, encoded: Any) -> None:
+        """Write one encoded batch (the format's own EncodedBatch) after the ones before it."""
 
     @abc.abstractmethod
     def _finish(self, meta: Metadata) -> None:
         """Write the metadata and finish the output at ``self.temporary``."""
 
-    def _abort(self) -> None:
+    def _abort(self) -> None:  # noqa: B027 - optional hook
         """Close whatever the output holds open; the base class removes the files."""
 
     # helpers ---------------------------------------------------------------

@@ -65,6 +65,7 @@ def encode_batch(images: Any, labels: Any) -> EncodedArrays:
     batch = check_batch(images, labels)
     checksums = image_checksums(batch.images, batch.labels)
     if not batch.variable:
+        assert isinstance(batch.images, np.ndarray)
         return EncodedArrays(batch.images, None, batch.labels, batch.shapes(), False, checksums)
     pixels = np.concatenate([image.reshape(-1) for image in batch.images]) if batch.images else np.empty(0, np.uint8)
     return EncodedArrays(None, pixels, batch.labels, batch.shapes(), True, checksums)

@@ -46,7 +46,7 @@ class Hdf5Reader(Reader):
             raise
         self._file = f
         self._fd = fd
-        self._labels = None
+        self._labels: Optional[np.ndarray] = None
         self._checksums = None
         self._tables = None
         self._direct_reader = None
@@ -142,6 +142,7 @@ class Hdf5Reader(Reader):
         self._ensure_open()
         if self._labels is None:
             self._labels = self._guard(lambda: self._file["labels"][...].astype(np.int64, copy=False), "labels")
+        assert self._labels is not None
         return self._labels
 
     def checksums(self) -> Optional[np.ndarray]:

@@ -19,7 +19,7 @@ import h5py
 from ...errors import StoreError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hdf5_library() -> Optional[Any]:
     """The HDF5 C library h5py uses (through its extension module), or None."""
     try:

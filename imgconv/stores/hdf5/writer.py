@@ -56,7 +56,7 @@ class Hdf5Writer(Writer):
     def __init__(self, path: Any, *, chunk_images: Optional[int] = None, compression: Optional[str] = None,
                  compression_level: Optional[int] = None, **common: Any) -> None:
         super().__init__(path, **common)
-        how = {"error": StoreArgumentError, "where": f"{self.path}: "}
+        how: Dict[str, Any] = {"error": StoreArgumentError, "where": f"{self.path}: "}
         _validate.choice("compression", compression, COMPRESSIONS, **how)
         if compression_level is not None:
             if compression != "gzip":

@@ -10,14 +10,14 @@ packed, and the writer syncs the rest before the rename.
 import errno
 import os
 import threading
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import lmdb
 import numpy as np
 
 from ... import _platform, _validate, record
 from ...errors import RecordError, StoreArgumentError, StoreError
-from ..batch import VARIABLE
+from ..batch import VARIABLE, StoreShape
 from ..metadata import Metadata, dump_metadata
 from ..writer import Writer
 from .layout import (
@@ -56,7 +56,7 @@ class LmdbWriter(Writer):
     def __init__(self, path: Any, *, records_per_value: Optional[int] = None, map_size: int = INITIAL_MAP_SIZE,
                  **common: Any) -> None:
         super().__init__(path, **common)
-        how = {"error": StoreArgumentError, "where": f"{self.path}: "}
+        how: Dict[str, Any] = {"error": StoreArgumentError, "where": f"{self.path}: "}
         if records_per_value is not None:
             records_per_value = _validate.integer("records_per_value", records_per_value, minimum=1,
                                                   maximum=MAX_RECORDS_OPTION, **how)
@@ -90,7 +90,7 @@ class LmdbWriter(Writer):
             raise StoreError(f"{self.path}: cannot create the LMDB database: {exc}") from None
         self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb"))
 
-    def _write(self, encoded: EncodedRecords) -> None:
+    def _write(self, encoded: EncodedRecords) -> None:  # type: ignore[override]
         k = self._records_per_value()
         buffer, offsets = encoded.buffer, encoded.offsets
         n = len(offsets) - 1
@@ -170,10 +170,13 @@ class LmdbWriter(Writer):
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot grow the LMDB map to {size} bytes: {exc}") from None
 
+    def _shape(self) -> StoreShape:
+        assert self.shape is not None, "the shape is known once an image was written or a resume reopened"
+        return self.shape
+
     def _records_per_value(self) -> int:
         if self.records_per_value is None:
-            assert self.shape is not None
-            self.records_per_value = default_records_per_value(self.shape)
+            self.records_per_value = default_records_per_value(self._shape())
         return self.records_per_value
 
     def format_metadata(self) -> dict:
@@ -192,6 +195,7 @@ class LmdbWriter(Writer):
         self._ready, self._ready_bytes = [], 0
         try:
             self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))])
+            assert self._flusher is not None
             self._flusher.stop()
             self._env.sync(True)
         except (lmdb.Error, OSError) as exc:
@@ -257,7 +261,7 @@ class LmdbWriter(Writer):
                 offsets = range(0, k * size, size)
             for offset in offsets:
                 image, _ = record.unpack_record(value, int(offset))
-                if self.shape != VARIABLE and image.shape != tuple(self.shape):
+                if self.shape != VARIABLE and image.shape != self.shape:
                     return False
         except RecordError:
             return False
@@ -280,7 +284,7 @@ class LmdbWriter(Writer):
             with self._env.begin(write=True) as txn:
                 if rest:
                     # The chunk the cut falls in goes back to pending records.
-                    self._pending = [first_records(bytes(txn.get(chunk_key(keep))), rest, self.shape)]
+                    self._pending = [first_records(bytes(txn.get(chunk_key(keep))), rest, self._shape())]
                     self._pending_count = rest
                 cursor = txn.cursor()
                 later = list(cursor.iternext(values=False)) if cursor.set_range(chunk_key(keep)) else []
