@@ -1,9 +1,14 @@
 """Image factories and store helpers shared by the test modules (``from factories import ...``)."""
 import hashlib
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
+import pytest
 
 from imgconv import stores
 
@@ -73,3 +78,21 @@ def change_label(path, fmt, index, label):
     cells[2] = str(label)
     rows[index + 1] = ",".join(cells)
     open(name, "w").write("\n".join(rows) + "\n")
+
+
+def run_without_write_access(script):
+    """Run Python ``script`` as a user whom a chmod 555 directory stops.
+
+    Root ignores file modes, so as root the script runs as nobody (setpriv);
+    without setpriv the test is skipped, since it could not fail.
+    """
+    if os.geteuid() != 0:
+        command = [sys.executable, "-c", script]
+    elif shutil.which("setpriv"):
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script]
+    else:
+        pytest.skip("running as root without setpriv: root writes into a chmod 555 directory, "
+                    "so this test could not fail")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -12,7 +12,7 @@ import pytest
 from imgconv import _platform, stores
 from imgconv.errors import ImgconvError, StoreError
 
-from factories import FORMATS, leftovers, make_images, target, write
+from factories import FORMATS, leftovers, make_images, run_without_write_access, target, write
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -63,22 +63,6 @@ def test_existing_target_needs_overwrite(tmp_path, fmt):
     assert not leftovers(tmp_path)
 
 
-def run_without_write_access(script):
-    """Run Python ``script`` as a user whom a chmod 555 directory stops.
-
-    Root ignores file modes, so as root the script runs as nobody (setpriv);
-    without setpriv the test is skipped, since it could not fail.
-    """
-    if os.geteuid() != 0:
-        command = [sys.executable, "-c", script]
-    elif shutil.which("setpriv"):
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script]
-    else:
-        pytest.skip("running as root without setpriv: root writes into a chmod 555 directory, "
-                    "so this test could not fail")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_writing_into_a_read_only_directory_is_a_store_error(shared_dir):

@@ -3,9 +3,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -24,6 +21,7 @@ from factories import (
     change_label,
     leftovers,
     make_images,
+    run_without_write_access,
     target,
     tree_digest,
     varying_images,
@@ -207,22 +205,6 @@ def test_reader_sees_a_store_replaced_at_the_same_path(tmp_path, fmt):
     old.close()
 
 
-def run_without_write_access(script):
-    """Run Python ``script`` as a user whom a chmod 555 directory stops.
-
-    Root ignores file modes, so as root the script runs as nobody (setpriv);
-    without setpriv the test is skipped, since it could not fail.
-    """
-    if os.geteuid() != 0:
-        command = [sys.executable, "-c", script]
-    elif shutil.which("setpriv"):
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script]
-    else:
-        pytest.skip("running as root without setpriv: root writes into a chmod 555 directory, "
-                    "so this test could not fail")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -14,6 +14,7 @@ The formats: :mod:`.png_folder`, :mod:`.lmdb`, :mod:`.hdf5`.
 import builtins
 import os
 from collections import namedtuple
+from typing import Any, Optional, Sequence
 
 from ..errors import (
     StoreError,
@@ -48,7 +49,7 @@ def format_for_path(path):
     return DEFAULT_FORMAT
 
 
-def get_format(name):
+def get_format(name: str) -> StoreFormat:
     """The registered :class:`StoreFormat` called ``name``; UnknownFormatError otherwise."""
     try:
         return FORMATS[name]
@@ -56,7 +57,9 @@ def get_format(name):
         raise UnknownFormatError(f"unknown store format {name!r}; known: {', '.join(sorted(FORMATS))}") from None
 
 
-def create(path, format=None, *, overwrite=False, label_names=None, source=None, shape=None, **format_options):
+def create(path: Any, format: Optional[str] = None, *, overwrite: bool = False,
+           label_names: Optional[Sequence[str]] = None, source: Optional[str] = None, shape: Any = None,
+           **format_options: Any) -> Writer:
     """A writer for a new store at ``path``.
 
     ``format`` is "png", "lmdb" or "hdf5"; by default the suffix decides
@@ -68,13 +71,14 @@ def create(path, format=None, *, overwrite=False, label_names=None, source=None,
     first batch decides: an array fixes the shape, a list means varying
     sizes). ``format_options`` are the format's own (see its writer class).
     Raises UnknownFormatError for an unknown format, StoreError when the
-    target exists or cannot be written, TypeError for an unknown option.
+    target exists or cannot be written, TypeError for an unknown option,
+    StoreArgumentError (a ValueError) for a bad option value.
     """
     spec = get_format(format if format is not None else format_for_path(path))
     return spec.writer(path, overwrite=overwrite, label_names=label_names, source=source, shape=shape, **format_options)
 
 
-def detect_format(path):
+def detect_format(path: Any) -> str:
     """The name of the format of the store at ``path``, detected by content.
 
     Raises UnknownFormatError naming the path and what was found there.
@@ -88,7 +92,7 @@ def detect_format(path):
     raise UnknownFormatError(f"{path}: not an imgconv store: {_describe(path)}")
 
 
-def open(path, format=None, **options):  # noqa: A001 - imgconv.open is the public name
+def open(path: Any, format: Optional[str] = None, **options: Any) -> Reader:  # noqa: A001 - the public name
     """Open the store at ``path`` for reading; the format is detected unless given.
 
     ``options`` go to the format's reader (e.g. ``readahead`` for LMDB,
