@@ -5,9 +5,10 @@ again until the mark is cleared (by ``h5clear``, or by the file access
 property ``clear_status_flags`` that h5clear sets). h5py offers no way to set
 that property, so it is set here through the HDF5 library h5py is linked to,
 with ctypes. This depends on the library exporting ``H5Pset`` and
-``H5Pexist`` (h5py's wheels do); it was tested with h5py 3.16.0 on HDF5
-2.0.0 (and, before, h5py 3.x on HDF5 1.14). Where it fails the resume layer
-discards the file and starts over, saying why.
+``H5Pexist`` (h5py's wheels do) and on the property's name; it was tested
+with h5py 3.16.0 and the HDF5 2.0.0 it bundles (RELIABILITY.md's kill runs).
+Where it fails the resume layer discards the file and starts over, saying
+why.
 """
 import ctypes
 import functools
