@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import stores
+from . import _validate, stores
 from ._platform import disk_usage
 from .errors import ImgconvError
 
@@ -37,6 +37,7 @@ def verify(path: Any, *, batch_size: int = 1024,
     total)`` is called after every batch. Raises UnknownFormatError or
     StoreError when the store cannot be opened at all.
     """
+    batch_size = _validate.positive_int("batch_size", batch_size)
     started = time.perf_counter()
     with stores.open(path) as store:
         count = len(store)

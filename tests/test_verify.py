@@ -151,3 +151,11 @@ def test_info_of_a_png_folder_says_data_and_allocated_size(tmp_path):
     text = run("info", path).stdout
     assert "of data" in text and "allocated on disk" in text
     assert json.loads(run("info", path, "--json").stdout)["allocated_bytes"] == expected
+
+
+def test_verify_checks_its_batch_size(tmp_path):
+    images, labels = _images(3)
+    path = _write(tmp_path / "s.h5", images, labels)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        verify_store(path, batch_size=0)
+    assert verify_store(path, batch_size=2).checked == 3
