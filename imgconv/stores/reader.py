@@ -19,6 +19,7 @@ from .batch import VARIABLE, StoreShape, shape_text
 from .metadata import Metadata
 
 Images = Union[np.ndarray, List[np.ndarray]]
+
 ReadResult = Tuple[Images, np.ndarray]
 
 
@@ -222,14 +223,19 @@ class Reader(abc.ABC):
         self.metadata = self._open_handles()
         self._pid = pid
 
-    def _check_index(self, index):
-        return _validate.index(index, len(self), error=StoreIndexError, where=f"{self.path}: ",
-                               out_of_range=f"is out of range for a store of {len(self)} images")
+    def _check_index(self, index: Any) -> int:
+        try:
+            return _validate.index(index, len(self))
+        except IndexError:  # the message is made only then: store[i] is a hot path
+            raise StoreIndexError(self._out_of_range(index)) from None
 
-    def _check_indices(self, indices):
+    def _check_indices(self, indices: Any) -> np.ndarray:
         return _validate.int64_indices(indices, len(self), negative=True, flatten=True, error=StoreIndexError,
                                        where=f"{self.path}: ",
                                        out_of_range=f"is out of range for a store of {len(self)} images")
+
+    def _out_of_range(self, index: Any) -> str:
+        return f"{self.path}: index {index} is out of range for a store of {len(self)} images"
 
     def _check_out(self, out, n):
         if out is None:
