@@ -26,7 +26,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     try:
         import imgconv
-        result = {"backend": imgconv.BACKEND, "crc": imgconv.kernels.CRC32C_IMPL}
+        result = {"backend": imgconv.kernels.BACKEND, "crc": imgconv.kernels.CRC32C_IMPL}
     except Exception as exc:
         result = {"error": type(exc).__name__, "message": str(exc),
                   "is_import_error": isinstance(exc, ImportError)}
@@ -76,7 +76,7 @@ def test_backends_write_identical_records():
     code = (
         "import numpy as np, imgconv, sys;"
         "imgs = np.random.default_rng(5).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8);"
-        "sys.stdout.write(imgconv.pack_records(imgs, np.arange(50)).buffer.tobytes().hex())"
+        "sys.stdout.write(imgconv.record.pack_records(imgs, np.arange(50)).buffer.tobytes().hex())"
     )
     outputs = []
     for extra in ({}, {"IMGCONV_PURE": "1"}):

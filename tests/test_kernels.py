@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgconv import _pure, chw_to_hwc, chw_to_hwc_into, crc32c, kernels
+from imgconv import _pure, kernels
+from imgconv.kernels import chw_to_hwc, chw_to_hwc_into, crc32c
 
 
 def _reference_hwc(rows, h, w, c):

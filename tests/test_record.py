@@ -6,17 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgconv import (
+from imgconv import RecordError, _pure, kernels
+from imgconv.record import (
+    HEADER_DTYPE,
+    HEADER_SIZE,
     PackedRecords,
-    RecordError,
-    _pure,
-    kernels,
     pack_records,
     read_header,
+    record_size,
     unpack_record,
     unpack_records,
 )
-from imgconv.record import HEADER_DTYPE, HEADER_SIZE, record_size
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "record_v1.bin"
 
