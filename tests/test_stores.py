@@ -19,6 +19,7 @@ import pytest
 from imgconv import kernels, stores
 from imgconv.bench import classic
 from imgconv.errors import ImgconvError, RecordError, StoreError, UnknownFormatError
+from imgconv.record import Gather
 from imgconv.stores import StoreIndexError, base, hdf5_store, lmdb_store, png_folder
 
 FORMATS = ["lmdb", "hdf5", "png"]
@@ -1044,21 +1045,21 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
     path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
     finished, lock = [], threading.Lock()
 
-    real_part = lmdb_store._gather_part
+    real_into = Gather.into
 
-    def gather_part(*args):
+    def into(*args):
         with lock:
-            first = not finished and not getattr(gather_part, "failed", False)
-            gather_part.failed = True
+            first = not finished and not getattr(into, "failed", False)
+            into.failed = True
         if first:
-            return args[-2]  # one part finds a bad record at once...
+            raise RecordError("one part finds a bad record at once...")
         time.sleep(0.2)  # ...while the others still read the transaction's buffers
-        result = real_part(*args)
+        result = real_into(*args)
         with lock:
             finished.append(1)
         return result
 
-    monkeypatch.setattr(lmdb_store, "_gather_part", gather_part)
+    monkeypatch.setattr(Gather, "into", into)
     with stores.open(path) as store:
         with pytest.raises(StoreError):
             store.read_all()
