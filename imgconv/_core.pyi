@@ -3,7 +3,7 @@
 The kernels trust their arguments (``imgconv.kernels`` and ``imgconv.record``
 check them) and check what depends on the data. ``select_*`` are test-only.
 """
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray

@@ -31,9 +31,8 @@ from __future__ import annotations
 import functools
 import operator
 import struct
-from collections import namedtuple
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -67,27 +66,42 @@ _HEADER_STRUCT = struct.Struct("<4sBBHIIqII")
 assert HEADER_DTYPE.itemsize == HEADER_SIZE == _HEADER_STRUCT.size
 # The kernels keep the header offsets as constants of their own, which must be
 # these, and report a bad record by status codes, which must be the same in both.
+_OFFSETS = {name: field[1] for name, field in (HEADER_DTYPE.fields or {}).items()}
 _KERNEL_CONSTANTS = {
-    "HEADER_SIZE": HEADER_SIZE, "LABEL_OFFSET": HEADER_DTYPE.fields["label"][1],
-    "LENGTH_OFFSET": HEADER_DTYPE.fields["length"][1], "CRC_OFFSET": HEADER_DTYPE.fields["crc"][1],
+    "HEADER_SIZE": HEADER_SIZE, "LABEL_OFFSET": _OFFSETS["label"], "LENGTH_OFFSET": _OFFSETS["length"],
+    "CRC_OFFSET": _OFFSETS["crc"],
     **{name: getattr(_pure, name) for name in ("OK", "TRUNCATED", "HEADER_MISMATCH", "CRC_MISMATCH")},
 }
 assert all(getattr(impl, k) == v for impl in {_pure, kernels.implementation()} for k, v in _KERNEL_CONSTANTS.items())
 
-DTYPE_CODES = {1: np.dtype("u1"), 2: np.dtype("<u2"), 3: np.dtype("<f4")}
+DTYPE_CODES: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2"), 3: np.dtype("<f4")}
 _CODE_OF = {dtype: code for code, dtype in DTYPE_CODES.items()}
 
-RecordHeader = namedtuple(
-    "RecordHeader", "version dtype height width channels label length crc"
-)
-RecordHeader.__doc__ = "The decoded header of one record; ``dtype`` is a NumPy dtype."
 
-PackedRecords = namedtuple("PackedRecords", "buffer offsets")
-PackedRecords.__doc__ = """N records back to back.
 
-``buffer`` is a 1-D uint8 array; record i occupies
-``buffer[offsets[i]:offsets[i + 1]]`` (``offsets`` has N + 1 entries).
-"""
+class RecordHeader(NamedTuple):
+    """The decoded header of one record; ``dtype`` is a NumPy dtype."""
+
+    version: int
+    dtype: np.dtype[Any]
+    height: int
+    width: int
+    channels: int
+    label: int
+    length: int
+    crc: int
+
+
+class PackedRecords(NamedTuple):
+    """N records back to back.
+
+    ``buffer`` is a 1-D uint8 array; record i occupies
+    ``buffer[offsets[i]:offsets[i + 1]]`` (``offsets`` has N + 1 entries).
+    """
+
+    buffer: NDArray[np.uint8]
+    offsets: NDArray[np.int64]
+
 
 _MAX_DIM = {"height": 0xFFFFFFFF, "width": 0xFFFFFFFF, "channels": 0xFFFF}
 
@@ -107,7 +121,7 @@ def record_size(shape: Sequence[int], dtype: DTypeLike = np.uint8) -> int:
     return HEADER_SIZE + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def _image_shape(shape, where):
+def _image_shape(shape: Sequence[int], where: str) -> tuple[tuple[int, int, int], int]:
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3:
@@ -115,11 +129,11 @@ def _image_shape(shape, where):
     for name, value in zip(("height", "width", "channels"), shape):
         if not 1 <= value <= _MAX_DIM[name]:
             raise ValueError(f"{where}: {name} {value} is outside 1..{_MAX_DIM[name]}")
-    payload = shape[0] * shape[1] * shape[2]
-    return tuple(int(v) for v in shape), payload
+    height, width, channels = (int(v) for v in shape)
+    return (height, width, channels), height * width * channels
 
 
-def _labels_array(labels, n):
+def _labels_array(labels: Any, n: int) -> NDArray[np.int64]:
     try:
         labels = np.asarray(labels)
     except OverflowError:
@@ -135,16 +149,18 @@ def _labels_array(labels, n):
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
         raise ValueError("labels must fit in a signed 64-bit integer")
-    return labels.astype(np.int64)
+    result: NDArray[np.int64] = labels.astype(np.int64)
+    return result
 
 
-def _payload_bytes(length, where):
+def _payload_bytes(length: int, where: str) -> int:
     if length > 0xFFFFFFFF:
         raise ValueError(f"{where}: an image of {length} bytes exceeds the record limit of 4 GiB")
     return length
 
 
-def _headers(n, shape, dtype, labels):
+def _headers(n: int, shape: tuple[tuple[int, int, int], int], dtype: np.dtype[Any],
+             labels: NDArray[np.int64]) -> NDArray[np.uint8]:
     (height, width, channels), payload = shape
     headers = np.zeros(n, HEADER_DTYPE)
     headers["magic"] = MAGIC
@@ -158,7 +174,7 @@ def _headers(n, shape, dtype, labels):
     return headers.view(np.uint8).reshape(n, HEADER_SIZE)
 
 
-def _pixels(image, where):
+def _pixels(image: Any, where: str) -> np.ndarray:
     """``image`` as contiguous little-endian bytes, checked."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{where}: images must be NumPy arrays, got {type(image).__name__}")
@@ -192,7 +208,7 @@ def pack_records(images: NDArray[Any] | Sequence[NDArray[Any]], labels: Any) -> 
     return PackedRecords(buffer, offsets)
 
 
-def _pack_uniform(images, labels):
+def _pack_uniform(images: np.ndarray, labels: Any) -> PackedRecords:
     if images.ndim not in (3, 4):
         raise ValueError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
     n = images.shape[0]
@@ -215,7 +231,7 @@ def read_header(buffer: Buffer, offset: int = 0) -> RecordHeader:
     return _read_header(kernels.as_bytes(buffer, "buffer"), offset)
 
 
-def _read_header(data, offset):
+def _read_header(data: NDArray[np.uint8], offset: int) -> RecordHeader:
     if offset < 0:
         raise RecordError(f"record offset {offset} is negative")
     left = data.size - offset
@@ -223,11 +239,14 @@ def _read_header(data, offset):
         raise RecordError(
             f"truncated record at offset {offset}: {max(left, 0)} bytes left, a header needs {HEADER_SIZE}"
         )
-    magic, version, code, channels, height, width, label, length, crc = _HEADER_STRUCT.unpack_from(data, offset)
+    fields = _HEADER_STRUCT.unpack_from(data, offset)  # type: ignore[arg-type]  # an ndarray is a buffer
+    magic, version, code, channels, height, width, label, length, crc = fields
     if magic != MAGIC:
         raise RecordError(f"bad magic {magic!r} at offset {offset} (expected {MAGIC!r}): not an imgconv record")
     if version != VERSION:
-        raise RecordError(f"record at offset {offset} has format version {version}; this imgconv reads version {VERSION}")
+        raise RecordError(
+            f"record at offset {offset} has format version {version}; this imgconv reads version {VERSION}"
+        )
     dtype = DTYPE_CODES.get(code)
     if dtype is None:
         raise RecordError(f"record at offset {offset} has unknown dtype code {code}")
@@ -266,7 +285,7 @@ def unpack_record(buffer: Buffer, offset: int = 0, *, verify: bool = True) -> tu
     return image.copy(), header.label
 
 
-def _index_array(values, name):
+def _index_array(values: Any, name: str) -> NDArray[np.int64]:
     array = np.asarray(values)
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integers, got dtype {array.dtype}")
@@ -275,7 +294,9 @@ def _index_array(values, name):
     return np.ascontiguousarray(array, np.int64).reshape(-1)
 
 
-def _normalise_sources(records, offsets, sources):
+def _normalise_sources(
+    records: Any, offsets: Any, sources: Any
+) -> tuple[list[NDArray[np.uint8]], NDArray[np.int64], NDArray[np.int64]]:
     """(buffers, sources, offsets) for the gather kernel from the caller's forms."""
     if isinstance(records, PackedRecords):
         if offsets is not None or sources is not None:
@@ -303,29 +324,31 @@ def _normalise_sources(records, offsets, sources):
     return _normalise_sources([records], offsets, sources)
 
 
-def _first_shape(buffers, sources, offsets):
+def _first_shape(buffers: Sequence[NDArray[np.uint8]], sources: NDArray[np.int64],
+                 offsets: NDArray[np.int64]) -> tuple[tuple[int, int, int], np.dtype[Any]]:
     header = _read_header(buffers[int(sources[0])], int(offsets[0]))
     return (header.height, header.width, header.channels), header.dtype
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_header(shape, dtype):
-    header = _headers(1, _image_shape(shape, "shape"), dtype, np.zeros(1, np.int64))[0]
+def _expected_header(shape: tuple[int, int, int], dtype: np.dtype[Any]) -> NDArray[np.uint8]:
+    header: NDArray[np.uint8] = _headers(1, _image_shape(shape, "shape"), dtype, np.zeros(1, np.int64))[0]
     header.flags.writeable = False
     return header
 
 
-def _int64_vector(values, name, n=None):
+def _int64_vector(values: Any, name: str, n: int | None = None) -> NDArray[np.int64]:
     """``values`` as a C-contiguous (n,) int64 array; the common case, one already, passes untouched."""
+    vector: NDArray[np.int64] = values
     if not (isinstance(values, np.ndarray) and values.dtype == np.int64 and values.ndim == 1
             and values.flags.c_contiguous):
-        values = _index_array(values, name)
-    if n is not None and values.size != n:
-        raise ValueError(f"{name} has {values.size} entries, offsets {n}")
-    return values
+        vector = _index_array(values, name)
+    if n is not None and vector.size != n:
+        raise ValueError(f"{name} has {vector.size} entries, offsets {n}")
+    return vector
 
 
-def _buffer_and_offset(buffer, offset):
+def _buffer_and_offset(buffer: Any, offset: Any) -> tuple[NDArray[np.uint8], int]:
     """``buffer`` as bytes and ``offset`` as an int, or the TypeError or ValueError that says why not."""
     data = kernels.as_bytes(buffer, "buffer")
     try:
@@ -357,17 +380,16 @@ class Gather:
     header: a read-only (32,) uint8 array whose label and checksum are 0).
     """
 
-    __slots__ = ("shape", "dtype", "verify", "record_size", "header", "_bytes", "_kernel")
+    __slots__ = ("_bytes", "_kernel", "dtype", "header", "record_size", "shape", "verify")
 
     def __init__(self, shape: Sequence[int], dtype: DTypeLike = np.uint8, *, verify: bool = True) -> None:
         (height, width, channels), payload = _image_shape(tuple(shape), "shape")
-        dtype = DTYPE_CODES[dtype_code(dtype)]
         self.shape = (height, width, channels)
-        self.dtype = dtype
+        self.dtype = DTYPE_CODES[dtype_code(dtype)]
         self.verify = bool(verify)
-        self._bytes = _payload_bytes(payload * dtype.itemsize, "shape")
+        self._bytes = _payload_bytes(payload * self.dtype.itemsize, "shape")
         self.record_size = HEADER_SIZE + self._bytes
-        self.header = _expected_header(self.shape, dtype)
+        self.header = _expected_header(self.shape, self.dtype)
         self._kernel = kernels.implementation()
 
     def __repr__(self) -> str:
@@ -436,7 +458,7 @@ class Gather:
             raise RecordError(f"record {bad} (buffer {source}, offset {offset}): {problem}")
         return out, labels
 
-    def _check_out(self, out, labels, n):
+    def _check_out(self, out: Any, labels: Any, n: int) -> None:
         if not (isinstance(out, np.ndarray) and out.shape == (n, *self.shape) and out.dtype == self.dtype):
             got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
             raise ValueError(f"out must be an array of shape {(n, *self.shape)} and dtype {self.dtype}, got {got}")
@@ -491,7 +513,8 @@ def unpack_records(
     return Gather(out.shape[1:], out.dtype, verify=verify).into(buffers, sources, offsets, out, labels_out)
 
 
-def _unpack_back_to_back(records, out, labels_out, verify):
+def _unpack_back_to_back(records: Any, out: np.ndarray | None, labels_out: NDArray[np.int64] | None,
+                         verify: bool) -> tuple[np.ndarray, NDArray[np.int64]]:
     data = kernels.as_bytes(records, "records")
     if data.size == 0:
         n, size = 0, HEADER_SIZE
@@ -509,13 +532,13 @@ def _unpack_back_to_back(records, out, labels_out, verify):
     return unpack_records([data], np.arange(n, dtype=np.int64) * size, out=out, labels_out=labels_out, verify=verify)
 
 
-def _check_labels_out(labels_out, n, name="labels_out"):
+def _check_labels_out(labels_out: Any, n: int, name: str = "labels_out") -> None:
     if (not isinstance(labels_out, np.ndarray) or labels_out.dtype != np.int64 or labels_out.shape != (n,)
             or not labels_out.flags.c_contiguous or not labels_out.flags.writeable):
         raise ValueError(f"{name} must be a writeable contiguous int64 array of shape ({n},)")
 
 
-def _check_no_overlap(buffers, out, labels_out):
+def _check_no_overlap(buffers: Sequence[NDArray[np.uint8]], out: np.ndarray, labels_out: np.ndarray) -> None:
     # The compiled kernel copies record by record: an output overlapping the
     # input would overwrite records before they are read.
     if np.may_share_memory(out, labels_out):
@@ -525,7 +548,7 @@ def _check_no_overlap(buffers, out, labels_out):
             raise ValueError(f"out and labels_out must not overlap the input buffer {i}")
 
 
-def _check_out(out, n):
+def _check_out(out: Any, n: int) -> None:
     if not isinstance(out, np.ndarray) or out.ndim != 4:
         raise ValueError("out must be a 4-D array (N, H, W, C)")
     if out.shape[0] != n:
@@ -537,7 +560,7 @@ def _check_out(out, n):
         raise ValueError("out must be little-endian or native")
 
 
-def _problem(data, offset, status, shape, dtype):
+def _problem(data: NDArray[np.uint8], offset: int, status: int, shape: tuple[int, ...], dtype: DTypeLike) -> str:
     """What is wrong with the record at ``offset`` of ``data`` that a kernel refused with ``status``."""
     if status == _pure.CRC_MISMATCH:
         return "checksum mismatch, the record is corrupt"
