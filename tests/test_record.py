@@ -435,7 +435,8 @@ def test_gather_into_takes_records_from_many_buffers_in_any_order(backend):
     sources = (wanted >= 4).astype(np.int64)
     offsets = (wanted % 4) * 56
     out, got_labels = np.full((5, 3, 4, 2), 9, np.uint8), np.zeros(5, np.int64)
-    assert Gather((3, 4, 2)).into(halves, sources, offsets, out, got_labels) == (out, got_labels)
+    returned = Gather((3, 4, 2)).into(halves, sources, offsets, out, got_labels)
+    assert returned[0] is out and returned[1] is got_labels
     np.testing.assert_array_equal(out, images[wanted])
     np.testing.assert_array_equal(got_labels, labels[wanted])
     # Lists of integers do as well as int64 arrays, and nothing to gather is no work.
@@ -478,7 +479,8 @@ def test_gather_names_a_bad_record_as_the_batch_functions_do(backend):
     other = pack_records(np.zeros((1, 2, 2, 3), np.uint8), [0]).buffer.tobytes()
     gather = Gather((2, 4, 3))
     out, labels = np.empty((2, 2, 4, 3), np.uint8), np.empty(2, np.int64)
-    cases = [(bytes(crc), "checksum mismatch, the record is corrupt"), (other, r"image is 2x2x3 uint8, the batch is 2x4x3"),
+    cases = [(bytes(crc), "checksum mismatch, the record is corrupt"),
+             (other, r"image is 2x2x3 uint8, the batch is 2x4x3"),
              (bytes(good[:50]), "truncated record at offset 0: payload needs 24 bytes, 18 left"),
              (b"IMGX" + bytes(good[4:]), "bad magic")]
     for data, match in cases:
