@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imgconv import _platform, record, stores
-from imgconv.errors import StoreError
+from imgconv.errors import RecordError, StoreError
 from imgconv.stores import read_pool
 from imgconv.stores.lmdb import layout as lmdb_layout
 from imgconv.stores.lmdb import reader as lmdb_reader
@@ -180,21 +180,21 @@ def test_lmdb_gather_threads_finish_before_the_transaction_ends(tmp_path, monkey
     path = write(target(tmp_path, "lmdb"), make_images(30), np.arange(30), batch=30, records_per_value=4)
     finished, lock = [], threading.Lock()
 
-    real_part = lmdb_reader._gather_part
+    real_into = record.Gather.into
 
-    def gather_part(*args):
+    def into(*args):
         with lock:
-            first = not finished and not getattr(gather_part, "failed", False)
-            gather_part.failed = True
+            first = not finished and not getattr(into, "failed", False)
+            into.failed = True
         if first:
-            return args[-2]  # one part finds a bad record at once...
+            raise RecordError("one part finds a bad record at once...")
         time.sleep(0.2)  # ...while the others still read the transaction's buffers
-        result = real_part(*args)
+        result = real_into(*args)
         with lock:
             finished.append(1)
         return result
 
-    monkeypatch.setattr(lmdb_reader, "_gather_part", gather_part)
+    monkeypatch.setattr(record.Gather, "into", into)
     with stores.open(path) as store:
         with pytest.raises(StoreError):
             store.read_all()

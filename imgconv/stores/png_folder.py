@@ -44,10 +44,8 @@ LABELS = "labels.csv"
 # digits) catches damage a PNG decoder does not: Pillow does not check the last
 # bytes of the zlib stream; and it catches a changed label.
 HEADER = ["index", "path", "label", "crc32c"]
-# zlib level 6: measured on 32x32 photo-like images (FORMAT.md has the table),
-# level 1 encodes only 5-20% faster but its files are 9% larger and decode
-# 10-30% slower, and level 9 is no smaller than 6. A folder is written once
-# and read every epoch, so 6 wins; level 0 (no compression) is 1.75x larger.
+# zlib level 6, Pillow's default: a folder is written once and decoded every
+# epoch. BENCHMARKS.md ("PNG compression level") has the measurements.
 DEFAULT_COMPRESS_LEVEL = 6
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 import lmdb
 import numpy as np
 
-from ... import _platform, kernels, record
+from ... import _platform, record
 from ...errors import RecordError, StoreError
 from ..batch import VARIABLE, shape_text
 from ..metadata import Metadata, load_metadata
@@ -21,8 +21,6 @@ from ..read_pool import split_for_threads, thread_pool
 from ..reader import Reader
 from .layout import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, chunk_key, value_offsets
 from .pagecheck import check_lmdb_file
-
-_ZERO = np.zeros(1, np.int64)
 
 
 class LmdbReader(Reader):
@@ -73,11 +71,11 @@ class LmdbReader(Reader):
         self._k = k
         self._verify = bool(self._options.get("verify", True))
         if meta["shape"] != VARIABLE:
-            self._record_size = record.record_size(meta["shape"])
-            self._expected = record._expected_header(meta["shape"], np.uint8)
-            self._payload = int(np.prod(meta["shape"]))
-            self._slot_offsets = [np.array([j * self._record_size], np.int64) for j in range(k)]
-            self._kernel = kernels.implementation()
+            try:
+                self._records = record.Gather(meta["shape"], np.uint8, verify=self._verify)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"{self.path}: invalid shape {meta['shape']!r} in the metadata: {exc}") from None
+            self._record_size = self._records.record_size
         return meta
 
     def _close_handles(self) -> None:
@@ -143,17 +141,11 @@ class LmdbReader(Reader):
                 raise StoreError(f"{self.path}: image {i} in chunk {chunk}: {exc}") from None
 
     def _read_one_fixed(self, value, i, slot):
-        # The single-image hot path: the header is compared with the expected
-        # one in compiled code, skipping record.unpack_records' argument
-        # normalisation, which would double the cost of a 3 KB read. LMDB's
-        # buffers are already contiguous unsigned-byte memoryviews.
-        pixels = np.empty((1, self._payload), np.uint8)
-        label = np.empty(1, np.int64)
-        offsets = self._slot_offsets[slot]
-        bad, _ = self._kernel.unpack_records([value], _ZERO, offsets, self._expected, pixels, label, self._verify)
-        if bad >= 0:
-            raise self._first_bad([value], [0], offsets, np.array([i]))
-        return pixels.reshape(self.shape), label[0]
+        offset = slot * self._record_size
+        try:
+            return self._records.one(value, offset)
+        except RecordError:
+            raise self._first_bad([value], [0], [offset], np.array([i])) from None
 
     def _read_many_in_txn(self, indices, out):
         distinct, sources = np.unique(indices // self._k, return_inverse=True)
@@ -191,15 +183,14 @@ class LmdbReader(Reader):
             out = np.empty((n, *self.shape), np.uint8)
         labels = np.empty(n, np.int64)
         offsets = slots * self._record_size
-        payloads = out.reshape(n, self._payload)
-        # The compiled gather is called directly: the buffers are LMDB's
+        # record.Gather, not record.unpack_records: the buffers are LMDB's
         # read-only map, which no writeable ``out`` can overlap, and
-        # record.unpack_records' per-buffer normalisation cost 15 ms of CPU
-        # per 100,000 CIFAR images, a third of a whole read. Large reads are split over threads (the
+        # unpack_records' per-buffer checks cost 15 ms of CPU per 100,000
+        # CIFAR images, a third of a whole read. Large reads are split over threads (the
         # kernel runs without the GIL: copy, checksum and the page faults of
         # a fresh ``out`` all scale).
         parts = split_for_threads(n, self._record_size)
-        args = (values, sources, offsets, self._expected, payloads, labels, self._verify)
+        args = (self._records, values, sources, offsets, out, labels)
         if len(parts) == 1:
             bad = [_gather_part(*args, 0, n)]
         else:
@@ -313,13 +304,13 @@ def _file_key(path: str) -> Tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _gather_part(values, sources, offsets, expected, payloads, labels, verify, a, b):
-    """Gather records ``a .. b - 1`` with the compiled (or NumPy) kernel; -1, or the first bad one's position."""
-    if a == b:
-        return -1
-    bad, _ = kernels.implementation().unpack_records(values, sources[a:b], offsets[a:b], expected, payloads[a:b],
-                                                     labels[a:b], verify)
-    return bad if bad < 0 else a + bad
+def _gather_part(records, values, sources, offsets, out, labels, a, b):
+    """Gather records ``a .. b - 1`` (one kernel call, without the GIL); -1, or ``a`` when one of them is bad."""
+    try:
+        records.into(values, sources[a:b], offsets[a:b], out[a:b], labels[a:b])
+    except RecordError:
+        return a
+    return -1
 
 
 def _check_not_truncated(env, data, path):
