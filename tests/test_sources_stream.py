@@ -14,7 +14,7 @@ import imgconv
 import imgconv.stores
 from imgconv.errors import SourceError
 from imgconv.sample import LABEL_NAMES, generate_sample, write_sample
-from imgconv.sources import cifar, open_source, tar_archive
+from imgconv.sources import archive, open_source
 from imgconv.sources.safe_pickle import _RestrictedUnpickler, load_pickle
 
 COUNT = 60  # five training batches of 10, a test batch of 10
@@ -73,13 +73,13 @@ def test_one_pass_learns_the_length_and_label_names(scrambled, sample, monkeypat
     _, (images, labels) = sample
     source = open_source(scrambled, split="all")
     opened = []
-    real = cifar.TarReader
+    real = archive.TarReader
 
     def counting(*args, **kwargs):
         opened.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cifar, "TarReader", counting)
+    monkeypatch.setattr(archive, "TarReader", counting)
     _, got, got_labels = _joined(source.stream(8))
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
@@ -91,7 +91,7 @@ def test_one_pass_learns_the_length_and_label_names(scrambled, sample, monkeypat
 def test_description_does_not_read_an_archive(sample, monkeypatch):
     files, _ = sample
     source = open_source(files.python_archive)
-    monkeypatch.setattr(cifar, "TarReader", None)  # any read would fail
+    monkeypatch.setattr(archive, "TarReader", None)  # any read would fail
     assert "CIFAR-10 python" in source.description and "images" not in source.description
 
 
@@ -203,8 +203,8 @@ def test_a_batch_shaped_pickle_loads_and_every_truncation_is_a_source_error():
 def test_the_standard_library_decoder_gives_the_same_stream(sample, scrambled, monkeypatch):
     _, (images, labels) = sample
     fast = _joined(open_source(scrambled, split="all").stream(9))
-    monkeypatch.setattr(tar_archive, "_igzip", None)
-    assert not tar_archive.fast_gzip_available()
+    monkeypatch.setattr(archive, "_igzip", None)
+    assert not archive.fast_gzip_available()
     plain = _joined(open_source(scrambled, split="all").stream(9))
     np.testing.assert_array_equal(plain[1], fast[1])
     np.testing.assert_array_equal(plain[1], images)
@@ -240,13 +240,13 @@ def test_an_interrupted_archive_conversion_resumes_to_the_same_folder(tmp_path, 
 def test_batch_files_before_their_turn_wait_on_disk_not_in_memory(scrambled, sample, monkeypatch):
     _, (images, _) = sample
     aside = []
-    real = cifar._set_aside
+    real = archive.set_aside
 
     def recording(directory, number, data):
         aside.append((directory, number))
         return real(directory, number, data)
 
-    monkeypatch.setattr(cifar, "_set_aside", recording)
+    monkeypatch.setattr(archive, "set_aside", recording)
     _, got, _ = _joined(open_source(scrambled, split="all").stream(16))
     np.testing.assert_array_equal(got, images)
     # data_batch_4, test_batch, 3, 2, 5 arrive before data_batch_1 (the archive's last member).
