@@ -31,3 +31,26 @@ class StoreError(ImgconvError):
 
 class UnknownFormatError(ImgconvError, ValueError):
     """A path or format name that no registered reader or writer handles."""
+
+
+class OptionError(ImgconvError, ValueError):
+    """A keyword option with a bad value, or options that do not go together: the caller's mistake.
+
+    ``options`` names the keyword parameters at fault, so that a command line
+    can speak of its flags instead (see :mod:`imgconv.options`).
+    """
+
+    def __init__(self, message, options=()):
+        super().__init__(message)
+        self.options = tuple(options)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.options)
+
+
+class SourceOptionError(OptionError, SourceError):
+    """A source option with a bad value, or one the source does not take (a SourceError, as before)."""
+
+
+class StoreOptionError(OptionError, StoreError):
+    """A store option with a bad value, or options that do not go together (a StoreError, as before)."""

@@ -20,12 +20,17 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..errors import SourceError
+from ..errors import SourceOptionError
+from ..options import Option
 
 SkippedFile = namedtuple("SkippedFile", "path reason")
 SkippedFile.__doc__ = "A file a source skipped under ``on_error='skip'``: its path and why."
 
 ON_ERROR = ("fail", "skip")
+SPLITS = ("train", "test", "all")
+
+# Shared by every source kind with a training and a test part (CIFAR, NumPy).
+SPLIT = Option("split", default="train", choices=SPLITS, help="the part to read: train, test or all (train then test)")
 
 
 class SkippedImageWarning(UserWarning):
@@ -39,10 +44,13 @@ class Source(abc.ABC):
     ``length``, ``shape`` and ``label_names`` properties (computed lazily when
     costly); they may override ``_gather`` to make :meth:`take` read each
     file once. Attributes named in ``_TRANSIENT`` (open files, caches) are left
-    out when the source is pickled.
+    out when the source is pickled. ``OPTIONS`` declares the keyword options
+    the constructor takes (see :mod:`imgconv.options`); their defaults are
+    the constructor's.
     """
 
-    _TRANSIENT = ()
+    OPTIONS: tuple[Option, ...] = ()
+    _TRANSIENT: tuple[str, ...] = ()
 
     @property
     @abc.abstractmethod
@@ -273,10 +281,10 @@ def _join_labels(parts):
 
 
 def check_choice(name, value, choices):
-    """Raise SourceError unless ``value`` is one of ``choices`` (option validation)."""
+    """Raise SourceOptionError unless ``value`` is one of ``choices`` (option validation)."""
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise SourceError(f"{name} must be one of {allowed}, got {value!r}")
+        raise SourceOptionError(f"{name} must be one of {allowed}, got {value!r}", (name,))
     return value
 
 

@@ -65,13 +65,26 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import SourceError
+from ..errors import SourceError, SourceOptionError
+from ..options import Option, show_width_by_height, whole_number, width_by_height
 from .base import ON_ERROR, SkippedFile, Source, check_choice, warn_skipped
 
 MODES = {"RGB": 3, "L": 1, "RGBA": 4}
 # Pillow's limit as shipped (its DecompressionBombWarning threshold), fixed at import.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 1024 * 1024 * 1024 // 4 // 3
 RESIZE_POLICIES = ("stretch", "crop")
+
+MODE = Option("mode", default="RGB", choices=tuple(MODES), help="the channel layout of every image")
+RESIZE = Option("resize", type=width_by_height, metavar="WxH", show=show_width_by_height,
+                help="make every image W pixels wide and H high")
+RESIZE_POLICY = Option("resize_policy", default="stretch", choices=RESIZE_POLICIES,
+                       help="stretch to the size, or scale the shorter side to it and cut the centre")
+ON_ERROR_OPTION = Option("on_error", default="fail", choices=ON_ERROR,
+                         help="an unreadable or refused image stops the conversion (fail) or is skipped and reported")
+LABELS_CSV = Option("labels_csv", metavar="CSV", help="a CSV of image,label rows labelling a flat folder")
+MAX_PIXELS = Option("max_pixels", type=whole_number(1), metavar="N",
+                    help=f"refuse an image declaring more than N pixels, a decompression bomb, as a bad image "
+                         f"(default: Pillow's limit, {DEFAULT_MAX_PIXELS:,})")
 
 # Pillow registers these extensions, but only as stubs or through external
 # programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.
@@ -320,7 +333,7 @@ def _open_image(f, path, max_pixels):
         if width * height > max_pixels:
             raise SourceError(
                 f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-                "(a decompression bomb?); if the image is genuine, raise max_pixels (--max-pixels)"
+                "(a decompression bomb?); if the image is genuine, raise the limit with max_pixels=N"
             )
         yield im
 
@@ -406,9 +419,9 @@ def _check_resize(resize):
     try:
         width, height = (int(v) for v in resize)
     except (TypeError, ValueError):
-        raise SourceError(f"resize must be (width, height), got {resize!r}") from None
+        raise SourceOptionError(f"resize must be (width, height), got {resize!r}", ("resize",)) from None
     if width < 1 or height < 1:
-        raise SourceError(f"resize must be two positive integers, got {resize!r}")
+        raise SourceOptionError(f"resize must be two positive integers, got {resize!r}", ("resize",))
     return width, height
 
 
@@ -416,7 +429,7 @@ def _check_max_pixels(max_pixels):
     if max_pixels is None:
         return DEFAULT_MAX_PIXELS
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise SourceError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        raise SourceOptionError(f"max_pixels must be a positive integer, got {max_pixels!r}", ("max_pixels",))
     return max_pixels
 
 
@@ -442,10 +455,11 @@ class FolderSource(Source):
     images, bad options, or (under "fail") a bad image.
     """
 
+    OPTIONS = (MODE, RESIZE, RESIZE_POLICY, ON_ERROR_OPTION, LABELS_CSV, MAX_PIXELS)
     _TRANSIENT = ("_files", "last_kept")
 
-    def __init__(self, path, *, mode="RGB", resize=None, resize_policy="stretch", on_error="fail", labels_csv=None,
-                 max_pixels=None):
+    def __init__(self, path, *, mode=MODE.default, resize=RESIZE.default, resize_policy=RESIZE_POLICY.default,
+                 on_error=ON_ERROR_OPTION.default, labels_csv=LABELS_CSV.default, max_pixels=MAX_PIXELS.default):
         self.path = os.fspath(path)
         self.max_pixels = _check_max_pixels(max_pixels)
         self.mode = check_choice("mode", mode, tuple(MODES))

@@ -38,8 +38,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..errors import SourceError
-from .base import Source, check_choice, group_by_part, plan_segments
+from ..errors import SourceError, SourceOptionError
+from ..options import Option
+from .base import SPLIT, SPLITS, Source, check_choice, group_by_part, plan_segments
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -56,6 +57,11 @@ LABEL_KEYS = {
 # What zipfile raises for a damaged or unusual member: an unknown compression
 # method (NotImplementedError), encryption (RuntimeError), corrupt deflate data.
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError)
+
+IMAGES_KEY = Option("images_key", metavar="KEY",
+                    help="the array of images in a .npz (default: the first present of the usual names)")
+LABELS_KEY = Option("labels_key", metavar="KEY",
+                    help="the array of labels in a .npz (default: the first present of the usual names)")
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 
@@ -281,21 +287,28 @@ class NumpySource(Source):
     no such arrays, non-uint8 images, or labels that do not match the images.
     """
 
+    OPTIONS = (SPLIT, IMAGES_KEY, LABELS_KEY)
     _TRANSIENT = ("_readers", "_labels")
     _READ_ERRORS = _ZIP_ERRORS
 
-    def __init__(self, path, *, split="train", images_key=None, labels_key=None):
+    def __init__(self, path, *, split=SPLIT.default, images_key=IMAGES_KEY.default, labels_key=LABELS_KEY.default):
         self.path = os.fspath(path)
-        self.split = check_choice("split", split, ("train", "test", "all"))
+        self.split = check_choice("split", split, SPLITS)
         if os.path.getsize(self.path) == 0:
             raise SourceError(f"{self.path}: empty file (0 bytes), not a .npy or .npz file")
         with open(self.path, "rb") as f:
             head = f.read(len(NPY_MAGIC))
         if head == NPY_MAGIC:
             if images_key is not None or labels_key is not None:
-                raise SourceError(f"{self.path}: images_key and labels_key apply to .npz files, this is a .npy array")
+                raise SourceOptionError(
+                    f"{self.path}: images_key and labels_key apply to .npz files, this is a .npy array",
+                    ("images_key", "labels_key"),
+                )
             if split == "test":
-                raise SourceError(f"{self.path}: a .npy array has no test split; use split='train' or 'all'")
+                raise SourceOptionError(
+                    f"{self.path}: a .npy array has no test split; use split='train' (or 'all', the same here)",
+                    ("split",),
+                )
             self.parts = [(_npy_ref(self.path), None)]
             self._names = None
             self.keys = None
@@ -321,8 +334,9 @@ class NumpySource(Source):
             arrays = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
             present = ", ".join(sorted(arrays)) or "no arrays"
             if images_key is not None and self.split != "train":
-                raise SourceError(
-                    f"{self.path}: split picks among the default array names; images_key names the array itself"
+                raise SourceOptionError(
+                    f"{self.path}: split picks among the default array names; images_key names the array itself",
+                    ("split", "images_key"),
                 )
             parts, keys = [], []
             for split in ("train", "test") if self.split == "all" else (self.split,):

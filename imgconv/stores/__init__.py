@@ -10,21 +10,45 @@ import os
 from collections import namedtuple
 
 from ..errors import StoreError, UnknownFormatError
+from ..options import Option, whole_number
 from . import hdf5_store, lmdb_store, png_folder
 from .base import VARIABLE, EncodedBatch, Reader, StoreIndexError, Writer, check_batch
 
-StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes")
+StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes options", defaults=((),))
 StoreFormat.__doc__ = """One registered format: its writer and reader classes, its pure
-``encode_batch``, ``detect(path) -> bool`` by content, and the path suffixes
-that select it in :func:`create`."""
+``encode_batch``, ``detect(path) -> bool`` by content, the path suffixes
+that select it in :func:`create`, and the ``options`` its writer takes,
+declared once (see :mod:`imgconv.options`; the command line's flags come
+from them)."""
+
+# The writers' options, declared once; each writer checks the values itself.
+PNG_OPTIONS = (
+    Option("compress_level", type=whole_number(0, 9), default=png_folder.DEFAULT_COMPRESS_LEVEL, flag="--png-level",
+           metavar="0..9", help="the zlib level of the files"),
+)
+LMDB_OPTIONS = (
+    Option("records_per_value", type=whole_number(1, 1 << 20), flag="--lmdb-records-per-value", metavar="K",
+           help="images per value (default: about 192 KiB of pixels per value, 16 images when the sizes "
+                "vary)"),
+    Option("map_size", type=whole_number(1), default=lmdb_store.INITIAL_MAP_SIZE, cli=False,
+           help="the initial map size in bytes; it grows as needed"),
+)
+HDF5_OPTIONS = (
+    Option("chunk_images", type=whole_number(1, 1 << 20), flag="--hdf5-chunk", metavar="N",
+           help="images per chunk (default: about 192 KiB of pixels per chunk)"),
+    Option("compression", choices=tuple(c for c in hdf5_store.COMPRESSIONS if c is not None),
+           flag="--hdf5-compression", help="the compression filter (default: none)"),
+    Option("compression_level", type=whole_number(0, 9), flag="--hdf5-level", metavar="0..9",
+           help="the gzip level (default 4)"),
+)
 
 FORMATS = {
     "lmdb": StoreFormat("lmdb", lmdb_store.LmdbWriter, lmdb_store.LmdbReader, lmdb_store.encode_batch,
-                        lmdb_store.detect, (".lmdb",)),
+                        lmdb_store.detect, (".lmdb",), LMDB_OPTIONS),
     "hdf5": StoreFormat("hdf5", hdf5_store.Hdf5Writer, hdf5_store.Hdf5Reader, hdf5_store.encode_batch,
-                        hdf5_store.detect, (".h5", ".hdf5")),
+                        hdf5_store.detect, (".h5", ".hdf5"), HDF5_OPTIONS),
     "png": StoreFormat("png", png_folder.PngFolderWriter, png_folder.PngFolderReader, png_folder.encode_batch,
-                       png_folder.detect, ()),
+                       png_folder.detect, (), PNG_OPTIONS),
 }
 DEFAULT_FORMAT = "png"
 

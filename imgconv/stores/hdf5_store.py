@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from .. import kernels
-from ..errors import StoreError
+from ..errors import StoreError, StoreOptionError
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, check_metadata, image_checksums,
                    split_for_threads, thread_pool)
 
@@ -102,11 +102,17 @@ class Hdf5Writer(Writer):
     def __init__(self, path, *, chunk_images=None, compression=None, compression_level=None, **common):
         super().__init__(path, **common)
         if compression not in COMPRESSIONS:
-            raise StoreError(f"{self.path}: compression must be one of {COMPRESSIONS}, got {compression!r}")
-        if compression_level is not None and (compression != "gzip" or not 0 <= int(compression_level) <= 9):
-            raise StoreError(f"{self.path}: compression_level is 0..9 and applies to gzip only")
+            raise StoreOptionError(f"{self.path}: compression must be one of {COMPRESSIONS}, got {compression!r}",
+                                   ("compression",))
+        if compression_level is not None and compression != "gzip":
+            raise StoreOptionError(f"{self.path}: compression_level applies to compression='gzip' only",
+                                   ("compression_level", "compression"))
+        if compression_level is not None and not 0 <= int(compression_level) <= 9:
+            raise StoreOptionError(f"{self.path}: compression_level is 0..9, got {compression_level}",
+                                   ("compression_level",))
         if chunk_images is not None and not 1 <= int(chunk_images) <= 1 << 20:
-            raise StoreError(f"{self.path}: chunk_images must be 1 .. 1048576, got {chunk_images}")
+            raise StoreOptionError(f"{self.path}: chunk_images must be 1 .. 1048576, got {chunk_images}",
+                                   ("chunk_images",))
         self.chunk_images = None if chunk_images is None else int(chunk_images)
         self.compression = compression
         self.compression_level = (4 if compression_level is None else int(compression_level)) if compression == "gzip" else None

@@ -30,7 +30,7 @@ import lmdb
 import numpy as np
 
 from .. import kernels, record
-from ..errors import RecordError, StoreError
+from ..errors import RecordError, StoreError, StoreOptionError
 from .lmdb_check import check_lmdb_file
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, load_metadata, shape_text,
                    split_for_threads, thread_pool)
@@ -109,7 +109,8 @@ class LmdbWriter(Writer):
     def __init__(self, path, *, records_per_value=None, map_size=INITIAL_MAP_SIZE, **common):
         super().__init__(path, **common)
         if records_per_value is not None and not 1 <= int(records_per_value) <= 1 << 20:
-            raise StoreError(f"{self.path}: records_per_value must be 1 .. 1048576, got {records_per_value}")
+            raise StoreOptionError(f"{self.path}: records_per_value must be 1 .. 1048576, got {records_per_value}",
+                                   ("records_per_value",))
         self.records_per_value = None if records_per_value is None else int(records_per_value)
         self._given_options = {"records_per_value": self.records_per_value}
         self.map_size = max(int(map_size), 1 << 20)

@@ -25,7 +25,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreOptionError
 from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, image_checksums,
                    load_metadata, remove_path, shape_text)
 
@@ -120,7 +120,7 @@ class PngFolderWriter(Writer):
     def __init__(self, path, *, compress_level=DEFAULT_COMPRESS_LEVEL, **common):
         super().__init__(path, **common)
         if not 0 <= int(compress_level) <= 9:
-            raise StoreError(f"{self.path}: compress_level must be 0..9, got {compress_level}")
+            raise StoreOptionError(f"{self.path}: compress_level must be 0..9, got {compress_level}", ("compress_level",))
         self.compress_level = int(compress_level)
         self._csv_file = None
         self._shard = None

@@ -14,8 +14,9 @@ stream of an archive. Rows become (32, 32, 3) images through
 Images are numbered in the official order: the training batches in order,
 then the test batch (``split="all"``).
 """
+from ..base import SPLITS
 from .detect import detect, is_cifar
-from .layouts import LABEL_KINDS, LAYOUTS, SPLITS, Layout
-from .source import CifarSource
+from .layouts import LABEL_KINDS, LAYOUTS, Layout
+from .source import LABEL_KIND, CifarSource
 
-__all__ = ["LABEL_KINDS", "LAYOUTS", "SPLITS", "CifarSource", "Layout", "detect", "is_cifar"]
+__all__ = ["LABEL_KIND", "LABEL_KINDS", "LAYOUTS", "SPLITS", "CifarSource", "Layout", "detect", "is_cifar"]

@@ -24,7 +24,6 @@ from typing import NamedTuple
 HEIGHT, WIDTH, CHANNELS = 32, 32, 3
 ROW_BYTES = HEIGHT * WIDTH * CHANNELS
 COARSE_CLASSES = 20
-SPLITS = ("train", "test", "all")
 LABEL_KINDS = ("fine", "coarse")
 
 

@@ -7,14 +7,17 @@ from collections.abc import Iterator
 import numpy as np
 
 from ... import kernels
-from ...errors import SourceError
+from ...errors import SourceError, SourceOptionError
+from ...options import Option
 from ..archive import DECODE_ERRORS, OrderedMembers
-from ..base import BatchCutter, Source, check_choice, check_stream_arguments, group_by_part, plan_segments
+from ..base import SPLIT, SPLITS, BatchCutter, Source, check_choice, check_stream_arguments, group_by_part, plan_segments
 from . import parse
 from .detect import detect
-from .layouts import CHANNELS, HEIGHT, LABEL_KINDS, LAYOUTS, SPLITS, WIDTH
+from .layouts import CHANNELS, HEIGHT, LABEL_KINDS, LAYOUTS, WIDTH
 
 Batch = tuple[np.ndarray, np.ndarray]
+
+LABEL_KIND = Option("label_kind", default="fine", choices=LABEL_KINDS, help="fine or coarse labels of CIFAR-100")
 
 
 class CifarSource(Source):
@@ -36,10 +39,12 @@ class CifarSource(Source):
     inconsistent batch, UnsafePickleError for a pickle that asks for code.
     """
 
+    OPTIONS = (SPLIT, LABEL_KIND)
     _TRANSIENT = ("_cache",)
     CACHED_BATCHES = 2
 
-    def __init__(self, path: str | os.PathLike[str], *, split: str = "train", label_kind: str = "fine") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, split: str = SPLIT.default,
+                 label_kind: str = LABEL_KIND.default) -> None:
         self.path = os.fspath(path)
         found = detect(self.path)
         if found is None:
@@ -48,8 +53,10 @@ class CifarSource(Source):
         self.layout, self.container = found
         self.split = check_choice("split", split, SPLITS)
         self.label_kind = check_choice("label_kind", label_kind, LABEL_KINDS)
-        if label_kind != "fine" and not self.layout.cifar100:
-            raise SourceError(f"label_kind={label_kind!r} applies to CIFAR-100; {self.path} holds CIFAR-10")
+        if label_kind != LABEL_KIND.default and not self.layout.cifar100:
+            raise SourceOptionError(
+                f"label_kind={label_kind!r} applies to CIFAR-100; {self.path} holds CIFAR-10", ("label_kind",)
+            )
         self._counts: list[int] | None = None
         self._label_names: list[str] | None = None
         self._names_known = False
