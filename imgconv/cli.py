@@ -25,8 +25,8 @@ from typing import Any, Callable
 from . import sources, stores
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError
-from .options import Option, whole_number
+from .errors import ImgconvError, UnknownFormatError
+from .options import Option, speak_flags, whole_number
 from .sample import MIN_COUNT, write_sample
 from .verify import store_info, verify_store
 
@@ -182,6 +182,27 @@ class UsageError(Exception):
     """Arguments that do not go together; reported as a usage error (exit 2)."""
 
 
+def _named_options(args: argparse.Namespace) -> dict[str, Option]:
+    """The keyword options a library message may name in this command, to be spoken of as flags.
+
+    Those of convert() and of the sources, and those of the store format
+    being written (of every format while it is not known yet).
+    """
+    named = {option.name: option for option in convert_options()}
+    named.update(sources.source_options())
+    fmt = getattr(args, "store_format", None)
+    for spec in stores.FORMATS.values():
+        if fmt in (None, spec.name):
+            for option in spec.options:
+                named.setdefault(option.name, option)
+    return named
+
+
+def _say(args: argparse.Namespace, message: str, named: Iterable[str] = ()) -> None:
+    """Print ``message`` on stderr as ``imgconv COMMAND: ...``, in flags rather than keyword names."""
+    print(f"imgconv {args.command}: {speak_flags(message, _named_options(args), named)}", file=sys.stderr)
+
+
 @contextmanager
 def _progress(args: argparse.Namespace, path: str) -> Iterator[Callable[[int, int | None], None]]:
     """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (images per
@@ -214,7 +235,11 @@ def _human_bytes(count: float) -> str:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert SOURCE into the store DEST through a pool of worker processes."""
-    fmt = getattr(args, "format", None) or stores.format_for_path(args.dest)
+    try:
+        fmt = getattr(args, "format", None) or stores.format_for_path(args.dest)
+    except UnknownFormatError as exc:
+        raise UsageError(str(exc)) from None
+    args.store_format = fmt  # the format whose options messages may name
     store_options = _store_options(args, fmt)
     with _progress(args, args.dest) as progress:
         result = convert(args.source, args.dest, progress=progress, store_options=store_options,
@@ -340,15 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as exc:
-        print(f"imgconv {args.command}: error: {exc}", file=sys.stderr)
+        _say(args, f"error: {exc}")
         return EXIT_USAGE
     except Interrupted as exc:
-        print(f"imgconv {args.command}: {exc}", file=sys.stderr)
+        _say(args, str(exc))
         return 128 + exc.signum
     except ImgconvError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"imgconv {args.command}: error: {exc}", file=sys.stderr)
+        _say(args, f"error: {exc}")
         return EXIT_DATA
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

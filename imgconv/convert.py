@@ -477,8 +477,9 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     ``source_options``: ``split``, ``mode``, ``resize``, ``resize_policy``,
     ``on_error``, ...) or a :class:`~imgconv.sources.Source`. ``dest`` is the
     store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
-    suffix says. ``workers`` processes do the CPU work (default: one per CPU;
-    0 runs everything in this process). ``limit`` caps the number of images;
+    suffix says (UnknownFormatError for a suffix no format has).
+    ``workers`` processes do the CPU work (default: one per CPU; 0 runs
+    everything in this process). ``limit`` caps the number of images;
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
@@ -504,6 +505,7 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     started = time.perf_counter()
     workers = default_workers() if workers is None else _check_positive("workers", workers, allow_zero=True)
     batch_size = _check_positive("batch_size", batch_size)
+    format = stores.format_for_path(dest) if format is None else format  # a mistyped suffix fails before any reading
     src = _open(source, source_options)
     streamed = src.sequential and not shuffle
     writer = None

@@ -7,9 +7,10 @@ else is derived from those: the command line's flags with their types,
 choices, defaults and help (:mod:`imgconv.cli`), the defaults
 :func:`imgconv.open_source` accepts (``sources.OPTION_DEFAULTS``), the
 keyword defaults of the source classes themselves (``split=SPLIT.default``),
-and the flag an error message speaks of on the command line when the library
-names a parameter (:class:`imgconv.errors.OptionError` carries its name). A
-new option is one declaration.
+and the flags an error message speaks of on the command line where the
+library names a parameter (:func:`speak_flags`;
+:class:`imgconv.errors.OptionError` carries the names). A new option is one
+declaration.
 
 ``type`` turns the command line's text into the value (raising ValueError
 with a message that says what was expected); ``bool`` declares a switch that
@@ -18,7 +19,9 @@ it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ast
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -107,3 +110,42 @@ def show_width_by_height(value: Any) -> str:
     """``(W, H)`` as ``"WxH"``, the inverse of :func:`width_by_height`."""
     width, height = value
     return f"{width}x{height}"
+
+
+# How a message of the library writes a value after "name=": a Python literal,
+# or a placeholder in capitals ("max_pixels=N").
+_VALUE = r"""'[^']*'|"[^"]*"|\([^()]*\)|True|False|None|-?\d+|[A-Z][A-Z_]*\b"""
+
+
+def _as_flag(option: Option, text: str) -> str:
+    """``name=text`` of a message as the command line writes it: ``--flag value``."""
+    if text in ("False", "None"):
+        return f"no {option.flag}"
+    if option.switch:
+        return str(option.flag)
+    if text[0] in "'\"(":
+        text = option.show(ast.literal_eval(text))
+    return f"{option.flag} {text}"
+
+
+def speak_flags(message: str, options: Mapping[str, Option], named: Iterable[str] = ()) -> str:
+    """``message`` with the library's keyword parameters written as the command line's flags.
+
+    Library messages spell parameters as Python does: ``label_kind='coarse'``
+    becomes ``--label-kind coarse``, ``overwrite=True`` becomes
+    ``--overwrite``, for every option of ``options`` (by name) that has a
+    flag. The bare names in ``named`` (the parameters an
+    :class:`~imgconv.errors.OptionError` names) become their flags too:
+    ``compression_level applies to ...`` -> ``--hdf5-level applies to ...``.
+    """
+    flagged = {name: option for name, option in options.items() if option.flag}
+    if not flagged:
+        return message
+    names = "|".join(re.escape(name) for name in sorted(flagged, key=len, reverse=True))
+    message = re.sub(rf"(?<![\w.])({names})=({_VALUE})",
+                     lambda match: _as_flag(flagged[match.group(1)], match.group(2)), message)
+    for name in named:
+        if name in flagged:
+            # Not inside a path or a longer name: "/data/mode/x" keeps its "mode".
+            message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/=-])", str(flagged[name].flag), message)
+    return message

@@ -123,6 +123,24 @@ def test_a_store_option_of_another_format_is_a_usage_error(tmp_path, inputs, des
     assert not os.path.exists(tmp_path / dest)
 
 
+@pytest.mark.parametrize("dest, suffix", [("x.lmbd", ".lmbd"), ("z.txt", ".txt")])
+def test_an_unknown_dest_suffix_is_a_usage_error_unless_format_says(tmp_path, inputs, dest, suffix):
+    done = run("convert", inputs["npy"], tmp_path / dest, "--limit", "5")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"unknown store suffix {suffix!r}" in done.stderr and ".lmdb" in done.stderr and ".h5" in done.stderr
+    assert "--format NAME" in done.stderr and "format=" not in done.stderr
+    assert not os.path.exists(tmp_path / dest)
+    done = run("convert", inputs["npy"], tmp_path / dest, "--limit", "5", "--format", "png", "--quiet")
+    assert done.returncode == 0 and len(imgconv.stores.open(tmp_path / dest)) == 5
+
+
+def test_a_bare_name_or_a_trailing_slash_is_a_png_folder(tmp_path, inputs):
+    for dest in ("plain", "with.dot/"):
+        done = run("convert", inputs["npy"], f"{tmp_path}/{dest}", "--limit", "3")
+        assert done.returncode == 0 and "(png)" in done.stdout, done.stderr
+        assert len(imgconv.stores.open(tmp_path / dest)) == 3
+
+
 def test_help_and_version():
     top = run("--help")
     assert top.returncode == 0 and "convert" in top.stdout and "sample" in top.stdout and "examples:" in top.stdout

@@ -54,12 +54,27 @@ DEFAULT_FORMAT = "png"
 
 
 def format_for_path(path):
-    """The format :func:`create` picks for ``path`` by its suffix (a PNG folder by default)."""
-    suffix = os.path.splitext(os.fspath(path).rstrip("/\\"))[1].lower()
+    """The format :func:`create` picks for ``path`` by its suffix.
+
+    ``.lmdb`` is LMDB, ``.h5``/``.hdf5`` HDF5, and a name with no suffix or
+    ending in "/" a PNG folder. Any other suffix (a typo such as ``.lmbd``,
+    or ``.txt``) raises UnknownFormatError naming it and the known ones:
+    pass the format explicitly to write such a name.
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        return DEFAULT_FORMAT
+    suffix = os.path.splitext(text)[1].lower()
+    if not suffix:
+        return DEFAULT_FORMAT
     for spec in FORMATS.values():
         if suffix in spec.suffixes:
             return spec.name
-    return DEFAULT_FORMAT
+    known = "; ".join(f"{spec.name}: {', '.join(spec.suffixes)}" for spec in FORMATS.values() if spec.suffixes)
+    raise UnknownFormatError(
+        f"{text}: unknown store suffix {suffix!r} ({known}; a {DEFAULT_FORMAT} folder: no suffix or a trailing /); "
+        f"to write this name anyway, pass format=NAME ({', '.join(FORMATS)})"
+    )
 
 
 def get_format(name):
@@ -74,14 +89,15 @@ def create(path, format=None, *, overwrite=False, label_names=None, source=None,
     """A writer for a new store at ``path``.
 
     ``format`` is "png", "lmdb" or "hdf5"; by default the suffix decides
-    (``.lmdb``, ``.h5``/``.hdf5``, anything else a PNG folder). The output is
+    (``.lmdb``, ``.h5``/``.hdf5``, none or a trailing "/" for a PNG folder;
+    see :func:`format_for_path`). The output is
     written under a temporary name beside ``path`` and renamed into place by
     ``close()``; an existing ``path`` is replaced only with ``overwrite=True``.
     ``label_names`` and ``source`` go into the metadata; ``shape`` fixes the
     image shape up front ((H, W), (H, W, C) or "variable"; by default the
     first batch decides: an array fixes the shape, a list means varying
     sizes). ``format_options`` are the format's own (see its writer class).
-    Raises UnknownFormatError for an unknown format, StoreError when the
+    Raises UnknownFormatError for an unknown format or suffix, StoreError when the
     target exists or cannot be written, TypeError for an unknown option.
     """
     spec = get_format(format if format is not None else format_for_path(path))
