@@ -25,7 +25,7 @@ from typing import Any, Callable
 from . import sources, stores
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError, UnknownFormatError
+from .errors import ImgconvError, OptionError, UnknownFormatError
 from .options import Option, speak_flags, whole_number
 from .sample import MIN_COUNT, write_sample
 from .verify import store_info, verify_store
@@ -245,11 +245,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = convert(args.source, args.dest, progress=progress, store_options=store_options,
                          **_given(args, convert_options()), **_given(args, sources.source_options().values()))
     if result.restart_reason:
-        print(f"imgconv convert: {result.restart_reason}", file=sys.stderr)
+        _say(args, result.restart_reason)
     if result.skipped:
-        print(f"imgconv convert: skipped {len(result.skipped)} unreadable file(s):", file=sys.stderr)
+        _say(args, f"skipped {len(result.skipped)} unreadable file(s):")
+        named = _named_options(args)
         for skipped in result.skipped:
-            print(f"  {skipped.path}: {skipped.reason}", file=sys.stderr)
+            print(f"  {skipped.path}: {speak_flags(skipped.reason, named)}", file=sys.stderr)
     if not args.quiet:
         rate = result.count / result.seconds if result.seconds > 0 else 0.0
         resumed = f" (continued after {result.resumed} images kept from the interrupted run)" if result.resumed else ""
@@ -370,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         _say(args, str(exc))
         return 128 + exc.signum
+    except OptionError as exc:  # the caller's options, not the data: a usage error, in flags
+        if args.debug:
+            traceback.print_exc()
+        _say(args, f"error: {exc}", exc.options)
+        return EXIT_USAGE
     except ImgconvError as exc:
         if args.debug:
             traceback.print_exc()

@@ -569,7 +569,7 @@ def _kept_for_resume(exc, writer):
     kept = 0 if writer is None else writer.suspend()
     if kept:
         detail = (f"nothing was written at the destination; the {kept} images done are kept in "
-                  f"{writer.partial.path}: run the same conversion with --resume (resume=True) to continue")
+                  f"{writer.partial.path}: run the same conversion with resume=True to continue")
     else:
         detail = "nothing was written at the destination"
     if isinstance(exc, Interrupted):

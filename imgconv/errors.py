@@ -37,7 +37,8 @@ class OptionError(ImgconvError, ValueError):
     """A keyword option with a bad value, or options that do not go together: the caller's mistake.
 
     ``options`` names the keyword parameters at fault, so that a command line
-    can speak of its flags instead (see :mod:`imgconv.options`).
+    can speak of its flags instead (see :func:`imgconv.options.speak_flags`):
+    the message uses those names for the parameters alone, never as words.
     """
 
     def __init__(self, message, options=()):

@@ -142,10 +142,10 @@ def speak_flags(message: str, options: Mapping[str, Option], named: Iterable[str
     if not flagged:
         return message
     names = "|".join(re.escape(name) for name in sorted(flagged, key=len, reverse=True))
-    message = re.sub(rf"(?<![\w.])({names})=({_VALUE})",
+    # Not inside a path or a longer name: "/data/split=train/x.png" stays as it is.
+    message = re.sub(rf"(?<![\w./\\-])({names})=({_VALUE})",
                      lambda match: _as_flag(flagged[match.group(1)], match.group(2)), message)
     for name in named:
         if name in flagged:
-            # Not inside a path or a longer name: "/data/mode/x" keeps its "mode".
-            message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/=-])", str(flagged[name].flag), message)
+            message = re.sub(rf"(?<![\w./\\-]){re.escape(name)}(?![\w/\\=-])", str(flagged[name].flag), message)
     return message

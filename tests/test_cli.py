@@ -101,7 +101,8 @@ def test_existing_destination_says_how_to_replace_it(tmp_path, inputs):
     dest = tmp_path / "x.lmdb"
     assert run("convert", inputs["binary_dir"], dest, "--limit", "5").returncode == 0
     again = run("convert", inputs["binary_dir"], dest, "--limit", "5")
-    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert again.returncode == 1 and "to replace it, pass --overwrite" in again.stderr
+    assert "overwrite=True" not in again.stderr
     assert run("convert", inputs["binary_dir"], dest, "--limit", "7", "--overwrite").returncode == 0
 
 
@@ -139,6 +140,19 @@ def test_a_bare_name_or_a_trailing_slash_is_a_png_folder(tmp_path, inputs):
         done = run("convert", inputs["npy"], f"{tmp_path}/{dest}", "--limit", "3")
         assert done.returncode == 0 and "(png)" in done.stdout, done.stderr
         assert len(imgconv.stores.open(tmp_path / dest)) == 3
+
+
+@pytest.mark.parametrize("kind, flags, message", [
+    ("binary_dir", ["--label-kind", "coarse"], "--label-kind coarse applies to CIFAR-100;"),
+    ("npy", ["--mode", "L"], "is read as NumPy, which takes no --mode L (--mode applies to image folders)"),
+    ("npy", ["--split", "test"], "a .npy array has no test part; use --split train (or"),
+    ("npy", ["--hdf5-level", "5"], "out.h5: --hdf5-level applies to --hdf5-compression gzip only"),
+])
+def test_options_that_do_not_fit_are_usage_errors_in_flags(tmp_path, inputs, kind, flags, message):
+    done = run("convert", inputs[kind], tmp_path / "out.h5", "--limit", "5", *flags)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "_" not in done.stderr.replace(str(tmp_path), "").replace(str(inputs[kind]), "")  # no keyword names
+    assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "out.h5")
 
 
 def test_help_and_version():

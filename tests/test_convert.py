@@ -168,7 +168,7 @@ def test_killed_worker_is_one_clear_error_not_a_hang(tmp_path):
         convert(_FailingSource(3, "kill"), dest, workers=2, batch_size=2)
     # Nothing at dest; the batches written before the death are kept for --resume.
     assert os.listdir(tmp_path) in ([], [".out.h5.imgconv-partial"])
-    assert bool(os.listdir(tmp_path)) == ("--resume" in str(info.value))
+    assert bool(os.listdir(tmp_path)) == ("resume=True" in str(info.value))
 
 
 def test_interruption_stops_cleanly(tmp_path, sample):

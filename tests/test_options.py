@@ -8,7 +8,7 @@ import pytest
 import imgconv
 from imgconv import cli, sources, stores
 from imgconv.errors import SourceOptionError
-from imgconv.options import Option, merge, show_width_by_height, whole_number, width_by_height
+from imgconv.options import Option, merge, show_width_by_height, speak_flags, whole_number, width_by_height
 from imgconv.sources import OPTION_DEFAULTS, SOURCE_KINDS, Source, SourceKind
 
 COMMON_WRITER_KEYWORDS = {"path", "overwrite", "label_names", "source", "shape", "job", "common"}
@@ -120,3 +120,33 @@ def test_bad_text_says_what_was_expected(parse, text, message):
 
 def test_width_by_height_round_trips():
     assert width_by_height("64X32") == (64, 32) and show_width_by_height((64, 32)) == "64x32"
+
+
+def _everything():
+    named = {o.name: o for o in cli.convert_options()}
+    named.update(sources.source_options())
+    for spec in stores.FORMATS.values():
+        named.update({o.name: o for o in spec.options})
+    return named
+
+
+@pytest.mark.parametrize("message, named, spoken", [
+    ("x: label_kind='coarse' applies to CIFAR-100", ("label_kind",), "x: --label-kind coarse applies to CIFAR-100"),
+    ("x: already exists; to replace it, pass overwrite=True", (), "x: already exists; to replace it, pass --overwrite"),
+    ("pass resume=True to continue it, or overwrite=True to discard it", (),
+     "pass --resume to continue it, or --overwrite to discard it"),
+    ("x.h5: compression_level applies to compression='gzip' only", ("compression_level", "compression"),
+     "x.h5: --hdf5-level applies to --hdf5-compression gzip only"),
+    ("resize must be two positive integers, got (0, 3)", ("resize",),
+     "--resize must be two positive integers, got (0, 3)"),
+    ("made with resize=(64, 32)", (), "made with --resize 64x32"),
+    ("raise the limit with max_pixels=N", (), "raise the limit with --max-pixels N"),
+    # Paths and longer names keep their words, and a name is a flag only where the error names it.
+    ("/data/mode/split=train/a.png: the mode of the image", (), "/data/mode/split=train/a.png: the mode of the image"),
+    ("/data/mode/a.npy takes no mode='L' (mode applies to image folders)", ("mode",),
+     "/data/mode/a.npy takes no --mode L (--mode applies to image folders)"),
+    ("different options.chunk_images", ("chunk_images",), "different options.chunk_images"),
+    ("map_size=5 and colour='red'", (), "map_size=5 and colour='red'"),  # no flag, no such option
+])
+def test_messages_speak_flags(message, named, spoken):
+    assert speak_flags(message, _everything(), named) == spoken

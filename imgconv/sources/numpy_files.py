@@ -306,7 +306,7 @@ class NumpySource(Source):
                 )
             if split == "test":
                 raise SourceOptionError(
-                    f"{self.path}: a .npy array has no test split; use split='train' (or 'all', the same here)",
+                    f"{self.path}: a .npy array has no test part; use split='train' (or 'all', the same here)",
                     ("split",),
                 )
             self.parts = [(_npy_ref(self.path), None)]

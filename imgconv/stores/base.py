@@ -341,7 +341,7 @@ def check_target(path, overwrite):
     if not os.path.isdir(parent):
         raise StoreError(f"{path}: cannot create a store there, directory {parent} does not exist")
     if os.path.lexists(path) and not overwrite:
-        raise StoreError(f"{path}: already exists; to replace it, pass overwrite=True (--overwrite on the command line)")
+        raise StoreError(f"{path}: already exists; to replace it, pass overwrite=True")
 
 
 def commit(temporary, path, overwrite):
@@ -731,8 +731,8 @@ class Writer(abc.ABC):
             elif worth_keeping and not self.overwrite:
                 raise StoreError(
                     f"{self.path}: an interrupted conversion left {kept} images in "
-                    f"{self.partial.path}; pass resume=True (--resume on the command line) to continue it, or "
-                    f"overwrite=True (--overwrite) to discard it and start over"
+                    f"{self.partial.path}; pass resume=True to continue it, or overwrite=True to discard it and "
+                    f"start over"
                 )
             if not self._started:
                 self.partial.clear()
@@ -780,8 +780,8 @@ class Writer(abc.ABC):
                 return
             raise StoreError(
                 f"{self.path}: cannot resume: the interrupted conversion in {self.partial.path} was made with a "
-                f"different {', '.join(_differences(header, wanted))}; pass overwrite=True (--overwrite on the "
-                f"command line) to discard it and start over"
+                f"different {', '.join(_differences(header, wanted))}; pass overwrite=True to discard it and start "
+                f"over"
             )
         if not self.partial.has_output() or _images_kept(checkpoints) == 0:
             return  # nothing ever reached the output: nothing to continue
