@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError, OptionError, UnknownFormatError
 from .options import Option, speak_flags, whole_number
 from .sample import MIN_COUNT, write_sample
+from .sources import SkippedImageWarning
 from .verify import store_info, verify_store
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
@@ -241,7 +243,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     args.store_format = fmt  # the format whose options messages may name
     store_options = _store_options(args, fmt)
-    with _progress(args, args.dest) as progress:
+    with _progress(args, args.dest) as progress, warnings.catch_warnings():
+        # Skipped files are listed below, once; the sources' warnings (workers
+        # fork with this filter) would name them again, with a line of imgconv.
+        warnings.simplefilter("ignore", SkippedImageWarning)
         result = convert(args.source, args.dest, progress=progress, store_options=store_options,
                          **_given(args, convert_options()), **_given(args, sources.source_options().values()))
     if result.restart_reason:

@@ -155,6 +155,22 @@ def test_options_that_do_not_fit_are_usage_errors_in_flags(tmp_path, inputs, kin
     assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "out.h5")
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("resize", [[], ["--resize", "16x16"]])
+def test_on_error_skip_reports_each_skipped_file_once_cleanly(tmp_path, inputs, workers, resize):
+    folder = tmp_path / "in" / "c"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(inputs["_train"][0][:5]):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"not a PNG at all")
+    done = run("convert", tmp_path / "in", tmp_path / "out.lmdb", "--on-error", "skip", "--workers", workers,
+               "--batch-size", "2", "--quiet", *resize)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("bad.png") == 1 and "skipped 1 unreadable file(s):" in done.stderr
+    assert "Warning" not in done.stderr and ".py:" not in done.stderr and "BufferedReader" not in done.stderr
+    assert len(imgconv.stores.open(tmp_path / "out.lmdb")) == 5
+
+
 def test_help_and_version():
     top = run("--help")
     assert top.returncode == 0 and "convert" in top.stdout and "sample" in top.stdout and "examples:" in top.stdout

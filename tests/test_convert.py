@@ -127,9 +127,13 @@ def test_bad_image_fails_naming_the_file_and_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["folder"]  # no temporary output left either
 
 
-def test_bad_image_is_skipped_and_reported_under_skip(tmp_path):
+@pytest.mark.parametrize("resize", [(8, 8), None])  # None: the images share a size, probed from their headers
+def test_bad_image_is_skipped_and_reported_under_skip(tmp_path, resize):
     root = _folder(tmp_path, bad="broken.png")
-    result = convert(root, tmp_path / "out.lmdb", resize=(8, 8), workers=2, batch_size=4, on_error="skip")
+    if resize is None:
+        for path in root.rglob("0*.png"):
+            Image.new("RGB", (11, 9)).save(path)
+    result = convert(root, tmp_path / "out.lmdb", resize=resize, workers=2, batch_size=4, on_error="skip")
     assert result.count == 12
     assert [os.path.basename(s.path) for s in result.skipped] == ["broken.png"]
 

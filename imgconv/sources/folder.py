@@ -377,6 +377,8 @@ def _describe_failure(path, exc):
             return "empty file (0 bytes)"
     except OSError as err:
         return f"cannot read ({err.strerror})"
+    if isinstance(exc, Image.UnidentifiedImageError):  # its message shows a file object's repr
+        return "cannot decode the image (not in a format Pillow knows, or its header is damaged)"
     return f"cannot decode the image ({type(exc).__name__}: {exc})"
 
 
@@ -518,8 +520,11 @@ class FolderSource(Source):
             path = os.path.join(self.path, files[i])
             try:
                 sizes.add(_header_size(path, self.max_pixels))
-            except SourceError as exc:
-                self._fail_or_skip(path, exc)
+            except SourceError:
+                if self.on_error == "fail":
+                    raise
+                # Under "skip" it is recorded when a batch leaves it out: the
+                # report of that batch (a conversion's, a worker's) names it.
             if len(sizes) > 1:
                 return None
         if not sizes:
