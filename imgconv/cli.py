@@ -12,6 +12,7 @@ here but derived from their declarations (:mod:`imgconv.options`): those of
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -357,15 +358,34 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         sub = subcommands.add_parser(command.name, help=command.help, description=command.help, parents=[common])
         command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
+        sub.set_defaults(run=command.run, command_parser=sub)
     return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The usage error for arguments ``parser`` does not know, with the nearest option of a mistyped one."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    mistyped = [argument for argument in unknown if argument.startswith("-")]
+    nearest = []
+    for argument in mistyped:
+        near = difflib.get_close_matches(argument.split("=", 1)[0], flags, n=1, cutoff=0.6)
+        if near:
+            nearest.append((argument, near[0]))
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if len(mistyped) == 1 and nearest:
+        return f"{message} (did you mean {nearest[0][1]}?)"
+    if nearest:
+        return f"{message} (did you mean {', '.join(f'{near} for {argument}' for argument, near in nearest)}?)"
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the subcommand, with its usage, not by the top level with its own
+            args.command_parser.error(_unrecognized(args.command_parser, unknown))
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     try:

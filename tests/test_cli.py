@@ -171,6 +171,18 @@ def test_on_error_skip_reports_each_skipped_file_once_cleanly(tmp_path, inputs, 
     assert len(imgconv.stores.open(tmp_path / "out.lmdb")) == 5
 
 
+@pytest.mark.parametrize("args, hint", [
+    (["--workrs", "2"], "unrecognized arguments: --workrs 2 (did you mean --workers?)"),
+    (["--limt=3", "--shufle"], "(did you mean --limit for --limt=3, --shuffle for --shufle?)"),
+    (["extra"], "unrecognized arguments: extra\n"),
+])
+def test_a_mistyped_option_shows_the_subcommands_usage_and_the_nearest_option(args, hint):
+    done = run("convert", "in", "out.lmdb", *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: imgconv convert ") and "imgconv convert: error: " in done.stderr
+    assert hint in done.stderr
+
+
 def test_help_and_version():
     top = run("--help")
     assert top.returncode == 0 and "convert" in top.stdout and "sample" in top.stdout and "examples:" in top.stdout
