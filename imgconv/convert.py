@@ -439,6 +439,12 @@ def _count(source, limit):
     return length if limit is None else min(length, limit)
 
 
+def _expected_total(src, limit):
+    """The total a streamed source expects (its length hint, capped by ``limit``), for progress; None when unknown."""
+    hint = src.length_hint
+    return None if hint is None else hint if limit is None else min(hint, limit)
+
+
 def _check_positive(name, value, allow_zero=False):
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -483,8 +489,11 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
-    after every batch written; ``total`` is None while it is not known (a
-    compressed archive is converted in one pass, without counting first).
+    after every batch written; ``total`` is the number of images to write,
+    or for a compressed archive (converted in one pass, without counting
+    first) the number it expects (see ``Source.length_hint``: exact for
+    the official CIFAR archives, corrected as the archive is read), or None
+    when nothing is expected.
 
     The output is the same whatever ``workers`` and ``batch_size``. On any
     error or interruption nothing is left at ``dest``. An interrupted
@@ -536,7 +545,7 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
         skipped = [SkippedFile(*entry) for entry in writer.earlier_skipped]
         done = writer.position
         if progress is not None and done:
-            progress(done, total)
+            progress(done, total if total is not None else _expected_total(src, limit))
         what = f"converting {src.description}"
         # closing(): a failure here (say, in the writer) ends the pool at once,
         # not whenever the suspended generator is collected.
@@ -547,7 +556,7 @@ def convert(source, dest, *, format=None, workers=None, batch_size=DEFAULT_BATCH
                 skipped.extend(task_skipped)
                 done = task.stop
                 if progress is not None:
-                    progress(done, total)
+                    progress(done, total if total is not None else _expected_total(src, limit))
         if streamed:
             writer.label_names = src.label_names
             writer.source = src.description  # now with the image count the stream learnt

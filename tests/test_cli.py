@@ -83,6 +83,39 @@ def test_every_command_has_help_with_an_example(command):
     assert done.returncode == 0 and "example" in done.stdout
 
 
+def _stderr_on_a_terminal(*args):
+    """Run the command line with stderr on a pseudo-terminal (so it draws its bar); returns (status, stderr)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
+    process = subprocess.Popen([sys.executable, "-m", "imgconv", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(timeout=300), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("kind", ["python_archive", "binary_archive", "python_dir"])
+def test_the_progress_bar_shows_a_total_and_time_left_for_an_archive_too(tmp_path, inputs, kind):
+    status, bar = _stderr_on_a_terminal("convert", inputs[kind], tmp_path / "out.lmdb", "--batch-size", "16",
+                                        "--workers", "0")
+    assert status == 0, bar
+    assert "100/100" in bar and "100%" in bar and "<00:00" in bar  # done/total, percent, time left
+
+
 def test_quiet_prints_nothing(tmp_path, inputs):
     done = run("convert", inputs["binary_dir"], tmp_path / "q.lmdb", "--quiet")
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""

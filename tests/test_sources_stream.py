@@ -88,6 +88,19 @@ def test_one_pass_learns_the_length_and_label_names(scrambled, sample, monkeypat
     assert len(opened) == 1  # the stream's pass, and nothing after it
 
 
+def test_an_archive_expects_the_official_counts_and_corrects_them_as_it_reads(tmp_path, sample):
+    files, _ = sample
+    for split, official in [("train", 50000), ("test", 10000), ("all", 60000)]:
+        assert open_source(files.python_archive, split=split).length_hint == official  # nothing read yet
+    assert open_source(files.python_dir).length_hint is None  # a directory is counted, not foreseen
+    uneven = write_sample(tmp_path, count=100, seed=1)  # train files of 17, 17, 17, 17, 16; test 16
+    for path in (uneven.python_archive, uneven.binary_archive):
+        source = open_source(path, split="all")
+        hints = [source.length_hint for _ in source.stream(5)]
+        assert hints[0] == 17 * 6  # foreseen from data_batch_1 alone
+        assert hints[-1] == source.length == source.length_hint == 100  # exact once read
+
+
 def test_description_does_not_read_an_archive(sample, monkeypatch):
     files, _ = sample
     source = open_source(files.python_archive)
@@ -140,15 +153,18 @@ def test_converting_an_archive_streams_it_and_records_what_it_learnt(tmp_path, s
     result = imgconv.convert(scrambled, tmp_path / "out.lmdb", split="all", workers=workers, batch_size=16,
                              progress=lambda done, total: seen.append((done, total)))
     assert result.count == COUNT
-    assert [done for done, _ in seen] == [16, 32, 48, 60] and {total for _, total in seen} == {None}
+    # The total is foreseen from the first batch file read (here all hold 10 images): a bar with an end.
+    assert seen == [(16, COUNT), (32, COUNT), (48, COUNT), (60, COUNT)]
     with imgconv.stores.open(result.path) as store:
         got, got_labels = store.read_all()
         assert store.label_names == list(LABEL_NAMES)
         assert f"{COUNT} images" in store.metadata["source"]
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
+    seen.clear()
     limited = imgconv.convert(scrambled, tmp_path / "limited.h5", split="all", workers=workers, batch_size=16,
-                              limit=21)
+                              limit=21, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(16, 21), (21, 21)]
     with imgconv.stores.open(limited.path) as store:
         np.testing.assert_array_equal(store.read_all()[0], images[:21])
         assert store.label_names == list(LABEL_NAMES)

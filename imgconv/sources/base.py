@@ -14,6 +14,8 @@ the last, so workers can split a dataset by index ranges. ``take(indices)``
 reads scattered images (a shuffled conversion) as one batch, in the order
 asked.
 """
+from __future__ import annotations
+
 import abc
 import warnings
 from collections import namedtuple
@@ -70,6 +72,17 @@ class Source(abc.ABC):
     @property
     def label_names(self):
         """Class names indexed by label, or None when the dataset has none."""
+        return None
+
+    @property
+    def length_hint(self) -> int | None:
+        """The number of images expected before it is known, for a progress display; None without one.
+
+        Costs no reading. A sequential source that learns its length as it
+        streams (an archive) gives what it expects from the start and
+        corrects it with what it reads; once :attr:`length` is known it is
+        that. Not a promise: use :attr:`length` for planning.
+        """
         return None
 
     @property

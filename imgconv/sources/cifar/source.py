@@ -40,7 +40,7 @@ class CifarSource(Source):
     """
 
     OPTIONS = (SPLIT, LABEL_KIND)
-    _TRANSIENT = ("_cache",)
+    _TRANSIENT = ("_cache", "_streamed")
     CACHED_BATCHES = 2
 
     def __init__(self, path: str | os.PathLike[str], *, split: str = SPLIT.default,
@@ -61,6 +61,7 @@ class CifarSource(Source):
         self._label_names: list[str] | None = None
         self._names_known = False
         self._cache: dict[int, Batch] | None = None  # {part: (rows, labels)} of python batches, oldest first
+        self._streamed: dict[str, int] | None = None  # images of each batch file a stream has read so far
 
     @property
     def sequential(self) -> bool:
@@ -135,6 +136,25 @@ class CifarSource(Source):
         return int(sum(self._plan()))
 
     @property
+    def length_hint(self) -> int | None:
+        """The images of the split before an archive is read: the official counts (50,000 / 10,000).
+
+        While a stream reads the archive, the batch files read so far count
+        as they are and the others are expected in the same proportion to
+        the official counts (a sample written with another count is
+        foreseen from its first batch file); exact once every file is read.
+        None for a directory (its :attr:`length` costs little or nothing).
+        """
+        if self._counts is not None:
+            return int(sum(self._counts))
+        if not self.sequential:
+            return None
+        official = self.layout.official_counts()
+        read = self._streamed or {}
+        scale = sum(read.values()) / sum(official[name] for name in read) if read else 1.0
+        return int(sum(read.get(name, round(official[name] * scale)) for name in self._batch_names()))
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         """(32, 32, 3)."""
         return (HEIGHT, WIDTH, CHANNELS)
@@ -167,6 +187,7 @@ class CifarSource(Source):
         counts = []
         label_names, meta_seen = None, False
         cutter = BatchCutter(batch_size, limit, kernels.chw_to_hwc_into, (HEIGHT, WIDTH, CHANNELS))
+        self._streamed = {}
         with OrderedMembers(self.container, names, anytime={meta}) as members:
             if cutter.full:
                 members.drop_order()  # limit=0: the label names alone
@@ -178,6 +199,7 @@ class CifarSource(Source):
                     rows, labels = parse.decode_batch(data, where, self.layout, self.label_kind)
                     del data
                     counts.append(rows.shape[0])
+                    self._streamed[name] = rows.shape[0]  # before its images go out: length_hint knows them
                     yield from cutter.add(rows, labels)
                 if cutter.full:
                     members.drop_order()  # the images asked for are out
