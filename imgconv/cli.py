@@ -133,11 +133,11 @@ def _add_option(parser: argparse._ActionsContainer, option: Option, help_text: s
     if option.default is not None and option.default is not False:
         help_text += f" (default {option.show(option.default)})"
     if option.switch:
-        parser.add_argument(option.flag, dest=option.dest, action="store_true", default=argparse.SUPPRESS,
+        parser.add_argument(str(option.flag), dest=option.dest, action="store_true", default=argparse.SUPPRESS,
                             help=help_text)
     else:
-        parser.add_argument(option.flag, dest=option.dest, type=_argparse_type(option.type), choices=option.choices,
-                            metavar=option.metavar, default=argparse.SUPPRESS, help=help_text)
+        parser.add_argument(str(option.flag), dest=option.dest, type=_argparse_type(option.type),
+                            choices=option.choices, metavar=option.metavar, default=argparse.SUPPRESS, help=help_text)
 
 
 def _source_help(option: Option) -> str:
@@ -230,10 +230,11 @@ def _progress(args: argparse.Namespace, path: str) -> Iterator[Callable[[int, in
 
 
 def _human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if count < 1000:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
+    return f"{count:.1f} GB"
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -39,8 +39,9 @@ def container(request, tmp_path):
     return Archive(_tar(tmp_path / "x.tar", ARCHIVE_ORDER, mode=mode))
 
 
-def _read_ahead_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("imgconv read-ahead")]
+def _read_ahead_threads(path):
+    """The read-ahead threads of the archive at ``path`` (other tests may leave theirs to the collector)."""
+    return [t for t in threading.enumerate() if t.name == f"imgconv read-ahead {path}"]
 
 
 def test_a_directory_and_an_archive_answer_alike(container):
@@ -56,7 +57,7 @@ def test_a_directory_and_an_archive_answer_alike(container):
     assert dict(container.read_ahead()) == FILES
     assert dict(container.read_ahead({"z", "a.bin", "nope"})) == {"z": b"", "a.bin": FILES["a.bin"]}
     container.close()
-    assert not _read_ahead_threads()
+    assert not _read_ahead_threads(container.path)
 
 
 def test_an_archive_is_read_in_its_own_order_and_names_members_with_the_archive(tmp_path):
@@ -140,8 +141,8 @@ def test_ordered_members_stop_early_with_no_thread_and_no_file_left(tmp_path, mo
     box = Archive(_tar(tmp_path / "x.tar.gz", ARCHIVE_ORDER))
     with OrderedMembers(box, ["z", "sub/deeper/c"]) as members:
         assert next(iter(members))[0] == "z"  # c came first and waits on disk
-        assert len(_read_ahead_threads()) == 1 and os.listdir(directories[0]) == ["member-1"]
-    assert not _read_ahead_threads() and not os.path.exists(directories[0])
+        assert len(_read_ahead_threads(box.path)) == 1 and os.listdir(directories[0]) == ["member-1"]
+    assert not _read_ahead_threads(box.path) and not os.path.exists(directories[0])
 
 
 def test_after_drop_order_only_the_anytime_members_come(tmp_path):

@@ -75,8 +75,8 @@ class _Py2Pickler(pickle._Pickler):
             self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
         self.memoize(obj)
 
-    dispatch[bytes] = save_py2_str
-    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str  # type: ignore[assignment]
+    dispatch[str] = save_py2_str  # type: ignore[assignment]
 
     def save_global(self, obj, name=None):
         try:

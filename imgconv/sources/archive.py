@@ -25,20 +25,23 @@ import tarfile
 import tempfile
 import threading
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from contextlib import closing
-from typing import IO, Protocol, Union
+from typing import IO, Any, Protocol, Union
 
 from ..errors import SourceError
 
+_igzip: Any
 try:
     from isal import igzip as _igzip
-    from isal.isal_zlib import error as _IsalError
+    from isal import isal_zlib as _isal_zlib
+
+    _IsalError: type[Exception] = getattr(_isal_zlib, "error")  # its type stub calls it an instance
 except ImportError:  # a platform without isal wheels: the standard library's gzip
     _igzip = None
     _IsalError = zlib.error
 
-DECODE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, _IsalError)
+DECODE_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, OSError, EOFError, zlib.error, _IsalError)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -86,9 +89,8 @@ class TarReader:
     def __enter__(self) -> TarReader:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
 
 
 def member_name(name: str) -> str:
@@ -155,7 +157,7 @@ class Container(Protocol):
     def each(self, names: Collection[str] | None = None) -> Iterator[tuple[str, IO[bytes]]]:
         """``(name, open member)`` for those of ``names`` there (None: every member), in one pass."""
 
-    def read_ahead(self, names: Collection[str] | None = None) -> Iterator[tuple[str, bytes]]:
+    def read_ahead(self, names: Collection[str] | None = None) -> Generator[tuple[str, bytes], None, None]:
         """``(name, bytes)`` for those of ``names`` there (None: every member), in the container's order."""
 
     def close(self) -> None:
@@ -211,7 +213,7 @@ class Directory:
                 with self.open(name) as f:
                     yield name, f
 
-    def read_ahead(self, names: Collection[str] | None = None) -> Iterator[tuple[str, bytes]]:
+    def read_ahead(self, names: Collection[str] | None = None) -> Generator[tuple[str, bytes], None, None]:
         """Yield ``(name, bytes)`` for those of ``names`` that are there, in sorted order."""
         for name, f in self.each(names):
             yield name, f.read()
@@ -273,7 +275,7 @@ class Archive:
         assert self.members is not None
         return self.members
 
-    def each(self, names: Collection[str] | None = None) -> Iterator[tuple[str, IO[bytes]]]:
+    def each(self, names: Collection[str] | None = None) -> Generator[tuple[str, IO[bytes]], None, None]:
         """Yield ``(name, open member)`` for those of ``names`` in the archive (None: all), in archive order.
 
         One streaming pass, which also builds the member index. Raises
@@ -298,7 +300,7 @@ class Archive:
             raise SourceError(f"{self.path}: cannot read the tar archive ({exc})") from None
         self.members = members
 
-    def read_ahead(self, names: Collection[str] | None = None) -> Iterator[tuple[str, bytes]]:
+    def read_ahead(self, names: Collection[str] | None = None) -> Generator[tuple[str, bytes], None, None]:
         """Yield ``(name, bytes)`` for those of ``names`` in the archive (None: all), in archive order, in one pass.
 
         A thread inflates and reads the next member while the caller works on
@@ -448,14 +450,14 @@ class OrderedMembers:
         self.delivered: list[str] = []
         self.missing: list[str] = []
         self._ordered = True
-        self._iterator: Iterator[tuple[str, bytes]] | None = None
+        self._iterator: Generator[tuple[str, bytes], None, None] | None = None
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         if self._iterator is None:
             self._iterator = self._members()
         return self._iterator
 
-    def _members(self) -> Iterator[tuple[str, bytes]]:
+    def _members(self) -> Generator[tuple[str, bytes], None, None]:
         waiting: dict[str, str] = {}  # name -> the file its bytes wait in
         arriving = self.container.read_ahead(set(self.order) | self.anytime)
         with tempfile.TemporaryDirectory(prefix="imgconv-early-") as directory, closing(arriving):
@@ -471,7 +473,7 @@ class OrderedMembers:
                     yield name, data
                     del data  # before the members that waited are read back
                     while self._ordered and self._due() in waiting:
-                        due = self._due()
+                        due = self.order[len(self.delivered)]
                         self.delivered.append(due)
                         yield due, take_back(waiting.pop(due))
         self.missing = self.order[len(self.delivered) :]
@@ -486,11 +488,10 @@ class OrderedMembers:
     def close(self) -> None:
         """Stop reading: the read-ahead thread ends and the waiting files are removed."""
         if self._iterator is not None:
-            self._iterator.close()  # type: ignore[attr-defined]
+            self._iterator.close()
 
     def __enter__(self) -> OrderedMembers:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False

@@ -10,12 +10,13 @@ from ... import kernels
 from ...errors import SourceError, SourceOptionError
 from ...options import Option
 from ..archive import DECODE_ERRORS, OrderedMembers
-from ..base import SPLIT, SPLITS, BatchCutter, Source, check_choice, check_stream_arguments, group_by_part, plan_segments
+from ..base import (SPLIT, SPLITS, Batch, BatchCutter, Source, check_choice, check_stream_arguments, group_by_part,
+                    plan_segments)
 from . import parse
 from .detect import detect
 from .layouts import CHANNELS, HEIGHT, LABEL_KINDS, LAYOUTS, WIDTH
 
-Batch = tuple[np.ndarray, np.ndarray]
+Arrays = tuple[np.ndarray, np.ndarray]
 
 LABEL_KIND = Option("label_kind", default="fine", choices=LABEL_KINDS, help="fine or coarse labels of CIFAR-100")
 
@@ -60,7 +61,7 @@ class CifarSource(Source):
         self._counts: list[int] | None = None
         self._label_names: list[str] | None = None
         self._names_known = False
-        self._cache: dict[int, Batch] | None = None  # {part: (rows, labels)} of python batches, oldest first
+        self._cache: dict[int, Arrays] | None = None  # {part: (rows, labels)} of python batches, oldest first
         self._streamed: dict[str, int] | None = None  # images of each batch file a stream has read so far
 
     @property
@@ -108,7 +109,7 @@ class CifarSource(Source):
         self._require(names, [n for n in names if n not in found])
         return [found[n] for n in names]
 
-    def _python_rows(self, index: int, name: str) -> Batch:
+    def _python_rows(self, index: int, name: str) -> Arrays:
         if self._cache is None:
             self._cache = {}
         if index not in self._cache:
@@ -219,7 +220,7 @@ class CifarSource(Source):
         start, stop = self._check_range(batch_size, start, stop)
         return self._iterate(batch_size, start, stop)
 
-    def _iterate(self, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
+    def _iterate(self, batch_size: int, start: int, stop: int) -> Iterator[Arrays]:
         names = self._batch_names()
         try:
             for size, segments in plan_segments(self._plan(), start, stop, batch_size):
@@ -251,7 +252,7 @@ class CifarSource(Source):
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
         return images, labels, np.ones(unique.size, bool)
 
-    def _segment(self, part: int, name: str, lo: int, hi: int) -> Batch:
+    def _segment(self, part: int, name: str, lo: int, hi: int) -> Arrays:
         if self.layout.kind == "binary":
             return parse.binary_records(self.container, name, self.layout, self.label_kind, lo, hi)
         rows, labels = self._python_rows(part, name)
