@@ -13,9 +13,18 @@ from typing import Any, Collection, Optional, Type, TypeVar
 
 import numpy as np
 
+from .errors import OptionError
+
 T = TypeVar("T")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _error(error: Type[Exception], message: str, name: str) -> Exception:
+    """``error(message)``; an :class:`~imgconv.errors.OptionError` also learns which parameter is at fault."""
+    if issubclass(error, OptionError):
+        return error(message, (name,))
+    return error(message)
 
 
 def _is_int(value: Any) -> bool:
@@ -26,7 +35,7 @@ def integer(name: str, value: Any, *, minimum: Optional[int] = None, maximum: Op
             error: Type[Exception] = ValueError, where: str = "") -> int:
     """``value`` as an int within ``minimum .. maximum`` (either end may be open)."""
     if not _is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise error(f"{where}{name} must be {_integer_range(minimum, maximum)}, got {value!r}")
+        raise _error(error, f"{where}{name} must be {_integer_range(minimum, maximum)}, got {value!r}", name)
     return int(value)
 
 
@@ -62,7 +71,7 @@ def choice(name: str, value: T, choices: Collection[T], *, error: Type[Exception
     """``value`` when it is one of ``choices``."""
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise error(f"{where}{name} must be one of {allowed}, got {value!r}")
+        raise _error(error, f"{where}{name} must be one of {allowed}, got {value!r}", name)
     return value
 
 

@@ -4,21 +4,33 @@
 exit status: 0 on success, 1 when the data or the files are at fault (one
 line on stderr, no traceback), 2 for a usage error. Subcommands are
 registered in ``COMMANDS``; each entry adds its arguments to a parser and
-names the function that runs it.
+names the function that runs it. The options of ``convert`` are not written
+here but derived from their declarations (:mod:`imgconv.options`): those of
+``convert()`` itself (:func:`convert_options`), of every source kind
+(``sources.SOURCE_KINDS``) and of every store format (``stores.FORMATS``).
 """
+from __future__ import annotations
+
 import argparse
+import difflib
 import json
 import os
 import sys
 import time
 import traceback
+import warnings
 from collections import namedtuple
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, Callable
 
-from . import __version__, stores
+from . import sources, stores
+from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError, UsageError
+from .errors import ImgconvError, OptionError, UnknownFormatError, UsageError
+from .options import Option, speak_flags, whole_number
 from .sample import MIN_COUNT, write_sample
+from .sources import SkippedImageWarning
 from .verify import store_info, verify_store
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
@@ -27,46 +39,46 @@ Command = namedtuple("Command", "name help add_arguments run")
 Command.__doc__ = "A subcommand: its name, one-line help, a function adding its arguments, and the cmd_* that runs it."
 
 
-def _count(text):
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+def _count(text: str) -> int:
+    value = whole_number(0)(text)
     if value < MIN_COUNT:
-        raise argparse.ArgumentTypeError(
-            f"the sample needs at least {MIN_COUNT} images (one per batch file), got {value}"
-        )
+        raise ValueError(f"the sample needs at least {MIN_COUNT} images (one per batch file), got {value}")
     return value
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"the seed must be 0 or more, got {value}")
-    return value
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as argparse wants it: its ValueError message becomes the usage error's."""
+
+    def parse_argument(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse_argument.__name__ = getattr(parse, "__name__", "value")
+    return parse_argument
 
 
-def _examples(parser, text):
+def _examples(parser: argparse.ArgumentParser, text: str) -> None:
     """Show ``text`` (example command lines) under the parser's help, as written."""
     parser.epilog = text
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-def _add_sample_arguments(parser):
+def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     _examples(parser, "examples:\n  python -m imgconv sample data --count 10000\n"
                       "  python -m imgconv convert data/cifar-10-python.tar.gz train.lmdb")
     parser.add_argument("directory", help="where to write the dataset (created if needed)")
-    parser.add_argument("--count", type=_count, default=60000, help="number of images (default 60000, like CIFAR-10)")
-    parser.add_argument("--seed", type=_seed, default=0, help="generator seed (default 0); same seed, same files")
+    parser.add_argument("--count", type=_argparse_type(_count), default=60000,
+                        help="number of images (default 60000, like CIFAR-10)")
+    parser.add_argument("--seed", type=_argparse_type(whole_number(0)), default=0,
+                        help="generator seed (default 0); same seed, same files")
     parser.add_argument(
         "--no-archives", action="store_true", help="write the batch directories only, not the .tar.gz files"
     )
 
 
-def cmd_sample(args):
+def cmd_sample(args: argparse.Namespace) -> int:
     """Write the built-in sample dataset in the CIFAR-10 formats and say what was written."""
     start = time.perf_counter()
     written = write_sample(args.directory, args.count, args.seed, archives=not args.no_archives)
@@ -80,37 +92,6 @@ def cmd_sample(args):
         if archive is not None:
             print(f"  {archive}")
     return EXIT_OK
-
-
-def _positive(text, allow_zero=False):
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < (0 if allow_zero else 1):
-        raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'at least 1'}, got {value}")
-    return value
-
-
-def _workers(text):
-    return _positive(text, allow_zero=True)
-
-
-def _size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not WIDTHxHEIGHT: {text!r}") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"width and height must be at least 1, got {text!r}")
-    return width, height
-
-
-def _level(text):
-    value = _positive(text, allow_zero=True)
-    if value > 9:
-        raise argparse.ArgumentTypeError(f"a compression level is 0..9, got {value}")
-    return value
 
 
 CONVERT_EXAMPLE = """examples:
@@ -128,70 +109,101 @@ an HDF5 file that HDF5 cannot reopen is discarded, with a message, and written a
 """
 
 
-def _add_convert_arguments(parser):
+def convert_options() -> tuple[Option, ...]:
+    """The keyword options of :func:`imgconv.convert` itself, as the command line offers them."""
+    return (
+        Option("format", choices=tuple(stores.FORMATS), help="the store format (default: from DEST's suffix)"),
+        Option("workers", type=whole_number(0), metavar="N",
+               help=f"worker processes (default: one per CPU, here {default_workers()}; 0: no pool)"),
+        Option("batch_size", type=whole_number(1), default=DEFAULT_BATCH_SIZE, metavar="N",
+               help="images per batch sent to a worker"),
+        Option("limit", type=whole_number(0), metavar="N", help="convert the first N images only"),
+        Option("shuffle", type=bool, help="write the images in a random order"),
+        Option("seed", type=whole_number(0), default=0, metavar="S", help="the seed of --shuffle"),
+        Option("overwrite", type=bool,
+               help="replace DEST if it exists, and discard what an interrupted conversion left"),
+        Option("resume", type=bool,
+               help="continue the interrupted conversion to DEST (same SOURCE and options) from its last batch on "
+                    "disk; without one, convert from the start"),
+    )
+
+
+def _add_option(parser: argparse._ActionsContainer, option: Option, help_text: str) -> None:
+    """Add ``option``'s flag; it is in the parsed arguments only when given (so "given" is known)."""
+    if option.default is not None and option.default is not False:
+        help_text += f" (default {option.show(option.default)})"
+    if option.switch:
+        parser.add_argument(str(option.flag), dest=option.dest, action="store_true", default=argparse.SUPPRESS,
+                            help=help_text)
+    else:
+        parser.add_argument(str(option.flag), dest=option.dest, type=_argparse_type(option.type),
+                            choices=option.choices, metavar=option.metavar, default=argparse.SUPPRESS, help=help_text)
+
+
+def _source_help(option: Option) -> str:
+    """The help of a source option, saying which kinds of source take it."""
+    return f"{' and '.join(kind.label for kind in sources.kinds_taking(option.name))}: {option.help}"
+
+
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     _examples(parser, CONVERT_EXAMPLE)
-    parser.add_argument("source", help="a CIFAR directory or .tar.gz, an image folder, a .npy or .npz file")
+    parser.add_argument("source", help="a CIFAR directory or .tar.gz, an image folder, a .npy or .npz file, a store")
     parser.add_argument("dest", help="the store to write: *.lmdb, *.h5/*.hdf5, or a directory for a PNG folder")
-    parser.add_argument("--format", choices=("png", "lmdb", "hdf5"), help="the store format (default: from DEST)")
-    parser.add_argument("--workers", type=_workers, default=None,
-                        help=f"worker processes (default: one per CPU, here {default_workers()}; 0: no pool)")
-    parser.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per batch sent to a worker (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--limit", type=_workers, default=None, help="convert the first N images only")
-    parser.add_argument("--split", choices=("train", "test", "all"), default="train",
-                        help="CIFAR and NumPy: which part (default train)")
-    parser.add_argument("--label-kind", choices=("fine", "coarse"), default="fine",
-                        help="CIFAR-100: fine (default) or coarse labels")
-    parser.add_argument("--mode", choices=("RGB", "L", "RGBA"), default="RGB",
-                        help="image folders: the channel layout (default RGB)")
-    parser.add_argument("--resize", type=_size, metavar="WxH", help="image folders: make every image WxH")
-    parser.add_argument("--resize-policy", choices=("stretch", "crop"), default="stretch",
-                        help="stretch, or scale the shorter side and centre-crop (default stretch)")
-    parser.add_argument("--labels-csv", metavar="CSV", help="image folders: labels for a flat folder")
-    parser.add_argument("--max-pixels", type=_positive, default=None, metavar="N",
-                        help="image folders: refuse an image of more than N pixels, a decompression bomb "
-                             "(default: Pillow's limit, 89,478,485); refused images follow --on-error")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                        help="an unreadable image stops the conversion (default) or is skipped and reported")
-    parser.add_argument("--shuffle", action="store_true", help="write the images in a random order")
-    parser.add_argument("--seed", type=_seed, default=0, help="the seed of --shuffle (default 0)")
-    parser.add_argument("--png-level", type=_level, default=None, help="PNG folder: zlib level 0..9")
-    parser.add_argument("--hdf5-chunk", type=_positive, default=None, metavar="N", help="HDF5: images per chunk")
-    parser.add_argument("--hdf5-compression", choices=("gzip", "lzf"), default=None, help="HDF5: compression")
-    parser.add_argument("--hdf5-level", type=_level, default=None, help="HDF5: gzip level 0..9")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace DEST if it exists, and discard what an interrupted conversion left")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted conversion to DEST (same SOURCE and options) from its last "
-                             "batch on disk; without one, convert from the start")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    conversion = parser.add_argument_group("conversion")
+    for option in convert_options():
+        _add_option(conversion, option, option.help)
+    conversion.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    reading = parser.add_argument_group("reading SOURCE (each option applies to the kinds it names)")
+    for option in sources.source_options().values():
+        if option.cli:
+            _add_option(reading, option, _source_help(option))
+    writing = parser.add_argument_group("writing DEST (each option applies to one store format)")
+    for spec in stores.FORMATS.values():
+        for option in spec.options:
+            if option.cli:
+                _add_option(writing, option, f"{spec.name}: {option.help}")
 
 
-# Each store option of the command line: (flag, the writer's keyword, the format it belongs to).
-_STORE_FLAGS = (
-    ("--png-level", "png_level", "compress_level", "png"),
-    ("--hdf5-chunk", "hdf5_chunk", "chunk_images", "hdf5"),
-    ("--hdf5-compression", "hdf5_compression", "compression", "hdf5"),
-    ("--hdf5-level", "hdf5_level", "compression_level", "hdf5"),
-)
+def _given(args: argparse.Namespace, options: Iterable[Option]) -> dict[str, Any]:
+    """The options of ``options`` given on the command line, by keyword."""
+    return {option.name: getattr(args, option.dest) for option in options if option.cli and hasattr(args, option.dest)}
 
 
-def _store_options(args):
+def _store_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
     """The writer options the flags ask for; UsageError for a flag of another format than DEST's."""
-    fmt = args.format or stores.format_for_path(args.dest)
-    options = {}
-    for flag, attribute, keyword, flag_format in _STORE_FLAGS:
-        value = getattr(args, attribute)
-        if value is None:
-            continue
-        if flag_format != fmt:
-            raise UsageError(f"{flag} applies to {flag_format} stores, and {args.dest} is written as {fmt}")
-        options[keyword] = value
-    return options
+    chosen = {}
+    for spec in stores.FORMATS.values():
+        for name, value in _given(args, spec.options).items():
+            if spec.name != fmt:
+                flag = next(o.flag for o in spec.options if o.name == name)
+                raise UsageError(f"{flag} applies to {spec.name} stores, and {args.dest} is written as {fmt}")
+            chosen[name] = value
+    return chosen
+
+
+def _named_options(args: argparse.Namespace) -> dict[str, Option]:
+    """The keyword options a library message may name in this command, to be spoken of as flags.
+
+    Those of convert() and of the sources, and those of the store format
+    being written (of every format while it is not known yet).
+    """
+    named = {option.name: option for option in convert_options()}
+    named.update(sources.source_options())
+    fmt = getattr(args, "store_format", None)
+    for spec in stores.FORMATS.values():
+        if fmt in (None, spec.name):
+            for option in spec.options:
+                named.setdefault(option.name, option)
+    return named
+
+
+def _say(args: argparse.Namespace, message: str, named: Iterable[str] = ()) -> None:
+    """Print ``message`` on stderr as ``imgconv COMMAND: ...``, in flags rather than keyword names."""
+    print(f"imgconv {args.command}: {speak_flags(message, _named_options(args), named)}", file=sys.stderr)
 
 
 @contextmanager
-def _progress(args, path):
+def _progress(args: argparse.Namespace, path: str) -> Iterator[Callable[[int, int | None], None]]:
     """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (images per
     second, time left); silent with --quiet or when stderr is not a terminal."""
     bar = None
@@ -201,7 +213,7 @@ def _progress(args, path):
         bar = tqdm(unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
                    desc=os.path.basename(os.path.abspath(path)))
 
-    def update(done, total):
+    def update(done: int, total: int | None) -> None:
         if bar is not None:
             bar.total = total
             bar.update(done - bar.n)
@@ -213,49 +225,54 @@ def _progress(args, path):
             bar.close()
 
 
-def _human_bytes(count):
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if count < 1000:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
+    return f"{count:.1f} GB"
 
 
-def cmd_convert(args):
+def cmd_convert(args: argparse.Namespace) -> int:
     """Convert SOURCE into the store DEST through a pool of worker processes."""
-    with _progress(args, args.dest) as progress:
-        result = convert(
-            args.source, args.dest, format=args.format, workers=args.workers, batch_size=args.batch_size,
-            limit=args.limit, shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, resume=args.resume,
-            progress=progress,
-            store_options=_store_options(args), split=args.split, label_kind=args.label_kind, mode=args.mode,
-            resize=args.resize, resize_policy=args.resize_policy, on_error=args.on_error,
-            labels_csv=args.labels_csv, max_pixels=args.max_pixels,
-        )
+    try:
+        fmt = getattr(args, "format", None) or stores.format_for_path(args.dest)
+    except UnknownFormatError as exc:
+        raise UsageError(str(exc)) from None
+    args.store_format = fmt  # the format whose options messages may name
+    store_options = _store_options(args, fmt)
+    with _progress(args, args.dest) as progress, warnings.catch_warnings():
+        # Skipped files are listed below, once; the sources' warnings (workers
+        # fork with this filter) would name them again, with a line of imgconv.
+        warnings.simplefilter("ignore", SkippedImageWarning)
+        result = convert(args.source, args.dest, progress=progress, store_options=store_options,
+                         **_given(args, convert_options()), **_given(args, sources.source_options().values()))
     if result.restart_reason:
-        print(f"imgconv convert: {result.restart_reason}", file=sys.stderr)
+        _say(args, result.restart_reason)
     if result.skipped:
-        print(f"imgconv convert: skipped {len(result.skipped)} unreadable file(s):", file=sys.stderr)
+        _say(args, f"skipped {len(result.skipped)} unreadable file(s):")
+        named = _named_options(args)
         for skipped in result.skipped:
-            print(f"  {skipped.path}: {skipped.reason}", file=sys.stderr)
+            print(f"  {skipped.path}: {speak_flags(skipped.reason, named)}", file=sys.stderr)
     if not args.quiet:
         rate = result.count / result.seconds if result.seconds > 0 else 0.0
         resumed = f" (continued after {result.resumed} images kept from the interrupted run)" if result.resumed else ""
         print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
-              f"{_human_bytes(result.bytes)} on disk: {result.path} ({result.format}){resumed}")
+              f"{_human_bytes(result.bytes)} of data: {result.path} ({result.format}){resumed}")
     return EXIT_OK
 
 
-def _add_store_argument(parser):
+def _add_store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="an imgconv store: PNG folder, *.lmdb or *.h5 (or a classic PNG folder)")
 
 
-def _add_info_arguments(parser):
+def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
     _add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the facts as one JSON object, for scripts")
     _examples(parser, "example:\n  python -m imgconv info cifar-train.lmdb --json")
 
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     """Describe a store: format, count, shape, labels, size on disk, who wrote it."""
     info = store_info(args.store)
     if args.json:
@@ -275,13 +292,13 @@ def cmd_info(args):
     return EXIT_OK
 
 
-def _add_verify_arguments(parser):
+def _add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     _add_store_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _examples(parser, "example:\n  python -m imgconv verify cifar-train.lmdb && echo sound")
 
 
-def cmd_verify(args):
+def cmd_verify(args: argparse.Namespace) -> int:
     """Read every image of a store, check every checksum; exit 1 naming each bad image."""
     with _progress(args, args.store) as progress:
         report = verify_store(args.store, progress=progress)
@@ -297,13 +314,13 @@ def cmd_verify(args):
     return EXIT_OK
 
 
-def _add_bench_arguments(parser):
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from .bench import harness
 
     harness.add_arguments(parser)
 
 
-def cmd_bench(args):
+def cmd_bench(args: argparse.Namespace) -> int:
     """Time imgconv's stores, kernels and conversion against the classic methods; write results and plots."""
     from .bench import harness
 
@@ -323,7 +340,7 @@ COMMANDS = [
 ]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog="imgconv", description="Store image datasets once, read them fast.", epilog=CONVERT_EXAMPLE,
@@ -339,29 +356,53 @@ def build_parser():
     for command in COMMANDS:
         sub = subcommands.add_parser(command.name, help=command.help, description=command.help, parents=[common])
         command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
+        sub.set_defaults(run=command.run, command_parser=sub)
     return parser
 
 
-def main(argv=None):
+def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The usage error for arguments ``parser`` does not know, with the nearest option of a mistyped one."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    mistyped = [argument for argument in unknown if argument.startswith("-")]
+    nearest = []
+    for argument in mistyped:
+        near = difflib.get_close_matches(argument.split("=", 1)[0], flags, n=1, cutoff=0.6)
+        if near:
+            nearest.append((argument, near[0]))
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    if len(mistyped) == 1 and nearest:
+        return f"{message} (did you mean {nearest[0][1]}?)"
+    if nearest:
+        return f"{message} (did you mean {', '.join(f'{near} for {argument}' for argument, near in nearest)}?)"
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the subcommand, with its usage, not by the top level with its own
+            args.command_parser.error(_unrecognized(args.command_parser, unknown))
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     try:
         return args.run(args)
     except UsageError as exc:
-        print(f"imgconv {args.command}: error: {exc}", file=sys.stderr)
+        _say(args, f"error: {exc}")
         return EXIT_USAGE
     except Interrupted as exc:
-        print(f"imgconv {args.command}: {exc}", file=sys.stderr)
+        _say(args, str(exc))
         return 128 + exc.signum
+    except OptionError as exc:  # the caller's options, not the data: a usage error, in flags
+        if args.debug:
+            traceback.print_exc()
+        _say(args, f"error: {exc}", exc.options)
+        return EXIT_USAGE
     except ImgconvError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"imgconv {args.command}: error: {exc}", file=sys.stderr)
+        _say(args, f"error: {exc}")
         return EXIT_DATA
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

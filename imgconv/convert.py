@@ -60,13 +60,17 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     ``source_options``: ``split``, ``mode``, ``resize``, ``resize_policy``,
     ``on_error``, ...) or a :class:`~imgconv.sources.Source`. ``dest`` is the
     store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
-    suffix says. ``workers`` processes do the CPU work (default: one per CPU;
-    0 runs everything in this process). ``limit`` caps the number of images;
+    suffix says (UnknownFormatError for a suffix no format has).
+    ``workers`` processes do the CPU work (default: one per CPU; 0 runs
+    everything in this process). ``limit`` caps the number of images;
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
-    after every batch written; ``total`` is None while it is not known (a
-    compressed archive is converted in one pass, without counting first).
+    after every batch written; ``total`` is the number of images to write,
+    or for a compressed archive (converted in one pass, without counting
+    first) the number it expects (see ``Source.length_hint``: exact for
+    the official CIFAR archives, corrected as the archive is read), or None
+    when nothing is expected.
 
     The output is the same whatever ``workers`` and ``batch_size``. On any
     error or interruption nothing is left at ``dest``. An interrupted
@@ -89,6 +93,7 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
     batch_size = _validate.positive_int("batch_size", batch_size)
     limit = _validate.optional_non_negative_int("limit", limit)
+    format = stores.format_for_path(dest) if format is None else format  # a mistyped suffix fails before any reading
     src = _open(source, source_options)
     session = None
     try:
@@ -141,7 +146,7 @@ class _Run:
         jobs, workers = self._jobs(session.position, workers, writer.heavy_encoding)
         skipped = [SkippedFile(*entry) for entry in session.earlier_skipped]
         if progress is not None and session.position:
-            progress(session.position, self.total)
+            progress(session.position, self._expected_total())
         context = WorkerContext(self.src, writer.encoder())
         # closing(): a failure here (say, in the writer) ends the workers at once,
         # not whenever the suspended generator is collected.
@@ -151,11 +156,18 @@ class _Run:
                 session.checkpoint(task.stop, task_skipped)
                 skipped.extend(task_skipped)
                 if progress is not None:
-                    progress(task.stop, self.total)
+                    progress(task.stop, self._expected_total())
         if self.streamed:
             # Now with the label names and the image count the stream learnt.
             writer.describe(label_names=self.src.label_names, source=self.src.description)
         return skipped
+
+    def _expected_total(self) -> Optional[int]:
+        """The total for progress: the count planned, or what a streamed source expects (capped by the limit)."""
+        if self.total is not None:
+            return self.total
+        hint = self.src.length_hint
+        return None if hint is None else hint if self.limit is None else min(hint, self.limit)
 
     def _jobs(self, position: int, workers: int, heavy_encoding: bool) -> Tuple[Iterator[Job], int]:
         """The jobs from source ``position`` on, and the workers worth starting for them."""
@@ -192,7 +204,7 @@ def _kept_for_resume(exc: BaseException, session: Optional[ResumeSession]) -> Ba
     if kept:
         assert session is not None
         detail += (f"; the {kept} images done are kept in {session.partial_path}: "
-                   "run the same conversion with --resume (resume=True) to continue")
+                   "run the same conversion with resume=True to continue")
     if isinstance(exc, Interrupted):
         return Interrupted(exc.signum, detail)
     return WorkerDied(f"{exc}; {detail}")

@@ -6,7 +6,7 @@ The rule callers can rely on:
   that does not apply, an index out of range) raises ``TypeError``,
   ``ValueError`` or ``IndexError``, or an :class:`ImgconvError` subclass that
   is also one of them (:class:`StoreArgumentError`, :class:`UnknownFormatError`,
-  :class:`StoreIndexError`, :class:`SourceError`), so that ``except
+  :class:`StoreIndexError`, :class:`SourceError`, :class:`OptionError`), so that ``except
   ValueError`` catches every "you passed a bad option";
 * bad **files or data** (a damaged store, an unreadable image, a malformed
   record) raise :class:`SourceError`, :class:`StoreError` or :class:`RecordError`;
@@ -19,6 +19,7 @@ of a source (``split``, ``mode``, ...) are checked by the source itself and
 reported with its path.
 """
 import signal
+from typing import Any, Sequence, Tuple
 
 __all__ = [
     "BenchCheckError",
@@ -27,12 +28,15 @@ __all__ = [
     "ExtensionMissingError",
     "ImgconvError",
     "Interrupted",
+    "OptionError",
     "RecordError",
     "SkippedImageWarning",
     "SourceError",
+    "SourceOptionError",
     "StoreArgumentError",
     "StoreError",
     "StoreIndexError",
+    "StoreOptionError",
     "UnknownFormatError",
     "UnsafePickleError",
     "UsageError",
@@ -81,6 +85,30 @@ class StoreIndexError(StoreError, IndexError):
 
 class UnknownFormatError(ImgconvError, ValueError):
     """A path or format name that no registered reader or writer handles."""
+
+
+class OptionError(ImgconvError, ValueError):
+    """A keyword option with a bad value, or options that do not go together: the caller's mistake.
+
+    ``options`` names the keyword parameters at fault, so that a command line
+    can speak of its flags instead (see :func:`imgconv.options.speak_flags`):
+    the message uses those names for the parameters alone, never as words.
+    """
+
+    def __init__(self, message: str, options: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.options = tuple(options)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str, Tuple[str, ...]]]:
+        return type(self), (str(self), self.options)
+
+
+class SourceOptionError(OptionError, SourceError):
+    """A source option with a bad value, or one the source does not take (a SourceError, as before)."""
+
+
+class StoreOptionError(OptionError, StoreArgumentError):
+    """A store option with a bad value, or options that do not go together (a StoreArgumentError, as before)."""
 
 
 class UsageError(ImgconvError):

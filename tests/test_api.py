@@ -73,6 +73,8 @@ def test_kernels_and_record_are_documented_sub_modules():
 def test_the_source_registry_entry_is_a_source_kind():
     from imgconv import sources
 
-    assert all(isinstance(kind, sources.SourceKind) for kind in sources.READERS)
+    assert all(isinstance(kind, sources.SourceKind) for kind in sources.SOURCE_KINDS)
     with pytest.warns(DeprecationWarning, match="use imgconv.sources.SourceKind"):
         assert sources.Reader is sources.SourceKind
+    with pytest.warns(DeprecationWarning, match="use imgconv.sources.SOURCE_KINDS"):
+        assert sources.READERS is sources.SOURCE_KINDS

@@ -83,6 +83,39 @@ def test_every_command_has_help_with_an_example(command):
     assert done.returncode == 0 and "example" in done.stdout
 
 
+def _stderr_on_a_terminal(*args):
+    """Run the command line with stderr on a pseudo-terminal (so it draws its bar); returns (status, stderr)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
+    process = subprocess.Popen([sys.executable, "-m", "imgconv", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(timeout=300), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("kind", ["python_archive", "binary_archive", "python_dir"])
+def test_the_progress_bar_shows_a_total_and_time_left_for_an_archive_too(tmp_path, inputs, kind):
+    status, bar = _stderr_on_a_terminal("convert", inputs[kind], tmp_path / "out.lmdb", "--batch-size", "16",
+                                        "--workers", "0")
+    assert status == 0, bar
+    assert "100/100" in bar and "100%" in bar and "<00:00" in bar  # done/total, percent, time left
+
+
 def test_quiet_prints_nothing(tmp_path, inputs):
     done = run("convert", inputs["binary_dir"], tmp_path / "q.lmdb", "--quiet")
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
@@ -101,7 +134,8 @@ def test_existing_destination_says_how_to_replace_it(tmp_path, inputs):
     dest = tmp_path / "x.lmdb"
     assert run("convert", inputs["binary_dir"], dest, "--limit", "5").returncode == 0
     again = run("convert", inputs["binary_dir"], dest, "--limit", "5")
-    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert again.returncode == 1 and "to replace it, pass --overwrite" in again.stderr
+    assert "overwrite=True" not in again.stderr
     assert run("convert", inputs["binary_dir"], dest, "--limit", "7", "--overwrite").returncode == 0
 
 
@@ -121,6 +155,65 @@ def test_a_store_option_of_another_format_is_a_usage_error(tmp_path, inputs, des
     done = run("convert", inputs["binary_dir"], tmp_path / dest, "--limit", "5", *flags)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / dest)
+
+
+@pytest.mark.parametrize("dest, suffix", [("x.lmbd", ".lmbd"), ("z.txt", ".txt")])
+def test_an_unknown_dest_suffix_is_a_usage_error_unless_format_says(tmp_path, inputs, dest, suffix):
+    done = run("convert", inputs["npy"], tmp_path / dest, "--limit", "5")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"unknown store suffix {suffix!r}" in done.stderr and ".lmdb" in done.stderr and ".h5" in done.stderr
+    assert "--format NAME" in done.stderr and "format=" not in done.stderr
+    assert not os.path.exists(tmp_path / dest)
+    done = run("convert", inputs["npy"], tmp_path / dest, "--limit", "5", "--format", "png", "--quiet")
+    assert done.returncode == 0 and len(imgconv.stores.open(tmp_path / dest)) == 5
+
+
+def test_a_bare_name_or_a_trailing_slash_is_a_png_folder(tmp_path, inputs):
+    for dest in ("plain", "with.dot/"):
+        done = run("convert", inputs["npy"], f"{tmp_path}/{dest}", "--limit", "3")
+        assert done.returncode == 0 and "(png)" in done.stdout, done.stderr
+        assert len(imgconv.stores.open(tmp_path / dest)) == 3
+
+
+@pytest.mark.parametrize("kind, flags, message", [
+    ("binary_dir", ["--label-kind", "coarse"], "--label-kind coarse applies to CIFAR-100;"),
+    ("npy", ["--mode", "L"], "is read as NumPy, which takes no --mode L (--mode applies to image folders)"),
+    ("npy", ["--split", "test"], "a .npy array has no test part; use --split train (or"),
+    ("npy", ["--hdf5-level", "5"], "out.h5: --hdf5-level applies to --hdf5-compression gzip only"),
+])
+def test_options_that_do_not_fit_are_usage_errors_in_flags(tmp_path, inputs, kind, flags, message):
+    done = run("convert", inputs[kind], tmp_path / "out.h5", "--limit", "5", *flags)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "_" not in done.stderr.replace(str(tmp_path), "").replace(str(inputs[kind]), "")  # no keyword names
+    assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "out.h5")
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("resize", [[], ["--resize", "16x16"]])
+def test_on_error_skip_reports_each_skipped_file_once_cleanly(tmp_path, inputs, workers, resize):
+    folder = tmp_path / "in" / "c"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(inputs["_train"][0][:5]):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "bad.png").write_bytes(b"not a PNG at all")
+    done = run("convert", tmp_path / "in", tmp_path / "out.lmdb", "--on-error", "skip", "--workers", workers,
+               "--batch-size", "2", "--quiet", *resize)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("bad.png") == 1 and "skipped 1 unreadable file(s):" in done.stderr
+    assert "Warning" not in done.stderr and ".py:" not in done.stderr and "BufferedReader" not in done.stderr
+    assert len(imgconv.stores.open(tmp_path / "out.lmdb")) == 5
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--workrs", "2"], "unrecognized arguments: --workrs 2 (did you mean --workers?)"),
+    (["--limt=3", "--shufle"], "(did you mean --limit for --limt=3, --shuffle for --shufle?)"),
+    (["extra"], "unrecognized arguments: extra\n"),
+])
+def test_a_mistyped_option_shows_the_subcommands_usage_and_the_nearest_option(args, hint):
+    done = run("convert", "in", "out.lmdb", *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: imgconv convert ") and "imgconv convert: error: " in done.stderr
+    assert hint in done.stderr
 
 
 def test_help_and_version():

@@ -127,9 +127,13 @@ def test_bad_image_fails_naming_the_file_and_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["folder"]  # no temporary output left either
 
 
-def test_bad_image_is_skipped_and_reported_under_skip(tmp_path):
+@pytest.mark.parametrize("resize", [(8, 8), None])  # None: the images share a size, probed from their headers
+def test_bad_image_is_skipped_and_reported_under_skip(tmp_path, resize):
     root = _folder(tmp_path, bad="broken.png")
-    result = convert(root, tmp_path / "out.lmdb", resize=(8, 8), workers=2, batch_size=4, on_error="skip")
+    if resize is None:
+        for path in root.rglob("0*.png"):
+            Image.new("RGB", (11, 9)).save(path)
+    result = convert(root, tmp_path / "out.lmdb", resize=resize, workers=2, batch_size=4, on_error="skip")
     assert result.count == 12
     assert [os.path.basename(s.path) for s in result.skipped] == ["broken.png"]
 
@@ -168,7 +172,7 @@ def test_killed_worker_is_one_clear_error_not_a_hang(tmp_path):
         convert(_FailingSource(3, "kill"), dest, workers=2, batch_size=2)
     # Nothing at dest; the batches written before the death are kept for --resume.
     assert os.listdir(tmp_path) in ([], [".out.h5.imgconv-partial"])
-    assert bool(os.listdir(tmp_path)) == ("--resume" in str(info.value))
+    assert bool(os.listdir(tmp_path)) == ("resume=True" in str(info.value))
 
 
 def test_interruption_stops_cleanly(tmp_path, sample):

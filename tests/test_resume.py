@@ -84,7 +84,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_conversion(tmp_pat
     reference = convert(npz, tmp_path / ("ref-" + name), workers=2, batch_size=500, **_options(fmt))
     dest = tmp_path / name
     error = _interrupted(npz, dest, _cut(fmt, 0.75), workers=2, batch_size=500, **_options(fmt))
-    assert "--resume" in str(error) and os.path.isdir(tmp_path / f".{name}.imgconv-partial")
+    assert "resume=True" in str(error) and os.path.isdir(tmp_path / f".{name}.imgconv-partial")
     # Another batch size and pool: the output does not depend on them.
     result = convert(npz, dest, workers=1, batch_size=300, resume=True, **_options(fmt))
     assert 0 < result.resumed <= _cut(fmt, 0.75) and result.restart_reason is None
@@ -167,7 +167,7 @@ def test_a_changed_source_file_is_not_resumed(tmp_path, npz):
 def test_without_resume_a_resumable_partial_is_an_error_naming_both_ways_out(tmp_path, npz):
     dest = tmp_path / "out"
     _interrupted(npz, dest, 1000, workers=2, batch_size=500, **_options("png"))
-    with pytest.raises(StoreError, match=r"interrupted conversion left \d+ images .*--resume.*--overwrite"):
+    with pytest.raises(StoreError, match=r"interrupted conversion left \d+ images .*resume=True.*overwrite=True"):
         convert(npz, dest, workers=2, **_options("png"))
     # A different job cannot use it: it is discarded without a word.
     result = convert(npz, dest, workers=2, limit=50, store_options={"compress_level": 1})

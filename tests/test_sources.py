@@ -3,18 +3,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgconv.errors import ImgconvError, SourceError
-from imgconv.sources import READERS, FolderSource, NumpySource, Source, SourceKind, open_source
+from imgconv.errors import ImgconvError, SourceError, SourceOptionError
+from imgconv.sources import SOURCE_KINDS, FolderSource, NumpySource, Source, SourceKind, open_source
 from imgconv.sources.base import plan_segments
 
 
-def test_every_reader_is_a_source_with_the_options_it_declares():
+def test_every_kind_is_a_source_taking_exactly_the_options_it_declares_with_their_defaults():
     import inspect
 
-    for reader in READERS:
-        assert issubclass(reader.source, Source)
-        accepted = set(inspect.signature(reader.source).parameters) - {"path"}
-        assert accepted == set(reader.options), reader.name
+    for kind in SOURCE_KINDS:
+        assert issubclass(kind.source, Source) and kind.options == kind.source.OPTIONS
+        parameters = inspect.signature(kind.source).parameters
+        assert set(parameters) - {"path"} == {option.name for option in kind.options}, kind.name
+        for option in kind.options:
+            assert parameters[option.name].default == option.default, (kind.name, option.name)
 
 
 def test_missing_path(tmp_path):
@@ -67,9 +69,10 @@ def test_options_that_do_not_apply(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((1, 2, 2), np.uint8))
     # Defaults and None pass through, as a command line sends every option.
     open_source(tmp_path / "a.npy", mode="RGB", on_error="fail", resize=None, label_kind="fine")
-    expected = r"read as numpy, which takes no option mode \(set to 'L'; it applies to: folder\)"
-    with pytest.raises(SourceError, match=expected):
+    expected = r"a\.npy is read as NumPy, which takes no mode='L' \(mode applies to image folders\)"
+    with pytest.raises(SourceOptionError, match=expected) as caught:
         open_source(tmp_path / "a.npy", mode="L")
+    assert caught.value.options == ("mode",) and isinstance(caught.value, SourceError)
     with pytest.raises(TypeError, match="unknown option"):
         open_source(tmp_path / "a.npy", colour="blue")
 
@@ -87,8 +90,8 @@ def test_registry_is_extensible(tmp_path, monkeypatch):
             yield np.zeros((1, 1, 1, 1), np.uint8), np.zeros(1, np.int64)
 
     (tmp_path / "x.fixed").write_text("")
-    fixed = SourceKind("fixed", lambda p: p.endswith(".fixed"), Fixed, ())
-    monkeypatch.setattr("imgconv.sources.READERS", [fixed] + READERS)
+    fixed = SourceKind("fixed", lambda p: p.endswith(".fixed"), Fixed)
+    monkeypatch.setattr("imgconv.sources.SOURCE_KINDS", [fixed] + SOURCE_KINDS)
     assert isinstance(open_source(tmp_path / "x.fixed"), Fixed)
 
 

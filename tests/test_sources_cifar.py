@@ -441,19 +441,19 @@ def test_archive_stays_open_between_calls_until_pickled_or_closed(sample, form, 
 
 
 def test_take_on_python_batches_keeps_the_last_batches_loaded(sample, monkeypatch):
-    from imgconv.sources import cifar
+    from imgconv.sources.cifar import parse
 
     files, images, _ = sample
     source = open_source(files.python_dir, split="all")
     assert source.length == COUNT
     loads = []
-    real_load = cifar.load_pickle
+    real_load = parse.load_pickle
 
     def counting_load(data, where):
         loads.append(os.path.basename(where))
         return real_load(data, where)
 
-    monkeypatch.setattr(cifar, "load_pickle", counting_load)
+    monkeypatch.setattr(parse, "load_pickle", counting_load)
     for indices in ([3, 14], [1, 17], [12, 5]):
         np.testing.assert_array_equal(source.take(indices)[0], images[indices])
     assert sorted(loads) == ["data_batch_1", "data_batch_2"]  # each loaded once over three calls

@@ -221,6 +221,14 @@ def test_skip_policy_leaves_bad_images_out_and_reports_them(with_bad):
     assert "skipped 3" in message and "2.png (empty file (0 bytes))" in message and "5.png" in message
 
 
+def test_a_file_the_shape_probe_finds_bad_is_reported_by_the_batch_that_skips_it(with_bad):
+    source = open_source(with_bad, on_error="skip")
+    assert source.shape == (4, 6, 3) and source.skipped == []  # the probe reads headers, it skips nothing
+    with pytest.warns(SkippedImageWarning):
+        _read_all(source, batch_size=2)
+    assert sorted(s.path.rsplit("/", 1)[1] for s in source.skipped) == ["2.png", "3.jpg", "5.png"]
+
+
 def test_no_warning_without_skips(classes):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -195,7 +195,7 @@ def test_object_arrays_are_refused(tmp_path):
 
 def test_npy_has_no_test_split_or_keys(tmp_path):
     np.save(tmp_path / "a.npy", _images(2))
-    with pytest.raises(SourceError, match="no test split"):
+    with pytest.raises(SourceError, match="no test part"):
         open_source(tmp_path / "a.npy", split="test")
     with pytest.raises(SourceError, match="apply to .npz"):
         open_source(tmp_path / "a.npy", images_key="x")

@@ -14,7 +14,7 @@ import imgconv
 import imgconv.stores
 from imgconv.errors import SourceError
 from imgconv.sample import LABEL_NAMES, generate_sample, write_sample
-from imgconv.sources import cifar, open_source, tar_archive
+from imgconv.sources import archive, open_source
 from imgconv.sources.safe_pickle import _RestrictedUnpickler, load_pickle
 
 COUNT = 60  # five training batches of 10, a test batch of 10
@@ -73,13 +73,13 @@ def test_one_pass_learns_the_length_and_label_names(scrambled, sample, monkeypat
     _, (images, labels) = sample
     source = open_source(scrambled, split="all")
     opened = []
-    real = cifar.TarReader
+    real = archive.TarReader
 
     def counting(*args, **kwargs):
         opened.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cifar, "TarReader", counting)
+    monkeypatch.setattr(archive, "TarReader", counting)
     _, got, got_labels = _joined(source.stream(8))
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
@@ -88,10 +88,23 @@ def test_one_pass_learns_the_length_and_label_names(scrambled, sample, monkeypat
     assert len(opened) == 1  # the stream's pass, and nothing after it
 
 
+def test_an_archive_expects_the_official_counts_and_corrects_them_as_it_reads(tmp_path, sample):
+    files, _ = sample
+    for split, official in [("train", 50000), ("test", 10000), ("all", 60000)]:
+        assert open_source(files.python_archive, split=split).length_hint == official  # nothing read yet
+    assert open_source(files.python_dir).length_hint is None  # a directory is counted, not foreseen
+    uneven = write_sample(tmp_path, count=100, seed=1)  # train files of 17, 17, 17, 17, 16; test 16
+    for path in (uneven.python_archive, uneven.binary_archive):
+        source = open_source(path, split="all")
+        hints = [source.length_hint for _ in source.stream(5)]
+        assert hints[0] == 17 * 6  # foreseen from data_batch_1 alone
+        assert hints[-1] == source.length == source.length_hint == 100  # exact once read
+
+
 def test_description_does_not_read_an_archive(sample, monkeypatch):
     files, _ = sample
     source = open_source(files.python_archive)
-    monkeypatch.setattr(cifar, "TarReader", None)  # any read would fail
+    monkeypatch.setattr(archive, "TarReader", None)  # any read would fail
     assert "CIFAR-10 python" in source.description and "images" not in source.description
 
 
@@ -140,15 +153,18 @@ def test_converting_an_archive_streams_it_and_records_what_it_learnt(tmp_path, s
     result = imgconv.convert(scrambled, tmp_path / "out.lmdb", split="all", workers=workers, batch_size=16,
                              progress=lambda done, total: seen.append((done, total)))
     assert result.count == COUNT
-    assert [done for done, _ in seen] == [16, 32, 48, 60] and {total for _, total in seen} == {None}
+    # The total is foreseen from the first batch file read (here all hold 10 images): a bar with an end.
+    assert seen == [(16, COUNT), (32, COUNT), (48, COUNT), (60, COUNT)]
     with imgconv.stores.open(result.path) as store:
         got, got_labels = store.read_all()
         assert store.label_names == list(LABEL_NAMES)
         assert f"{COUNT} images" in store.metadata["source"]
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
+    seen.clear()
     limited = imgconv.convert(scrambled, tmp_path / "limited.h5", split="all", workers=workers, batch_size=16,
-                              limit=21)
+                              limit=21, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(16, 21), (21, 21)]
     with imgconv.stores.open(limited.path) as store:
         np.testing.assert_array_equal(store.read_all()[0], images[:21])
         assert store.label_names == list(LABEL_NAMES)
@@ -203,8 +219,8 @@ def test_a_batch_shaped_pickle_loads_and_every_truncation_is_a_source_error():
 def test_the_standard_library_decoder_gives_the_same_stream(sample, scrambled, monkeypatch):
     _, (images, labels) = sample
     fast = _joined(open_source(scrambled, split="all").stream(9))
-    monkeypatch.setattr(tar_archive, "_igzip", None)
-    assert not tar_archive.fast_gzip_available()
+    monkeypatch.setattr(archive, "_igzip", None)
+    assert not archive.fast_gzip_available()
     plain = _joined(open_source(scrambled, split="all").stream(9))
     np.testing.assert_array_equal(plain[1], fast[1])
     np.testing.assert_array_equal(plain[1], images)
@@ -240,13 +256,13 @@ def test_an_interrupted_archive_conversion_resumes_to_the_same_folder(tmp_path, 
 def test_batch_files_before_their_turn_wait_on_disk_not_in_memory(scrambled, sample, monkeypatch):
     _, (images, _) = sample
     aside = []
-    real = cifar._set_aside
+    real = archive.set_aside
 
     def recording(directory, number, data):
         aside.append((directory, number))
         return real(directory, number, data)
 
-    monkeypatch.setattr(cifar, "_set_aside", recording)
+    monkeypatch.setattr(archive, "set_aside", recording)
     _, got, _ = _joined(open_source(scrambled, split="all").stream(16))
     np.testing.assert_array_equal(got, images)
     # data_batch_4, test_batch, 3, 2, 5 arrive before data_batch_1 (the archive's last member).

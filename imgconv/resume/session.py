@@ -138,8 +138,8 @@ class ResumeSession:
                 return []
             raise StoreError(
                 f"{writer.path}: cannot resume: the interrupted conversion in {self.partial_path} was made with a "
-                f"different {', '.join(differences(header, self.header))}; pass overwrite=True (--overwrite on the "
-                f"command line) to discard it and start over"
+                f"different {', '.join(differences(header, self.header))}; pass overwrite=True to discard it and "
+                f"start over"
             )
         if not writer.partial.has_output() or images_kept(checkpoints) == 0:
             return []  # nothing ever reached the output: nothing to continue
@@ -163,8 +163,8 @@ class ResumeSession:
         if not self.writer.overwrite:
             raise StoreError(
                 f"{self.writer.path}: an interrupted conversion left {kept} images in "
-                f"{self.partial_path}; pass resume=True (--resume on the command line) to continue it, or "
-                f"overwrite=True (--overwrite) to discard it and start over"
+                f"{self.partial_path}; pass resume=True to continue it, or overwrite=True to discard it and "
+                f"start over"
             )
 
 

@@ -1,14 +1,21 @@
 """Sources: every input imgconv reads, as a stream of ``(images, labels)`` batches.
 
-:func:`open_source` looks at a path and asks the registered readers, in
-order, whether it is theirs; the first that says yes reads it. ``READERS``
-is that registry: add a reader by appending a :class:`SourceKind`.
+:func:`open_source` looks at a path and asks the registered source kinds, in
+order, whether it is theirs; the first that says yes reads it.
+``SOURCE_KINDS`` is that registry: add a kind by appending a
+:class:`SourceKind`, whose ``options`` declare (once, see
+:mod:`imgconv.options`) the keyword options it takes; ``OPTION_DEFAULTS``
+and the command line's flags are derived from them.
 """
-import os
-from collections import namedtuple
+from __future__ import annotations
 
 from .._moved import forward
-from ..errors import SourceError
+import os
+from collections.abc import Iterable
+from typing import Any, Callable, NamedTuple
+
+from ..errors import SourceError, SourceOptionError
+from ..options import Option, merge
 from . import cifar, folder, numpy_files, store
 from .base import SkippedFile, SkippedImageWarning, Source
 from .cifar import CifarSource
@@ -16,77 +23,94 @@ from .folder import FolderSource
 from .numpy_files import NumpySource
 from .store import StoreSource
 
-SourceKind = namedtuple("SourceKind", "name detect source options")
-SourceKind.__doc__ = """A registered reader: ``detect(path)`` says whether ``path`` is its kind (it may
-raise SourceError when the path is its kind but unusable); ``source(path, **options)``
-opens it; ``options`` names the keyword options it takes."""
 
-READERS = [
-    SourceKind("store", store.detect, StoreSource, ()),
-    SourceKind("cifar", cifar.is_cifar, CifarSource, ("split", "label_kind")),
-    SourceKind("numpy", numpy_files.detect, NumpySource, ("split", "images_key", "labels_key")),
-    SourceKind("folder", folder.detect, FolderSource, ("mode", "resize", "resize_policy", "on_error", "labels_csv",
-                                                    "max_pixels")),
+class SourceKind(NamedTuple):
+    """A registered kind of source.
+
+    ``detect(path)`` says whether ``path`` is of this kind (it may raise
+    SourceError when the path is of the kind but unusable); ``source(path,
+    **options)`` opens it; ``options`` declares the keyword options it takes;
+    ``title`` is how help and messages name the kind ("image folders").
+    """
+
+    name: str
+    detect: Callable[[str], bool]
+    source: Callable[..., Source]
+    options: tuple[Option, ...] = ()
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        """The kind as messages name it: its title, else its name."""
+        return self.title or self.name
+
+
+SOURCE_KINDS = [
+    SourceKind("store", store.detect, StoreSource, StoreSource.OPTIONS, "imgconv stores"),
+    SourceKind("cifar", cifar.is_cifar, CifarSource, CifarSource.OPTIONS, "CIFAR"),
+    SourceKind("numpy", numpy_files.detect, NumpySource, NumpySource.OPTIONS, "NumPy"),
+    SourceKind("folder", folder.detect, FolderSource, FolderSource.OPTIONS, "image folders"),
 ]
 
-# Every option a reader takes, with its default. open_source accepts the
+
+def source_options(kinds: Iterable[SourceKind] | None = None) -> dict[str, Option]:
+    """Every option the source kinds declare, by name (one declaration per name)."""
+    return merge(kind.options for kind in (SOURCE_KINDS if kinds is None else kinds))
+
+
+def kinds_taking(name: str, kinds: Iterable[SourceKind] | None = None) -> list[SourceKind]:
+    """The source kinds that take the option called ``name``."""
+    return [kind for kind in (SOURCE_KINDS if kinds is None else kinds) if any(o.name == name for o in kind.options)]
+
+
+# Every option a source kind takes, with its default. open_source accepts the
 # whole set so a command line can pass all of them; an option the chosen
-# reader does not take must stay at its default.
-OPTION_DEFAULTS = {
-    "split": "train",
-    "label_kind": "fine",
-    "mode": "RGB",
-    "resize": None,
-    "resize_policy": "stretch",
-    "on_error": "fail",
-    "labels_csv": None,
-    "images_key": None,
-    "labels_key": None,
-    "max_pixels": None,
-}
+# kind does not take must stay at its default (or None).
+OPTION_DEFAULTS = {name: option.default for name, option in source_options().items()}
 
 
-def open_source(path, **options):
-    """Open the dataset at ``path`` with the reader that fits what is there.
+def open_source(path: str | os.PathLike[str], **options: Any) -> Source:
+    """Open the dataset at ``path`` with the source kind that fits what is there.
 
     ``path`` is an imgconv store (PNG folder, LMDB, HDF5), a CIFAR batch
     directory (or its parent, or an official ``.tar.gz``), a
     ``.npy``/``.npz`` file, or a folder of images. Options
-    (see each reader): ``split``, ``label_kind`` (CIFAR); ``split``,
+    (see each kind): ``split``, ``label_kind`` (CIFAR); ``split``,
     ``images_key``, ``labels_key`` (NumPy); ``mode``, ``resize``,
     ``resize_policy``, ``on_error``, ``labels_csv``, ``max_pixels`` (folders). An option left
-    at its default or None is ignored by readers that do not take it.
+    at its default or None is ignored by kinds that do not take it.
 
     Returns a :class:`Source`. Raises TypeError for an unknown option name and
-    SourceError when nothing can read the path (saying what is there), when an
-    option set away from its default does not apply to the reader chosen, or
-    when the reader finds the data unreadable.
+    SourceError when nothing can read the path (saying what is there),
+    SourceOptionError when an option set away from its default does not
+    apply to the kind chosen or has a bad value, and SourceError when the
+    source finds the data unreadable.
     """
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    known = source_options()
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise TypeError(
-            f"open_source() got unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTION_DEFAULTS)}"
-        )
+        raise TypeError(f"open_source() got unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or directory")
-    for reader in READERS:
-        if reader.detect(path):
-            return reader.source(path, **_options_for(reader, path, options))
+    for kind in SOURCE_KINDS:
+        if kind.detect(path):
+            return kind.source(path, **_options_for(kind, path, options, known))
     raise SourceError(_why_nothing_reads(path))
 
 
-def _options_for(reader, path, options):
+def _options_for(kind: SourceKind, path: str, options: dict[str, Any], known: dict[str, Option]) -> dict[str, Any]:
+    taken = {option.name for option in kind.options}
     chosen = {}
     for name, value in options.items():
-        if name in reader.options:
+        if name in taken:
             if value is not None:
                 chosen[name] = value
-        elif value is not None and value != OPTION_DEFAULTS[name]:
-            takers = ", ".join(r.name for r in READERS if name in r.options)
-            raise SourceError(
-                f"{path} is read as {reader.name}, which takes no option {name} "
-                f"(set to {value!r}; it applies to: {takers})"
+        elif value is not None and value != known[name].default:
+            takers = " and ".join(k.label for k in kinds_taking(name))
+            raise SourceOptionError(
+                f"{path} is read as {kind.label}, which takes no {name}={value!r} ({name} applies to {takers})",
+                (name,),
             )
     return chosen
 
@@ -141,6 +165,7 @@ def _why_nothing_reads(path):
 __all__ = [
     "OPTION_DEFAULTS",
     "READERS",
+    "SOURCE_KINDS",
     "CifarSource",
     "FolderSource",
     "NumpySource",
@@ -148,9 +173,12 @@ __all__ = [
     "SkippedFile",
     "SkippedImageWarning",
     "Source",
+    "SourceKind",
     "StoreSource",
+    "kinds_taking",
     "open_source",
+    "source_options",
 ]
 
-# The registry's entries were called Reader, as the store readers are: SourceKind now.
-__getattr__ = forward(__name__, {"Reader": "imgconv.sources:SourceKind"})
+# The registry and its entries were called READERS and Reader, as the store readers are.
+__getattr__ = forward(__name__, {"Reader": "imgconv.sources:SourceKind", "READERS": "imgconv.sources:SOURCE_KINDS"})

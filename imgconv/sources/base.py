@@ -14,20 +14,34 @@ the last, so workers can split a dataset by index ranges. ``take(indices)``
 reads scattered images (a shuffled conversion) as one batch, in the order
 asked.
 """
+from __future__ import annotations
+
 import abc
 import warnings
 from collections import namedtuple
-from typing import Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import _validate
-from ..errors import SkippedImageWarning, SourceError
+from ..errors import SkippedImageWarning, SourceError, SourceOptionError
+from ..options import Option
+
+# A batch: images (a uint8 (B, H, W, C) array, or a list of (H, W, C) arrays of
+# varying sizes) and their int64 (B,) labels.
+Images = Union[np.ndarray, list]
+Batch = tuple[Images, np.ndarray]
 
 SkippedFile = namedtuple("SkippedFile", "path reason")
 SkippedFile.__doc__ = "A file a source skipped under ``on_error='skip'``: its path and why."
 
 ON_ERROR = ("fail", "skip")
+SPLITS = ("train", "test", "all")
+
+# Shared by every source kind with a training and a test part (CIFAR, NumPy).
+SPLIT = Option("split", default="train", choices=SPLITS, help="the part to read: train, test or all (train then test)")
 
 
 class Source(abc.ABC):
@@ -37,33 +51,47 @@ class Source(abc.ABC):
     ``length``, ``shape`` and ``label_names`` properties (computed lazily when
     costly); they may override ``_gather`` to make :meth:`take` read each
     file once. Attributes named in ``_TRANSIENT`` (open files, caches) are left
-    out when the source is pickled.
+    out when the source is pickled. ``OPTIONS`` declares the keyword options
+    the constructor takes (see :mod:`imgconv.options`); their defaults are
+    the constructor's.
     """
 
-    _TRANSIENT: Tuple[str, ...] = ()
+    OPTIONS: tuple[Option, ...] = ()
+    _TRANSIENT: tuple[str, ...] = ()
 
     @property
     @abc.abstractmethod
-    def description(self):
+    def description(self) -> str:
         """One line saying what is read: kind, path, selection and size."""
 
     @property
     @abc.abstractmethod
-    def length(self):
+    def length(self) -> int | None:
         """Number of images, or None when it cannot be known in advance."""
 
     @property
     @abc.abstractmethod
-    def shape(self):
+    def shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) shared by every image, or None when the sizes vary."""
 
     @property
-    def label_names(self):
+    def label_names(self) -> list[str] | None:
         """Class names indexed by label, or None when the dataset has none."""
         return None
 
     @property
-    def sequential(self):
+    def length_hint(self) -> int | None:
+        """The number of images expected before it is known, for a progress display; None without one.
+
+        Costs no reading. A sequential source that learns its length as it
+        streams (an archive) gives what it expects from the start and
+        corrects it with what it reads; once :attr:`length` is known it is
+        that. Not a promise: use :attr:`length` for planning.
+        """
+        return None
+
+    @property
+    def sequential(self) -> bool:
         """True when reading a subrange first costs a pass over the data before it.
 
         A compressed archive is such a source: gzip cannot seek. A converter
@@ -74,7 +102,7 @@ class Source(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def batches(self, batch_size, start=0, stop=None):
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Yield ``(images, labels)`` for images ``start <= i < stop`` (``stop=None``: to the end).
 
         Every batch holds ``batch_size`` images except the last. Raises
@@ -82,7 +110,7 @@ class Source(abc.ABC):
         cannot be read.
         """
 
-    def stream(self, batch_size, limit=None):
+    def stream(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """Yield ``(images, labels)`` from the first image on, in order: ``limit`` images at most.
 
         The same batches as ``batches(batch_size, 0, limit)``, but the source
@@ -97,7 +125,7 @@ class Source(abc.ABC):
         stop = limit if length is None else (length if limit is None else min(limit, length))
         return self.batches(batch_size, 0, stop)
 
-    def take(self, indices):
+    def take(self, indices: npt.ArrayLike) -> Batch:
         """The images at ``indices`` (any order, repeats allowed) and their labels, as one batch.
 
         Returns ``(images, labels)`` in the order asked, like a batch from
@@ -146,20 +174,20 @@ class Source(abc.ABC):
         return _validate.int64_indices(indices, length, negative=False, error=ValueError, type_error=ValueError,
                                        out_of_range=f"is outside {where} of {self.description}")
 
-    def close(self):
+    def close(self) -> None:
         """Let go of the open files and caches a source keeps between calls (none here).
 
         The source stays usable: what it needs is reopened on the next read.
         Pickling a source leaves them behind too.
         """
 
-    def __len__(self):
+    def __len__(self) -> int:
         length = self.length
         if length is None:
             raise TypeError(f"the number of images of {self.description} is not known in advance")
         return length
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.description}>"
 
     def __getstate__(self):
@@ -188,7 +216,7 @@ class Source(abc.ABC):
         return start, stop
 
 
-def check_stream_arguments(batch_size, limit):
+def check_stream_arguments(batch_size: Any, limit: Any) -> None:
     """Validate the arguments of :meth:`Source.stream` (ValueError)."""
     _validate.positive_int("batch_size", batch_size)
     _validate.optional_non_negative_int("limit", limit)
@@ -204,39 +232,42 @@ class BatchCutter:
     (None: every image). Used by sources that stream.
     """
 
-    def __init__(self, batch_size, limit, transform, shape):
+    def __init__(self, batch_size: int, limit: int | None, transform: Callable[[np.ndarray, np.ndarray], Any],
+                 shape: tuple[int, ...]) -> None:
         self.batch_size = batch_size
         self.remaining = limit
         self.transform = transform
         self.shape = shape
-        self._images = self._labels = None
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
         self._filled = 0
 
     @property
-    def full(self):
+    def full(self) -> bool:
         """True once ``limit`` images have been taken."""
         return self.remaining == 0
 
-    def add(self, rows, labels):
+    def add(self, rows: np.ndarray, labels: np.ndarray) -> Iterator[Batch]:
         """Take one part; yield every batch it completes."""
         position = 0
         while position < len(labels) and not self.full:
-            if self._images is None:
+            if self._images is None or self._labels is None:
                 size = self.batch_size if self.remaining is None else min(self.batch_size, self.remaining)
                 self._images = np.empty((size, *self.shape), np.uint8)
                 self._labels = np.empty(size, np.int64)
-            take = min(len(labels) - position, len(self._labels) - self._filled)
+            images, batch_labels = self._images, self._labels
+            take = min(len(labels) - position, len(batch_labels) - self._filled)
             span = slice(self._filled, self._filled + take)
-            self.transform(rows[position : position + take], self._images[span])
-            self._labels[span] = labels[position : position + take]
+            self.transform(rows[position : position + take], images[span])
+            batch_labels[span] = labels[position : position + take]
             position += take
             self._filled += take
             if self.remaining is not None:
                 self.remaining -= take
-            if self._filled == len(self._labels):
+            if self._filled == len(batch_labels):
                 yield self._take_batch()
 
-    def finish(self):
+    def finish(self) -> Iterator[Batch]:
         """Yield the last, short batch, if any images are left."""
         if self._filled:
             yield self._take_batch()
@@ -260,12 +291,13 @@ def _join_labels(parts):
     return np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
 
 
-def check_choice(name, value, choices):
-    """Raise SourceError unless ``value`` is one of ``choices`` (option validation)."""
-    return _validate.choice(name, value, choices, error=SourceError)
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Raise SourceOptionError unless ``value`` is one of ``choices`` (option validation)."""
+    return _validate.choice(name, value, choices, error=SourceOptionError)
 
 
-def plan_segments(counts, start, stop, batch_size):
+def plan_segments(counts: Sequence[int], start: int, stop: int,
+                  batch_size: int) -> Iterator[tuple[int, list[tuple[int, int, int, int]]]]:
     """Split images ``start..stop`` of parts holding ``counts`` images into batches.
 
     Yields, per batch, ``(size, segments)`` with ``segments`` a list of
@@ -290,7 +322,7 @@ def plan_segments(counts, start, stop, batch_size):
         yield last - first, segments
 
 
-def group_by_part(counts, unique):
+def group_by_part(counts: Sequence[int], unique: np.ndarray) -> Iterator[tuple[int, slice, np.ndarray]]:
     """Group sorted, distinct image indices by the part (of ``counts`` images each) holding them.
 
     Yields ``(part, out, local)``: ``local`` the indices within the part, and
@@ -304,7 +336,7 @@ def group_by_part(counts, unique):
         yield int(part), slice(int(where[0]), int(where[-1]) + 1), unique[where] - bounds[part]
 
 
-def warn_skipped(skipped, description):
+def warn_skipped(skipped: Sequence[SkippedFile], description: str) -> None:
     """Issue one SkippedImageWarning naming the files in ``skipped`` (a list of SkippedFile)."""
     if not skipped:
         return

@@ -56,22 +56,39 @@ always covers indices ``start + k * batch_size`` onwards; after ``take``,
 :class:`~imgconv.sources.base.SkippedImageWarning` naming the files skipped
 during it.
 """
+from __future__ import annotations
+
 import csv
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from ..errors import SourceError
-from .base import ON_ERROR, SkippedFile, Source, check_choice, warn_skipped
+from ..errors import SourceError, SourceOptionError
+from ..options import Option, show_width_by_height, whole_number, width_by_height
+from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, warn_skipped
 
 MODES = {"RGB": 3, "L": 1, "RGBA": 4}
 # Pillow's limit as shipped (its DecompressionBombWarning threshold), fixed at import.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 1024 * 1024 * 1024 // 4 // 3
 RESIZE_POLICIES = ("stretch", "crop")
+
+MODE = Option("mode", default="RGB", choices=tuple(MODES), help="the channel layout of every image")
+RESIZE = Option("resize", type=width_by_height, metavar="WxH", show=show_width_by_height,
+                help="make every image W pixels wide and H high")
+RESIZE_POLICY = Option("resize_policy", default="stretch", choices=RESIZE_POLICIES,
+                       help="stretch to the size, or scale the shorter side to it and cut the centre")
+ON_ERROR_OPTION = Option("on_error", default="fail", choices=ON_ERROR,
+                         help="an unreadable or refused image stops the conversion (fail) or is skipped and reported")
+LABELS_CSV = Option("labels_csv", metavar="CSV", help="a CSV of image,label rows labelling a flat folder")
+MAX_PIXELS = Option("max_pixels", type=whole_number(1), metavar="N",
+                    help=f"refuse an image declaring more than N pixels, a decompression bomb, as a bad image "
+                         f"(default: Pillow's limit, {DEFAULT_MAX_PIXELS:,})")
 
 # Pillow registers these extensions, but only as stubs or through external
 # programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.
@@ -82,7 +99,7 @@ _SWAPS_AXES = {5, 6, 7, 8}
 _WHITE = (255, 255, 255, 255)
 
 
-def image_extensions():
+def image_extensions() -> frozenset[str]:
     """The lower-case file extensions (".png", ...) of the formats Pillow can decode here."""
     Image.init()
     return frozenset(
@@ -152,7 +169,8 @@ def _top_level(root, extensions):
     return folders, images
 
 
-def scan_folder(root, labels_csv=None):
+def scan_folder(root: str, labels_csv: str | os.PathLike[str] | None = None
+                ) -> tuple[list[str], np.ndarray, list[str] | None, str]:
     """Find the images below ``root`` and their labels.
 
     Returns ``(files, labels, label_names, layout)``: relative paths, an int64
@@ -258,7 +276,7 @@ def _sixteen_to_eight(im):
     return Image.fromarray((np.clip(pixels.astype(np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
 
 
-def to_mode(im, mode):
+def to_mode(im: Image.Image, mode: str) -> Image.Image:
     """Convert a Pillow image to ``mode`` ("RGB", "L", "RGBA") the way the module docstring says.
 
     Raises SourceError for floating-point and LAB images (see the module docstring).
@@ -320,12 +338,13 @@ def _open_image(f, path, max_pixels):
         if width * height > max_pixels:
             raise SourceError(
                 f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-                "(a decompression bomb?); if the image is genuine, raise max_pixels (--max-pixels)"
+                "(a decompression bomb?); if the image is genuine, raise the limit with max_pixels=N"
             )
         yield im
 
 
-def decode_image(path, mode="RGB", resize=None, resize_policy="stretch", max_pixels=DEFAULT_MAX_PIXELS):
+def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = None, resize_policy: str = "stretch",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode the image file at ``path`` into a C-contiguous uint8 (H, W, C) array.
 
     Applies the EXIF orientation, converts to ``mode`` and resizes as the
@@ -342,10 +361,11 @@ def decode_image(path, mode="RGB", resize=None, resize_policy="stretch", max_pix
             except SourceError as exc:
                 raise SourceError(f"{path}: {exc}") from None
             if resize is not None and im.size != tuple(resize):
+                width, height = resize
                 if resize_policy == "crop":
-                    im = ImageOps.fit(im, tuple(resize), Image.Resampling.BICUBIC)
+                    im = ImageOps.fit(im, (width, height), Image.Resampling.BICUBIC)
                 else:
-                    im = im.resize(tuple(resize), Image.Resampling.BICUBIC)
+                    im = im.resize((width, height), Image.Resampling.BICUBIC)
             pixels = np.asarray(im, np.uint8)
     except SourceError:
         raise
@@ -364,6 +384,8 @@ def _describe_failure(path, exc):
             return "empty file (0 bytes)"
     except OSError as err:
         return f"cannot read ({err.strerror})"
+    if isinstance(exc, Image.UnidentifiedImageError):  # its message shows a file object's repr
+        return "cannot decode the image (not in a format Pillow knows, or its header is damaged)"
     return f"cannot decode the image ({type(exc).__name__}: {exc})"
 
 
@@ -406,9 +428,9 @@ def _check_resize(resize):
     try:
         width, height = (int(v) for v in resize)
     except (TypeError, ValueError):
-        raise SourceError(f"resize must be (width, height), got {resize!r}") from None
+        raise SourceOptionError(f"resize must be (width, height), got {resize!r}", ("resize",)) from None
     if width < 1 or height < 1:
-        raise SourceError(f"resize must be two positive integers, got {resize!r}")
+        raise SourceOptionError(f"resize must be two positive integers, got {resize!r}", ("resize",))
     return width, height
 
 
@@ -416,11 +438,11 @@ def _check_max_pixels(max_pixels):
     if max_pixels is None:
         return DEFAULT_MAX_PIXELS
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise SourceError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        raise SourceOptionError(f"max_pixels must be a positive integer, got {max_pixels!r}", ("max_pixels",))
     return max_pixels
 
 
-def detect(path):
+def detect(path: str) -> bool:
     """True when ``path`` is a directory with at least one image file somewhere below it."""
     if not os.path.isdir(path):
         return False
@@ -442,10 +464,14 @@ class FolderSource(Source):
     images, bad options, or (under "fail") a bad image.
     """
 
+    OPTIONS = (MODE, RESIZE, RESIZE_POLICY, ON_ERROR_OPTION, LABELS_CSV, MAX_PIXELS)
     _TRANSIENT = ("_files", "last_kept")
 
-    def __init__(self, path, *, mode="RGB", resize=None, resize_policy="stretch", on_error="fail", labels_csv=None,
-                 max_pixels=None):
+    def __init__(self, path: str | os.PathLike[str], *, mode: str = MODE.default,
+                 resize: tuple[int, int] | None = RESIZE.default, resize_policy: str = RESIZE_POLICY.default,
+                 on_error: str = ON_ERROR_OPTION.default,
+                 labels_csv: str | os.PathLike[str] | None = LABELS_CSV.default,
+                 max_pixels: int | None = MAX_PIXELS.default) -> None:
         self.path = os.fspath(path)
         self.max_pixels = _check_max_pixels(max_pixels)
         self.mode = check_choice("mode", mode, tuple(MODES))
@@ -461,18 +487,19 @@ class FolderSource(Source):
         self._files = files
         self._shape = None if self.resize is None else (self.resize[1], self.resize[0], MODES[self.mode])
         self._probed = self.resize is not None
-        self.skipped = []
-        self.last_kept = None
+        self.skipped: list[SkippedFile] = []
+        self.last_kept: np.ndarray | None = None
 
-    def _file_list(self):
+    def _file_list(self) -> list[str]:
         if self._files is None:
             self._files = self._joined.split("\0")
         return self._files
 
     @property
-    def description(self):
+    def description(self) -> str:
+        """The folder, its labelling, the number of images and what is done to them."""
         if self.layout == "classes":
-            labels = f"{len(self.names)} classes"
+            labels = f"{len(self.names or ())} classes"
         elif self.labels_csv:
             labels = f"flat, labels from {self.labels_csv}"
         else:
@@ -481,15 +508,17 @@ class FolderSource(Source):
         return f"image folder {self.path} ({labels}, {self.length} images, {self.mode}{size})"
 
     @property
-    def length(self):
+    def length(self) -> int:
+        """The number of image files found (under "skip" the batches may hold fewer)."""
         return len(self.labels)
 
     @property
-    def label_names(self):
+    def label_names(self) -> list[str] | None:
+        """The class folders, or the CSV's label names, or None."""
         return self.names
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) when every image has that size (read from the file headers once), else None."""
         if not self._probed:
             self._shape = self._probe_shape()
@@ -504,8 +533,11 @@ class FolderSource(Source):
             path = os.path.join(self.path, files[i])
             try:
                 sizes.add(_header_size(path, self.max_pixels))
-            except SourceError as exc:
-                self._fail_or_skip(path, exc)
+            except SourceError:
+                if self.on_error == "fail":
+                    raise
+                # Under "skip" it is recorded when a batch leaves it out: the
+                # report of that batch (a conversion's, a worker's) names it.
             if len(sizes) > 1:
                 return None
         if not sizes:
@@ -523,7 +555,7 @@ class FolderSource(Source):
             self.skipped.append(skipped)
         return skipped
 
-    def batches(self, batch_size, start=0, stop=None):
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Decode images ``start..stop`` and yield them with their int64 labels.
 
         Images are one uint8 (B, H, W, C) array when :attr:`shape` is known,
@@ -544,7 +576,7 @@ class FolderSource(Source):
             return self.shape
         return self._probe_shape(indices)
 
-    def take(self, indices):
+    def take(self, indices: npt.ArrayLike) -> Batch:
         """See :meth:`Source.take`; afterwards ``last_kept`` is a bool array over ``indices``.
 
         ``last_kept[k]`` is True when the image at ``indices[k]`` is in the

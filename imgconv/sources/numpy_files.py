@@ -29,18 +29,22 @@ Arrays are read from their ``.npy`` headers and raw bytes, never unpickled:
 an array of Python objects (whose data is a pickle) is refused, as
 ``np.load(allow_pickle=False)`` refuses it.
 """
+from __future__ import annotations
+
 import os
 import struct
 import tokenize
 import zipfile
 import zlib
 from collections import namedtuple
+from collections.abc import Iterator
 
 import numpy as np
 
 from .._platform import pread_exact
-from ..errors import SourceError
-from .base import Source, check_choice, group_by_part, plan_segments
+from ..errors import SourceError, SourceOptionError
+from ..options import Option
+from .base import SPLIT, SPLITS, Batch, Source, check_choice, group_by_part, plan_segments
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -57,6 +61,11 @@ LABEL_KEYS = {
 # What zipfile raises for a damaged or unusual member: an unknown compression
 # method (NotImplementedError), encryption (RuntimeError), corrupt deflate data.
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError)
+
+IMAGES_KEY = Option("images_key", metavar="KEY",
+                    help="the array of images in a .npz (default: the first present of the usual names)")
+LABELS_KEY = Option("labels_key", metavar="KEY",
+                    help="the array of labels in a .npz (default: the first present of the usual names)")
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 
@@ -256,7 +265,7 @@ def _is_npz(path):
     return bool(names) and all(n.endswith(".npy") for n in names)
 
 
-def detect(path):
+def detect(path: str) -> bool:
     """True when ``path`` is (or claims by its name to be) a .npy or .npz file."""
     if not os.path.isfile(path):
         return False
@@ -278,21 +287,29 @@ class NumpySource(Source):
     no such arrays, non-uint8 images, or labels that do not match the images.
     """
 
+    OPTIONS = (SPLIT, IMAGES_KEY, LABELS_KEY)
     _TRANSIENT = ("_readers", "_labels")
     _READ_ERRORS = _ZIP_ERRORS
 
-    def __init__(self, path, *, split="train", images_key=None, labels_key=None):
+    def __init__(self, path: str | os.PathLike[str], *, split: str = SPLIT.default,
+                 images_key: str | None = IMAGES_KEY.default, labels_key: str | None = LABELS_KEY.default) -> None:
         self.path = os.fspath(path)
-        self.split = check_choice("split", split, ("train", "test", "all"))
+        self.split = check_choice("split", split, SPLITS)
         if os.path.getsize(self.path) == 0:
             raise SourceError(f"{self.path}: empty file (0 bytes), not a .npy or .npz file")
         with open(self.path, "rb") as f:
             head = f.read(len(NPY_MAGIC))
         if head == NPY_MAGIC:
             if images_key is not None or labels_key is not None:
-                raise SourceError(f"{self.path}: images_key and labels_key apply to .npz files, this is a .npy array")
+                raise SourceOptionError(
+                    f"{self.path}: images_key and labels_key apply to .npz files, this is a .npy array",
+                    ("images_key", "labels_key"),
+                )
             if split == "test":
-                raise SourceError(f"{self.path}: a .npy array has no test split; use split='train' or 'all'")
+                raise SourceOptionError(
+                    f"{self.path}: a .npy array has no test part; use split='train' (or 'all', the same here)",
+                    ("split",),
+                )
             self.parts = [(_npy_ref(self.path), None)]
             self._names = None
             self.keys = None
@@ -306,8 +323,8 @@ class NumpySource(Source):
         if len({_image_shape(ref) for ref, _ in self.parts}) > 1:
             shapes = " and ".join(str(_image_shape(ref)) for ref, _ in self.parts)
             raise SourceError(f"{self.path}: the train and test images differ in shape ({shapes})")
-        self._readers = None
-        self._labels = None
+        self._readers: list[_ArrayReader] | None = None
+        self._labels: dict[int, np.ndarray] | None = None
 
     def _open_npz(self, images_key, labels_key):
         try:
@@ -318,8 +335,9 @@ class NumpySource(Source):
             arrays = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
             present = ", ".join(sorted(arrays)) or "no arrays"
             if images_key is not None and self.split != "train":
-                raise SourceError(
-                    f"{self.path}: split picks among the default array names; images_key names the array itself"
+                raise SourceOptionError(
+                    f"{self.path}: split picks among the default array names; images_key names the array itself",
+                    ("split", "images_key"),
                 )
             parts, keys = [], []
             for split in ("train", "test") if self.split == "all" else (self.split,):
@@ -360,7 +378,8 @@ class NumpySource(Source):
             )
 
     @property
-    def description(self):
+    def description(self) -> str:
+        """The arrays read, the split, and the number and shape of the images."""
         shape = "x".join(map(str, self.shape))
         if self.keys is None:
             return f"NumPy array {self.path} ({self.length} images of {shape})"
@@ -368,15 +387,18 @@ class NumpySource(Source):
         return f"NumPy arrays {arrays} in {self.path} ({self.split}, {self.length} images of {shape})"
 
     @property
-    def length(self):
+    def length(self) -> int:
+        """The number of images, from the arrays' headers."""
         return int(sum(ref.shape[0] for ref, _ in self.parts))
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image (C = 1 for an (N, H, W) array)."""
         return _image_shape(self.parts[0][0])
 
     @property
-    def label_names(self):
+    def label_names(self) -> list[str] | None:
+        """The ``label_names`` array of a .npz, or None."""
         return self._names
 
     def _part_labels(self, part):
@@ -395,7 +417,7 @@ class NumpySource(Source):
             self._readers = [_ArrayReader(ref) for ref, _ in self.parts]
         return self._readers[part]
 
-    def close(self):
+    def close(self) -> None:
         """Close the files, zip streams and memory maps kept between calls; the source stays usable."""
         for reader in self._readers or ():
             reader.close()
@@ -415,7 +437,7 @@ class NumpySource(Source):
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
         return images, labels, np.ones(unique.size, bool)
 
-    def batches(self, batch_size, start=0, stop=None):
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Yield uint8 (B, H, W, C) images and int64 (B,) labels for images ``start..stop``.
 
         See :meth:`Source.batches`. Raises SourceError if the file changed

@@ -89,8 +89,12 @@ def _is_flag(value):
     return type(value) is bool or (type(value) is int and value in (0, 1))
 
 
-def _text(value):
-    """``value`` as str when it is str or ASCII bytes, else None (never repr() data from the file)."""
+def _ascii_str_or_none(value):
+    """``value`` as str: a str as it is, bytes only when they are ASCII; None for anything else.
+
+    Strict on purpose: it reads names and codes (module names, dtype codes,
+    "C"/"F"), which a genuine file spells in ASCII; never repr() data from the file.
+    """
     if type(value) is bytes:
         try:
             return value.decode("ascii")
@@ -105,7 +109,7 @@ def _clip(text):
 
 def _shown(value):
     """A short quote of ``value`` from the file for a message: its text, or only its type."""
-    text = _text(value)
+    text = _ascii_str_or_none(value)
     return f"a {type(value).__name__}" if text is None else repr(_clip(text))
 
 
@@ -152,7 +156,7 @@ class _Checks:
     # --- the globals --------------------------------------------------------
 
     def dtype(self, name, align=False, copy=True):
-        text = _text(name)
+        text = _ascii_str_or_none(name)
         if text not in _DTYPE_NAMES:
             self.refuse(
                 f"the pickle asks for the NumPy dtype {_shown(name)}; only plain numbers are allowed "
@@ -169,7 +173,7 @@ class _Checks:
         if subtype is not self.array_token:
             self.refuse(f"the pickle rebuilds a {type(subtype).__name__}, not a plain NumPy array")
         # NumPy always writes _reconstruct(ndarray, (0,), b'b') and sets the real contents with BUILD.
-        if not (type(shape) is tuple and len(shape) == 1 and _is_int(shape[0], 0)) or _text(typecode) != "b":
+        if not (type(shape) is tuple and len(shape) == 1 and _is_int(shape[0], 0)) or _ascii_str_or_none(typecode) != "b":
             self.refuse("the pickle calls numpy _reconstruct with a shape or type code NumPy never writes")
         array = _RECONSTRUCT(np.ndarray, (0,), b"b")
         self.unbuilt_arrays[id(array)] = array
@@ -177,14 +181,14 @@ class _Checks:
 
     def frombuffer(self, buffer, dtype, shape, order):
         dtype = self.settled_dtype(dtype)
-        if type(buffer) not in (bytes, bytearray) or not _is_shape(shape) or _text(order) not in ("C", "F"):
+        if type(buffer) not in (bytes, bytearray) or not _is_shape(shape) or _ascii_str_or_none(order) not in ("C", "F"):
             self.refuse("the pickle calls numpy _frombuffer with arguments NumPy never writes")
         if len(buffer) != math.prod(shape) * dtype.itemsize:
             self.refuse(
                 f"the pickle gives an array of shape {shape} {dtype} {len(buffer)} bytes of data "
                 f"instead of {math.prod(shape) * dtype.itemsize}"
             )
-        return _FROMBUFFER(buffer, dtype, shape, _text(order))
+        return _FROMBUFFER(buffer, dtype, shape, _ascii_str_or_none(order))
 
     def scalar(self, dtype, data):
         dtype = self.settled_dtype(dtype)
@@ -199,7 +203,7 @@ class _Checks:
                 f"the pickle calls _codecs.encode with {_shown(encoding)}; "
                 "only the Latin-1 encoding Python uses for bytes is allowed"
             )
-        if type(text) is not str or _text(errors) != "strict":
+        if type(text) is not str or _ascii_str_or_none(errors) != "strict":
             self.refuse("the pickle calls _codecs.encode with arguments Python never writes")
         return text.encode("latin-1")
 
@@ -251,7 +255,7 @@ class _Checks:
             and _is_int(state[6], -1)
             and _is_int(state[7], 0)
         )
-        order = _text(state[1]) if ok else None
+        order = _ascii_str_or_none(state[1]) if ok else None
         if order not in (("|",) if dtype.itemsize == 1 else ("<", ">")):
             self.refuse(f"the pickle sets a state on the dtype {dtype} other than the one NumPy writes for it")
         dtype.__setstate__((3, order, None, None, None, -1, -1, 0))

@@ -6,14 +6,20 @@ range or any list of indices is one ``read_batch``. Checked first in the
 registry, so a PNG folder written by imgconv is read as a store (with its
 labels and checksums), not as a folder of loose images.
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
 import numpy as np
+import numpy.typing as npt
 
 from .. import stores
 from ..errors import StoreError, UnknownFormatError
-from .base import Source
+from .base import Batch, Source
 
 
-def detect(path):
+def detect(path: str) -> bool:
     """True when ``path`` holds a store :func:`imgconv.open` can read."""
     try:
         stores.detect_format(path)
@@ -29,32 +35,36 @@ class StoreSource(Source):
     Raises StoreError for a store that cannot be read.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
         self._store = stores.open(path)
 
     @property
-    def description(self):
+    def description(self) -> str:
+        """The store's format, path and number of images."""
         return f"{self._store.format_name} store {self._store.path} ({len(self._store)} images)"
 
     @property
-    def length(self):
+    def length(self) -> int:
+        """The number of images in the store."""
         return len(self._store)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int] | None:
+        """The store's image shape, None for a store of varying sizes."""
         return None if self._store.variable else tuple(self._store.shape)
 
     @property
-    def label_names(self):
+    def label_names(self) -> list[str] | None:
+        """The class names the store keeps, or None."""
         return self._store.label_names
 
-    def batches(self, batch_size, start=0, stop=None):
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Consecutive images of the store, ``batch_size`` at a time (see :meth:`Source.batches`)."""
         start, stop = self._check_range(batch_size, start, stop)
         for first in range(start, stop, batch_size):
             yield self._store.read_batch(np.arange(first, min(first + batch_size, stop)))
 
-    def take(self, indices):
+    def take(self, indices: npt.ArrayLike) -> Batch:
         """The images at ``indices`` (any order, repeats allowed) in one read."""
         return self._store.read_batch(np.asarray(indices, np.int64))

@@ -21,32 +21,73 @@ from ..errors import (
     StoreIndexError,  # noqa: F401 - its old import location
     UnknownFormatError,
 )
+from ..options import Option, whole_number
 from . import hdf5, lmdb, png_folder
 from .batch import VARIABLE, EncodedBatch, check_batch
 from .reader import Reader
 from .writer import Writer, WriterState
 
-StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes")
+StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes options", defaults=((),))
 StoreFormat.__doc__ = """One registered format: its writer and reader classes, its pure
-``encode_batch``, ``detect(path) -> bool`` by content, and the path suffixes
-that select it in :func:`create`."""
+``encode_batch``, ``detect(path) -> bool`` by content, the path suffixes
+that select it in :func:`create`, and the ``options`` its writer takes,
+declared once (see :mod:`imgconv.options`; the command line's flags come
+from them)."""
+
+# The writers' options, declared once; each writer checks the values itself.
+PNG_OPTIONS = (
+    Option("compress_level", type=whole_number(0, 9), default=png_folder.DEFAULT_COMPRESS_LEVEL, flag="--png-level",
+           metavar="0..9", help="the zlib level of the files"),
+)
+LMDB_OPTIONS = (
+    Option("records_per_value", type=whole_number(1, 1 << 20), flag="--lmdb-records-per-value", metavar="K",
+           help="images per value (default: about 192 KiB of pixels per value, 16 images when the sizes "
+                "vary)"),
+    Option("map_size", type=whole_number(1), default=lmdb.writer.INITIAL_MAP_SIZE, cli=False,
+           help="the initial map size in bytes; it grows as needed"),
+)
+HDF5_OPTIONS = (
+    Option("chunk_images", type=whole_number(1, 1 << 20), flag="--hdf5-chunk", metavar="N",
+           help="images per chunk (default: about 192 KiB of pixels per chunk)"),
+    Option("compression", choices=tuple(c for c in hdf5.COMPRESSIONS if c is not None),
+           flag="--hdf5-compression", help="the compression filter (default: none)"),
+    Option("compression_level", type=whole_number(0, 9), flag="--hdf5-level", metavar="0..9",
+           help="the gzip level (default 4)"),
+)
 
 FORMATS = {
-    "lmdb": StoreFormat("lmdb", lmdb.LmdbWriter, lmdb.LmdbReader, lmdb.encode_batch, lmdb.detect, (".lmdb",)),
-    "hdf5": StoreFormat("hdf5", hdf5.Hdf5Writer, hdf5.Hdf5Reader, hdf5.encode_batch, hdf5.detect, (".h5", ".hdf5")),
+    "lmdb": StoreFormat("lmdb", lmdb.LmdbWriter, lmdb.LmdbReader, lmdb.encode_batch, lmdb.detect, (".lmdb",),
+                        LMDB_OPTIONS),
+    "hdf5": StoreFormat("hdf5", hdf5.Hdf5Writer, hdf5.Hdf5Reader, hdf5.encode_batch, hdf5.detect, (".h5", ".hdf5"),
+                        HDF5_OPTIONS),
     "png": StoreFormat("png", png_folder.PngFolderWriter, png_folder.PngFolderReader, png_folder.encode_batch,
-                       png_folder.detect, ()),
+                       png_folder.detect, (), PNG_OPTIONS),
 }
 DEFAULT_FORMAT = "png"
 
 
-def format_for_path(path):
-    """The format :func:`create` picks for ``path`` by its suffix (a PNG folder by default)."""
-    suffix = os.path.splitext(os.fspath(path).rstrip("/\\"))[1].lower()
+def format_for_path(path: Any) -> str:
+    """The format :func:`create` picks for ``path`` by its suffix.
+
+    ``.lmdb`` is LMDB, ``.h5``/``.hdf5`` HDF5, and a name with no suffix or
+    ending in "/" a PNG folder. Any other suffix (a typo such as ``.lmbd``,
+    or ``.txt``) raises UnknownFormatError naming it and the known ones:
+    pass the format explicitly to write such a name.
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        return DEFAULT_FORMAT
+    suffix = os.path.splitext(text)[1].lower()
+    if not suffix:
+        return DEFAULT_FORMAT
     for spec in FORMATS.values():
         if suffix in spec.suffixes:
             return spec.name
-    return DEFAULT_FORMAT
+    known = "; ".join(f"{spec.name}: {', '.join(spec.suffixes)}" for spec in FORMATS.values() if spec.suffixes)
+    raise UnknownFormatError(
+        f"{text}: unknown store suffix {suffix!r} ({known}; a {DEFAULT_FORMAT} folder: no suffix or a trailing /); "
+        f"to write this name anyway, pass format=NAME ({', '.join(FORMATS)})"
+    )
 
 
 def get_format(name: str) -> StoreFormat:
@@ -63,14 +104,15 @@ def create(path: Any, format: Optional[str] = None, *, overwrite: bool = False,
     """A writer for a new store at ``path``.
 
     ``format`` is "png", "lmdb" or "hdf5"; by default the suffix decides
-    (``.lmdb``, ``.h5``/``.hdf5``, anything else a PNG folder). The output is
+    (``.lmdb``, ``.h5``/``.hdf5``, none or a trailing "/" for a PNG folder;
+    see :func:`format_for_path`). The output is
     written under a temporary name beside ``path`` and renamed into place by
     ``close()``; an existing ``path`` is replaced only with ``overwrite=True``.
     ``label_names`` and ``source`` go into the metadata; ``shape`` fixes the
     image shape up front ((H, W), (H, W, C) or "variable"; by default the
     first batch decides: an array fixes the shape, a list means varying
     sizes). ``format_options`` are the format's own (see its writer class).
-    Raises UnknownFormatError for an unknown format, StoreError when the
+    Raises UnknownFormatError for an unknown format or suffix, StoreError when the
     target exists or cannot be written, TypeError for an unknown option,
     StoreArgumentError (a ValueError) for a bad option value.
     """

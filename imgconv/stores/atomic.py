@@ -25,8 +25,7 @@ def check_target(path: str, overwrite: bool) -> None:
     if not os.path.isdir(parent):
         raise StoreError(f"{path}: cannot create a store there, directory {parent} does not exist")
     if os.path.lexists(path) and not overwrite:
-        raise StoreError(
-            f"{path}: already exists; to replace it, pass overwrite=True (--overwrite on the command line)")
+        raise StoreError(f"{path}: already exists; to replace it, pass overwrite=True")
 
 
 def commit(temporary: str, path: str, overwrite: bool) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 from .. import _validate
 from .._platform import remove_path
 from ..checksum import image_checksums
-from ..errors import StoreArgumentError, StoreError
+from ..errors import StoreArgumentError, StoreError, StoreOptionError
 from .batch import VARIABLE, EncodedBatch, check_batch, shape_text
 from .metadata import Metadata, dump_metadata, load_metadata
 from .reader import Reader
@@ -123,7 +123,7 @@ class PngFolderWriter(Writer):
     def __init__(self, path: Any, *, compress_level: int = DEFAULT_COMPRESS_LEVEL, **common: Any) -> None:
         super().__init__(path, **common)
         self.compress_level = _validate.integer("compress_level", compress_level, minimum=0, maximum=9,
-                                                error=StoreArgumentError, where=f"{self.path}: ")
+                                                error=StoreOptionError, where=f"{self.path}: ")
         self.options = {"compress_level": self.compress_level}
         self._csv_file: Any = None
         self._shard = None

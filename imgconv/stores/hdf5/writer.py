@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import _validate
 from ...checksum import image_checksums
-from ...errors import StoreArgumentError, StoreError
+from ...errors import StoreArgumentError, StoreError, StoreOptionError
 from ..batch import VARIABLE
 from ..metadata import Metadata
 from ..writer import Writer
@@ -56,12 +56,12 @@ class Hdf5Writer(Writer):
     def __init__(self, path: Any, *, chunk_images: Optional[int] = None, compression: Optional[str] = None,
                  compression_level: Optional[int] = None, **common: Any) -> None:
         super().__init__(path, **common)
-        how: Dict[str, Any] = {"error": StoreArgumentError, "where": f"{self.path}: "}
+        how: Dict[str, Any] = {"error": StoreOptionError, "where": f"{self.path}: "}
         _validate.choice("compression", compression, COMPRESSIONS, **how)
         if compression_level is not None:
             if compression != "gzip":
-                raise StoreArgumentError(f"{self.path}: compression_level applies to gzip only "
-                                         f"(compression is {compression!r})")
+                raise StoreOptionError(f"{self.path}: compression_level applies to compression='gzip' only "
+                                       f"(compression is {compression!r})", ("compression_level", "compression"))
             compression_level = _validate.integer("compression_level", compression_level, minimum=0, maximum=9, **how)
         if chunk_images is not None:
             chunk_images = _validate.integer("chunk_images", chunk_images, minimum=1, maximum=MAX_CHUNK_IMAGES, **how)

@@ -16,7 +16,7 @@ import lmdb
 import numpy as np
 
 from ... import _platform, _validate, record
-from ...errors import RecordError, StoreArgumentError, StoreError
+from ...errors import RecordError, StoreArgumentError, StoreError, StoreOptionError
 from ..batch import VARIABLE, StoreShape
 from ..metadata import Metadata, dump_metadata
 from ..writer import Writer
@@ -56,7 +56,7 @@ class LmdbWriter(Writer):
     def __init__(self, path: Any, *, records_per_value: Optional[int] = None, map_size: int = INITIAL_MAP_SIZE,
                  **common: Any) -> None:
         super().__init__(path, **common)
-        how: Dict[str, Any] = {"error": StoreArgumentError, "where": f"{self.path}: "}
+        how: Dict[str, Any] = {"error": StoreOptionError, "where": f"{self.path}: "}
         if records_per_value is not None:
             records_per_value = _validate.integer("records_per_value", records_per_value, minimum=1,
                                                   maximum=MAX_RECORDS_OPTION, **how)
