@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from imgconv import kernels, stores
-from imgconv.bench import classic
 from imgconv.errors import ImgconvError, RecordError, StoreError, UnknownFormatError
 from imgconv.stores import StoreIndexError, base, hdf5_store, lmdb_store, png_folder
 
@@ -635,12 +634,21 @@ def test_png_manifest_and_labels_checked(tmp_path):
 # --------------------------------------------------------------------------- classic PNG folders
 
 
+def write_classic_png_folder(folder, images, labels):
+    """The classic layout: ``{i}.png`` per image and one labels CSV named for the count, a label per line."""
+    from PIL import Image
+
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / f"{len(images)}.csv").write_text("".join(f"{int(label)}\n" for label in labels))
+
+
 def test_reads_the_classic_png_layout(tmp_path):
     images = make_images(12, (6, 5, 3))
     labels = np.arange(12) % 4
     folder = tmp_path / "classic"
     folder.mkdir()
-    classic.store_png_files(str(folder), images, labels)
+    write_classic_png_folder(folder, images, labels)
     assert stores.detect_format(folder) == "png"
     with stores.open(folder) as store:
         assert len(store) == 12 and store.shape == (6, 5, 3)
