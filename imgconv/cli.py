@@ -301,16 +301,16 @@ def cmd_verify(args):
 
 
 def _add_bench_arguments(parser):
-    from .bench import harness
+    from .bench import command
 
-    harness.add_arguments(parser)
+    command.add_arguments(parser)
 
 
 def cmd_bench(args):
     """Time imgconv's stores, kernels and conversion against the classic methods; write results and plots."""
-    from .bench import harness
+    from .bench import command
 
-    return harness.run_bench(args)
+    return command.run_bench(args)
 
 
 COMMANDS = [
