@@ -47,6 +47,7 @@ QUICK_SETTLE = 10.0
 # 100,000 PNG files would cost half a minute.
 WARMUP_LIMIT = 1.0
 GRIDS = ("one", "cutoff", "alone")
+_WRITERS = {"one": "store_one", "cutoff": "store"}  # the capability that writes a grid's stores
 
 Row = Dict[str, Any]
 TableFn = Callable[[Mapping[str, Any], str, List[Row]], List[str]]
@@ -160,11 +161,11 @@ class Harness:
     ``images`` is the :class:`~imgconv.bench.inputs.ImageSet`; ``workdir`` a
     directory for the stores (emptied as it goes); ``targets`` the targets to
     settle as their sizes are measured, with ``settle_budget`` seconds each;
-    ``options`` holds what particular experiments need (``cifar``,
-    ``cifar_train``, ``kernel_count``, ``random_batches``: see
-    :mod:`imgconv.bench.experiments`), ``quick`` says a first look was asked
-    for (an experiment may scale itself down). ``progress(text)`` is called
-    before each step, ``note(text)`` while settling a target. Call
+    ``options`` holds what particular experiments need from the command
+    (``cache``; ``cifar`` and ``cifar_train`` for the conversion); ``quick``
+    says a first look was asked for (an experiment scales itself down).
+    ``progress(text)`` is called before each step, ``note(text)`` while
+    settling a target. Call
     :meth:`run`; the rows accumulate in ``rows``, paired ratios in
     ``comparisons``, what experiments record about themselves in
     ``parameters``.
@@ -203,7 +204,8 @@ class Harness:
         return [e for e in self.experiments if e.grid == grid]
 
     def _members(self, exp: Experiment, group: Sequence[Method]) -> List[Method]:
-        return [m for m in group if m.supports(exp.needs)]
+        """The methods of ``group`` that ``exp`` runs: those with what it needs and what writes its grid's stores."""
+        return [m for m in group if m.supports((_WRITERS[exp.grid], *exp.needs))]
 
     def steps(self) -> int:
         """The number of steps :meth:`run` reports to ``progress``."""
@@ -238,8 +240,7 @@ class Harness:
 
     def _on_group(self, chosen: Sequence[Experiment], group: Sequence[Method], count: int, one: bool = False) -> None:
         """Write the group's stores of ``count`` images, run ``chosen`` on them side by side, check, remove them."""
-        writer = "store_one" if one else "store"
-        group = [m for m in group if m.capability(writer) is not None]
+        group = [m for m in group if m.capability(_WRITERS["one" if one else "cutoff"]) is not None]
         paths = {m.name: os.path.join(self.workdir, f"{m.name}-{'one' if one else count}{m.suffix}") for m in group}
         names = {e.name for e in chosen}
         try:

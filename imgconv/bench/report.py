@@ -329,6 +329,16 @@ def targets_lines(results: Results) -> List[str]:
     return lines
 
 
+def _legend(results: Results) -> str:
+    pairs = {(_family(results, row["baseline"]), row["family"]) for row in results["rows"]
+             if row.get("baseline") and row.get("family")}
+    what = ("classic time / imgconv time, same format (above 1: imgconv is faster)" if pairs <= {("classic", "imgconv")}
+            else "baseline time / measured time (above 1: the measured method is faster; imgconv's baseline is the "
+                 "classic method of its format)")
+    return (f"speed-up = {what}; both run back to back in each round: the geometric mean of the rounds, and their "
+            "spread: lowest-highest (rounds)")
+
+
 def format_table(results: Results, experiments: Iterable[Any]) -> str:
     """The whole report as text: the header, one block per experiment, the targets.
 
@@ -344,8 +354,7 @@ def format_table(results: Results, experiments: Iterable[Any]) -> str:
         f"{machine['cpu']}, {machine['usable_cores']} cores; PNG pool {params['workers']} workers; "
         f"files in {tmp['path']} ({tmp['type']}); median of up to {params['repeat']} runs "
         f"(fewer past {params['budget_seconds']:g} s)",
-        "speed-up = classic time / imgconv time, same format (above 1: imgconv is faster): both run back to back in "
-        "each round; the geometric mean of the rounds, and their spread: lowest-highest (rounds)",
+        _legend(results),
     ]
     for name, info in results.get("methods", {}).items():
         if info.get("skipped"):

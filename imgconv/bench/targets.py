@@ -250,11 +250,6 @@ def settle(target: Target, rounds: Rounds, baseline: str, method: str, budget: f
                    rounds.clock() - started)
 
 
-def spread(ratios: Sequence[float]) -> Optional[Tuple[float, float]]:
-    """``(lowest, highest)`` paired ratio, or None for fewer than two rounds."""
-    return (min(ratios), max(ratios)) if len(ratios) >= 2 else None
-
-
 # --------------------------------------------------------------------------- a run's targets
 
 
@@ -273,6 +268,21 @@ def _row(rows: Sequence[Dict[str, Any]], target: Target) -> Optional[Dict[str, A
                 and row.get(target.measure) is not None):
             return row
     return None
+
+
+def _measured(target: Target, baseline: Optional[str], rows: Sequence[Dict[str, Any]],
+              comparisons: Sequence[Mapping[str, Any]]) -> Tuple[Optional[Verdict], Optional[Dict[str, Any]],
+                                                                 Mapping[str, Any]]:
+    """``(verdict, the method's row, the comparison)`` of ``target`` in a run; verdict None when not measured."""
+    if not target.is_ratio:
+        row = _row(rows, target)
+        return (None if row is None else judge(target, value=row[target.measure])), row, {}
+    comparison = _comparison(comparisons, target, baseline)
+    if comparison is None or not comparison["ratios"]:
+        return None, None, {}
+    row = next((r for r in rows if (r["experiment"], r["method"], r["images"], r.get("baseline"))
+                == (target.experiment, target.method, target.images, baseline)), None)
+    return judge(target, comparison["ratios"]), row, comparison
 
 
 def evaluate_targets(targets: Iterable[Target], rows: Sequence[Dict[str, Any]],
@@ -299,32 +309,19 @@ def evaluate_targets(targets: Iterable[Target], rows: Sequence[Dict[str, Any]],
             "images": target.images, "measure": target.measure, "op": target.op, "threshold": target.threshold,
             "target": target.text, "unit": target.unit, "value": None, "low": None, "high": None, "rounds": 0,
         }
-        reason = next((skipped[n] for n in (target.experiment, target.method, baseline or "") if n in skipped), None)
-        row = comparison = None
-        if target.is_ratio:
-            comparison = _comparison(comparisons, target, baseline)
-            if comparison is not None:
-                verdict = judge(target, comparison["ratios"])
-                entry.update(settle_rounds=comparison.get("settle_rounds", 0),
-                             settle_seconds=comparison.get("settle_seconds", 0.0))
-                row = next((r for r in rows if (r["experiment"], r["method"], r["images"], r.get("baseline"))
-                            == (target.experiment, target.method, target.images, baseline)), None)
-        else:
-            row = _row(rows, target)
-            if row is not None:
-                verdict = judge(target, value=row[target.measure])
-        if comparison is None and (row is None or target.is_ratio):
+        verdict, row, comparison = _measured(target, baseline, rows, comparisons)
+        if verdict is None:
+            reason = next((skipped[n] for n in (target.experiment, target.method, baseline or "") if n in skipped),
+                          None)
             if reason:
                 entry["status"] = f"skipped: {reason}"
-            elif (target.experiment, target.method) in ran:
-                entry["status"] = NOT_MEASURED
             else:
-                entry["status"] = NOT_RUN
-            found.append(entry)
-            continue
-        entry.update(status=verdict.status, value=verdict.value, low=verdict.low, high=verdict.high,
-                     rounds=verdict.rounds)
-        if row is not None:
-            row["target"], row["status"] = target.text, verdict.status
+                entry["status"] = NOT_MEASURED if (target.experiment, target.method) in ran else NOT_RUN
+        else:
+            entry.update(status=verdict.status, value=verdict.value, low=verdict.low, high=verdict.high,
+                         rounds=verdict.rounds, settle_rounds=comparison.get("settle_rounds", 0),
+                         settle_seconds=comparison.get("settle_seconds", 0.0))
+            if row is not None:
+                row["target"], row["status"] = target.text, verdict.status
         found.append(entry)
     return found
