@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 def _compile_args():
     """Optimisation flags for the kernels.
 
-    -O3 against -O2 was measured with `python -m imgconv.bench.kernels` (see
+    -O3 against -O2 was measured with `python -m imgconv.bench.kernel_bench` (see
     BENCHMARKS.md). IMGCONV_CFLAGS replaces the defaults, for such measurements.
     """
     if os.environ.get("IMGCONV_CFLAGS"):

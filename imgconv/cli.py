@@ -315,16 +315,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bench import harness
+    from .bench import command
 
-    harness.add_arguments(parser)
+    command.add_arguments(parser)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time imgconv's stores, kernels and conversion against the classic methods; write results and plots."""
-    from .bench import harness
+    from .bench import command
 
-    return harness.run_bench(args)
+    return command.run_bench(args)
 
 
 COMMANDS = [

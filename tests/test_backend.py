@@ -4,12 +4,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
-import imgconv
-from imgconv.bench import kernels as kernel_bench
-
 # Makes `import imgconv._core` fail, as in a source checkout that was never built.
 HIDE_EXTENSION = """
 import importlib.abc, sys
@@ -108,30 +102,3 @@ def test_backends_write_identical_records():
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCONV_")} | extra
         outputs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
     assert outputs[0] == outputs[1] and len(outputs[0]) > 0
-
-
-def test_kernel_benchmark_reports_every_comparison(tmp_path):
-    out = tmp_path / "kernels.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "imgconv.bench.kernels", "--count", "300", "--repeat", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "chw_to_hwc" in done.stdout and "pickle" in done.stdout
-    result = json.loads(out.read_text())
-    assert len(result["seconds"]) == 14 and all(s > 0 for s in result["seconds"].values())
-    assert [c["what"] for c in result["comparisons"]] == [c[0] for c in kernel_bench.COMPARISONS]
-    assert all(c["ratio"] > 0 for c in result["comparisons"])
-
-
-def test_kernel_benchmark_fails_on_wrong_pixels(monkeypatch):
-    def broken(src, dst):
-        dst[...] = 0
-
-    class Broken:
-        chw_to_hwc_into = staticmethod(broken)
-
-    monkeypatch.setattr(imgconv.kernels, "_impl", Broken)
-    images = np.random.default_rng(0).integers(1, 256, (20, 32, 32, 3), dtype=np.uint8)
-    with pytest.raises(AssertionError, match="wrong pixels"):
-        kernel_bench.bench_chw_to_hwc(images, repeat=1)

@@ -1,16 +1,24 @@
-"""The timing harness, `python -m imgconv bench`: a quick run reports everything, wrong pixels fail it."""
+"""The timing harness, `python -m imgconv bench`: a quick run reports everything, wrong pixels fail it,
+targets are judged only where they can be, and plug-ins show up like the built-ins."""
 import csv
+import dataclasses
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from imgconv import cli
-from imgconv.bench import harness, methods
-from imgconv.bench.timing import measure
+from imgconv import cli, kernels
+from imgconv.bench import command, harness, inputs, kernel_bench, methods, targets
+from imgconv.bench.harness import EXPERIMENTS, Experiment, Trial
+from imgconv.bench.methods import METHODS, Method
+from imgconv.bench.timing import Rounds, Side, measure
+
+command.load_plugins()
 
 PLOTS = ["store_time.png", "store_time_log.png", "read_time.png", "read_time_log.png", "disk_use.png",
          "overview.png"]
@@ -42,7 +50,7 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     assert results["parameters"]["tmp"]["type"] != "unknown"
     rows = results["rows"]
     found = {(r["experiment"], r["method"], r["images"]) for r in rows}
-    for method in methods.METHODS:
+    for method in METHODS:
         for experiment in ("store-one", "read-one"):
             assert (experiment, method, 1) in found
         for experiment in ("store-many", "read-many", "random-batch", "random-one", "disk"):
@@ -58,9 +66,17 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     assert {(r["method"], r["family"]) for r in rows if r["experiment"] == "convert"} == {
         ("classic-lmdb", "classic"), ("lmdb", "imgconv")}
     assert len(results["kernels"]["comparisons"]) == 8
-    targets = {t["what"]: t for t in results["targets"]}
-    assert set(targets) == {t.what for t in harness.TARGETS if t.experiment != "memory"}  # memory is opt-in
-    assert all(t["status"] in ("met", "MISSED") for t in targets.values())
+    paired = [r for r in rows if r.get("baseline")]
+    assert paired and all(1 <= len(r["ratios"]) <= r["runs"] for r in paired)
+
+    # Every target is set for more images than a quick run measures: none is judged, none is MISSED.
+    assert "MISSED" not in done.stdout and "undecided" not in done.stdout
+    judged = {t["what"]: t["status"] for t in results["targets"]}
+    default = [t for t in targets.load_targets() if t.experiment != "memory"]  # memory is opt-in
+    assert judged == {**{t.what: targets.NOT_MEASURED for t in default},
+                      **{t.what: targets.NOT_RUN for t in targets.load_targets() if t.experiment == "memory"}}
+    assert done.stdout.count("not measured at this size") == len(default)
+    assert "memory" not in done.stdout.split("targets:")[1]  # targets of experiments not run are not listed
 
     with open(out / "results.csv", newline="") as f:
         lines = list(csv.DictReader(f))
@@ -105,12 +121,12 @@ class _FlippedReader:
     ("png", "read-one", "open_reader"),
 ])
 def test_a_reader_returning_wrong_pixels_fails_the_run(tmp_path, monkeypatch, capsys, method, experiment, part):
-    original = methods.METHODS[method]
+    original = METHODS[method]
     if part == "read_all":
         broken = lambda path, count, env: _flip(original.read_all(path, count, env))  # noqa: E731
     else:
         broken = lambda path, count: _FlippedReader(original.open_reader(path, count))  # noqa: E731
-    monkeypatch.setitem(methods.METHODS, method, original._replace(**{part: broken}))
+    monkeypatch.setitem(METHODS, method, dataclasses.replace(original, **{part: broken}))
     status = cli.main(["bench", "--methods", method, "--experiments", experiment, "--cutoffs", "10", "--repeat", "1",
                        "--no-plots", *_dirs(tmp_path)])
     assert status == 1
@@ -121,13 +137,13 @@ def test_a_reader_returning_wrong_pixels_fails_the_run(tmp_path, monkeypatch, ca
 
 
 def test_wrong_labels_fail_the_run(tmp_path, monkeypatch, capsys):
-    original = methods.METHODS["hdf5"]
+    original = METHODS["hdf5"]
 
     def wrong_labels(path, count, env):
         images, labels = original.read_all(path, count, env)
         return images, labels + 1
 
-    monkeypatch.setitem(methods.METHODS, "hdf5", original._replace(read_all=wrong_labels))
+    monkeypatch.setitem(METHODS, "hdf5", dataclasses.replace(original, read_all=wrong_labels))
     status = cli.main(["bench", "--methods", "hdf5", "--experiments", "read-many", "--cutoffs", "10", "--repeat",
                        "1", "--no-plots", *_dirs(tmp_path)])
     assert status == 1 and "wrong pixels or labels" in capsys.readouterr().err
@@ -148,7 +164,7 @@ importlib.util.find_spec = lambda name, *a: None if name.startswith("matplotlib"
 def test_without_matplotlib_the_run_succeeds_and_says_how_to_get_plots(tmp_path):
     code = ("import importlib.util\n_find = importlib.util.find_spec\n" + HIDE_MATPLOTLIB
             + "from imgconv.cli import main\n"
-            + f"sys.exit(main(['bench', '--methods', 'lmdb', 'classic-lmdb', '--experiments', 'disk', 'store-many', "
+            + "sys.exit(main(['bench', '--methods', 'lmdb', 'classic-lmdb', '--experiments', 'disk', 'store-many', "
             + f"'--cutoffs', '10,100', '--repeat', '1', *{_dirs(tmp_path)!r}]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -171,29 +187,12 @@ def test_measure_stops_repeating_at_the_budget():
     assert len(timed.times) == 5
 
 
-def test_targets_are_judged_at_the_largest_cutoff():
-    rows = [
-        {"experiment": "read-many", "method": "classic-lmdb", "format": "lmdb", "family": "classic", "images": n,
-         "seconds": 1.0} for n in (10, 1000)
-    ] + [
-        {"experiment": "read-many", "method": "lmdb", "format": "lmdb", "family": "imgconv", "images": 10,
-         "seconds": 0.01},
-        {"experiment": "read-many", "method": "lmdb", "format": "lmdb", "family": "imgconv", "images": 1000,
-         "seconds": 0.1},
-    ]
-    harness.add_speedups(rows)
-    assert [r.get("speedup") for r in rows] == [None, None, pytest.approx(100), pytest.approx(10)]
-    targets = harness.evaluate_targets(rows, None)
-    assert [(t["images"], t["status"]) for t in targets] == [(1000, "MISSED")]
-    assert rows[-1]["status"] == "MISSED" and "status" not in rows[-2]
-
-
 def test_opt_in_memory_and_layout_experiments(tmp_path, capsys):
     status = cli.main(["bench", "--experiments", "memory", "lmdb-layout", "hdf5-layout", "png-level",
                        "--cutoffs", "200", "--repeat", "1", "--no-plots", *_dirs(tmp_path)])
     assert status == 0
     text = capsys.readouterr().out
-    assert "peak memory" in text and "layout studies" in text
+    assert "peak memory" in text and text.count("layout study: ") == 3
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     memory = {(r["format"], r["images"]): r for r in rows if r["experiment"] == "memory"}
     assert set(memory) == {("png", 200), ("lmdb", 200), ("hdf5", 200), ("lmdb", 2000), ("hdf5", 2000)}
@@ -220,7 +219,7 @@ def test_any_source_is_measured_repeated_up_to_the_largest_cutoff(tmp_path, caps
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "20 images of 8x6x3, repeated 3 times to reach 50" in results["parameters"]["input"]
     assert {(r["method"], r["images"]) for r in results["rows"] if r["experiment"] == "read-many"} == {
-        (m, n) for m in methods.METHODS for n in (10, 50)}
+        (m, n) for m in METHODS for n in (10, 50)}
 
 
 def test_a_cifar_binary_version_cannot_time_the_classic_conversion(tmp_path, capsys):
@@ -228,3 +227,321 @@ def test_a_cifar_binary_version_cannot_time_the_classic_conversion(tmp_path, cap
     (tmp_path / "bin" / "data_batch_1.bin").write_bytes(bytes(3073))
     status = cli.main(["bench", "--cifar", str(tmp_path / "bin"), "--experiments", "convert", *_dirs(tmp_path)])
     assert status == 1 and "python-version" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the kernel benchmark on its own
+
+
+def test_kernel_benchmark_reports_every_comparison(tmp_path):
+    out = tmp_path / "kernels.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "imgconv.bench.kernel_bench", "--count", "300", "--repeat", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "chw_to_hwc" in done.stdout and "pickle" in done.stdout
+    result = json.loads(out.read_text())
+    assert len(result["seconds"]) == 14 and all(s > 0 for s in result["seconds"].values())
+    assert [c["what"] for c in result["comparisons"]] == [c[0] for c in kernel_bench.COMPARISONS]
+    assert all(c["ratio"] > 0 for c in result["comparisons"])
+    # 300 images: the targets, set for 100,000, are not judged.
+    assert "not measured at this size" in done.stdout and " NO" not in done.stdout and "MISSED" not in done.stdout
+
+
+def test_kernel_benchmark_fails_on_wrong_pixels(monkeypatch):
+    def broken(src, dst):
+        dst[...] = 0
+
+    class Broken:
+        chw_to_hwc_into = staticmethod(broken)
+
+    monkeypatch.setattr(kernels, "_impl", Broken)
+    images = np.random.default_rng(0).integers(1, 256, (20, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(AssertionError, match="wrong pixels"):
+        kernel_bench.bench_chw_to_hwc(images, repeat=1)
+
+
+# --------------------------------------------------------------------------- rounds and settling (fake timings)
+
+
+class FakeClock:
+    """A clock that only moves when a fake run says how long it took."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _fake_rounds(durations, log):
+    """Rounds over sides whose runs take the scripted ``durations[name]`` seconds (cycled), logging each run."""
+    clock = FakeClock()
+
+    def side(name):
+        script = iter(np.resize(durations[name], 1000))
+
+        def run():
+            log.append(name)
+            clock.now += float(next(script))
+
+        return Side(run)
+
+    return Rounds({name: side(name) for name in durations}, clock=clock), clock
+
+
+def _target(threshold, op=">=", measure="speedup"):
+    return targets.Target("fake", "store-many", "png", 100, measure, op, threshold, baseline="classic")
+
+
+def test_rounds_alternate_the_sides_and_pair_their_ratios():
+    log = []
+    rounds, _ = _fake_rounds({"classic": [2.0, 4.0], "png": [1.0]}, log)
+    rounds.warm_up("classic", 1)
+    rounds.run(3)
+    assert log == ["classic"] + ["classic", "png"] * 3  # warm-up, then one run of each per round
+    assert rounds.times == {"classic": [4.0, 2.0, 4.0], "png": [1.0, 1.0, 1.0]}
+    assert rounds.ratios("classic", "png") == [4.0, 2.0, 4.0]
+
+
+def test_rounds_retire_a_side_past_its_budget_and_pair_only_shared_rounds():
+    log = []
+    rounds, _ = _fake_rounds({"classic": [30.0], "png": [4.0]}, log)
+    rounds.run(3, budget=10.0)
+    assert rounds.times == {"classic": [30.0], "png": [4.0, 4.0, 4.0]}
+    assert rounds.ratios("classic", "png") == [7.5]
+
+
+def test_a_steady_ratio_is_decided_without_reruns():
+    log = []
+    rounds, _ = _fake_rounds({"classic": [2.0], "png": [1.0]}, log)
+    rounds.run(3)
+    verdict = targets.settle(_target(1.8), rounds, "classic", "png", budget=60.0)
+    assert (verdict.status, verdict.value, verdict.settle_rounds) == ("met", pytest.approx(2.0), 0)
+    assert verdict.low == pytest.approx(2.0) == verdict.high
+    assert targets.settle(_target(2.5), rounds, "classic", "png", budget=60.0).status == "MISSED"
+    assert len(log) == 6
+
+
+def test_an_undecided_ratio_is_rerun_alternately_until_decided():
+    log = []
+    # Three noisy rounds (ratios 1.5, 2.5, 2.0), then steady ones at 2.0: the interval narrows onto 2.0 > 1.8.
+    rounds, _ = _fake_rounds({"classic": [1.5, 2.5] + [2.0] * 50, "png": [1.0]}, log)
+    rounds.run(3)
+    target = _target(1.8)
+    assert targets.judge(target, rounds.ratios("classic", "png")).status == "undecided"
+    verdict = targets.settle(target, rounds, "classic", "png", budget=1000.0)
+    assert verdict.status == "met" and verdict.settle_rounds > 0
+    assert verdict.rounds == 3 + verdict.settle_rounds
+    assert log == ["classic", "png"] * verdict.rounds  # the reruns alternate too
+    # It stopped at the first round that decided it.
+    assert targets.judge(target, rounds.ratios("classic", "png")[:-1]).status == "undecided"
+    assert verdict.low >= 1.8
+
+
+def test_a_ratio_that_swings_across_the_target_stays_undecided_when_the_budget_runs_out():
+    log = []
+    rounds, clock = _fake_rounds({"classic": [1.6, 2.0], "png": [1.0]}, log)
+    rounds.run(2)
+    started = clock.now
+    verdict = targets.settle(_target(1.8), rounds, "classic", "png", budget=10.0)
+    # Rounds take 2.6 s and 3.0 s: a fourth round starts at 8.2 s < 10 s, a fifth would start at 11.2 s.
+    assert (verdict.status, verdict.settle_rounds) == ("undecided", 4)
+    assert verdict.settle_seconds == pytest.approx(clock.now - started) == pytest.approx(11.2)
+    assert verdict.low < 1.8 < verdict.high
+    assert targets.settle(_target(1.8), rounds, "classic", "png", budget=0.0).settle_rounds == 0
+
+
+def test_rounds_stop_at_the_round_limit():
+    rounds, _ = _fake_rounds({"classic": [1.6, 2.0], "png": [1.0]}, [])
+    rounds.run(2)
+    verdict = targets.settle(_target(1.8), rounds, "classic", "png", budget=1e9)
+    assert verdict.status == "undecided" and verdict.rounds == targets.MAX_ROUNDS
+
+
+def test_judging_slowdowns_single_values_and_single_rounds():
+    within = _target(3.0, "<=", "slowdown")
+    assert targets.judge(within, [0.5, 0.5]).status == "met"  # imgconv takes twice the baseline's time
+    assert targets.judge(within, [0.25, 0.25]).status == "MISSED"
+    assert targets.judge(within, [0.5]).status == "undecided"  # one round: no spread to judge
+    disk = targets.Target("disk", "disk", "lmdb", 100, "disk_ratio", "<=", 1.05)
+    assert targets.judge(disk, value=1.02).status == "met" and targets.judge(disk, value=1.2).status == "MISSED"
+    assert within.text == "within 3x" and _target(20).text == ">= 20x"
+
+
+def test_targets_are_judged_only_at_the_size_they_are_set_for():
+    target = targets.Target("LMDB read", "read-many", "lmdb", 1000, "speedup", ">=", 20)
+    disk = targets.Target("LMDB disk", "disk", "lmdb", 1000, "disk_ratio", "<=", 1.05)
+    absent = targets.Target("memory", "memory", "lmdb", 1000, "tree_anon_mb", "<=", 300)
+
+    def run(images):
+        rows = [{"experiment": "read-many", "method": "lmdb", "images": images, "baseline": "classic-lmdb",
+                 "speedup": 10.0},
+                {"experiment": "disk", "method": "lmdb", "images": images, "disk_ratio": 1.02}]
+        comparisons = [{"experiment": "read-many", "method": "lmdb", "baseline": "classic-lmdb", "images": images,
+                        "ratios": [10.0, 10.0]}]
+        found = targets.evaluate_targets([target, disk, absent], rows, comparisons, METHODS,
+                                         {("read-many", "lmdb"), ("disk", "lmdb")})
+        return [t["status"] for t in found], rows
+
+    statuses, rows = run(100)
+    assert statuses == [targets.NOT_MEASURED, targets.NOT_MEASURED, targets.NOT_RUN]
+    assert all("status" not in row for row in rows)
+    statuses, rows = run(1000)
+    assert statuses == ["MISSED", "met", targets.NOT_RUN]
+    assert [(row["target"], row["status"]) for row in rows] == [(">= 20x", "MISSED"), ("<= 1.05x", "met")]
+
+
+# --------------------------------------------------------------------------- targets as data
+
+
+def test_the_packaged_targets_name_registered_experiments_and_sides():
+    found = targets.load_targets()
+    targets.check_targets(found, EXPERIMENTS, METHODS)
+    assert len(found) == 21 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
+    assert {t.experiment for t in found} == {"read-many", "store-many", "disk", "random-one", "kernels", "convert",
+                                             "memory"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[target]]\nwhat = 'x'\n", "'experiment' is missing"),
+    ("[[target]]\nwhat = 'x'\nexperiment = 'read-many'\nmethod = 'lmdb'\nimages = 10\nmeasure = 'speedup'\n",
+     "exactly one of at_least or at_most"),
+    ("[[target]]\nwhat = 'x'\nexperiment = 'nope'\nmethod = 'lmdb'\nimages = 10\nmeasure = 'speedup'\n"
+     "at_least = 2\n", "no experiment 'nope'"),
+    ("[[target]]\nwhat = 'x'\nexperiment = 'read-many'\nmethod = 'classic-lmdb'\nimages = 10\n"
+     "measure = 'speedup'\nat_least = 2\n", "needs a baseline"),
+    ("[[target]]\nwhat = 'x'\nexperiment = 'read-many'\nmethod = 'lmdb'\nimages = 0\nmeasure = 'speedup'\n"
+     "at_least = 2\n", "whole number above 0"),
+    ("[[target]\n", "not a valid TOML"),
+])
+def test_a_bad_targets_file_is_an_error_naming_it(tmp_path, capsys, text, message):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    status = cli.main(["bench", "--targets", str(path), "--experiments", "disk", "--cutoffs", "10",
+                       *_dirs(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1 and "mine.toml" in err and message in err
+
+
+# --------------------------------------------------------------------------- plug-ins
+
+
+def _npz_store(path, images, labels, env):
+    np.savez(path, images=images, labels=labels)
+
+
+def _npz_read(path, count, env):
+    with np.load(path) as data:
+        return data["images"], data["labels"]
+
+
+class _NpzReader:
+    def __init__(self, path, count):
+        self.images, self.labels = _npz_read(path, count, None)
+
+    def read_one(self, index):
+        return self.images[index], int(self.labels[index])
+
+    def read_batch(self, indices):
+        return self.images[indices], self.labels[indices]
+
+    def close(self):
+        pass
+
+
+def _plugged(harness):
+    trials = {"slow": Trial(lambda: time.sleep(0.002)), "fast": Trial(lambda: None, fields={"note": "plugged"})}
+    harness.parameters["plugged"] = {"quick": harness.quick}
+    return harness.side_by_side("plugged", 5, trials, [("slow", "fast")])
+
+
+@pytest.fixture
+def plugged(monkeypatch):
+    """A peer-like method (opt-in group "peers", measured against lmdb) and an alone experiment, registered."""
+    method = Method("npz-peer", "npz", "peer", "np.savez / np.load", "NPZ", store=_npz_store, read_all=_npz_read,
+                    open_reader=_NpzReader, suffix=".npz", baseline="lmdb", group="peers",
+                    versions=lambda: {"npz-peer": "1.0"})
+    missing = Method("missing-peer", "nothing", "peer", "needs a module that is not there", "None",
+                     store=_npz_store, read_all=_npz_read, requires=("imgconv_no_such_module",),
+                     install="pip install nothing", group="peers")
+    monkeypatch.setitem(METHODS, method.name, method)
+    monkeypatch.setitem(METHODS, missing.name, missing)
+    exp = Experiment("plugged", "a plugged-in experiment", "alone", _plugged, sides=("slow", "fast"))
+    monkeypatch.setitem(EXPERIMENTS, exp.name, exp)
+    return method
+
+
+def test_a_plugged_in_method_and_experiment_appear_in_the_table_and_json(tmp_path, capsys, plugged):
+    mine = tmp_path / "targets.toml"
+    mine.write_text("[[target]]\nwhat = 'the plugged experiment, fast against slow'\nexperiment = 'plugged'\n"
+                    "method = 'fast'\nbaseline = 'slow'\nimages = 5\nmeasure = 'speedup'\nat_least = 1.5\n")
+    status = cli.main(["bench", "--peers", "--methods", "lmdb", "--experiments", "read-many", "disk", "plugged",
+                       "--cutoffs", "10", "--repeat", "1", "--settle", "5", "--targets", str(mine), "--no-plots",
+                       *_dirs(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {(r["experiment"], r["method"]): r for r in results["rows"]}
+    peer = rows[("read-many", "npz-peer")]
+    assert (peer["family"], peer["format"], peer["baseline"]) == ("peer", "npz", "lmdb")
+    assert peer["speedup"] > 0 and len(peer["ratios"]) == 1
+    assert rows[("disk", "npz-peer")]["bytes"] > 0
+    assert rows[("plugged", "fast")]["note"] == "plugged" and rows[("plugged", "fast")]["speedup"] > 1
+    assert results["methods"]["npz-peer"] == {"family": "peer", "format": "npz", "label": "NPZ",
+                                              "title": "np.savez / np.load", "baseline": "lmdb", "group": "peers",
+                                              "skipped": None}
+    assert results["methods"]["missing-peer"]["skipped"] == ("imgconv_no_such_module is not installed "
+                                                             "(pip install nothing)")
+    assert results["versions"]["npz-peer"] == "1.0" and results["parameters"]["plugged"] == {"quick": False}
+    assert [(t["what"], t["status"]) for t in results["targets"]] == [("the plugged experiment, fast against slow",
+                                                                       "met")]
+    assert results["targets"][0]["rounds"] >= 2  # one round cannot judge: it was rerun
+
+    read_block = out.split("read every image")[1].split("\n\n")[0]
+    assert "baseline" in read_block and "measured" in read_block  # not a classic/imgconv pair
+    assert any(line.split()[:2] == ["NPZ", "10"] for line in read_block.splitlines())
+    assert "a plugged-in experiment" in out and "fast" in out
+    assert "skipped: missing-peer: imgconv_no_such_module is not installed" in out
+    assert "met          the plugged experiment, fast against slow" in out
+    assert [r["method"] for r in results["rows"] if r["experiment"] == "read-many"] == ["lmdb", "npz-peer"]
+
+
+def test_an_opt_in_group_gets_its_flag_only_when_registered(plugged, monkeypatch):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert "--peers" in parser.format_help() and "npz-peer" in parser.format_help()
+    monkeypatch.delitem(METHODS, "npz-peer")
+    monkeypatch.delitem(METHODS, "missing-peer")
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert "--peers" not in parser.format_help()
+
+
+def test_registries_refuse_duplicates_and_unknown_baselines():
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register_method(METHODS["lmdb"])
+    with pytest.raises(ValueError, match="baseline 'nope'"):
+        methods.register_method(dataclasses.replace(METHODS["lmdb"], name="x", baseline="nope"))
+    with pytest.raises(ValueError, match="already registered"):
+        harness.register_experiment(EXPERIMENTS["disk"])
+    with pytest.raises(ValueError, match="grid must be"):
+        harness.register_experiment(Experiment("y", "y", "diagonal", lambda h: []))
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_clear_cache_removes_the_cached_sample_and_nothing_else(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    (cache / "sample-60000").mkdir(parents=True)
+    (cache / "sample-60000" / "cifar-10-python.tar.gz").write_bytes(b"x" * 1000)
+    (cache / "sample-1000.npz").write_bytes(b"y" * 500)
+    (cache / "notes.txt").write_text("mine")
+    assert cli.main(["bench", "--cache", str(cache), "--clear-cache"]) == 0
+    assert "removed 2 cached sample file(s)" in capsys.readouterr().out
+    assert sorted(os.listdir(cache)) == ["notes.txt"]
+    os.unlink(cache / "notes.txt")
+    assert inputs.clear_cache(str(cache)) == ([], 0) and not cache.exists()  # an empty cache directory goes too

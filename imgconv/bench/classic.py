@@ -4,9 +4,12 @@ These follow the well-known comparison of PNG files, LMDB and HDF5 for CIFAR
 images: a small Python object pickled per image, rebuilt with ``np.frombuffer``
 when read. They carry no handicap: the same work, done the straightforward way.
 """
+from __future__ import annotations
+
 import os
 import pickle
 import tarfile
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -14,24 +17,24 @@ import numpy as np
 class CifarImage:
     """The classic per-image object: pixel bytes, shape and label, pickled as a whole."""
 
-    def __init__(self, image, label):
+    def __init__(self, image: np.ndarray, label: int):
         self.channels = image.shape[2]
         self.size = image.shape[:2]
         self.image = image.tobytes()
         self.label = label
 
-    def get_image(self):
+    def get_image(self) -> np.ndarray:
         """The pixels as an (H, W, C) uint8 array."""
         image = np.frombuffer(self.image, dtype=np.uint8)
         return image.reshape(*self.size, self.channels)
 
 
-def pickle_images(images, labels):
+def pickle_images(images: np.ndarray, labels: np.ndarray) -> List[bytes]:
     """One pickled :class:`CifarImage` per image, as the classic LMDB method stores them."""
     return [pickle.dumps(CifarImage(image, int(label))) for image, label in zip(images, labels)]
 
 
-def unpickle_images(blobs, out, labels_out):
+def unpickle_images(blobs: Sequence[bytes], out: np.ndarray, labels_out: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Rebuild images from pickled :class:`CifarImage` blobs into preallocated arrays."""
     for i, blob in enumerate(blobs):
         obj = pickle.loads(blob)
@@ -40,7 +43,7 @@ def unpickle_images(blobs, out, labels_out):
     return out, labels_out
 
 
-def numpy_chw_to_hwc(rows, height=32, width=32, channels=3):
+def numpy_chw_to_hwc(rows: np.ndarray, height: int = 32, width: int = 32, channels: int = 3) -> np.ndarray:
     """NumPy's reshape, transpose and copy to C order: the usual one-liner."""
     return np.ascontiguousarray(rows.reshape(-1, channels, height, width).transpose(0, 2, 3, 1))
 
@@ -49,18 +52,18 @@ def numpy_chw_to_hwc(rows, height=32, width=32, channels=3):
 # key, one contiguous HDF5 dataset. Paths are created fresh by the caller.
 
 
-def _png_image(image):
+def _png_image(image: np.ndarray) -> np.ndarray:
     # Pillow saves (H, W) as grayscale; a one-channel (H, W, 1) array it refuses.
     return image[:, :, 0] if image.shape[2] == 1 else image
 
 
-def png_array(pil):
+def png_array(pil: Any) -> np.ndarray:
     """A decoded PNG as an (H, W, C) uint8 array (grayscale as C = 1)."""
     array = np.array(pil)
     return array[:, :, np.newaxis] if array.ndim == 2 else array
 
 
-def store_png_files(directory, images, labels):
+def store_png_files(directory: str, images: np.ndarray, labels: np.ndarray) -> None:
     """``Image.save`` per image as ``{i}.png`` in one directory, then one CSV of labels."""
     import csv
     import os
@@ -75,7 +78,7 @@ def store_png_files(directory, images, labels):
             writer.writerow([int(label)])
 
 
-def read_png_labels(directory, count):
+def read_png_labels(directory: str, count: int) -> np.ndarray:
     """The labels CSV of a folder of ``count`` images, as an (N,) int64 array."""
     import csv
     import os
@@ -84,7 +87,7 @@ def read_png_labels(directory, count):
         return np.array([int(row[0]) for row in csv.reader(f, delimiter=" ", quotechar="|")], np.int64)
 
 
-def read_png_files(directory, count):
+def read_png_files(directory: str, count: int) -> Tuple[np.ndarray, np.ndarray]:
     """Read ``0.png .. count-1.png`` and the labels CSV back into arrays."""
     import os
 
@@ -94,7 +97,7 @@ def read_png_files(directory, count):
     return images, read_png_labels(directory, count)
 
 
-def store_lmdb_pickles(path, images, labels):
+def store_lmdb_pickles(path: str, images: np.ndarray, labels: np.ndarray) -> None:
     """One pickled :class:`CifarImage` per key ``f"{i:08}"``, all in one write transaction."""
     import lmdb
 
@@ -108,7 +111,7 @@ def store_lmdb_pickles(path, images, labels):
     env.close()
 
 
-def read_lmdb_pickles(path, count):
+def read_lmdb_pickles(path: str, count: int) -> Tuple[np.ndarray, np.ndarray]:
     """Read every key back with ``txn.get`` and rebuild the images from the pickles."""
     import lmdb
 
@@ -116,14 +119,14 @@ def read_lmdb_pickles(path, count):
     images, labels = [], []
     with env.begin() as txn:
         for i in range(count):
-            obj = pickle.loads(txn.get(f"{i:08}".encode("ascii")))
+            obj = pickle.loads(txn.get(f"{i:08}".encode("ascii")))  # type: ignore[arg-type]  # as the recipe does
             images.append(obj.get_image())
             labels.append(obj.label)
     env.close()
     return np.array(images), np.array(labels, np.int64)
 
 
-def store_hdf5_contiguous(path, images, labels):
+def store_hdf5_contiguous(path: str, images: np.ndarray, labels: np.ndarray) -> None:
     """One ``create_dataset(data=...)`` for the images and one for the labels (contiguous)."""
     import h5py
 
@@ -132,7 +135,7 @@ def store_hdf5_contiguous(path, images, labels):
         f.create_dataset("meta", np.shape(labels), h5py.h5t.STD_U8BE, data=labels)
 
 
-def read_hdf5_contiguous(path):
+def read_hdf5_contiguous(path: str) -> Tuple[np.ndarray, np.ndarray]:
     """Read both datasets whole."""
     import h5py
 
@@ -149,11 +152,11 @@ def read_hdf5_contiguous(path):
 class PngFilesReader:
     """A classic PNG folder opened for random reads: labels read once, one ``Image.open`` per image."""
 
-    def __init__(self, directory, count):
+    def __init__(self, directory: str, count: int):
         self.directory = directory
         self.labels = read_png_labels(directory, count)
 
-    def read_one(self, index):
+    def read_one(self, index: int) -> Tuple[np.ndarray, int]:
         """``(image, label)`` of image ``index``."""
         import os
 
@@ -161,25 +164,25 @@ class PngFilesReader:
 
         return png_array(Image.open(os.path.join(self.directory, f"{index}.png"))), int(self.labels[index])
 
-    def close(self):
+    def close(self) -> None:
         """Nothing is held open between reads."""
 
 
 class LmdbPicklesReader:
     """A classic pickled-object LMDB opened for random reads: one read transaction, ``get`` + unpickle per image."""
 
-    def __init__(self, path, count):
+    def __init__(self, path: str, count: int):
         import lmdb
 
         self.env = lmdb.open(path, readonly=True, lock=False)
         self.txn = self.env.begin()
 
-    def read_one(self, index):
+    def read_one(self, index: int) -> Tuple[np.ndarray, int]:
         """``(image, label)`` of image ``index``."""
-        obj = pickle.loads(self.txn.get(f"{index:08}".encode("ascii")))
+        obj = pickle.loads(self.txn.get(f"{index:08}".encode("ascii")))  # type: ignore[arg-type]
         return obj.get_image(), obj.label
 
-    def close(self):
+    def close(self) -> None:
         """End the transaction and close the environment."""
         self.txn.abort()
         self.env.close()
@@ -188,23 +191,23 @@ class LmdbPicklesReader:
 class Hdf5ContiguousReader:
     """A classic contiguous HDF5 file opened for random reads: ``ds[i]`` per image."""
 
-    def __init__(self, path, count):
+    def __init__(self, path: str, count: int):
         import h5py
 
         self.file = h5py.File(path, "r")
         self.images = self.file["images"]
         self.labels = self.file["meta"]
 
-    def read_one(self, index):
+    def read_one(self, index: int) -> Tuple[np.ndarray, int]:
         """``(image, label)`` of image ``index``."""
         return self.images[index].astype("uint8"), int(self.labels[index])
 
-    def close(self):
+    def close(self) -> None:
         """Close the file."""
         self.file.close()
 
 
-def read_batch(reader, indices):
+def read_batch(reader: Any, indices: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
     """``(images, labels)`` for ``indices`` through a classic reader, one image at a time."""
     pairs = [reader.read_one(int(i)) for i in indices]
     return np.array([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int64)
@@ -213,12 +216,12 @@ def read_batch(reader, indices):
 # The classic conversion of the CIFAR-10 python version to LMDB.
 
 
-def _is_python_batch(name):
+def _is_python_batch(name: str) -> bool:
     # data_batch_1 .. data_batch_5; the binary version's are data_batch_1.bin ...
     return name.startswith("data_batch_") and name[len("data_batch_"):].isdigit()
 
 
-def has_python_batches(path):
+def has_python_batches(path: str) -> bool:
     """True when ``path`` (a directory or a .tar.gz) holds CIFAR-10 python-version training batches."""
     if os.path.isdir(path):
         return any(_is_python_batch(name) for name in os.listdir(path))
@@ -229,7 +232,7 @@ def has_python_batches(path):
         return False
 
 
-def _classic_batches(path):
+def _classic_batches(path: str) -> Iterator[Dict[bytes, Any]]:
     """Yield the training batches of the CIFAR-10 python version at ``path`` (.tar.gz or directory), unpickled."""
     if os.path.isdir(path):
         for name in sorted(n for n in os.listdir(path) if _is_python_batch(n)):
@@ -240,10 +243,10 @@ def _classic_batches(path):
         members = sorted((m for m in tar.getmembers() if _is_python_batch(os.path.basename(m.name))),
                          key=lambda m: m.name)
         for member in members:
-            yield pickle.load(tar.extractfile(member), encoding="bytes")
+            yield pickle.load(tar.extractfile(member), encoding="bytes")  # type: ignore[arg-type]
 
 
-def classic_cifar_to_lmdb(archive, path):
+def classic_cifar_to_lmdb(archive: str, path: str) -> int:
     """The classic recipe: every training batch of the CIFAR-10 python version to LMDB.
 
     ``archive`` is the ``.tar.gz`` or the ``cifar-10-batches-py`` directory.

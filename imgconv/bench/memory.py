@@ -11,34 +11,33 @@ mapped source and of the store's files (page cache the kernel can drop;
 shared pages counted once per process, so the sums overcount). Every store
 written is spot-checked (first, last and random images).
 """
+from __future__ import annotations
+
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 import imgconv
 
-from .._platform import remove_path
+from .internals import remove_path
 from .methods import BenchCheckError, same_data
 
 SAMPLE_INTERVAL = 0.02
-LIMIT_MB = 300.0
-# "Not growing with the number of images": peak anonymous memory at ten
-# times the images within this factor.
-GROWTH_LIMIT = 1.2
 SUFFIXES = {"png": "", "lmdb": ".lmdb", "hdf5": ".h5"}
 
 
 _STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 
 
-def _children_map():
+def _children_map() -> Dict[int, List[int]]:
     """``{ppid: [pid, ...]}`` for every process visible in /proc."""
-    children = {}
+    children: Dict[int, List[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -53,7 +52,7 @@ def _children_map():
     return children
 
 
-def _descendants(pid):
+def _descendants(pid: int) -> List[int]:
     children = _children_map()
     found, todo = [], [pid]
     while todo:
@@ -63,7 +62,7 @@ def _descendants(pid):
     return found
 
 
-def _status_kb(pid):
+def _status_kb(pid: int) -> Dict[str, int]:
     """The memory fields of /proc/PID/status in kB (empty for a process that is gone)."""
     values = {}
     try:
@@ -86,7 +85,7 @@ class TreeMemorySampler:
     parent process), ``processes`` the most processes seen at once.
     """
 
-    def __init__(self, root, interval=SAMPLE_INTERVAL):
+    def __init__(self, root: int, interval: float = SAMPLE_INTERVAL):
         self.root = root
         self.interval = interval
         self.peak = dict.fromkeys(_STATUS_FIELDS, 0)
@@ -96,16 +95,16 @@ class TreeMemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
+    def __enter__(self) -> "TreeMemorySampler":
         self._thread.start()
         return self
 
-    def _run(self):
+    def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
 
-    def sample(self):
+    def sample(self) -> None:
         """Take one sample now."""
         pids = _descendants(self.root)
         if not pids:
@@ -117,18 +116,17 @@ class TreeMemorySampler:
         self.processes = max(self.processes, len(pids))
         self.samples += 1
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        return False
 
 
-def _time_max_rss_kb(stderr):
+def _time_max_rss_kb(stderr: str) -> Optional[int]:
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
     return int(found.group(1)) if found else None
 
 
-def measure_convert_memory(source, dest, fmt, workers):
+def measure_convert_memory(source: str, dest: str, fmt: str, workers: int) -> Dict[str, Any]:
     """Run ``python -m imgconv convert SOURCE DEST --workers N`` under ``/usr/bin/time -v``; returns a dict.
 
     Peak summed VmRSS, RssAnon and RssFile (MB) of the command's process tree,
@@ -146,6 +144,7 @@ def measure_convert_memory(source, dest, fmt, workers):
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {stderr.strip()[-2000:]}")
     mb = 1 / 1024
+    time_kb = _time_max_rss_kb(stderr)
     return {
         "format": fmt, "workers": workers, "seconds": seconds, "processes": sampler.processes,
         "samples": sampler.samples,
@@ -153,11 +152,11 @@ def measure_convert_memory(source, dest, fmt, workers):
         "tree_file_mb": sampler.peak["RssFile"] * mb, "tree_shmem_mb": sampler.peak["RssShmem"] * mb,
         "parent_rss_mb": sampler.parent_peak["VmRSS"] * mb, "parent_anon_mb": sampler.parent_peak["RssAnon"] * mb,
         "parent_file_mb": sampler.parent_peak["RssFile"] * mb,
-        "time_max_rss_mb": None if _time_max_rss_kb(stderr) is None else _time_max_rss_kb(stderr) * mb,
+        "time_max_rss_mb": None if time_kb is None else time_kb * mb,
     }
 
 
-def write_tiled_npy(path, tile, count):
+def write_tiled_npy(path: str, tile: np.ndarray, count: int) -> None:
     """Write a ``.npy`` of ``count`` images by repeating ``tile`` (N, H, W, C), in slices."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, *tile.shape[1:]))
     for start in range(0, count, len(tile)):
@@ -167,7 +166,7 @@ def write_tiled_npy(path, tile, count):
     del out
 
 
-def spot_check(dest, tile, count, what, probes=2048):
+def spot_check(dest: str, tile: np.ndarray, count: int, what: str, probes: int = 2048) -> None:
     """Raise BenchCheckError unless the store at ``dest`` holds ``count`` images equal to ``tile`` repeated.
 
     The first and last ``probes`` images and ``probes`` random ones are read.
@@ -182,7 +181,8 @@ def spot_check(dest, tile, count, what, probes=2048):
             raise BenchCheckError(f"{what}: the store holds wrong pixels or labels: the run fails")
 
 
-def measure(tile, workdir, formats_by_count, workers, progress=None):
+def measure(tile: np.ndarray, workdir: str, formats_by_count: Mapping[int, Sequence[str]], workers: int,
+            progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
     """Peak memory converting a ``.npy`` of ``count`` images (``tile`` repeated) to each format.
 
     ``formats_by_count`` maps a count to the formats measured at it. Each

@@ -13,8 +13,11 @@ measures, on the largest cutoff's images:
 Each function takes the running :class:`~imgconv.bench.harness.Harness`
 and returns result rows; every store written is read back and checked.
 """
+from __future__ import annotations
+
 import io
 import os
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Tuple
 
 import h5py
 import numpy as np
@@ -23,9 +26,14 @@ from PIL import Image
 import imgconv
 
 from ..stores import png_folder
-from .._platform import remove_path
 from .classic import png_array
+from .internals import remove_path
 from .methods import METHODS, WRITE_BATCH
+
+if TYPE_CHECKING:  # the harness imports the experiments, which import the studies
+    from .harness import Harness
+
+Row = Dict[str, Any]
 
 LMDB_RECORDS_PER_VALUE = (1, 8, 16, 32, 64, 128, 256)
 HDF5_CHUNK_IMAGES = (1, 8, 16, 32, 64, 256, 1024)
@@ -34,24 +42,24 @@ PNG_LEVEL_IMAGES = 5_000  # encoding is per image: a few thousand give a steady 
 SINGLES = 2_000
 
 
-def _write(path, images, labels, fmt, **options):
+def _write(path: str, images: np.ndarray, labels: np.ndarray, fmt: str, **options: Any) -> None:
     with imgconv.create(path, fmt, **options) as writer:
         for start in range(0, len(images), WRITE_BATCH):
             writer.append(images[start : start + WRITE_BATCH], labels[start : start + WRITE_BATCH])
 
 
-def _largest(harness):
+def _largest(harness: Harness) -> Tuple[int, np.ndarray, np.ndarray]:
     count = max(harness.cutoffs)
     return count, harness.images.images[:count], harness.images.labels[:count]
 
 
-def _singles(harness, key, count, read):
+def _singles(harness: Harness, key: Hashable, count: int, read: Callable[[int], Any]) -> float:
     indices = np.random.default_rng(1).integers(0, count, SINGLES).tolist()
     timed = harness.time(key, count, lambda: [read(i) for i in indices])
     return timed.median / len(indices)
 
 
-def lmdb_layout(harness):
+def lmdb_layout(harness: Harness) -> List[Row]:
     """Records per LMDB value K: disk (data.mdb against the raw pixels), full read, random single read."""
     count, images, labels = _largest(harness)
     rows = []
@@ -71,7 +79,7 @@ def lmdb_layout(harness):
     return rows
 
 
-def hdf5_layout(harness):
+def hdf5_layout(harness: Harness) -> List[Row]:
     """Images per HDF5 chunk: batched write, full read, random single read (imgconv and plain h5py)."""
     count, images, labels = _largest(harness)
     rows = []
@@ -93,7 +101,7 @@ def hdf5_layout(harness):
     return rows
 
 
-def png_level(harness):
+def png_level(harness: Harness) -> List[Row]:
     """PNG compression level: encode and decode time per image, mean size, size against the raw pixels."""
     count = min(max(harness.cutoffs), PNG_LEVEL_IMAGES)
     images = harness.images.images[:count]

@@ -1,15 +1,35 @@
-"""Timing primitives shared by every benchmark: warm-up, repeats, a time budget, medians."""
+"""Timing primitives shared by every benchmark: warm-up, repeats, a time budget, rounds side by side.
+
+:func:`measure` times one thing on its own. :class:`Rounds` times several
+things (*sides*) in turn: each round runs every side once, back to back, so
+that two sides compared by a ratio see the machine in the same state, and the
+ratio has one value per round (its spread). Both take a ``clock`` so that
+tests can drive them with fake timings.
+"""
+from __future__ import annotations
+
+import math
 import statistics
 import time
-from collections import namedtuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-Measurement = namedtuple("Measurement", "median times warmup result")
-Measurement.__doc__ = """What :func:`measure` timed: the ``median`` of the timed runs' seconds,
-every timed run's seconds in ``times``, the number of untimed ``warmup`` runs,
-and the ``result`` the last run returned (for the caller to check)."""
+Clock = Callable[[], float]
 
 
-def measure(run, repeat=5, warmup=1, setup=None, budget=None):
+class Measurement(NamedTuple):
+    """What :func:`measure` timed: the ``median`` of the timed runs' seconds,
+    every timed run's seconds in ``times``, the number of untimed ``warmup``
+    runs, and the ``result`` the last run returned (for the caller to check)."""
+
+    median: float
+    times: List[float]
+    warmup: int
+    result: Any
+
+
+def measure(run: Callable[[], Any], repeat: int = 5, warmup: int = 1, setup: Optional[Callable[[], None]] = None,
+            budget: Optional[float] = None, clock: Clock = time.perf_counter) -> Measurement:
     """Time ``run()`` ``repeat`` times after ``warmup`` untimed calls; returns a :class:`Measurement`.
 
     ``setup()``, when given, runs untimed before every call (to reset state the
@@ -20,14 +40,14 @@ def measure(run, repeat=5, warmup=1, setup=None, budget=None):
     """
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
-    times = []
+    times: List[float] = []
     result = None
     for i in range(warmup + repeat):
         if setup is not None:
             setup()
-        start = time.perf_counter()
+        start = clock()
         result = run()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if i >= warmup:
             times.append(elapsed)
             if budget is not None and sum(times) >= budget:
@@ -35,7 +55,8 @@ def measure(run, repeat=5, warmup=1, setup=None, budget=None):
     return Measurement(statistics.median(times), times, warmup, result)
 
 
-def median_seconds(run, repeat=5, warmup=1, setup=None):
+def median_seconds(run: Callable[[], Any], repeat: int = 5, warmup: int = 1,
+                   setup: Optional[Callable[[], None]] = None) -> Tuple[float, List[float]]:
     """Median wall time of ``run()`` over ``repeat`` timed calls after ``warmup`` untimed ones.
 
     ``setup()``, when given, runs untimed before every call. Returns
@@ -43,3 +64,88 @@ def median_seconds(run, repeat=5, warmup=1, setup=None):
     """
     timed = measure(run, repeat, warmup, setup)
     return timed.median, timed.times
+
+
+@dataclass
+class Side:
+    """One thing :class:`Rounds` times: ``run()`` is timed; ``setup()`` runs untimed before it;
+    ``check(result)`` runs untimed after every run and raises when the result is wrong."""
+
+    run: Callable[[], Any]
+    setup: Optional[Callable[[], None]] = None
+    check: Optional[Callable[[Any], None]] = None
+
+
+class Rounds:
+    """Timed runs of several sides in turn, one run of each side per round.
+
+    ``sides`` maps a name to a :class:`Side`, in the order each round runs
+    them. ``times[name]`` holds every timed run of a side, ``rounds`` the
+    seconds of each side that ran in each round; :meth:`ratios` pairs two
+    sides round by round. Results are checked as they come and not kept.
+    """
+
+    def __init__(self, sides: Mapping[str, Side], clock: Clock = time.perf_counter):
+        self.sides: Dict[str, Side] = dict(sides)
+        self.clock = clock
+        self.times: Dict[str, List[float]] = {name: [] for name in self.sides}
+        self.warmups: Dict[str, int] = dict.fromkeys(self.sides, 0)
+        self.rounds: List[Dict[str, float]] = []
+
+    def _once(self, name: str) -> float:
+        side = self.sides[name]
+        if side.setup is not None:
+            side.setup()
+        start = self.clock()
+        result = side.run()
+        elapsed = self.clock() - start
+        if side.check is not None:
+            side.check(result)
+        return elapsed
+
+    def warm_up(self, name: str, runs: int) -> None:
+        """``runs`` untimed runs of side ``name`` (each after its setup, each checked)."""
+        for _ in range(runs):
+            self._once(name)
+        self.warmups[name] += runs
+
+    def round(self, names: Optional[Iterable[str]] = None) -> Dict[str, float]:
+        """One timed run of each side of ``names`` (default: all), in the sides' order; returns their seconds."""
+        chosen = set(self.sides if names is None else names)
+        seconds = {name: self._once(name) for name in self.sides if name in chosen}
+        for name, elapsed in seconds.items():
+            self.times[name].append(elapsed)
+        self.rounds.append(seconds)
+        return seconds
+
+    def run(self, repeat: Union[int, Mapping[str, int]], budget: Optional[float] = None) -> None:
+        """Rounds until every side has ``repeat`` timed runs (a number, or one per side).
+
+        ``budget`` (seconds) retires a side from further rounds once its timed
+        runs add up to it (every side is timed at least once): long runs are
+        not repeated past what the caller can afford, and the other sides go on.
+        """
+        wanted = repeat if isinstance(repeat, Mapping) else dict.fromkeys(self.sides, repeat)
+
+        def wants(name: str) -> bool:
+            times = self.times[name]
+            return len(times) < wanted[name] and (budget is None or not times or sum(times) < budget)
+
+        while True:
+            names = [name for name in self.sides if wants(name)]
+            if not names:
+                return
+            self.round(names)
+
+    def median(self, name: str) -> float:
+        """The median of side ``name``'s timed runs."""
+        return statistics.median(self.times[name])
+
+    def ratios(self, baseline: str, method: str) -> List[float]:
+        """``baseline seconds / method seconds`` of every round in which both ran (above 1: method faster)."""
+        return [r[baseline] / max(r[method], 1e-12) for r in self.rounds if baseline in r and method in r]
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """The geometric mean of positive ``values`` (the centre of ratios that multiply)."""
+    return math.exp(statistics.fmean(math.log(v) for v in values))

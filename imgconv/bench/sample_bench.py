@@ -1,6 +1,6 @@
 """Measure the built-in sample: how photograph-like it compresses, how fast it is made and read.
 
-``python -m imgconv.bench.sample`` reports, in one run:
+``python -m imgconv.bench.sample_bench`` reports, in one run:
 
 - the mean PNG size of sample images at Pillow's default compression (target
   1.5-2.5 KB, like real CIFAR-10's ~2 KB);
@@ -8,11 +8,14 @@
 - the read throughput of each CIFAR reader (python and binary, directory and
   ``.tar.gz``) over the written files, in images per second.
 """
+from __future__ import annotations
+
 import argparse
 import io
 import os
 import tempfile
 import time
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,7 +25,7 @@ from ..sources import open_source
 from .timing import median_seconds
 
 
-def mean_png_bytes(images):
+def mean_png_bytes(images: np.ndarray) -> float:
     """Mean size in bytes of ``images`` (N, H, W, C) saved one by one as PNG with Pillow's defaults."""
     sizes = []
     for image in images:
@@ -32,12 +35,12 @@ def mean_png_bytes(images):
     return float(np.mean(sizes))
 
 
-def read_rate(path, batch_size=1000, split="all"):
+def read_rate(path: str, batch_size: int = 1000, split: str = "all") -> float:
     """Images per second reading the whole source at ``path`` in batches (one timed pass after a warm-up)."""
     source = open_source(path, split=split)
     length = source.length  # counting is part of opening, not of reading
 
-    def read():
+    def read() -> None:
         for _ in source.batches(batch_size):
             pass
 
@@ -45,7 +48,8 @@ def read_rate(path, batch_size=1000, split="all"):
     return length / seconds
 
 
-def run(count=60000, png_images=2000, repeat=3, directory=None):
+def run(count: int = 60000, png_images: int = 2000, repeat: int = 3,
+        directory: Optional[str] = None) -> Dict[str, float]:
     """Measure and return a dict of the figures (see the module docstring)."""
     figures = {}
     figures["png_mean_bytes"] = mean_png_bytes(generate_sample(png_images)[0])
@@ -59,9 +63,9 @@ def run(count=60000, png_images=2000, repeat=3, directory=None):
     return figures
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: print the figures."""
-    parser = argparse.ArgumentParser(prog="python -m imgconv.bench.sample", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m imgconv.bench.sample_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=60000, help="images to generate and write (default 60000)")
     parser.add_argument("--png-images", type=int, default=2000, help="images whose PNG size is averaged (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="timed generations, median reported (default 3)")
