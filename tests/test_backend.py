@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 # Makes `import imgconv._core` fail, as in a source checkout that was never built.
 HIDE_EXTENSION = """
 import importlib.abc, sys
