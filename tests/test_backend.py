@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+import imgconv
+
 # Makes `import imgconv._core` fail, as in a source checkout that was never built.
 HIDE_EXTENSION = """
 import importlib.abc, sys
