@@ -11,7 +11,6 @@ from imgconv import _platform, record, stores
 from imgconv.errors import RecordError, StoreError
 from imgconv.stores import read_pool
 from imgconv.stores.lmdb import layout as lmdb_layout
-from imgconv.stores.lmdb import reader as lmdb_reader
 
 from factories import make_images, target, varying_images, write
 
