@@ -31,3 +31,7 @@ class StoreError(ImgconvError):
 
 class UnknownFormatError(ImgconvError, ValueError):
     """A path or format name that no registered reader or writer handles."""
+
+
+class LoaderError(ImgconvError):
+    """A training loader cannot go on: a worker process died, or the store cannot be read as batches."""
