@@ -31,7 +31,7 @@ import numpy as np
 import imgconv
 
 from ..stores.base import remove_path
-from . import classic, inputs, kernels, memory, report, studies
+from . import classic, inputs, kernels, loader_bench, memory, report, studies
 from .methods import FORMATS, METHODS, BenchCheckError, Environment, disk_bytes, same_data
 from .timing import measure
 
@@ -388,6 +388,7 @@ def memory_experiment(harness):
 experiment("lmdb-layout", "LMDB records per value (opt-in)", "alone")(studies.lmdb_layout)
 experiment("hdf5-layout", "HDF5 images per chunk (opt-in)", "alone")(studies.hdf5_layout)
 experiment("png-level", "PNG compression level (opt-in)", "alone")(studies.png_level)
+experiment("loader", "training loaders, one shuffled epoch each (opt-in)", "alone")(loader_bench.run)
 
 
 # --------------------------------------------------------------------------- results
