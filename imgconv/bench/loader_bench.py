@@ -38,7 +38,7 @@ import statistics
 import time
 import tracemalloc
 from collections import namedtuple
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from .. import stores
-from ..stores import Reader
 from ..epochs import EpochPlan, EpochState
 from ..errors import LoaderError
 from ..prefetch import BatchReader, Prefetcher, worker_read, worker_ready, worker_start
+from ..stores import Reader
 from .ranks import pinning, resolve_ranks
 
 # Formats whose reads are decoding, worth worker processes (the others are copies).
