@@ -30,29 +30,27 @@ def make_images(n=COUNT, shape=SHAPE, seed=0):
 IMAGES = make_images()
 
 
-@pytest.fixture(scope="module", params=sorted(SUFFIX))
-def store_path(request, tmp_path_factory):
-    """A store of each format; label i marks image i."""
-    path = str(tmp_path_factory.mktemp("loader") / ("store" + SUFFIX[request.param]))
+def write_store(directory, fmt):
+    """A store of ``fmt`` holding IMAGES; label i marks image i."""
+    path = str(directory / ("store" + SUFFIX[fmt]))
     with stores.create(path) as writer:
         writer.append(IMAGES, np.arange(COUNT))
     return path
+
+
+@pytest.fixture(scope="module", params=sorted(SUFFIX))
+def store_path(request, tmp_path_factory):
+    return write_store(tmp_path_factory.mktemp("loader"), request.param)
 
 
 @pytest.fixture(scope="module")
 def lmdb_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("loader") / "store.lmdb")
-    with stores.create(path) as writer:
-        writer.append(IMAGES, np.arange(COUNT))
-    return path
+    return write_store(tmp_path_factory.mktemp("loader"), "lmdb")
 
 
 @pytest.fixture(scope="module")
 def png_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("loader") / "store_png")
-    with stores.create(path) as writer:
-        writer.append(IMAGES, np.arange(COUNT))
-    return path
+    return write_store(tmp_path_factory.mktemp("loader"), "png")
 
 
 def epoch_labels(loader):
