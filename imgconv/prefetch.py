@@ -175,9 +175,11 @@ class BatchReader:
     Used in the loader's threads and, pickled, in its worker processes (the
     store pickles as its path). ``read(seed, epoch, batch)`` returns
     ``(images, labels)`` as NumPy arrays (or what a torch transform returned).
+    Batches of ``batch_size`` images are read into pooled buffers (at most
+    ``keep`` kept); with ``batch_size=None`` every batch gets new arrays.
     """
 
-    def __init__(self, store: Any, batch_size: int, transform: Optional[Callable], keep: int) -> None:
+    def __init__(self, store: Any, batch_size: Optional[int], transform: Optional[Callable], keep: int = 1) -> None:
         self.store = store
         self.batch_size = batch_size
         self.transform = transform
@@ -199,19 +201,24 @@ class BatchReader:
 
     def read(self, seed: int, epoch: int, batch: PlannedBatch) -> Tuple[Any, np.ndarray]:
         """``(images, labels)`` of ``batch`` of ``epoch``, transformed (randomly as ``seed`` says)."""
-        images, labels = self._read(batch.indices)
+        return self.read_indices(batch.indices, lambda: batch_generator(seed, epoch, batch.position))
+
+    def read_indices(self, indices: np.ndarray, rng: Callable[[], np.random.Generator]) -> Tuple[Any, np.ndarray]:
+        """``(images, labels)`` of ``indices``, transformed; ``rng()`` makes the transform's generator."""
+        images, labels = self._read(indices)
         transform = self.transform
         if transform is None:
             return images, labels
         if takes_rng(transform):
-            rng = batch_generator(seed, epoch, batch.position)
             out = None
             if images.shape[0] == self.batch_size and hasattr(transform, "output_size"):
                 oh, ow = transform.output_size(images.shape[1], images.shape[2])
                 pool = self._pool("out", (images.shape[0], images.shape[3], oh, ow), transform.dtype)
                 out = pool.take()
                 pool.give_back(out)
-            return transform(images, rng=rng, out=out) if out is not None else transform(images, rng=rng), labels
+            if out is None:
+                return transform(images, rng=rng()), labels
+            return transform(images, rng=rng(), out=out), labels
         import torch  # only a transform written for torch tensors needs it
 
         return transform(torch.from_numpy(images)), labels

@@ -32,8 +32,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from .. import stores
 from ..epochs import EpochPlan, EpochState, batch_generator
-from ..errors import LoaderError
-from ..prefetch import takes_rng
+from ..prefetch import BatchReader
 from .ranks import resolve_ranks
 
 
@@ -104,6 +103,7 @@ class Dataset(TorchDataset):
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.transform = transform
+        self._reader = BatchReader(self.store, None, transform)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -113,20 +113,14 @@ class Dataset(TorchDataset):
         return torch.from_numpy(image), label
 
     def __getitems__(self, indices: List[int]) -> SampleBatch:
-        images, labels = self.store.read_batch(np.asarray(indices, dtype=np.int64))
-        if isinstance(images, list):
-            raise LoaderError(f"{getattr(self.store, 'path', self.store)}: the images vary in size and cannot "
-                              "form a batch tensor; convert them to one size first (convert --resize WxH)")
-        transform = self.transform
-        if transform is None:
-            return SampleBatch(images, labels)
-        if takes_rng(transform):
-            if isinstance(indices, BatchIndices):
-                rng = batch_generator(indices.seed, indices.epoch, indices.position)
-            else:
-                rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-            return SampleBatch(transform(images, rng=rng), labels)
-        return SampleBatch(transform(torch.from_numpy(images)), labels)
+        if isinstance(indices, BatchIndices):
+            def rng():
+                return batch_generator(indices.seed, indices.epoch, indices.position)
+        else:
+            def rng():
+                return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        images, labels = self._reader.read_indices(np.asarray(indices, dtype=np.int64), rng)
+        return SampleBatch(images, labels)
 
 
 class BatchSampler(Sampler):
