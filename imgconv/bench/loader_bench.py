@@ -23,7 +23,9 @@ Loaders (one function each, returning a function that runs one epoch):
   :class:`imgconv.augment.CropFlipNormalize`, the same pipeline in torch
   tensor operations on each batch (:func:`torch_ops_augment`), and
   torchvision's per-image transforms in a DataLoader
-  (:func:`torchvision_per_image`), when ``torchvision`` imports.
+  (:func:`torchvision_per_image`), when ``torchvision`` imports; and the two
+  batch pipelines alone on batches in memory, to show what reading adds
+  (:func:`augment_alone`, :func:`torch_ops_alone`).
 
 A loader whose package is missing is skipped with a one-line reason. The
 targets are data (:data:`TARGETS`): ratios of medians between two rows. The
@@ -306,6 +308,41 @@ def torch_ops_augment(paths, fmt, threads) -> Epoch:
     return epoch
 
 
+def _in_memory_batches(paths):
+    images, labels = np.load(paths["npy"]), np.load(paths["labels"])
+    return [(images[start : start + BATCH_SIZE], labels[start : start + BATCH_SIZE])
+            for start in range(0, len(labels), BATCH_SIZE)]
+
+
+def augment_alone(paths) -> Epoch:
+    """The compiled augmentations alone, on batches already in memory (no reading)."""
+    from ..augment import CropFlipNormalize
+
+    batches = _in_memory_batches(paths)
+    transform = CropFlipNormalize(MEAN, STD, padding=4, flip=True)
+    rng = np.random.default_rng(SEED)
+    return lambda: _count((transform(images, rng=rng), labels) for images, labels in batches)
+
+
+def torch_ops_alone(paths, threads) -> Epoch:
+    """The same augmentations in torch tensor operations alone, on batches already in memory."""
+    _need("torch", "the torch comparison")
+    import torch
+
+    batches = [(torch.from_numpy(images), labels) for images, labels in _in_memory_batches(paths)]
+    transform = torch_ops_transform()
+
+    def epoch():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return _count((transform(images), labels) for images, labels in batches)
+        finally:
+            torch.set_num_threads(before)
+
+    return epoch
+
+
 def torchvision_per_image(paths, fmt, workers) -> Epoch:
     """torchvision's per-image CIFAR recipe (RandomCrop, RandomHorizontalFlip, ToTensor, Normalize)."""
     _need("torchvision", "the per-image baseline")
@@ -340,6 +377,10 @@ def _loaders() -> List[Loader]:
     ]
     found += [Loader(f"torch-ops-lmdb-{t}t", f"LMDB: imgconv Loader + the same in torch ops, {t} torch threads",
                      "augment", lambda p, t=t: torch_ops_augment(p, "lmdb", t)) for t in (1, 2)]
+    found += [Loader("augment-alone", "augmentations alone, batches in memory: CropFlipNormalize", "augment",
+                     augment_alone)]
+    found += [Loader(f"torch-ops-alone-{t}t", f"augmentations alone, batches in memory: torch ops, {t} threads",
+                     "augment", lambda p, t=t: torch_ops_alone(p, t)) for t in (1, 2)]
     found += [Loader(f"torchvision-lmdb-{w}w", f"LMDB: DataLoader, torchvision per-image transforms, {w} workers",
                      "augment", lambda p, w=w: torchvision_per_image(p, "lmdb", w)) for w in WORKER_SETTINGS]
     return found
@@ -360,6 +401,8 @@ TARGETS = [
            "<= 2.5x"),
     Target("augmentations against torch ops on the batch, best", "augment-lmdb",
            "torch-ops-lmdb-1t|torch-ops-lmdb-2t", "faster", 3, ">= 3x"),
+    Target("augmentations alone (no reading) against torch ops, best", "augment-alone",
+           "torch-ops-alone-1t|torch-ops-alone-2t", "faster", 3, "(>= 3x)"),
     Target("augmentations against torchvision per image, best", "augment-lmdb",
            "torchvision-lmdb-0w|torchvision-lmdb-2w", "faster", 10, ">= 10x"),
     Target("PNG Loader against DataLoader over store[i], 2 workers", "loader-png", "dataloader-items-png-2w",
