@@ -7,6 +7,7 @@ uneven split fails the test instead of passing silently.
 import datetime
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +39,8 @@ def _epochs(loader, epochs=2):
 
 
 def _rank_main(rank, store_path, directory):
+    if sys.platform == "linux":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback only
     dist.init_process_group("gloo", init_method=f"file://{directory}/rendezvous", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
     try:
