@@ -242,6 +242,9 @@ class Loader:
         return BatchReader(self.store, self.batch_size, self.transform, keep)
 
     def _from_threads(self):
+        if isinstance(self.store, Reader):
+            # Open this process's handles (after a fork: new ones) before two threads race to.
+            self.store.read_batch(np.empty(0, np.int64))
         reader = self._reader()
 
         def produce(item):
