@@ -120,6 +120,8 @@ class CropFlipNormalize:
     :meth:`__call__`. Raises ValueError or TypeError for bad arguments.
     """
 
+    takes_rng = True  # loaders call it as transform(images, rng=generator, out=array)
+
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, *,
                  padding: int = 0, size: Union[None, int, Sequence[int]] = None, flip: bool = False,
                  dtype: str = "float32") -> None:
@@ -152,11 +154,6 @@ class CropFlipNormalize:
     def __repr__(self) -> str:
         return (f"CropFlipNormalize(mean={self.mean!r}, std={self.std!r}, padding={self.padding}, "
                 f"size={self.size!r}, flip={self.flip}, dtype={self.dtype!r})")
-
-    @property
-    def random(self) -> bool:
-        """Whether the output depends on the generator (a padding, a smaller crop or flips)."""
-        return self.padding > 0 or self.flip or self.size is not None
 
     def table(self, channels: int) -> np.ndarray:
         """The (channels, 256) lookup table of output values, as the bits of ``dtype`` (unsigned ints)."""

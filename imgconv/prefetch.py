@@ -83,11 +83,6 @@ class BufferPool:
                 self._used.pop(0)
                 self._used.append(array)
 
-    def clear(self) -> None:
-        """Forget every array."""
-        with self._lock:
-            self._used.clear()
-
 
 class Prefetcher:
     """``produce(item)`` for each item, run ahead in ``threads`` threads, results in item order.
@@ -153,13 +148,15 @@ class Prefetcher:
 
 
 def takes_rng(transform: Any) -> bool:
-    """Whether ``transform`` is called as ``transform(images, rng=generator, out=array)`` on NumPy arrays.
+    """Whether ``transform`` is called as ``transform(images, rng=generator)`` on NumPy arrays.
 
-    True for :class:`imgconv.augment.CropFlipNormalize` and for any callable
-    with a true ``takes_rng`` attribute; other callables get
-    ``transform(images)`` with ``images`` a uint8 (N, H, W, C) tensor.
+    True for a callable with a true ``takes_rng`` attribute, such as
+    :class:`imgconv.augment.CropFlipNormalize` (which also gets ``out=``, a
+    reused array); the generator is seeded from the batch's place in the
+    epoch. Other callables get ``transform(images)`` with ``images`` a uint8
+    (N, H, W, C) tensor.
     """
-    return bool(getattr(transform, "takes_rng", False)) or (hasattr(transform, "draw") and hasattr(transform, "apply"))
+    return bool(getattr(transform, "takes_rng", False))
 
 
 def _as_array(images: Any) -> np.ndarray:

@@ -252,6 +252,16 @@ def test_transform_is_seeded_by_batch_whatever_the_threads(lmdb_path):
         assert np.array_equal(x1.numpy(), expected)
 
 
+def test_a_callable_that_takes_rng_gets_the_batch_generator(lmdb_path):
+    def noisy(images, rng):
+        assert isinstance(images, np.ndarray) and isinstance(rng, np.random.Generator)
+        return images.astype(np.float32) + rng.random(images.shape, dtype=np.float32)
+
+    noisy.takes_rng = True
+    runs = [[x for x, _ in Loader(lmdb_path, 32, seed=1, transform=noisy, threads=t)] for t in (1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_a_callable_transform_gets_the_uint8_tensor(lmdb_path):
     calls = []
 

@@ -77,7 +77,8 @@ class Loader:
       :class:`imgconv.augment.CropFlipNormalize` (seeded per batch from
       ``seed``, the epoch and the batch's place, so runs are reproducible
       whatever the threads or workers), or any callable taking the uint8
-      (N, H, W, C) tensor.
+      (N, H, W, C) tensor (one with a true ``takes_rng`` attribute gets the
+      NumPy array and ``rng=``, the batch's seeded generator, instead).
     - ``prefetch`` batches are read ahead by ``threads`` background threads
       (default 2 for imgconv's stores, 1 for other objects: ``read_batch`` is
       then called from several threads at once), or by ``workers`` processes
