@@ -47,3 +47,21 @@ def test_targets_are_judged_from_medians():
     litdata = found["LMDB Loader against LitData, its best workers"]
     assert litdata["baseline"] == "litdata-2w" and litdata["ratio"] == 4.0 and not litdata["met"]
     assert "HDF5 Loader within 2.5x of the floor" not in found  # its loader did not run
+
+
+def test_a_peer_that_breaks_is_reported_ours_fails_the_run():
+    def broken():
+        raise RuntimeError("could not unlink the shared memory file\n/torch_1: gone")
+
+    def good():
+        return (3, 6)
+
+    times, failed = loader_bench._time_side_by_side({"litdata-2w": broken, "floor": good}, (3, 6), 2, 10.0,
+                                                    lambda text: None)
+    assert list(times) == ["floor"] and len(times["floor"]) == 2
+    assert failed == {"litdata-2w": "RuntimeError: /torch_1: gone"}
+    with pytest.raises(RuntimeError):
+        loader_bench._time_side_by_side({"loader-lmdb": broken}, (3, 6), 1, 10.0, lambda text: None)
+    with pytest.raises(loader_bench.BenchCheckError, match="yielded 3 images"):
+        loader_bench._time_side_by_side({"litdata-0w": good}, (4, 6), 1, 10.0, lambda text: None)
+

@@ -428,23 +428,46 @@ def _check_first_batch(paths, images, labels):
             raise BenchCheckError(f"imgconv Loader over {fmt}: the first batch holds wrong pixels or labels")
 
 
+# The rows of imgconv's own Loader: an error there fails the run. A peer's loader that
+# breaks (a DataLoader worker's shared memory, say) becomes a row saying so.
+OURS = ("floor", "read_batch-", "loader-", "augment-")
+
+
 def _time_side_by_side(epochs: Dict[str, Epoch], expected: Tuple[int, int], repeat: int, budget: float,
-                       progress) -> Dict[str, List[float]]:
-    """Each loader's epochs in turn, round after round, after one warm-up epoch each."""
+                       progress) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
+    """Each loader's epochs in turn, round after round, after one warm-up epoch each.
+
+    Returns the seconds of each loader's epochs and the loaders that failed, with why.
+    """
     times = {name: [] for name in epochs}
+    failed = {}
+
+    def run(name):
+        started = time.perf_counter()
+        try:
+            result = epochs[name]()
+        except BenchCheckError:
+            raise
+        except Exception as exc:
+            if name.startswith(OURS):
+                raise
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[-1] if str(exc) else ''}"[:200]
+            return None
+        _checked(name, result, expected)
+        return time.perf_counter() - started
+
     progress("loader: a warm-up epoch of each loader")
-    for name, epoch in epochs.items():
-        _checked(name, epoch(), expected)
+    for name in epochs:
+        run(name)
     for round_number in range(repeat):
         progress(f"loader: round {round_number + 1} of {repeat}")
-        for name, epoch in epochs.items():
-            if round_number and sum(times[name]) >= budget:
+        for name in epochs:
+            if name in failed or (round_number and sum(times[name]) >= budget):
                 continue  # long epochs are not repeated past the budget
-            started = time.perf_counter()
-            result = epoch()
-            times[name].append(time.perf_counter() - started)
-            _checked(name, result, expected)
-    return times
+            seconds = run(name)
+            if seconds is not None:
+                times[name].append(seconds)
+    return {name: t for name, t in times.items() if t and name not in failed}, failed
 
 
 def _checked(name, result, expected):
@@ -513,7 +536,7 @@ def run(harness) -> List[dict]:
                 epochs[loader.name] = loader.make(paths)
             except Skipped as exc:
                 skipped[loader.name] = str(exc)
-        times = _time_side_by_side(epochs, expected, harness.repeat, harness.budget, harness.progress)
+        times, failed = _time_side_by_side(epochs, expected, harness.repeat, harness.budget, harness.progress)
         memory = measure_memory(paths["lmdb"], count)
     finally:
         for path in paths.values():
@@ -525,6 +548,9 @@ def run(harness) -> List[dict]:
         rows.append({"experiment": "loader", "method": name, "format": None, "family": "loader", "images": count,
                      "seconds": medians[name], "runs": len(seconds), "times": seconds, "warmup": 1,
                      "batch_size": BATCH_SIZE, "setting": f"{titles[name]} [{len(seconds)} runs, {spread}]"})
+    for name, reason in failed.items():
+        rows.append({"experiment": "loader", "method": name, "format": None, "family": "loader", "images": count,
+                     "seconds": None, "failed": reason, "setting": f"{titles[name]}: failed, {reason}"})
     for name, reason in skipped.items():
         rows.append({"experiment": "loader", "method": name, "format": None, "family": "loader", "images": count,
                      "seconds": None, "skipped": reason, "setting": f"{titles[name]}: skipped, {reason}"})
@@ -555,7 +581,7 @@ def table(rows: List[dict]) -> List[str]:
             spread = f"{min(row['times']):.2f}-{max(row['times']):.2f} s"
             lines.append(f"  {title:<66} {row['seconds']:>7.2f} s  {spread:>15}  {row['runs']}")
     for row in mine:
-        if row.get("skipped"):
+        if row.get("skipped") or row.get("failed"):
             lines.append(f"  {row['setting']}")
     lines.append("  targets")
     for row in mine:
