@@ -360,10 +360,10 @@ def _loaders() -> List[Loader]:
         found += [
             Loader(f"read_batch-{fmt}", f"{title}: store.read_batch per batch, main process", "uint8",
                    lambda p, f=fmt: read_batch_loop(p, f)),
-            Loader(f"loader-{fmt}", f"{title}: imgconv Loader (defaults: 2 read-ahead threads)", "uint8",
+            Loader(f"loader-{fmt}", f"{title}: imgconv Loader (defaults: 1 read-ahead thread)", "uint8",
                    lambda p, f=fmt: imgconv_loader(p, f)),
-            Loader(f"loader-{fmt}-1thread", f"{title}: imgconv Loader, 1 read-ahead thread", "uint8",
-                   lambda p, f=fmt: imgconv_loader(p, f, threads=1)),
+            Loader(f"loader-{fmt}-2threads", f"{title}: imgconv Loader, 2 read-ahead threads", "uint8",
+                   lambda p, f=fmt: imgconv_loader(p, f, threads=2)),
         ] + [Loader(f"dataloader-dataset-{fmt}-{w}w", f"{title}: DataLoader + imgconv Dataset, {w} workers",
                     "uint8", lambda p, f=fmt, w=w: dataloader_dataset(p, f, w)) for w in WORKER_SETTINGS]
     found += [Loader(f"litdata-{w}w", f"LitData StreamingDataLoader, {w} workers", "uint8",

@@ -41,7 +41,6 @@ from .ranks import pinning, resolve_ranks
 # Formats whose reads are decoding, worth worker processes (the others are copies).
 DECODING_FORMATS = ("png",)
 DEFAULT_PREFETCH = 4
-DEFAULT_THREADS = 2
 MAX_AUTO_WORKERS = 4
 
 
@@ -80,10 +79,10 @@ class Loader:
       (N, H, W, C) tensor (one with a true ``takes_rng`` attribute gets the
       NumPy array and ``rng=``, the batch's seeded generator, instead).
     - ``prefetch`` batches are read ahead by ``threads`` background threads
-      (default 2 for imgconv's stores, 1 for other objects: ``read_batch`` is
-      then called from several threads at once), or by ``workers`` processes
-      (default: one per CPU, at most 4, for PNG folders, whose reads decode;
-      none for LMDB and HDF5). The worker
+      (more than one calls ``read_batch`` from several threads at once, which
+      imgconv's stores allow; one was as fast or faster in the measurements,
+      BENCHMARKS.md), or by ``workers`` processes (default: one per CPU, at
+      most 4, for PNG folders, whose reads decode; none for LMDB and HDF5). The worker
       processes are started once and kept for every epoch; ``close()`` (or
       ``with Loader(...)``) stops them. ``multiprocessing_context`` picks how
       they start ("fork", "spawn", "forkserver"; default the platform's).
@@ -102,7 +101,7 @@ class Loader:
     def __init__(self, store: Any, batch_size: int = 256, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, pad: bool = True, rank: Optional[int] = None,
                  world_size: Optional[int] = None, transform: Optional[Callable] = None,
-                 prefetch: int = DEFAULT_PREFETCH, threads: Optional[int] = None, workers: Optional[int] = None,
+                 prefetch: int = DEFAULT_PREFETCH, threads: int = 1, workers: Optional[int] = None,
                  pin_memory: bool = False, multiprocessing_context: Union[None, str, Any] = None) -> None:
         self._owns_store = isinstance(store, (str, os.PathLike))
         self.store = stores.open(store) if self._owns_store else store
@@ -113,7 +112,7 @@ class Loader:
                               "batch tensor; convert them to one size first (convert --resize WxH)")
         self.batch_size = _whole("batch_size", batch_size, 1)
         self.prefetch = _whole("prefetch", prefetch, 1)
-        self.threads = self._threads(threads)
+        self.threads = _whole("threads", threads, 1)
         self.workers = self._workers(workers)
         self.shuffle, self.drop_last, self.pad = bool(shuffle), bool(drop_last), bool(pad)
         self.seed = _whole("seed", seed, 0)
@@ -135,14 +134,6 @@ class Loader:
         self._pool_pid = None
 
     # configuration ----------------------------------------------------------
-
-    def _threads(self, threads):
-        if threads is None:
-            # imgconv's readers may be called from several threads at once, and their
-            # gathers release the GIL: two threads overlap one batch's copy with the
-            # next one's lookups. Another object gets one thread unless told otherwise.
-            return DEFAULT_THREADS if isinstance(self.store, Reader) else 1
-        return _whole("threads", threads, 1)
 
     def _workers(self, workers):
         if workers is None:
