@@ -2,11 +2,14 @@
 """Compiled kernels of imgconv, built as ``imgconv._core``.
 
 Kernels trust their arguments: shapes, dtypes, contiguity and index ranges are
-checked by ``imgconv.kernels`` before a kernel is called. What a kernel does
-check is everything that depends on the *data* (record bounds, headers,
-checksums), because that is where a malformed file could otherwise make it read
-out of bounds. ``imgconv._pure`` holds the NumPy reference with the same names
-and semantics.
+checked by ``imgconv.kernels`` (pixels, checksums) and ``imgconv.record``
+(records) before a kernel is called. What a kernel does check is everything
+that depends on the *data* (record bounds, headers, checksums), because that is
+where a malformed file could otherwise make it read out of bounds.
+``imgconv._pure`` holds the NumPy reference with the same names and semantics.
+
+``crc32c.h`` and ``interleave.h`` are C sources compiled into this one
+translation unit (their definitions are static), not headers to share.
 """
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -25,18 +28,31 @@ cdef extern from "interleave.h" nogil:
     const char *imgconv_interleave_impl()
     int imgconv_interleave_select(const char *name)
 
+__all__ = [
+    "CRC32C_IMPL", "CRC32C_IMPLS", "CRC_MISMATCH", "CRC_OFFSET", "HEADER_MISMATCH", "HEADER_SIZE",
+    "INTERLEAVE_IMPL", "INTERLEAVE_IMPLS", "LABEL_OFFSET", "LENGTH_OFFSET", "OK", "TRUNCATED",
+    "chw_to_hwc_into", "crc32c", "crc32c_rows", "pack_uniform", "select_crc32c", "select_interleave",
+    "unpack_one", "unpack_records",
+]
+
 imgconv_crc32c_init()
 imgconv_interleave_init()
 
-# Record layout constants, mirrored from imgconv/record.py (FORMAT.md).
+# The record header (FORMAT.md): record.py asserts at import that these equal
+# the offsets of its HEADER_DTYPE. Bytes 0..LABEL_OFFSET-1 are magic, version,
+# dtype and shape, which a record of a batch must share with the expected one.
 cdef enum:
-    HEADER_SIZE = 32
-    SHAPE_END = 16
-    LABEL_OFFSET = 16
-    LENGTH_OFFSET = 24
-    CRC_OFFSET = 28
+    C_HEADER_SIZE = 32
+    C_LABEL_OFFSET = 16
+    C_LENGTH_OFFSET = 24
+    C_CRC_OFFSET = 28
 
-# Status codes returned by unpack_records, shared with imgconv._pure.
+# unpack_one keeps the GIL for smaller records, for which releasing and taking
+# it back would be a large part of the call (store[i] of one CIFAR image).
+cdef enum:
+    NOGIL_MIN_BYTES = 65536
+
+# Status codes of unpack_records and unpack_one, shared with imgconv._pure.
 cdef enum:
     ST_OK = 0
     ST_TRUNCATED = 1
@@ -47,6 +63,10 @@ OK = ST_OK
 TRUNCATED = ST_TRUNCATED
 HEADER_MISMATCH = ST_HEADER_MISMATCH
 CRC_MISMATCH = ST_CRC_MISMATCH
+HEADER_SIZE = C_HEADER_SIZE
+LABEL_OFFSET = C_LABEL_OFFSET
+LENGTH_OFFSET = C_LENGTH_OFFSET
+CRC_OFFSET = C_CRC_OFFSET
 
 CRC32C_IMPL = imgconv_crc32c_impl().decode("ascii")
 INTERLEAVE_IMPL = imgconv_interleave_impl().decode("ascii")
@@ -54,31 +74,37 @@ CRC32C_IMPLS = ("pclmul", "sse4.2", "slice-by-8")
 INTERLEAVE_IMPLS = ("ssse3", "plain")
 
 
+cdef str _selected(str kind, name, int failed, const char *now):
+    if failed:
+        raise ValueError(f"{kind} implementation {name!r} is not available on this CPU")
+    return now.decode("ascii")
+
+
 def select_interleave(name):
     """Use the CHW->HWC shuffle ``name`` (one of INTERLEAVE_IMPLS) from now on.
 
-    For tests of every code path on one machine. Returns the name in use
-    before; ValueError when this CPU cannot run ``name``.
+    Test-only: it switches the code path of the whole process under any thread
+    that is running the kernel, and is not thread-safe. It lets the tests
+    exercise every path on one machine. Returns the name in use before;
+    ValueError when this CPU cannot run ``name``.
     """
     global INTERLEAVE_IMPL
     previous = INTERLEAVE_IMPL
-    if imgconv_interleave_select(name.encode("ascii")) != 0:
-        raise ValueError(f"interleave implementation {name!r} is not available on this CPU")
-    INTERLEAVE_IMPL = imgconv_interleave_impl().decode("ascii")
+    INTERLEAVE_IMPL = _selected("interleave", name, imgconv_interleave_select(name.encode("ascii")),
+                                imgconv_interleave_impl())
     return previous
 
 
 def select_crc32c(name):
     """Use the CRC32C implementation ``name`` (one of CRC32C_IMPLS) from now on.
 
-    For tests that exercise every code path on one machine. Returns the name
-    in use before; ValueError when this CPU cannot run ``name``.
+    Test-only, like :func:`select_interleave`: process-wide and not
+    thread-safe. Returns the name in use before; ValueError when this CPU
+    cannot run ``name``.
     """
     global CRC32C_IMPL
     previous = CRC32C_IMPL
-    if imgconv_crc32c_select(name.encode("ascii")) != 0:
-        raise ValueError(f"CRC32C implementation {name!r} is not available on this CPU")
-    CRC32C_IMPL = imgconv_crc32c_impl().decode("ascii")
+    CRC32C_IMPL = _selected("CRC32C", name, imgconv_crc32c_select(name.encode("ascii")), imgconv_crc32c_impl())
     return previous
 
 
@@ -156,7 +182,7 @@ def crc32c_rows(const uint8_t[:, ::1] rows, uint32_t[::1] out):
 cdef inline uint32_t _record_crc(const uint8_t *header, const uint8_t *payload,
                                  uint8_t *dst, Py_ssize_t p) noexcept nogil:
     """CRC32C of header bytes 0..27 then the payload, copying the payload to dst."""
-    cdef uint32_t crc = imgconv_crc32c(0, header, CRC_OFFSET)
+    cdef uint32_t crc = imgconv_crc32c(0, header, C_CRC_OFFSET)
     if p:
         crc = imgconv_crc32c_copy(crc, payload, dst, p)
     return crc
@@ -172,19 +198,39 @@ def pack_uniform(const uint8_t[:, ::1] headers, const uint8_t[:, ::1] payloads,
     """
     cdef Py_ssize_t n = payloads.shape[0]
     cdef Py_ssize_t p = payloads.shape[1]
-    cdef Py_ssize_t size = HEADER_SIZE + p
+    cdef Py_ssize_t size = C_HEADER_SIZE + p
     cdef Py_ssize_t i
     cdef uint8_t *rec
-    if headers.shape[0] < n or headers.shape[1] < HEADER_SIZE or out.shape[0] < n * size:
+    if headers.shape[0] < n or headers.shape[1] < C_HEADER_SIZE or out.shape[0] < n * size:
         raise ValueError("pack_uniform: headers or out is too small for the payloads")
     if n == 0:
         return
     with nogil:
         for i in range(n):
             rec = &out[i * size]
-            memcpy(rec, &headers[i, 0], CRC_OFFSET)
-            _store_u32le(rec + CRC_OFFSET,
-                         _record_crc(rec, &payloads[i, 0] if p else NULL, rec + HEADER_SIZE, p))
+            memcpy(rec, &headers[i, 0], C_CRC_OFFSET)
+            _store_u32le(rec + C_CRC_OFFSET,
+                         _record_crc(rec, &payloads[i, 0] if p else NULL, rec + C_HEADER_SIZE, p))
+
+
+cdef inline int _unpack_record(const uint8_t *buf, Py_ssize_t length, int64_t offset,
+                               const uint8_t *expected, uint8_t *dst, Py_ssize_t p,
+                               bint verify, int64_t *label) noexcept nogil:
+    """Check and copy one record of payload size ``p``; its status, the label in ``*label`` when OK."""
+    cdef const uint8_t *rec
+    if offset < 0 or offset > length - (C_HEADER_SIZE + p):
+        return ST_TRUNCATED
+    rec = buf + offset
+    if (memcmp(rec, expected, C_LABEL_OFFSET) != 0 or
+            memcmp(rec + C_LENGTH_OFFSET, expected + C_LENGTH_OFFSET, 4) != 0):
+        return ST_HEADER_MISMATCH
+    if not verify:
+        if p:
+            memcpy(dst, rec + C_HEADER_SIZE, p)
+    elif _record_crc(rec, rec + C_HEADER_SIZE, dst, p) != _load_u32le(rec + C_CRC_OFFSET):
+        return ST_CRC_MISMATCH
+    label[0] = _load_i64le(rec + C_LABEL_OFFSET)
+    return ST_OK
 
 
 def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offsets,
@@ -195,22 +241,19 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
     Record i starts at byte ``offsets[i]`` of ``buffers[sources[i]]``. Its
     header must equal ``expected`` in bytes 0..15 (magic, version, dtype,
     shape) and 24..27 (payload length). Returns ``(index, status)`` of the
-    first bad record, or ``(-1, OK)``.
+    first bad record, or ``(-1, OK)``; the records before it are written.
     """
     cdef Py_ssize_t nbuf = len(buffers)
     cdef Py_ssize_t n = payloads.shape[0]
     cdef Py_ssize_t p = payloads.shape[1]
-    cdef Py_ssize_t size = HEADER_SIZE + p
     cdef Py_ssize_t i, k, bad = -1
-    cdef int64_t off, s
+    cdef int64_t s
     cdef int status = ST_OK
-    cdef const uint8_t *rec
-    cdef uint8_t *dst
     cdef const uint8_t[::1] view
     cdef const uint8_t **ptrs = NULL
     cdef Py_ssize_t *lens = NULL
     if (sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n
-            or expected.shape[0] < HEADER_SIZE):
+            or expected.shape[0] < C_HEADER_SIZE):
         raise ValueError("unpack_records: sources, offsets, labels or expected is too short")
     if n == 0:
         return -1, ST_OK
@@ -230,27 +273,38 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
         with nogil:
             for i in range(n):
                 s = sources[i]
-                off = offsets[i]
-                if s < 0 or s >= nbuf or off < 0 or off > lens[s] - size:
-                    bad = i
+                if s < 0 or s >= nbuf:
                     status = ST_TRUNCATED
-                    break
-                rec = ptrs[s] + off
-                if (memcmp(rec, &expected[0], SHAPE_END) != 0 or
-                        memcmp(rec + LENGTH_OFFSET, &expected[LENGTH_OFFSET], 4) != 0):
+                else:
+                    status = _unpack_record(ptrs[s], lens[s], offsets[i], &expected[0],
+                                            &payloads[i, 0] if p else NULL, p, verify, &labels[i])
+                if status != ST_OK:
                     bad = i
-                    status = ST_HEADER_MISMATCH
-                    break
-                labels[i] = _load_i64le(rec + LABEL_OFFSET)
-                dst = &payloads[i, 0] if p else NULL
-                if not verify:
-                    if p:
-                        memcpy(dst, rec + HEADER_SIZE, p)
-                elif _record_crc(rec, rec + HEADER_SIZE, dst, p) != _load_u32le(rec + CRC_OFFSET):
-                    bad = i
-                    status = ST_CRC_MISMATCH
                     break
     finally:
         free(ptrs)
         free(lens)
     return bad, status
+
+
+def unpack_one(const uint8_t[::1] buffer, int64_t offset, const uint8_t[::1] expected,
+               uint8_t[::1] payload, bint verify):
+    """Decode the one record at byte ``offset`` of ``buffer`` into ``payload``.
+
+    The checks of :func:`unpack_records` for a single record whose payload
+    fills ``payload``; returns ``(status, label)``, the label 0 unless the
+    status is OK.
+    """
+    cdef Py_ssize_t p = payload.shape[0]
+    cdef int64_t label = 0
+    cdef int status
+    cdef const uint8_t *src = &buffer[0] if buffer.shape[0] else NULL
+    cdef uint8_t *dst = &payload[0] if p else NULL
+    if expected.shape[0] < C_HEADER_SIZE:
+        raise ValueError("unpack_one: expected is too short")
+    if p < NOGIL_MIN_BYTES:
+        status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label)
+    else:
+        with nogil:
+            status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label)
+    return status, label

@@ -1,6 +1,11 @@
 /* CRC32C (Castagnoli, reflected polynomial 0x82F63B78), as used by the
  * imgconv record format (FORMAT.md).
  *
+ * Not a header to share: a C source of static definitions (the tables and
+ * the dispatch state included) compiled into the one translation unit of
+ * ext/_core.pyx, which includes it once and calls imgconv_crc32c_init() at
+ * import. Another extension including it would get its own copy.
+ *
  * Three implementations behind one entry point, chosen at run time from what
  * the CPU has (compiled with target attributes, so no -m flags are needed and
  * the module loads on any CPU):
@@ -9,13 +14,8 @@
  *   - the crc32 instruction alone;
  *   - portable slice-by-8 tables.
  * imgconv_crc32c_copy() checksums while it copies, so packing a record reads
- * the pixels once instead of twice.
- *
- * Measured on the project machine (AMD EPYC) over the 3,072-byte payloads of
- * 100,000 CIFAR images: PCLMULQDQ folding 0.022 s (with the copy fused in:
- * 0.022 s, memcpy alone 0.020 s), the crc32 instruction on one stream
- * 0.031 s (three interleaved streams were no faster on this CPU), zlib's
- * CRC32 0.073 s.
+ * the pixels once instead of twice. BENCHMARKS.md ("How the kernels got
+ * there") has the timings of each implementation.
  */
 #ifndef IMGCONV_CRC32C_H
 #define IMGCONV_CRC32C_H
@@ -263,7 +263,9 @@ static uint32_t imgconv_crc32c_copy(uint32_t crc, const uint8_t *src, uint8_t *d
 }
 
 /* Restricts the implementation to "pclmul", "sse4.2" or "slice-by-8" (for
- * tests of every path on one machine). Returns 0, or -1 when the CPU lacks it. */
+ * tests of every path on one machine). Returns 0, or -1 when the CPU lacks it.
+ * Test-only: it changes process-wide state unsynchronised, under any thread
+ * computing a CRC at the time. */
 static int imgconv_crc32c_select(const char *name)
 {
     int hw = 0, clmul = 0;

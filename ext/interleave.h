@@ -1,10 +1,14 @@
 /* Three colour planes -> interleaved pixels (CHW -> HWC for C == 3).
  *
+ * Not a header to share: a C source of static definitions (the dispatch
+ * state included) compiled into the one translation unit of ext/_core.pyx,
+ * which includes it once and calls imgconv_interleave_init() at import.
+ *
  * The SSSE3 path builds 16 pixels (48 bytes) per step from one 16-byte load
  * of each plane with pshufb; it is chosen at run time when the CPU has SSSE3
  * (compiled with a target attribute, so the module loads anywhere). The plain
- * loop serves other CPUs and the tail. Measured on the project machine for
- * 100,000 CIFAR images: plain -O3 loop 0.088 s, SSSE3 0.047 s, memcpy 0.025 s.
+ * loop serves other CPUs and the tail. BENCHMARKS.md ("How the kernels got
+ * there") has the timings of both.
  */
 #ifndef IMGCONV_INTERLEAVE_H
 #define IMGCONV_INTERLEAVE_H
@@ -94,7 +98,8 @@ static void imgconv_interleave3(const uint8_t *src, uint8_t *dst, ptrdiff_t hw)
 }
 
 /* Restricts the implementation to "ssse3" or "plain" (for tests of every path
- * on one machine). Returns 0, or -1 when the CPU lacks it. */
+ * on one machine). Returns 0, or -1 when the CPU lacks it. Test-only: it
+ * changes process-wide state unsynchronised. */
 static int imgconv_interleave_select(const char *name)
 {
     if (strcmp(name, "plain") == 0) {

@@ -7,6 +7,14 @@ what depends on the data.
 """
 import numpy as np
 
+__all__ = [
+    "CRC32C_IMPL", "CRC32C_IMPLS", "CRC_MISMATCH", "CRC_OFFSET", "HEADER_MISMATCH", "HEADER_SIZE",
+    "INTERLEAVE_IMPL", "INTERLEAVE_IMPLS", "LABEL_OFFSET", "LENGTH_OFFSET", "OK", "TRUNCATED",
+    "chw_to_hwc_into", "crc32c", "crc32c_rows", "pack_uniform", "select_crc32c", "select_interleave",
+    "unpack_one", "unpack_records",
+]
+
+# Status codes of unpack_records and unpack_one.
 OK = 0
 TRUNCATED = 1
 HEADER_MISMATCH = 2
@@ -14,12 +22,16 @@ CRC_MISMATCH = 3
 
 CRC32C_IMPL = "numpy"
 INTERLEAVE_IMPL = "numpy"
+CRC32C_IMPLS = ("numpy",)
+INTERLEAVE_IMPLS = ("numpy",)
 
-_HEADER_SIZE = 32
-_SHAPE_END = 16
-_LABEL_OFFSET = 16
-_LENGTH_OFFSET = 24
-_CRC_OFFSET = 28
+# The record header (FORMAT.md): record.py asserts at import that these equal
+# the offsets of its HEADER_DTYPE. Bytes 0..LABEL_OFFSET-1 are magic, version,
+# dtype and shape, which a record of a batch must share with the expected one.
+HEADER_SIZE = 32
+LABEL_OFFSET = 16
+LENGTH_OFFSET = 24
+CRC_OFFSET = 28
 
 # Above this many bytes crc32c() splits its input into lanes that NumPy
 # checksums side by side, then combines them; below it a byte loop is faster.
@@ -36,6 +48,29 @@ def _make_table():
 
 _TABLE = _make_table()
 _TABLE_LIST = [int(v) for v in _TABLE]
+
+
+def _select(kind, name, impls):
+    if name not in impls:
+        raise ValueError(f"{kind} implementation {name!r} is not available in the NumPy kernels")
+    return impls[0]
+
+
+def select_interleave(name):
+    """Accept ``name`` when it is one of INTERLEAVE_IMPLS (the NumPy kernels have one path).
+
+    The compiled module's switch, test-only there; here a check. Returns the
+    name in use before; ValueError for any other name.
+    """
+    return _select("interleave", name, INTERLEAVE_IMPLS)
+
+
+def select_crc32c(name):
+    """Accept ``name`` when it is one of CRC32C_IMPLS (the NumPy kernels have one path).
+
+    Returns the name in use before; ValueError for any other name.
+    """
+    return _select("CRC32C", name, CRC32C_IMPLS)
 
 
 def chw_to_hwc_into(src, dst):
@@ -117,20 +152,20 @@ def crc32c(data, value=0):
 def pack_uniform(headers, payloads, out):
     """Write N records of equal size back to back into ``out`` (see _core)."""
     n, p = payloads.shape
-    if headers.shape[0] < n or headers.shape[1] < _HEADER_SIZE or out.shape[0] < n * (_HEADER_SIZE + p):
+    if headers.shape[0] < n or headers.shape[1] < HEADER_SIZE or out.shape[0] < n * (HEADER_SIZE + p):
         raise ValueError("pack_uniform: headers or out is too small for the payloads")
-    records = out[: n * (_HEADER_SIZE + p)].reshape(n, _HEADER_SIZE + p)
-    records[:, :_CRC_OFFSET] = headers[:, :_CRC_OFFSET]
-    records[:, _HEADER_SIZE:] = payloads
-    crc = _crc_of_rows(records[:, _HEADER_SIZE:], _crc_of_rows(records[:, :_CRC_OFFSET]))
-    records[:, _CRC_OFFSET:_HEADER_SIZE] = crc.astype("<u4").view(np.uint8).reshape(n, 4)
+    records = out[: n * (HEADER_SIZE + p)].reshape(n, HEADER_SIZE + p)
+    records[:, :CRC_OFFSET] = headers[:, :CRC_OFFSET]
+    records[:, HEADER_SIZE:] = payloads
+    crc = _crc_of_rows(records[:, HEADER_SIZE:], _crc_of_rows(records[:, :CRC_OFFSET]))
+    records[:, CRC_OFFSET:HEADER_SIZE] = crc.astype("<u4").view(np.uint8).reshape(n, 4)
 
 
 def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify):
     """Gather N records of one shape from ``buffers`` (see _core); returns (index, status)."""
     n, p = payloads.shape
-    size = _HEADER_SIZE + p
-    if sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n or expected.shape[0] < _HEADER_SIZE:
+    size = HEADER_SIZE + p
+    if sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n or expected.shape[0] < HEADER_SIZE:
         raise ValueError("unpack_records: sources, offsets, labels or expected is too short")
     if n == 0:
         return -1, OK
@@ -148,18 +183,28 @@ def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify
     if fits.any():
         windows = np.lib.stride_tricks.sliding_window_view(whole, size)
         rows[fits] = windows[(starts[sources] + offsets)[fits]]
-    header_ok = (rows[:, :_SHAPE_END] == expected[:_SHAPE_END]).all(axis=1) & (
-        rows[:, _LENGTH_OFFSET:_CRC_OFFSET] == expected[_LENGTH_OFFSET:_CRC_OFFSET]
+    header_ok = (rows[:, :LABEL_OFFSET] == expected[:LABEL_OFFSET]).all(axis=1) & (
+        rows[:, LENGTH_OFFSET:CRC_OFFSET] == expected[LENGTH_OFFSET:CRC_OFFSET]
     ).all(axis=1)
     status[(status == OK) & ~header_ok] = HEADER_MISMATCH
     if verify:
-        crc = _crc_of_rows(rows[:, _HEADER_SIZE:], _crc_of_rows(rows[:, :_CRC_OFFSET]))
-        stored = rows[:, _CRC_OFFSET:_HEADER_SIZE].copy().view("<u4").reshape(n)
+        crc = _crc_of_rows(rows[:, HEADER_SIZE:], _crc_of_rows(rows[:, :CRC_OFFSET]))
+        stored = rows[:, CRC_OFFSET:HEADER_SIZE].copy().view("<u4").reshape(n)
         status[(status == OK) & (crc != stored)] = CRC_MISMATCH
     bad = np.flatnonzero(status)
     end = int(bad[0]) if bad.size else n
-    payloads[:end] = rows[:end, _HEADER_SIZE:]
-    labels[:end] = rows[:end, _LABEL_OFFSET:_LENGTH_OFFSET].copy().view("<i8").reshape(end)
+    payloads[:end] = rows[:end, HEADER_SIZE:]
+    labels[:end] = rows[:end, LABEL_OFFSET:LENGTH_OFFSET].copy().view("<i8").reshape(end)
     if bad.size:
         return end, int(status[end])
     return -1, OK
+
+
+def unpack_one(buffer, offset, expected, payload, verify):
+    """Decode the one record at ``offset`` of ``buffer`` into ``payload`` (see _core); returns (status, label)."""
+    label = np.zeros(1, np.int64)
+    if expected.shape[0] < HEADER_SIZE:
+        raise ValueError("unpack_one: expected is too short")
+    _, status = unpack_records([buffer], np.zeros(1, np.int64), np.array([offset], np.int64), expected,
+                                 payload.reshape(1, -1), label, verify)
+    return status, int(label[0])

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from . import __version__, stores
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError
+from .errors import ImgconvError, UsageError
 from .sample import MIN_COUNT, write_sample
 from .verify import store_info, verify_store
 
@@ -190,10 +190,6 @@ def _store_options(args):
     return options
 
 
-class UsageError(Exception):
-    """Arguments that do not go together; reported as a usage error (exit 2)."""
-
-
 @contextmanager
 def _progress(args, path):
     """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (images per
@@ -272,7 +268,8 @@ def cmd_info(args):
     print(f"{info['path']}: {info['format']} store (format version {info['format_version']}), "
           f"written by imgconv {info['imgconv_version'] or 'unknown (classic layout)'}")
     print(f"  images:  {info['count']} of {shape} {info['dtype']}")
-    print(f"  on disk: {_human_bytes(info['bytes'])}")
+    allocated = "unknown" if info["allocated_bytes"] is None else _human_bytes(info["allocated_bytes"])
+    print(f"  size:    {_human_bytes(info['data_bytes'])} of data, {allocated} allocated on disk")
     print(f"  source:  {info['source']}")
     print("  labels:  " + ", ".join(f"{name} {count}" for name, count in info["label_counts"].items()))
     return EXIT_OK

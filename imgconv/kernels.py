@@ -16,22 +16,38 @@ checksum code in use (``"pclmul"``, ``"sse4.2"``, ``"slice-by-8"`` or
 ``"numpy"``).
 
 The functions here check their arguments and raise ``TypeError`` or
-``ValueError`` naming the problem; the kernels behind them do not.
+``ValueError`` naming the problem; the kernels behind them do not. The record
+kernels (pack, unpack, gather) have their checked wrapper in
+``imgconv.record``, which defines the layout they work on.
 """
+from __future__ import annotations
+
 import os
+import types
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _pure
 from .errors import ExtensionMissingError
 
+BACKENDS = ("compiled", "numpy")
 
-def _flag(name):
+
+def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _load_backend():
+def _compiled_module() -> types.ModuleType:
+    from . import _core
+
+    return _core
+
+
+def _load_backend() -> tuple[types.ModuleType, str]:
     if _flag("IMGCONV_PURE"):
         if _flag("IMGCONV_REQUIRE_EXT"):
             raise ExtensionMissingError(
@@ -39,7 +55,7 @@ def _load_backend():
             )
         return _pure, "numpy"
     try:
-        from . import _core
+        core = _compiled_module()
     except ImportError as exc:
         if _flag("IMGCONV_REQUIRE_EXT"):
             raise ExtensionMissingError(
@@ -54,33 +70,52 @@ def _load_backend():
             stacklevel=3,
         )
         return _pure, "numpy"
-    return _core, "compiled"
+    return core, "compiled"
 
 
 _impl, BACKEND = _load_backend()
-CRC32C_IMPL = _impl.CRC32C_IMPL
+CRC32C_IMPL: str = _impl.CRC32C_IMPL
 
 
-def implementation():
+def implementation() -> types.ModuleType:
     """The module whose kernels are in use (``imgconv._core`` or ``imgconv._pure``)."""
     return _impl
 
 
-def _require_uint8(name, array):
+def use_backend(name: str) -> str:
+    """Run every kernel on ``name`` (``"compiled"`` or ``"numpy"``) from now on; returns the backend before.
+
+    For tests only, which run the same checks on both backends: it changes
+    process-wide state under any code running at the time and is not
+    thread-safe. ``BACKEND`` and ``CRC32C_IMPL`` follow the switch, as does
+    every :class:`imgconv.record.Gather` made after it (one made before keeps
+    its kernels). Raises ValueError for another name, ImportError when the
+    compiled core is not built.
+    """
+    global _impl, BACKEND, CRC32C_IMPL
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    impl = _compiled_module() if name == "compiled" else _pure
+    previous = BACKEND
+    _impl, BACKEND, CRC32C_IMPL = impl, name, impl.CRC32C_IMPL
+    return previous
+
+
+def _require_uint8(name: str, array: Any) -> None:
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(array).__name__}")
     if array.dtype != np.uint8:
         raise TypeError(f"{name} must have dtype uint8, got {array.dtype}")
 
 
-def _check_image_shape(height, width, channels):
+def _check_image_shape(height: int, width: int, channels: int) -> tuple[int, int, int]:
     for name, value in (("height", height), ("width", width), ("channels", channels)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(height), int(width), int(channels)
 
 
-def chw_to_hwc(rows, height=32, width=32, channels=3):
+def chw_to_hwc(rows: NDArray[np.uint8], height: int = 32, width: int = 32, channels: int = 3) -> NDArray[np.uint8]:
     """Turn rows of colour planes into images.
 
     ``rows`` is a uint8 array (N, C*H*W) in which each row holds all of the
@@ -97,7 +132,7 @@ def chw_to_hwc(rows, height=32, width=32, channels=3):
     return chw_to_hwc_into(rows, out)
 
 
-def _check_rows(rows, row_bytes, shape_text):
+def _check_rows(rows: NDArray[np.uint8], row_bytes: int, shape_text: str) -> None:
     if rows.ndim != 2:
         raise ValueError(f"rows must be 2-D (N, C*H*W), got shape {rows.shape}")
     if rows.shape[1] != row_bytes:
@@ -106,7 +141,7 @@ def _check_rows(rows, row_bytes, shape_text):
         )
 
 
-def chw_to_hwc_into(rows, out):
+def chw_to_hwc_into(rows: NDArray[np.uint8], out: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Like :func:`chw_to_hwc`, writing into ``out`` instead of allocating.
 
     ``out`` must be a writeable, C-contiguous uint8 array of shape
@@ -130,7 +165,7 @@ def chw_to_hwc_into(rows, out):
     return out
 
 
-def as_bytes(data, name="data"):
+def as_bytes(data: Any, name: str = "data") -> NDArray[np.uint8]:
     """View ``data`` (bytes, bytearray, memoryview, NumPy array) as a 1-D uint8 array, without copying."""
     if isinstance(data, np.ndarray):
         if not data.flags.c_contiguous:
@@ -145,7 +180,7 @@ def as_bytes(data, name="data"):
     return np.frombuffer(view.cast("B") if view.format != "B" or view.ndim != 1 else view, np.uint8)
 
 
-def crc32c(data, value=0):
+def crc32c(data: Any, value: int = 0) -> int:
     """CRC32C (Castagnoli) of a bytes-like object or array, continuing from ``value``.
 
     ``crc32c(b"123456789") == 0xE3069283``; ``crc32c(b, crc32c(a)) == crc32c(a + b)``.
@@ -155,7 +190,7 @@ def crc32c(data, value=0):
     return int(_impl.crc32c(as_bytes(data), int(value)))
 
 
-def crc32c_images(images):
+def crc32c_images(images: NDArray[Any] | Sequence[NDArray[Any]]) -> NDArray[np.uint32]:
     """The CRC32C of each image's pixel bytes: a (N,) uint32 array.
 
     ``images`` is an (N, ...) array or a sequence of arrays (sizes may

@@ -18,19 +18,30 @@ Records are laid back to back in a batch buffer with no padding. The checksum
 covers the header too, so a flipped label or shape is caught like a flipped
 pixel. FORMAT.md is the full specification, including how versions evolve.
 
-``pack_records`` and ``unpack_records`` work on whole batches in compiled code
-(see ``imgconv.kernels``); ``unpack_record`` and ``read_header`` handle one
-record of any shape. Every malformed input raises :class:`RecordError`.
+This module is the one wrapper of the record kernels (``imgconv._core`` or
+its NumPy twin ``imgconv._pure``, chosen by ``imgconv.kernels``): it checks
+the arguments, the kernels check the data. ``pack_records`` and
+``unpack_records`` work on whole batches of any form; ``unpack_record`` and
+``read_header`` handle one record of any shape; :class:`Gather` is the
+prepared fast path for a reader that decodes records of one known shape over
+and over. Every malformed record raises :class:`RecordError`.
 """
+from __future__ import annotations
+
 import functools
-import math
+import operator
 import struct
-from collections import namedtuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Union
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
-from . import kernels
+from . import _pure, kernels
 from .errors import RecordError
+
+#: What the record functions take as a buffer: bytes, bytearray, memoryview or a C-contiguous NumPy array.
+Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
 MAGIC = b"IMGR"
 VERSION = 1
@@ -53,26 +64,49 @@ HEADER_DTYPE = np.dtype(
 # structured-array view for a single record.
 _HEADER_STRUCT = struct.Struct("<4sBBHIIqII")
 assert HEADER_DTYPE.itemsize == HEADER_SIZE == _HEADER_STRUCT.size
+# The kernels keep the header offsets as constants of their own, which must be
+# these, and report a bad record by status codes, which must be the same in both.
+_OFFSETS = {name: field[1] for name, field in (HEADER_DTYPE.fields or {}).items()}
+_KERNEL_CONSTANTS = {
+    "HEADER_SIZE": HEADER_SIZE, "LABEL_OFFSET": _OFFSETS["label"], "LENGTH_OFFSET": _OFFSETS["length"],
+    "CRC_OFFSET": _OFFSETS["crc"],
+    **{name: getattr(_pure, name) for name in ("OK", "TRUNCATED", "HEADER_MISMATCH", "CRC_MISMATCH")},
+}
+assert all(getattr(impl, k) == v for impl in {_pure, kernels.implementation()} for k, v in _KERNEL_CONSTANTS.items())
 
-DTYPE_CODES = {1: np.dtype("u1"), 2: np.dtype("<u2"), 3: np.dtype("<f4")}
+DTYPE_CODES: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2"), 3: np.dtype("<f4")}
 _CODE_OF = {dtype: code for code, dtype in DTYPE_CODES.items()}
 
-RecordHeader = namedtuple(
-    "RecordHeader", "version dtype height width channels label length crc"
-)
-RecordHeader.__doc__ = "The decoded header of one record; ``dtype`` is a NumPy dtype."
 
-PackedRecords = namedtuple("PackedRecords", "buffer offsets")
-PackedRecords.__doc__ = """N records back to back.
 
-``buffer`` is a 1-D uint8 array; record i occupies
-``buffer[offsets[i]:offsets[i + 1]]`` (``offsets`` has N + 1 entries).
-"""
+class RecordHeader(NamedTuple):
+    """The decoded header of one record; ``dtype`` is a NumPy dtype."""
+
+    version: int
+    dtype: np.dtype[Any]
+    height: int
+    width: int
+    channels: int
+    label: int
+    length: int
+    crc: int
+
+
+class PackedRecords(NamedTuple):
+    """N records back to back.
+
+    ``buffer`` is a 1-D uint8 array; record i occupies
+    ``buffer[offsets[i]:offsets[i + 1]]`` (``offsets`` has N + 1 entries).
+    """
+
+    buffer: NDArray[np.uint8]
+    offsets: NDArray[np.int64]
+
 
 _MAX_DIM = {"height": 0xFFFFFFFF, "width": 0xFFFFFFFF, "channels": 0xFFFF}
 
 
-def dtype_code(dtype):
+def dtype_code(dtype: DTypeLike) -> int:
     """The header's code for ``dtype``; TypeError for a dtype records cannot hold."""
     dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
     try:
@@ -82,12 +116,12 @@ def dtype_code(dtype):
         raise TypeError(f"records hold {names} pixels, not {dtype}") from None
 
 
-def record_size(shape, dtype=np.uint8):
+def record_size(shape: Sequence[int], dtype: DTypeLike = np.uint8) -> int:
     """Bytes taken by one record of an image of ``shape`` (H, W, C) and ``dtype``."""
     return HEADER_SIZE + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def _image_shape(shape, where):
+def _image_shape(shape: Sequence[int], where: str) -> tuple[tuple[int, int, int], int]:
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3:
@@ -95,11 +129,11 @@ def _image_shape(shape, where):
     for name, value in zip(("height", "width", "channels"), shape):
         if not 1 <= value <= _MAX_DIM[name]:
             raise ValueError(f"{where}: {name} {value} is outside 1..{_MAX_DIM[name]}")
-    payload = shape[0] * shape[1] * shape[2]
-    return tuple(int(v) for v in shape), payload
+    height, width, channels = (int(v) for v in shape)
+    return (height, width, channels), height * width * channels
 
 
-def _labels_array(labels, n):
+def _labels_array(labels: Any, n: int) -> NDArray[np.int64]:
     try:
         labels = np.asarray(labels)
     except OverflowError:
@@ -115,16 +149,18 @@ def _labels_array(labels, n):
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
         raise ValueError("labels must fit in a signed 64-bit integer")
-    return labels.astype(np.int64)
+    result: NDArray[np.int64] = labels.astype(np.int64)
+    return result
 
 
-def _payload_bytes(length, where):
+def _payload_bytes(length: int, where: str) -> int:
     if length > 0xFFFFFFFF:
         raise ValueError(f"{where}: an image of {length} bytes exceeds the record limit of 4 GiB")
     return length
 
 
-def _headers(n, shape, dtype, labels):
+def _headers(n: int, shape: tuple[tuple[int, int, int], int], dtype: np.dtype[Any],
+             labels: NDArray[np.int64]) -> NDArray[np.uint8]:
     (height, width, channels), payload = shape
     headers = np.zeros(n, HEADER_DTYPE)
     headers["magic"] = MAGIC
@@ -138,7 +174,7 @@ def _headers(n, shape, dtype, labels):
     return headers.view(np.uint8).reshape(n, HEADER_SIZE)
 
 
-def _pixels(image, where):
+def _pixels(image: Any, where: str) -> np.ndarray:
     """``image`` as contiguous little-endian bytes, checked."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{where}: images must be NumPy arrays, got {type(image).__name__}")
@@ -146,7 +182,7 @@ def _pixels(image, where):
     return np.ascontiguousarray(image, dtype=DTYPE_CODES[code])
 
 
-def pack_records(images, labels):
+def pack_records(images: NDArray[Any] | Sequence[NDArray[Any]], labels: Any) -> PackedRecords:
     """Pack images and labels into records laid back to back.
 
     ``images`` is either one array (N, H, W, C) or (N, H, W) of uint8, uint16
@@ -172,7 +208,7 @@ def pack_records(images, labels):
     return PackedRecords(buffer, offsets)
 
 
-def _pack_uniform(images, labels):
+def _pack_uniform(images: np.ndarray, labels: Any) -> PackedRecords:
     if images.ndim not in (3, 4):
         raise ValueError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
     n = images.shape[0]
@@ -185,7 +221,7 @@ def _pack_uniform(images, labels):
     return PackedRecords(buffer, np.arange(n + 1, dtype=np.int64) * size)
 
 
-def read_header(buffer, offset=0):
+def read_header(buffer: Buffer, offset: int = 0) -> RecordHeader:
     """Decode and check the header of the record at ``offset`` in ``buffer``.
 
     Checks the magic, version, dtype code, that the payload length matches the
@@ -195,7 +231,7 @@ def read_header(buffer, offset=0):
     return _read_header(kernels.as_bytes(buffer, "buffer"), offset)
 
 
-def _read_header(data, offset):
+def _read_header(data: NDArray[np.uint8], offset: int) -> RecordHeader:
     if offset < 0:
         raise RecordError(f"record offset {offset} is negative")
     left = data.size - offset
@@ -203,11 +239,14 @@ def _read_header(data, offset):
         raise RecordError(
             f"truncated record at offset {offset}: {max(left, 0)} bytes left, a header needs {HEADER_SIZE}"
         )
-    magic, version, code, channels, height, width, label, length, crc = _HEADER_STRUCT.unpack_from(data, offset)
+    fields = _HEADER_STRUCT.unpack_from(data, offset)  # type: ignore[arg-type]  # an ndarray is a buffer
+    magic, version, code, channels, height, width, label, length, crc = fields
     if magic != MAGIC:
         raise RecordError(f"bad magic {magic!r} at offset {offset} (expected {MAGIC!r}): not an imgconv record")
     if version != VERSION:
-        raise RecordError(f"record at offset {offset} has format version {version}; this imgconv reads version {VERSION}")
+        raise RecordError(
+            f"record at offset {offset} has format version {version}; this imgconv reads version {VERSION}"
+        )
     dtype = DTYPE_CODES.get(code)
     if dtype is None:
         raise RecordError(f"record at offset {offset} has unknown dtype code {code}")
@@ -226,7 +265,7 @@ def _read_header(data, offset):
     return RecordHeader(version, dtype, height, width, channels, label, length, crc)
 
 
-def unpack_record(buffer, offset=0, *, verify=True):
+def unpack_record(buffer: Buffer, offset: int = 0, *, verify: bool = True) -> tuple[np.ndarray, int]:
     """Decode the record at ``offset``: returns ``(image (H, W, C), label)``.
 
     With ``verify`` (the default) the CRC32C is checked. Raises RecordError.
@@ -246,7 +285,7 @@ def unpack_record(buffer, offset=0, *, verify=True):
     return image.copy(), header.label
 
 
-def _index_array(values, name):
+def _index_array(values: Any, name: str) -> NDArray[np.int64]:
     array = np.asarray(values)
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integers, got dtype {array.dtype}")
@@ -255,7 +294,9 @@ def _index_array(values, name):
     return np.ascontiguousarray(array, np.int64).reshape(-1)
 
 
-def _normalise_sources(records, offsets, sources):
+def _normalise_sources(
+    records: Any, offsets: Any, sources: Any
+) -> tuple[list[NDArray[np.uint8]], NDArray[np.int64], NDArray[np.int64]]:
     """(buffers, sources, offsets) for the gather kernel from the caller's forms."""
     if isinstance(records, PackedRecords):
         if offsets is not None or sources is not None:
@@ -283,19 +324,160 @@ def _normalise_sources(records, offsets, sources):
     return _normalise_sources([records], offsets, sources)
 
 
-def _first_shape(buffers, sources, offsets):
+def _first_shape(buffers: Sequence[NDArray[np.uint8]], sources: NDArray[np.int64],
+                 offsets: NDArray[np.int64]) -> tuple[tuple[int, int, int], np.dtype[Any]]:
     header = _read_header(buffers[int(sources[0])], int(offsets[0]))
     return (header.height, header.width, header.channels), header.dtype
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_header(shape, dtype):
-    header = _headers(1, _image_shape(shape, "out"), dtype, np.zeros(1, np.int64))[0]
+def _expected_header(shape: tuple[int, int, int], dtype: np.dtype[Any]) -> NDArray[np.uint8]:
+    header: NDArray[np.uint8] = _headers(1, _image_shape(shape, "shape"), dtype, np.zeros(1, np.int64))[0]
     header.flags.writeable = False
     return header
 
 
-def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=None, verify=True):
+def _int64_vector(values: Any, name: str, n: int | None = None) -> NDArray[np.int64]:
+    """``values`` as a C-contiguous (n,) int64 array; the common case, one already, passes untouched."""
+    vector: NDArray[np.int64] = values
+    if not (isinstance(values, np.ndarray) and values.dtype == np.int64 and values.ndim == 1
+            and values.flags.c_contiguous):
+        vector = _index_array(values, name)
+    if n is not None and vector.size != n:
+        raise ValueError(f"{name} has {vector.size} entries, offsets {n}")
+    return vector
+
+
+def _buffer_and_offset(buffer: Any, offset: Any) -> tuple[NDArray[np.uint8], int]:
+    """``buffer`` as bytes and ``offset`` as an int, or the TypeError or ValueError that says why not."""
+    data = kernels.as_bytes(buffer, "buffer")
+    try:
+        offset = operator.index(offset)
+    except TypeError:
+        raise TypeError(f"offset must be an integer, got {type(offset).__name__}") from None
+    if not -(2**63) <= offset < 2**63:
+        raise ValueError(f"offset {offset} does not fit in a signed 64-bit integer")
+    return data, offset
+
+
+class Gather:
+    """Decode records of one shape and dtype over and over: the prepared fast path for readers.
+
+    ``Gather(shape, dtype=np.uint8, *, verify=True)`` checks its arguments
+    once, and holds the header every record must match and the kernels in use
+    when it is made (``imgconv.kernels``). ``shape`` is (H, W, C), or (H, W)
+    for one channel; ``dtype`` is uint8, uint16 or float32; ``verify=False``
+    skips the CRC32C (headers and bounds are always checked).
+
+    :meth:`one` decodes one record into a new image; :meth:`into` decodes many,
+    from any number of buffers, into arrays the caller gives, in one kernel
+    call without the GIL. Both raise :class:`RecordError` for a record that is
+    truncated, has another shape or dtype, or fails its checksum. A Gather
+    holds no mutable state: threads may share one.
+
+    Attributes: ``shape`` (a tuple of three ints), ``dtype``, ``verify``,
+    ``record_size`` (bytes of one record) and ``header`` (the expected
+    header: a read-only (32,) uint8 array whose label and checksum are 0).
+    """
+
+    __slots__ = ("_bytes", "_kernel", "dtype", "header", "record_size", "shape", "verify")
+
+    def __init__(self, shape: Sequence[int], dtype: DTypeLike = np.uint8, *, verify: bool = True) -> None:
+        (height, width, channels), payload = _image_shape(tuple(shape), "shape")
+        self.shape = (height, width, channels)
+        self.dtype = DTYPE_CODES[dtype_code(dtype)]
+        self.verify = bool(verify)
+        self._bytes = _payload_bytes(payload * self.dtype.itemsize, "shape")
+        self.record_size = HEADER_SIZE + self._bytes
+        self.header = _expected_header(self.shape, self.dtype)
+        self._kernel = kernels.implementation()
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.shape))
+        return f"Gather({shape} {self.dtype}, verify={self.verify})"
+
+    def one(self, buffer: Buffer, offset: int = 0) -> tuple[np.ndarray, int]:
+        """``(image, label)`` of the record at byte ``offset`` of ``buffer``; ``image`` is new, (H, W, C).
+
+        ``buffer`` is bytes-like or a C-contiguous array. Raises RecordError
+        for a bad record, TypeError or ValueError for a bad argument.
+        """
+        payload = np.empty(self._bytes, np.uint8)
+        try:
+            status, label = self._kernel.unpack_one(buffer, operator.index(offset), self.header, payload, self.verify)
+        except (TypeError, ValueError, BufferError, OverflowError):
+            # Not a plain byte buffer or offset: say what is wrong, or decode its bytes.
+            buffer, offset = _buffer_and_offset(buffer, offset)
+            status, label = self._kernel.unpack_one(buffer, offset, self.header, payload, self.verify)
+        if status != _pure.OK:
+            data = kernels.as_bytes(buffer, "buffer")
+            raise RecordError(f"record at offset {offset}: {_problem(data, offset, status, self.shape, self.dtype)}")
+        image = payload if self.dtype.itemsize == 1 else payload.view(self.dtype)
+        return image.reshape(self.shape), label
+
+    def into(
+        self,
+        buffers: Sequence[Buffer],
+        sources: NDArray[np.int64],
+        offsets: NDArray[np.int64],
+        out: np.ndarray,
+        labels: NDArray[np.int64],
+    ) -> tuple[np.ndarray, NDArray[np.int64]]:
+        """Decode record i, at byte ``offsets[i]`` of ``buffers[sources[i]]``, into ``out[i]`` and ``labels[i]``.
+
+        One kernel call for all N records, without the GIL, so that a large
+        read may be split over threads, each with its slice of the arrays.
+        ``sources`` and ``offsets`` hold N integers (int64 arrays pass without
+        a copy); ``out`` is a writeable C-contiguous (N, H, W, C) array of
+        this Gather's shape and dtype and ``labels`` a writeable contiguous
+        (N,) int64 array. Unlike :func:`unpack_records` it does not check
+        each buffer: they must be bytes-like and contiguous (LMDB values and
+        NumPy byte arrays are), and must not overlap ``out`` or ``labels``.
+        Returns ``(out, labels)``. Raises RecordError naming the first bad
+        record; after it, the contents of ``out`` and ``labels`` are
+        unspecified.
+        """
+        offsets = _int64_vector(offsets, "offsets")
+        n = offsets.size
+        sources = _int64_vector(sources, "sources", n)
+        self._check_out(out, labels, n)
+        payloads = out.reshape(n, self._bytes // self.dtype.itemsize).view(np.uint8)
+        try:
+            bad, status = self._kernel.unpack_records(buffers, sources, offsets, self.header, payloads, labels,
+                                                      self.verify)
+        except (TypeError, ValueError, BufferError):
+            # A buffer the kernel cannot view as bytes: say which, or decode its bytes.
+            buffers = [kernels.as_bytes(b, f"buffers[{i}]") for i, b in enumerate(buffers)]
+            bad, status = self._kernel.unpack_records(buffers, sources, offsets, self.header, payloads, labels,
+                                                      self.verify)
+        if bad >= 0:
+            source, offset = int(sources[bad]), int(offsets[bad])
+            if not 0 <= source < len(buffers):
+                raise ValueError(f"sources[{bad}] is {source}: there are {len(buffers)} buffers")
+            problem = _problem(kernels.as_bytes(buffers[source]), offset, status, self.shape, self.dtype)
+            raise RecordError(f"record {bad} (buffer {source}, offset {offset}): {problem}")
+        return out, labels
+
+    def _check_out(self, out: Any, labels: Any, n: int) -> None:
+        if not (isinstance(out, np.ndarray) and out.shape == (n, *self.shape) and out.dtype == self.dtype):
+            got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ValueError(f"out must be an array of shape {(n, *self.shape)} and dtype {self.dtype}, got {got}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+        _check_labels_out(labels, n, "labels")
+        if np.may_share_memory(out, labels):
+            raise ValueError("out and labels must not overlap")
+
+
+def unpack_records(
+    records: PackedRecords | Buffer | Sequence[Buffer],
+    offsets: Any = None,
+    *,
+    sources: Any = None,
+    out: np.ndarray | None = None,
+    labels_out: NDArray[np.int64] | None = None,
+    verify: bool = True,
+) -> tuple[np.ndarray, NDArray[np.int64]]:
     """Decode N records of one shape into an image array and a label array.
 
     ``records`` is a :class:`PackedRecords`; or one buffer (bytes, memoryview,
@@ -309,7 +491,8 @@ def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=
     the checksum (headers and bounds are still checked). ``out`` and
     ``labels_out`` must not overlap the input. Returns ``(images, labels)``.
     Raises RecordError naming the first bad record; after it, the contents of
-    ``out`` and ``labels_out`` are unspecified.
+    ``out`` and ``labels_out`` are unspecified. A reader that decodes records
+    of one shape again and again uses :class:`Gather` instead.
     """
     if offsets is None and not isinstance(records, (list, tuple, PackedRecords)):
         return _unpack_back_to_back(records, out, labels_out, verify)
@@ -327,17 +510,11 @@ def unpack_records(records, offsets=None, *, sources=None, out=None, labels_out=
     else:
         _check_labels_out(labels_out, n)
     _check_no_overlap(buffers, out, labels_out)
-    expected = _expected_header(out.shape[1:], out.dtype)
-    payloads = out.reshape(n, math.prod(out.shape[1:])).view(np.uint8)
-    bad, status = kernels.implementation().unpack_records(
-        buffers, sources, offsets, expected, payloads, labels_out, bool(verify)
-    )
-    if bad >= 0:
-        raise _describe(buffers, int(sources[bad]), int(offsets[bad]), bad, status, out.shape[1:], out.dtype)
-    return out, labels_out
+    return Gather(out.shape[1:], out.dtype, verify=verify).into(buffers, sources, offsets, out, labels_out)
 
 
-def _unpack_back_to_back(records, out, labels_out, verify):
+def _unpack_back_to_back(records: Any, out: np.ndarray | None, labels_out: NDArray[np.int64] | None,
+                         verify: bool) -> tuple[np.ndarray, NDArray[np.int64]]:
     data = kernels.as_bytes(records, "records")
     if data.size == 0:
         n, size = 0, HEADER_SIZE
@@ -355,13 +532,13 @@ def _unpack_back_to_back(records, out, labels_out, verify):
     return unpack_records([data], np.arange(n, dtype=np.int64) * size, out=out, labels_out=labels_out, verify=verify)
 
 
-def _check_labels_out(labels_out, n):
+def _check_labels_out(labels_out: Any, n: int, name: str = "labels_out") -> None:
     if (not isinstance(labels_out, np.ndarray) or labels_out.dtype != np.int64 or labels_out.shape != (n,)
             or not labels_out.flags.c_contiguous or not labels_out.flags.writeable):
-        raise ValueError(f"labels_out must be a writeable contiguous int64 array of shape ({n},)")
+        raise ValueError(f"{name} must be a writeable contiguous int64 array of shape ({n},)")
 
 
-def _check_no_overlap(buffers, out, labels_out):
+def _check_no_overlap(buffers: Sequence[NDArray[np.uint8]], out: np.ndarray, labels_out: np.ndarray) -> None:
     # The compiled kernel copies record by record: an output overlapping the
     # input would overwrite records before they are read.
     if np.may_share_memory(out, labels_out):
@@ -371,7 +548,7 @@ def _check_no_overlap(buffers, out, labels_out):
             raise ValueError(f"out and labels_out must not overlap the input buffer {i}")
 
 
-def _check_out(out, n):
+def _check_out(out: Any, n: int) -> None:
     if not isinstance(out, np.ndarray) or out.ndim != 4:
         raise ValueError("out must be a 4-D array (N, H, W, C)")
     if out.shape[0] != n:
@@ -383,22 +560,20 @@ def _check_out(out, n):
         raise ValueError("out must be little-endian or native")
 
 
-def _describe(buffers, source, offset, index, status, shape, dtype):
-    where = f"record {index} (buffer {source}, offset {offset})"
-    impl = kernels.implementation()
-    if status == impl.CRC_MISMATCH:
-        return RecordError(f"{where}: checksum mismatch, the record is corrupt")
+def _problem(data: NDArray[np.uint8], offset: int, status: int, shape: tuple[int, ...], dtype: DTypeLike) -> str:
+    """What is wrong with the record at ``offset`` of ``data`` that a kernel refused with ``status``."""
+    if status == _pure.CRC_MISMATCH:
+        return "checksum mismatch, the record is corrupt"
     try:
-        header = _read_header(buffers[source], offset)
+        header = _read_header(data, offset)
     except RecordError as exc:
         # FORMAT.md's order: what the header says wrong comes before "truncated".
-        return RecordError(f"{where}: {exc}")
+        return str(exc)
     found = (header.height, header.width, header.channels)
-    if status == impl.TRUNCATED and found == tuple(shape) and header.dtype == np.dtype(dtype):
+    if status == _pure.TRUNCATED and found == tuple(shape) and header.dtype == np.dtype(dtype):
         size = record_size(shape, dtype)
-        have = buffers[source].size
-        return RecordError(f"{where}: truncated, a {size}-byte record does not fit in a buffer of {have} bytes")
-    return RecordError(
-        f"{where}: image is {'x'.join(map(str, found))} {header.dtype}, "
+        return f"truncated, a {size}-byte record does not fit in a buffer of {data.size} bytes"
+    return (
+        f"image is {'x'.join(map(str, found))} {header.dtype}, "
         f"the batch is {'x'.join(map(str, shape))} {np.dtype(dtype)}; use unpack_record for mixed shapes"
     )

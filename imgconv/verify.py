@@ -1,33 +1,35 @@
-"""Checking a finished store, and describing one: ``imgconv verify`` and ``imgconv info``.
+"""Checking a finished store, and describing one: ``imgconv verify`` and ``imgconv info`` as functions.
 
-:func:`verify_store` reads every record (checking every checksum the format
-keeps), decodes every image, compares the count with the metadata and asks
-the format for its own structural checks; it names each bad record instead
-of stopping at the first. :func:`store_info` gathers what ``imgconv info``
-prints.
+:func:`verify` reads every record (checking every checksum the format keeps),
+decodes every image, compares the count with the metadata and asks the
+format for its own structural checks; it names each bad record instead of
+stopping at the first. :func:`info` gathers the facts ``imgconv info``
+prints. Both return what the command line prints, as data.
 """
 import os
+import re
 import time
 from collections import namedtuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import stores
+from . import _validate, stores
+from ._platform import disk_usage
 from .errors import ImgconvError
 
 VerifyReport = namedtuple("VerifyReport", "path format count checked bad problems seconds")
-VerifyReport.__doc__ = """What :func:`verify_store` found: ``count`` images in the metadata,
-``checked`` images read, ``bad`` a list of ``(index, reason)``, ``problems`` a
-list of store-wide findings (missing files, counts that disagree), and the
-``seconds`` it took. The store is sound when ``bad`` and ``problems`` are empty."""
+VerifyReport.__doc__ = """What :func:`verify` found: ``count`` images in the metadata, ``checked``
+images read, ``bad`` a list of ``(index, reason)``, ``problems`` a list of
+store-wide findings (missing files, counts that disagree), and the
+``seconds`` it took. The store is sound when ``bad`` and ``problems`` are
+empty. A reason says what is wrong with that image, without repeating the
+store's path or the index (``imgconv verify`` prints ``PATH: image I: REASON``);
+a file inside the store is named relative to it."""
 
 
-def _reason(exc):
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ImgconvError) else f"{type(exc).__name__}: {text}"
-
-
-def verify_store(path, *, batch_size=1024, progress=None):
+def verify(path: Any, *, batch_size: int = 1024,
+           progress: Optional[Callable[[int, int], None]] = None) -> VerifyReport:
     """Read and check every image of the store at ``path``; returns a :class:`VerifyReport`.
 
     Batches are read whole; a batch that fails is read again image by image,
@@ -35,11 +37,12 @@ def verify_store(path, *, batch_size=1024, progress=None):
     total)`` is called after every batch. Raises UnknownFormatError or
     StoreError when the store cannot be opened at all.
     """
+    batch_size = _validate.positive_int("batch_size", batch_size)
     started = time.perf_counter()
     with stores.open(path) as store:
         count = len(store)
         problems = list(store.check_layout())
-        bad = []
+        bad: List[Tuple[int, str]] = []
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             try:
@@ -52,43 +55,51 @@ def verify_store(path, *, batch_size=1024, progress=None):
                             time.perf_counter() - started)
 
 
-def _bad_images(store, start, stop):
+def _bad_images(store: stores.Reader, start: int, stop: int) -> List[Tuple[int, str]]:
     found = []
     for i in range(start, stop):
         try:
             store[i]
         except Exception as exc:  # corruption shows up as many libraries' errors
-            found.append((i, _reason(exc)))
+            found.append((i, _reason(exc, store.path, i)))
     return found
 
 
-def disk_usage(path):
-    """Bytes taken by the file or directory tree at ``path``."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
+def _reason(exc: BaseException, store_path: str, index: int) -> str:
+    """What is wrong with image ``index``, from the error reading it raised: said once, not twice.
+
+    Errors name the store and the image ("x.h5: image 5 does not match ...")
+    for a reader of one image; the report says both already.
+    """
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, ImgconvError):
+        return f"{type(exc).__name__}: {text}"
+    if text.startswith(store_path + ": "):
+        text = text[len(store_path) + 2 :]
+    elif text.startswith(store_path + os.sep):
+        text = text[len(store_path) + 1 :]  # a file of the store, named from the store on
+    text = re.sub(rf"^image {index}(: | )", "", text)
+    return re.sub(rf"^([^:]+): image {index} ", r"\1 ", text)
 
 
-def store_info(path):
+def info(path: Any) -> Dict[str, Any]:
     """What ``imgconv info`` reports about the store at ``path``, as a JSON-ready dict.
 
     Format, image count, shape (or, for varying sizes, the range of heights
-    and widths), dtype, label names and the count of each label, bytes on
-    disk, the imgconv version that wrote it and the source it came from.
+    and widths), dtype, label names and the count of each label, the size
+    on disk as ``data_bytes`` (the sum of the store's file sizes; also
+    ``bytes``, its older name) and ``allocated_bytes`` (the blocks the
+    filesystem gave it, what ``du`` says; much larger for many small files,
+    None where the system does not tell), the imgconv version that wrote it
+    and the source it came from.
     """
     with stores.open(path) as store:
         meta = dict(store.metadata)
         labels = store.labels()
         values, counts = np.unique(labels, return_counts=True)
         names = store.label_names
-        info = {
+        usage = disk_usage(store.path)
+        facts = {
             "path": store.path,
             "format": store.format_name,
             "count": len(store),
@@ -99,16 +110,26 @@ def store_info(path):
                 (names[v] if names is not None and 0 <= v < len(names) else str(int(v))): int(c)
                 for v, c in zip(values.tolist(), counts.tolist())
             },
-            "bytes": disk_usage(store.path),
+            "data_bytes": usage.data_bytes,
+            "allocated_bytes": usage.allocated_bytes,
+            "bytes": usage.data_bytes,
             "imgconv_version": meta.get("imgconv_version"),
             "format_version": meta.get("format_version"),
             "source": meta.get("source"),
         }
         if store.variable:
-            shapes = store.shapes()
-            info["shape_range"] = {
-                "height": [int(shapes[:, 0].min()), int(shapes[:, 0].max())] if len(shapes) else None,
-                "width": [int(shapes[:, 1].min()), int(shapes[:, 1].max())] if len(shapes) else None,
-                "channels": sorted(set(shapes[:, 2].tolist())),
-            }
-        return info
+            facts["shape_range"] = _shape_range(store.shapes())
+        return facts
+
+
+def _shape_range(shapes: np.ndarray) -> Dict[str, Any]:
+    return {
+        "height": [int(shapes[:, 0].min()), int(shapes[:, 0].max())] if len(shapes) else None,
+        "width": [int(shapes[:, 1].min()), int(shapes[:, 1].max())] if len(shapes) else None,
+        "channels": sorted(set(shapes[:, 2].tolist())),
+    }
+
+
+# The names the command line and earlier code use.
+verify_store = verify
+store_info = info

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from imgconv import _pure, kernels
+from imgconv import kernels
 
 
 def _compiled():
@@ -19,17 +19,16 @@ def _compiled():
         )
 
 
-@pytest.fixture(params=["compiled", "numpy"])
-def backend(request, monkeypatch):
+@pytest.fixture(params=kernels.BACKENDS)
+def backend(request):
     """Make the kernels of ``imgconv.kernels`` the compiled or the NumPy ones for one test."""
     if request.param == "compiled":
         if kernels.BACKEND == "numpy" and kernels._flag("IMGCONV_PURE"):
             pytest.skip("IMGCONV_PURE=1: the NumPy kernels alone are under test")
-        impl = _compiled()
-    else:
-        impl = _pure
-    monkeypatch.setattr(kernels, "_impl", impl)
-    return request.param
+        _compiled()
+    previous = kernels.use_backend(request.param)
+    yield request.param
+    kernels.use_backend(previous)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     try:
         import imgconv
-        result = {"backend": imgconv.BACKEND, "crc": imgconv.kernels.CRC32C_IMPL}
+        result = {"backend": imgconv.kernels.BACKEND, "crc": imgconv.kernels.CRC32C_IMPL}
     except Exception as exc:
         result = {"error": type(exc).__name__, "message": str(exc),
                   "is_import_error": isinstance(exc, ImportError)}
@@ -72,11 +72,36 @@ def test_contradictory_switches_are_refused():
     assert result["error"] == "ExtensionMissingError" and "contradict" in result["message"]
 
 
+def test_switching_the_backend_switches_every_name_that_reports_it():
+    pytest.importorskip("imgconv._core")
+    from imgconv import _core, _pure
+
+    start = imgconv.kernels.BACKEND
+    try:
+        assert imgconv.kernels.use_backend("numpy") == start
+        assert (imgconv.kernels.BACKEND, imgconv.kernels.CRC32C_IMPL) == ("numpy", "numpy")
+        assert imgconv.kernels.implementation() is _pure
+        assert imgconv.kernels.use_backend("compiled") == "numpy"
+        assert (imgconv.kernels.BACKEND, imgconv.kernels.CRC32C_IMPL) == ("compiled", _core.CRC32C_IMPL)
+        assert imgconv.kernels.implementation() is _core
+        with pytest.raises(ValueError, match="compiled, numpy"):
+            imgconv.kernels.use_backend("fortran")
+        assert imgconv.kernels.BACKEND == "compiled"
+    finally:
+        imgconv.kernels.use_backend(start)
+
+
+def test_the_backend_fixture_reports_the_backend_it_chose(backend):
+    assert imgconv.kernels.BACKEND == backend
+    assert imgconv.kernels.CRC32C_IMPL == imgconv.kernels.implementation().CRC32C_IMPL
+    assert (imgconv.kernels.CRC32C_IMPL == "numpy") == (backend == "numpy")
+
+
 def test_backends_write_identical_records():
     code = (
         "import numpy as np, imgconv, sys;"
         "imgs = np.random.default_rng(5).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8);"
-        "sys.stdout.write(imgconv.pack_records(imgs, np.arange(50)).buffer.tobytes().hex())"
+        "sys.stdout.write(imgconv.record.pack_records(imgs, np.arange(50)).buffer.tobytes().hex())"
     )
     outputs = []
     for extra in ({}, {"IMGCONV_PURE": "1"}):

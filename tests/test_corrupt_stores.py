@@ -265,7 +265,7 @@ def summarise(fmt, results):
 @pytest.mark.parametrize("fmt", sorted(STORES))
 def test_damaged_store_fails_loudly_never_silently(tmp_path, fmt):
     # Seed 2027: among its LMDB cases is one that killed the reader (SIGBUS) before the page
-    # check of imgconv.stores.lmdb_check; the crafted-page test below pins such cases exactly.
+    # check of imgconv.stores.lmdb.pagecheck; the crafted-page test below pins such cases exactly.
     results = run_format(fmt, tmp_path, seed=2027, cases=SUITE_CASES)
     crashes = [(d, o) for d, o in results if o["result"] in ("crash", "hang")]
     assert not crashes, crashes
@@ -321,7 +321,7 @@ def test_a_flipped_pixel_fails_its_image_alone(tmp_path, fmt):
 
 def _lmdb_pages(data_path):
     """(root branch page or None, a leaf page, psize) of an LMDB file."""
-    from imgconv.stores import lmdb_check as c
+    from imgconv.stores.lmdb import pagecheck as c
 
     with open(data_path, "rb") as f:
         raw = f.read()

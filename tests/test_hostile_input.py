@@ -441,7 +441,7 @@ def test_png_store_labels_cannot_point_outside_the_store(tmp_path, named):
 def test_png_store_manifest_cannot_name_a_labels_file_outside(tmp_path):
     import json
 
-    from imgconv.stores.base import metadata_checksum
+    from imgconv.stores.metadata import metadata_checksum
 
     path, _ = _png_store(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())

@@ -1,4 +1,6 @@
-"""CHW->HWC and CRC32C: compiled against the NumPy reference, and argument checks."""
+"""CHW->HWC and CRC32C: compiled against the NumPy reference, and argument checks; the two kernel modules alike."""
+import ast
+import pathlib
 import zlib
 
 import numpy as np
@@ -6,7 +8,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgconv import _pure, chw_to_hwc, chw_to_hwc_into, crc32c, kernels
+from imgconv import _pure, kernels, record
+from imgconv.kernels import chw_to_hwc, chw_to_hwc_into, crc32c
+
+
+def _crc_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _reference_crc32c(data, value=0):
+    """CRC32C one byte at a time, straight from the polynomial: the oracle of both backends."""
+    crc = value ^ 0xFFFFFFFF
+    for byte in bytes(data):
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
 
 
 def _reference_hwc(rows, h, w, c):
@@ -147,7 +171,7 @@ def test_crc32c_known_values(backend):
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=5000), split=st.integers(0, 5000))
 def test_crc32c_compiled_equals_reference_and_continues(data, split):
-    expected = _pure._crc32c_bytes(np.frombuffer(data, np.uint8), 0)
+    expected = _reference_crc32c(data)
     assert _pure.crc32c(np.frombuffer(data, np.uint8)) == expected
     if kernels.BACKEND == "compiled":
         assert crc32c(data) == expected
@@ -157,8 +181,8 @@ def test_crc32c_compiled_equals_reference_and_continues(data, split):
 
 def test_crc32c_long_input_uses_lanes_correctly(backend):
     data = np.random.default_rng(4).integers(0, 256, 200_003, dtype=np.uint8)
-    assert crc32c(data) == _pure._crc32c_bytes(data, 0)
-    assert crc32c(data, 0x12345678) == _pure._crc32c_bytes(data, 0x12345678)
+    assert crc32c(data) == _reference_crc32c(data)
+    assert crc32c(data, 0x12345678) == _reference_crc32c(data, 0x12345678)
 
 
 def test_crc32c_is_not_zlib_crc32(backend):
@@ -201,7 +225,7 @@ def crc_impl(request):
 
 
 def test_every_compiled_crc_path_agrees_with_the_reference(crc_impl):
-    from imgconv import _core, record
+    from imgconv import _core
 
     rng = np.random.default_rng(7)
     data = rng.integers(0, 256, 5000, dtype=np.uint8)
@@ -209,13 +233,16 @@ def test_every_compiled_crc_path_agrees_with_the_reference(crc_impl):
         for start in (0, 1, 3):
             if start + n <= data.size:
                 chunk = data[start : start + n]
-                assert _core.crc32c(chunk, 0x9ABCDEF0) == _pure._crc32c_bytes(chunk, 0x9ABCDEF0), (crc_impl, n, start)
+                assert _core.crc32c(chunk, 0x9ABCDEF0) == _reference_crc32c(chunk, 0x9ABCDEF0), (crc_impl, n, start)
     images = rng.integers(0, 256, (7, 9, 11, 3), dtype=np.uint8)
-    headers = record._headers(7, ((9, 11, 3), 297), np.dtype(np.uint8), np.arange(7))
-    ours, theirs = np.empty(7 * 329, np.uint8), np.empty(7 * 329, np.uint8)
-    _core.pack_uniform(headers, images.reshape(7, -1), ours)
-    _pure.pack_uniform(headers, images.reshape(7, -1), theirs)
-    np.testing.assert_array_equal(ours, theirs)
+    packed = []
+    for name in kernels.BACKENDS:
+        previous = kernels.use_backend(name)
+        try:
+            packed.append(record.pack_records(images, np.arange(7)).buffer)
+        finally:
+            kernels.use_backend(previous)
+    np.testing.assert_array_equal(packed[0], packed[1])
 
 
 def test_unknown_crc_implementation_is_refused():
@@ -260,3 +287,44 @@ def test_folding_constants_follow_from_the_polynomial():
     assert found["k3k4"] == (k[3], k[2])
     assert found["k5k0"] == (0, k[4])
     assert found["poly"] == (reflect(x_pow_div(64, poly), 33), reflect(poly, 33))
+
+
+def _public_names(module):
+    """Names a module defines for its users: not private, not modules it imports."""
+    return {name for name, value in vars(module).items()
+            if not name.startswith("_") and not isinstance(value, type(np))}
+
+
+def test_compiled_and_numpy_kernels_export_the_same_names():
+    _core = pytest.importorskip("imgconv._core")
+    assert set(_core.__all__) == set(_pure.__all__)
+    assert _public_names(_core) == _public_names(_pure) == set(_pure.__all__)
+    for name in ("OK", "TRUNCATED", "HEADER_MISMATCH", "CRC_MISMATCH", "HEADER_SIZE", "LABEL_OFFSET",
+                 "LENGTH_OFFSET", "CRC_OFFSET"):
+        assert getattr(_core, name) == getattr(_pure, name), name
+
+
+def test_the_stub_declares_every_name_of_the_kernels():
+    stub = ast.parse((pathlib.Path(kernels.__file__).parent / "_core.pyi").read_text())
+    declared = {node.name for node in stub.body if isinstance(node, ast.FunctionDef)}
+    declared |= {node.target.id for node in stub.body if isinstance(node, ast.AnnAssign)}
+    assert declared == set(_pure.__all__)
+
+
+def test_kernel_layout_constants_are_the_record_header_offsets():
+    fields = record.HEADER_DTYPE.fields
+    for impl in (_pure, pytest.importorskip("imgconv._core")):
+        assert impl.HEADER_SIZE == record.HEADER_DTYPE.itemsize == record.HEADER_SIZE
+        assert (impl.LABEL_OFFSET, impl.LENGTH_OFFSET, impl.CRC_OFFSET) == (
+            fields["label"][1], fields["length"][1], fields["crc"][1])
+        # Bytes before the label are the magic, version, dtype and shape a batch shares.
+        assert max(fields[f][1] + fields[f][0].itemsize for f in ("magic", "version", "dtype", "channels",
+                                                                 "height", "width")) == impl.LABEL_OFFSET
+
+
+def test_numpy_selectors_accept_only_their_one_path():
+    assert _pure.select_crc32c("numpy") == "numpy" and _pure.CRC32C_IMPL == "numpy"
+    assert _pure.select_interleave("numpy") == "numpy" and _pure.INTERLEAVE_IMPL == "numpy"
+    for select in (_pure.select_crc32c, _pure.select_interleave):
+        with pytest.raises(ValueError, match="not available"):
+            select("pclmul")

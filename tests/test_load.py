@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 import imgconv
-from imgconv.convert import _SHARED_OUTPUT, load
+from imgconv.load import load
+from imgconv.pipeline import pool
 from imgconv.sample import generate_sample, write_sample
 
 COUNT = 90
@@ -30,7 +31,7 @@ def test_png_folder_reads_back_whatever_the_workers(dataset, workers, batch_size
     assert got.dtype == np.uint8 and got.shape == images.shape and got.flags.c_contiguous
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
-    assert not _SHARED_OUTPUT  # nothing of this load is kept for the next one
+    assert pool.current_context() is None  # this process is no worker: nothing of the run is kept here
 
 
 @pytest.mark.parametrize("form", ["python_archive", "binary_dir"])
@@ -99,4 +100,4 @@ def test_a_worker_failure_is_one_clear_error(dataset, tmp_path):
     finally:
         with open(victim, "wb") as f:
             f.write(saved)
-    assert not _SHARED_OUTPUT
+    assert pool.current_context() is None

@@ -1,22 +1,25 @@
 """The binary record format: layout, round trips, gathering, and every malformed case."""
+import contextlib
 import pathlib
+import threading
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgconv import (
+from imgconv import RecordError, _pure, kernels
+from imgconv.record import (
+    HEADER_DTYPE,
+    HEADER_SIZE,
+    Gather,
     PackedRecords,
-    RecordError,
-    _pure,
-    kernels,
     pack_records,
     read_header,
+    record_size,
     unpack_record,
     unpack_records,
 )
-from imgconv.record import HEADER_DTYPE, HEADER_SIZE, record_size
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "record_v1.bin"
 
@@ -120,22 +123,25 @@ def test_compiled_and_numpy_write_identical_bytes(n, h, w, c, seed):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
     labels = rng.integers(-1000, 1000, n)
-    headers = np.zeros(n, HEADER_DTYPE)
-    with_numpy = np.empty(n * record_size((h, w, c)), np.uint8)
-    from imgconv import record
+    packed = {}
+    for name in kernels.BACKENDS:
+        with _backend(name):
+            packed[name] = pack_records(images, labels)
+            got, got_labels = np.empty_like(images), np.empty(n, np.int64)
+            buffers = [packed[name].buffer]
+            Gather((h, w, c)).into(buffers, np.zeros(n, np.int64), packed[name].offsets[:-1], got, got_labels)
+            np.testing.assert_array_equal(got, images)
+            np.testing.assert_array_equal(got_labels, labels)
+    np.testing.assert_array_equal(packed["compiled"].buffer, packed["numpy"].buffer)
 
-    headers = record._headers(n, ((h, w, c), h * w * c), np.dtype(np.uint8), labels)
-    _pure.pack_uniform(headers, images.reshape(n, -1), with_numpy)
-    packed = pack_records(images, labels)
-    np.testing.assert_array_equal(packed.buffer, with_numpy)
-    got = np.empty_like(images)
-    got_labels = np.empty(n, np.int64)
-    sources = np.zeros(n, np.int64)
-    starts = packed.offsets[:-1].copy()
-    expected = record._expected_header((h, w, c), np.uint8)
-    assert _pure.unpack_records([with_numpy], sources, starts, expected, got.reshape(n, -1), got_labels, True) == (-1, 0)
-    np.testing.assert_array_equal(got, images)
-    np.testing.assert_array_equal(got_labels, labels)
+
+@contextlib.contextmanager
+def _backend(name):
+    previous = kernels.use_backend(name)
+    try:
+        yield
+    finally:
+        kernels.use_backend(previous)
 
 
 def test_gather_from_many_buffers_unsorted_and_repeated(backend):
@@ -264,10 +270,8 @@ def test_out_of_range_offsets_are_named(backend, offset, match):
 @pytest.mark.parametrize("source", [0, 1, -1, 2**40])
 def test_kernels_refuse_records_outside_their_buffer(offset, source):
     """Called directly, both kernels report a record that does not fit, reading nothing outside."""
-    from imgconv import record
-
     data = np.frombuffer(bytes(_one_record()), np.uint8)
-    expected = record._expected_header((2, 4, 3), np.uint8)
+    expected = Gather((2, 4, 3)).header
     for impl in (_pure, _compiled_or_skip()):
         out = np.zeros((1, 24), np.uint8)
         labels = np.zeros(1, np.int64)
@@ -275,6 +279,9 @@ def test_kernels_refuse_records_outside_their_buffer(offset, source):
                                   expected, out, labels, True)
         assert got == (0, impl.TRUNCATED), (impl.__name__, offset, source)
         assert not out.any() and not labels.any()
+        if source == 0:
+            assert impl.unpack_one(data, offset, expected, out[0], True) == (impl.TRUNCATED, 0)
+            assert not out.any()
 
 
 def _compiled_or_skip():
@@ -286,11 +293,9 @@ def _compiled_or_skip():
 
 
 def test_kernels_check_argument_sizes():
-    from imgconv import record
-
-    headers = record._headers(2, ((1, 1, 3), 3), np.dtype(np.uint8), np.arange(2))
+    headers = np.zeros((2, HEADER_SIZE), np.uint8)
     payloads = np.zeros((2, 3), np.uint8)
-    expected = record._expected_header((1, 1, 3), np.uint8)
+    expected = Gather((1, 1, 3)).header
     for impl in (_pure, _compiled_or_skip()):
         with pytest.raises(ValueError, match="too small"):
             impl.pack_uniform(headers, payloads, np.zeros(2 * 35 - 1, np.uint8))
@@ -299,6 +304,8 @@ def test_kernels_check_argument_sizes():
         with pytest.raises(ValueError, match="too short"):
             impl.unpack_records([b""], np.zeros(1, np.int64), np.zeros(2, np.int64), expected,
                                 payloads, np.zeros(2, np.int64), True)
+        with pytest.raises(ValueError, match="too short"):
+            impl.unpack_one(b"", 0, expected[:31], payloads[0], True)
         with pytest.raises(ValueError, match="smaller"):
             impl.chw_to_hwc_into(np.zeros((1, 12), np.uint8), np.zeros((2, 2, 2, 3), np.uint8))
 
@@ -388,3 +395,165 @@ def test_unpack_argument_errors(backend):
     with pytest.raises(TypeError, match="bytes-like"):
         unpack_records(12)
     assert isinstance(packed, PackedRecords)
+
+
+# --------------------------------------------------------------------------- Gather, the prepared fast path
+
+
+def _packed(shape=(3, 4, 2), dtype=np.uint8, n=5, seed=4):
+    images = (np.random.default_rng(seed).random((n, *shape)) * 60000).astype(dtype)
+    labels = np.arange(n) * 7 - 10
+    return images, labels, pack_records(images, labels)
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 4, 2), np.uint8), ((2, 5, 3), np.uint16), ((4, 1, 1), np.float32)])
+def test_gather_one_decodes_each_record_into_a_new_image(backend, shape, dtype):
+    images, labels, packed = _packed(shape, dtype)
+    gather = Gather(shape, dtype)
+    for source in (packed.buffer, packed.buffer.tobytes(), memoryview(bytearray(packed.buffer))):
+        for i in range(len(labels)):
+            image, label = gather.one(source, int(packed.offsets[i]))
+            assert image.dtype == np.dtype(dtype) and image.shape == shape and image.flags.writeable
+            np.testing.assert_array_equal(image, images[i])
+            assert label == labels[i] and type(label) is int
+            assert not np.may_share_memory(image, packed.buffer)
+
+
+def test_gather_of_a_two_dimensional_shape_has_one_channel(backend):
+    images = np.arange(12, dtype=np.uint8).reshape(2, 3, 2)
+    packed = pack_records(images, [4, 5])
+    gather = Gather((3, 2))
+    assert gather.shape == (3, 2, 1) and gather.record_size == record_size((3, 2, 1)) == HEADER_SIZE + 6
+    image, label = gather.one(packed.buffer, int(packed.offsets[1]))
+    np.testing.assert_array_equal(image[..., 0], images[1])
+    assert label == 5
+
+
+def test_gather_into_takes_records_from_many_buffers_in_any_order(backend):
+    images, labels, packed = _packed(n=8)
+    halves = [packed.buffer[: 4 * 56].tobytes(), memoryview(packed.buffer[4 * 56 :].copy())]
+    wanted = np.array([7, 0, 0, 5, 2])
+    sources = (wanted >= 4).astype(np.int64)
+    offsets = (wanted % 4) * 56
+    out, got_labels = np.full((5, 3, 4, 2), 9, np.uint8), np.zeros(5, np.int64)
+    returned = Gather((3, 4, 2)).into(halves, sources, offsets, out, got_labels)
+    assert returned[0] is out and returned[1] is got_labels
+    np.testing.assert_array_equal(out, images[wanted])
+    np.testing.assert_array_equal(got_labels, labels[wanted])
+    # Lists of integers do as well as int64 arrays, and nothing to gather is no work.
+    Gather((3, 4, 2)).into(halves, sources.tolist(), offsets.tolist(), out, got_labels)
+    np.testing.assert_array_equal(out, images[wanted])
+    empty = np.empty((0, 3, 4, 2), np.uint8)
+    assert Gather((3, 4, 2)).into(halves, [], [], empty, np.empty(0, np.int64))[0] is empty
+
+
+def test_gather_into_slices_in_threads_fills_the_whole_output(backend):
+    images, labels, packed = _packed(n=64)
+    gather = Gather((3, 4, 2))
+    out, got_labels = np.empty_like(images), np.empty(64, np.int64)
+    sources, offsets = np.zeros(64, np.int64), packed.offsets[:-1].copy()
+    threads = [threading.Thread(target=gather.into, args=([packed.buffer], sources[a : a + 16], offsets[a : a + 16],
+                                                          out[a : a + 16], got_labels[a : a + 16]))
+               for a in range(0, 64, 16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    np.testing.assert_array_equal(out, images)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_gather_header_is_the_records_header_without_label_and_checksum(backend):
+    _, _, packed = _packed(n=1)
+    gather = Gather((3, 4, 2))
+    header = bytearray(packed.buffer[:HEADER_SIZE].tobytes())
+    header[16:24] = bytes(8)
+    header[28:32] = bytes(4)
+    assert gather.header.tobytes() == bytes(header) and not gather.header.flags.writeable
+    assert repr(gather) == "Gather(3x4x2 uint8, verify=True)"
+
+
+def test_gather_names_a_bad_record_as_the_batch_functions_do(backend):
+    good = _one_record()
+    crc = bytearray(good)
+    crc[40] ^= 0xFF
+    other = pack_records(np.zeros((1, 2, 2, 3), np.uint8), [0]).buffer.tobytes()
+    gather = Gather((2, 4, 3))
+    out, labels = np.empty((2, 2, 4, 3), np.uint8), np.empty(2, np.int64)
+    cases = [(bytes(crc), "checksum mismatch, the record is corrupt"),
+             (other, r"image is 2x2x3 uint8, the batch is 2x4x3"),
+             (bytes(good[:50]), "truncated record at offset 0: payload needs 24 bytes, 18 left"),
+             (b"IMGX" + bytes(good[4:]), "bad magic")]
+    for data, match in cases:
+        with pytest.raises(RecordError, match="record at offset 0: " + match):
+            gather.one(data)
+        with pytest.raises(RecordError, match=r"record 1 \(buffer 1, offset 0\): " + match):
+            gather.into([bytes(good), data], [0, 1], [0, 0], out, labels)
+    with pytest.raises(RecordError, match="record at offset 56: truncated record at offset 56: 0 bytes left"):
+        gather.one(bytes(good), 56)
+    with pytest.raises(RecordError, match="record at offset -1: record offset -1 is negative"):
+        gather.one(bytes(good), -1)
+
+
+def test_gather_without_verify_skips_only_the_checksum(backend):
+    crc = _one_record(label=3)
+    crc[40] ^= 0xFF
+    gather = Gather((2, 4, 3), verify=False)
+    image, label = gather.one(bytes(crc))
+    assert image[0, 2, 2] == 8 ^ 0xFF and label == 3
+    with pytest.raises(RecordError, match="image is 2x4x3 uint8, the batch is 2x4x1"):
+        Gather((2, 4, 1), verify=False).one(bytes(crc))
+
+
+def test_gather_refuses_bad_arguments_clearly(backend):
+    good = bytes(_one_record())
+    gather = Gather((2, 4, 3))
+    out, labels = np.empty((1, 2, 4, 3), np.uint8), np.empty(1, np.int64)
+    frozen = out.copy()
+    frozen.flags.writeable = False
+    for bad_out, match in [(np.empty((2, 2, 4, 3), np.uint8), r"out must be an array of shape \(1, 2, 4, 3\)"),
+                           (np.empty((1, 2, 4, 3), np.uint16), "dtype uint8"), (frozen, "writeable"),
+                           (np.empty((1, 2, 3, 4), np.uint8)[..., :3], "shape"), ([[0]], "got list")]:
+        with pytest.raises(ValueError, match=match):
+            gather.into([good], [0], [0], bad_out, labels)
+    with pytest.raises(ValueError, match="labels must be a writeable contiguous int64"):
+        gather.into([good], [0], [0], out, np.empty(1, np.int32))
+    with pytest.raises(ValueError, match="sources has 2 entries, offsets 1"):
+        gather.into([good], [0, 0], [0], out, labels)
+    with pytest.raises(ValueError, match=r"sources\[0\] is 1: there are 1 buffers"):
+        gather.into([good], [1], [0], out, labels)
+    with pytest.raises(TypeError, match="offsets must be integers"):
+        gather.into([good], [0], [0.5], out, labels)
+    with pytest.raises(TypeError, match=r"buffers\[0\] must be a bytes-like"):
+        gather.into([[1, 2]], [0], [0], out, labels)
+    with pytest.raises(TypeError, match="buffer must be a bytes-like"):
+        gather.one(12)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gather.one(np.frombuffer(good * 2, np.uint8)[::2])
+    with pytest.raises(TypeError, match="offset must be an integer, got float"):
+        gather.one(good, 0.0)
+    with pytest.raises(ValueError, match="offset 18446744073709551616 does not fit"):
+        gather.one(good, 2**64)
+    for shape, dtype, error in [((2, 4, 3, 1), np.uint8, ValueError), ((0, 4, 3), np.uint8, ValueError),
+                                ((2, 4, 3), np.int32, TypeError)]:
+        with pytest.raises(error):
+            Gather(shape, dtype)
+
+
+def test_gather_decodes_any_contiguous_array_by_its_bytes(backend):
+    data = np.frombuffer(bytes(_one_record(label=-2)) + bytes(4), np.uint8)
+    image, label = Gather((2, 4, 3)).one(data.view(np.int32))
+    np.testing.assert_array_equal(image, np.arange(24).reshape(2, 4, 3))
+    assert label == -2
+
+
+def test_a_gather_keeps_the_kernels_it_was_made_with(monkeypatch):
+    pytest.importorskip("imgconv._core")
+    calls, real = [], _pure.unpack_one
+    monkeypatch.setattr(_pure, "unpack_one", lambda *args: calls.append(1) or real(*args))
+    data = bytes(_one_record())
+    with _backend("numpy"):
+        numpy_gather = Gather((2, 4, 3))
+    with _backend("compiled"):
+        assert Gather((2, 4, 3)).one(data)[1] == 7 and calls == []
+        assert numpy_gather.one(data)[1] == 7 and calls == [1]

@@ -37,10 +37,14 @@ def _run(impl, data, starts, shape, verify):
     n = starts.size
     out = np.zeros((n, int(np.prod(shape))), np.uint8)
     labels = np.zeros(n, np.int64)
-    expected = record._expected_header(shape, np.uint8)
+    expected = record.Gather(shape).header
     got = impl.unpack_records([data], np.zeros(n, np.int64), starts, expected, out, labels, verify)
     end = got[0] if got[0] >= 0 else n
-    return got, out[:end], labels[:end]
+    # One record at a time, each start of the batch: the status and label of each, and the pixels of the good ones.
+    one = np.zeros_like(out)
+    singles = [impl.unpack_one(data, int(start), expected, one[i], verify) for i, start in enumerate(starts)]
+    one[[status != impl.OK for status, _ in singles]] = 0
+    return got, out[:end], labels[:end], singles, one
 
 
 def _differential(iterations, seed):
@@ -53,6 +57,8 @@ def _differential(iterations, seed):
         assert ours[0] == reference[0], (i, ours[0], reference[0])
         np.testing.assert_array_equal(ours[1], reference[1])
         np.testing.assert_array_equal(ours[2], reference[2])
+        assert ours[3] == reference[3], (i, ours[3], reference[3])
+        np.testing.assert_array_equal(ours[4], reference[4])
         # The public API raises the package's error, never anything else.
         try:
             record.unpack_records(data, verify=verify)

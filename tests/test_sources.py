@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from imgconv.errors import ImgconvError, SourceError
-from imgconv.sources import READERS, FolderSource, NumpySource, Reader, Source, open_source
+from imgconv.sources import READERS, FolderSource, NumpySource, Source, SourceKind, open_source
 from imgconv.sources.base import plan_segments
 
 
@@ -87,7 +87,7 @@ def test_registry_is_extensible(tmp_path, monkeypatch):
             yield np.zeros((1, 1, 1, 1), np.uint8), np.zeros(1, np.int64)
 
     (tmp_path / "x.fixed").write_text("")
-    fixed = Reader("fixed", lambda p: p.endswith(".fixed"), Fixed, ())
+    fixed = SourceKind("fixed", lambda p: p.endswith(".fixed"), Fixed, ())
     monkeypatch.setattr("imgconv.sources.READERS", [fixed] + READERS)
     assert isinstance(open_source(tmp_path / "x.fixed"), Fixed)
 

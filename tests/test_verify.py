@@ -20,7 +20,7 @@ def run(*args):
 
 
 def _images(n=40):
-    images, labels = imgconv.generate_sample(n, seed=2)
+    images, labels = imgconv.sample.generate_sample(n, seed=2)
     return images, labels
 
 
@@ -122,3 +122,40 @@ def test_info_of_varying_sizes_gives_the_range(tmp_path):
     assert info["shape"] == "variable"
     assert info["shape_range"] == {"height": [4, 7], "width": [2, 9], "channels": [3]}
     assert info["label_counts"] == {"0": 1, "1": 2}
+
+
+@pytest.mark.parametrize("fmt, suffix", FORMATS)
+def test_verify_says_the_path_and_the_image_once(tmp_path, fmt, suffix):
+    images, labels = _images()
+    path = _write(tmp_path / f"s{suffix}", images, labels)
+    if fmt == "png":
+        os.remove(os.path.join(path, "images", "000", "000005.png"))
+    else:
+        _flip_pixels_of(path, images[5])
+    (index, reason), = verify_store(path).bad
+    assert index == 5 and path not in reason and not reason.startswith("image 5")
+    line = next(line for line in run("verify", path).stdout.splitlines() if "image 5" in line)
+    assert line.count(path) == 1 and line.count("image 5") == 1, line
+    if fmt == "png":
+        assert line.endswith("images/000/000005.png is missing"), line
+
+
+def test_info_of_a_png_folder_says_data_and_allocated_size(tmp_path):
+    images, labels = _images()
+    path = _write(tmp_path / "s", images, labels)
+    facts = imgconv.info(path)
+    expected = int(subprocess.run(["du", "-s", "-B1", path], capture_output=True, text=True,
+                                  check=True).stdout.split()[0])
+    assert facts["allocated_bytes"] == expected  # what du says: whole blocks per small file
+    assert facts["data_bytes"] == facts["bytes"] < facts["allocated_bytes"]
+    text = run("info", path).stdout
+    assert "of data" in text and "allocated on disk" in text
+    assert json.loads(run("info", path, "--json").stdout)["allocated_bytes"] == expected
+
+
+def test_verify_checks_its_batch_size(tmp_path):
+    images, labels = _images(3)
+    path = _write(tmp_path / "s.h5", images, labels)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        verify_store(path, batch_size=0)
+    assert verify_store(path, batch_size=2).checked == 3

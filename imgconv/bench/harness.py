@@ -30,7 +30,7 @@ import numpy as np
 
 import imgconv
 
-from ..stores.base import remove_path
+from .._platform import remove_path
 from . import classic, inputs, kernels, loader_bench, memory, report, studies
 from .methods import FORMATS, METHODS, BenchCheckError, Environment, disk_bytes, same_data
 from .timing import measure

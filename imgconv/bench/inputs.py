@@ -14,17 +14,13 @@ import numpy as np
 
 import imgconv
 
-from ..errors import ImgconvError
+from ..errors import BenchInputError
 from ..sample import PYTHON_ARCHIVE, generate_sample, write_sample
 
 ImageSet = namedtuple("ImageSet", "images labels npz description")
 ImageSet.__doc__ = """The harness's images: ``images`` (N, H, W, C) uint8, ``labels`` (N,)
 int64, ``npz`` the path of a stored ``.npz`` holding both, and a one-line
 ``description`` of where they came from."""
-
-
-class BenchInputError(ImgconvError):
-    """The harness cannot use the given input (images of varying sizes, none at all)."""
 
 
 def _save_npz(path, images, labels):

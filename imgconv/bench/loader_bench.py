@@ -46,8 +46,8 @@ import numpy as np
 
 import imgconv
 
+from .._platform import remove_path
 from ..epochs import epoch_order
-from ..stores.base import remove_path
 from .methods import BenchCheckError
 
 BATCH_SIZE = 256

@@ -22,7 +22,7 @@ import numpy as np
 
 import imgconv
 
-from ..stores.base import remove_path
+from .._platform import remove_path
 from .methods import BenchCheckError, same_data
 
 SAMPLE_INTERVAL = 0.02

@@ -23,7 +23,7 @@ from PIL import Image
 import imgconv
 
 from ..stores import png_folder
-from ..stores.base import remove_path
+from .._platform import remove_path
 from .classic import png_array
 from .methods import METHODS, WRITE_BATCH
 

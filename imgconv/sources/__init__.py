@@ -2,11 +2,12 @@
 
 :func:`open_source` looks at a path and asks the registered readers, in
 order, whether it is theirs; the first that says yes reads it. ``READERS``
-is that registry: add a reader by appending a :class:`Reader`.
+is that registry: add a reader by appending a :class:`SourceKind`.
 """
 import os
 from collections import namedtuple
 
+from .._moved import forward
 from ..errors import SourceError
 from . import cifar, folder, numpy_files, store
 from .base import SkippedFile, SkippedImageWarning, Source
@@ -15,16 +16,16 @@ from .folder import FolderSource
 from .numpy_files import NumpySource
 from .store import StoreSource
 
-Reader = namedtuple("Reader", "name detect source options")
-Reader.__doc__ = """A registered reader: ``detect(path)`` says whether ``path`` is its kind (it may
+SourceKind = namedtuple("SourceKind", "name detect source options")
+SourceKind.__doc__ = """A registered reader: ``detect(path)`` says whether ``path`` is its kind (it may
 raise SourceError when the path is its kind but unusable); ``source(path, **options)``
 opens it; ``options`` names the keyword options it takes."""
 
 READERS = [
-    Reader("store", store.detect, StoreSource, ()),
-    Reader("cifar", cifar.is_cifar, CifarSource, ("split", "label_kind")),
-    Reader("numpy", numpy_files.detect, NumpySource, ("split", "images_key", "labels_key")),
-    Reader("folder", folder.detect, FolderSource, ("mode", "resize", "resize_policy", "on_error", "labels_csv",
+    SourceKind("store", store.detect, StoreSource, ()),
+    SourceKind("cifar", cifar.is_cifar, CifarSource, ("split", "label_kind")),
+    SourceKind("numpy", numpy_files.detect, NumpySource, ("split", "images_key", "labels_key")),
+    SourceKind("folder", folder.detect, FolderSource, ("mode", "resize", "resize_policy", "on_error", "labels_csv",
                                                     "max_pixels")),
 ]
 
@@ -143,10 +144,13 @@ __all__ = [
     "CifarSource",
     "FolderSource",
     "NumpySource",
-    "Reader",
+    "SourceKind",
     "SkippedFile",
     "SkippedImageWarning",
     "Source",
     "StoreSource",
     "open_source",
 ]
+
+# The registry's entries were called Reader, as the store readers are: SourceKind now.
+__getattr__ = forward(__name__, {"Reader": "imgconv.sources:SourceKind"})

@@ -17,19 +17,17 @@ asked.
 import abc
 import warnings
 from collections import namedtuple
+from typing import Tuple
 
 import numpy as np
 
-from ..errors import SourceError
+from .. import _validate
+from ..errors import SkippedImageWarning, SourceError
 
 SkippedFile = namedtuple("SkippedFile", "path reason")
 SkippedFile.__doc__ = "A file a source skipped under ``on_error='skip'``: its path and why."
 
 ON_ERROR = ("fail", "skip")
-
-
-class SkippedImageWarning(UserWarning):
-    """Issued when a source skipped unreadable files under ``on_error='skip'``; the message names them."""
 
 
 class Source(abc.ABC):
@@ -42,7 +40,7 @@ class Source(abc.ABC):
     out when the source is pickled.
     """
 
-    _TRANSIENT = ()
+    _TRANSIENT: Tuple[str, ...] = ()
 
     @property
     @abc.abstractmethod
@@ -143,15 +141,10 @@ class Source(abc.ABC):
         return _join(parts), _join_labels(parts), np.ones(unique.size, bool)
 
     def _check_indices(self, indices):
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
-            raise ValueError(f"indices must be a 1-D sequence of integers, got {indices.dtype} of shape {indices.shape}")
-        indices = indices.astype(np.int64)
         length = self.length
-        if indices.size and (indices.min() < 0 or (length is not None and indices.max() >= length)):
-            bad = indices[(indices < 0) | (indices >= (length if length is not None else np.inf))][0]
-            raise ValueError(f"index {bad} is outside 0..{length - 1} of {self.description}")
-        return indices
+        where = "a source of unknown length" if length is None else f"0..{length - 1}"
+        return _validate.int64_indices(indices, length, negative=False, error=ValueError, type_error=ValueError,
+                                       out_of_range=f"is outside {where} of {self.description}")
 
     def close(self):
         """Let go of the open files and caches a source keeps between calls (none here).
@@ -182,28 +175,23 @@ class Source(abc.ABC):
 
     def _check_range(self, batch_size, start, stop):
         """Validate the arguments of :meth:`batches`; returns ``(start, stop)`` with stop resolved."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _validate.positive_int("batch_size", batch_size)
         length = self.length
-        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        start = _validate.non_negative_int("start", start)
         if stop is None:
             if length is None:
                 raise ValueError(f"stop is required: the length of {self.description} is unknown")
             stop = length
-        if isinstance(stop, bool) or not isinstance(stop, (int, np.integer)) or stop < start:
-            raise ValueError(f"stop must be an integer >= start ({start}), got {stop!r}")
+        stop = _validate.integer("stop", stop, minimum=start)
         if length is not None and stop > length:
             raise ValueError(f"stop {stop} is past the end of {self.description}")
-        return int(start), int(stop)
+        return start, stop
 
 
 def check_stream_arguments(batch_size, limit):
     """Validate the arguments of :meth:`Source.stream` (ValueError)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
-        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+    _validate.positive_int("batch_size", batch_size)
+    _validate.optional_non_negative_int("limit", limit)
 
 
 class BatchCutter:
@@ -274,10 +262,7 @@ def _join_labels(parts):
 
 def check_choice(name, value, choices):
     """Raise SourceError unless ``value`` is one of ``choices`` (option validation)."""
-    if value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise SourceError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
+    return _validate.choice(name, value, choices, error=SourceError)
 
 
 def plan_segments(counts, start, stop, batch_size):

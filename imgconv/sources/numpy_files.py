@@ -38,6 +38,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from .._platform import pread_exact
 from ..errors import SourceError
 from .base import Source, check_choice, group_by_part, plan_segments
 
@@ -213,12 +214,8 @@ class _ArrayReader:
         if self._fd is None:
             self._fd, self._fd_pid = os.open(ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), os.getpid()
         row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
-        offset, done = ref.offset + lo * row, 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise SourceError(f"{ref.path}: truncated: rows {lo}..{hi - 1} end past the end of the file")
-            done += got
+        if pread_exact(self._fd, view, ref.offset + lo * row) < len(view):
+            raise SourceError(f"{ref.path}: truncated: rows {lo}..{hi - 1} end past the end of the file")
         return out
 
     def close(self):

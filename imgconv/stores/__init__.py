@@ -4,14 +4,27 @@
 ``append(images, labels)`` and ``close()``); ``open(path)`` detects the format
 and returns a reader with ``len``, ``store[i]``, ``read_batch(indices)``,
 ``batches(batch_size)`` and ``metadata``. ``FORMATS`` is the registry.
+
+What every format shares, one module each: :mod:`.batch` (batch checks),
+:mod:`.metadata` (metadata and its checksum), :mod:`.partial` (the locked
+partial output), :mod:`.atomic` (the rename into place), :mod:`.writer` and
+:mod:`.reader` (the base classes), :mod:`.read_pool` (threads of large reads).
+The formats: :mod:`.png_folder`, :mod:`.lmdb`, :mod:`.hdf5`.
 """
 import builtins
 import os
 from collections import namedtuple
+from typing import Any, Optional, Sequence
 
-from ..errors import StoreError, UnknownFormatError
-from . import hdf5_store, lmdb_store, png_folder
-from .base import VARIABLE, EncodedBatch, Reader, StoreIndexError, Writer, check_batch
+from ..errors import (
+    StoreError,
+    StoreIndexError,  # noqa: F401 - its old import location
+    UnknownFormatError,
+)
+from . import hdf5, lmdb, png_folder
+from .batch import VARIABLE, EncodedBatch, check_batch
+from .reader import Reader
+from .writer import Writer, WriterState
 
 StoreFormat = namedtuple("StoreFormat", "name writer reader encode_batch detect suffixes")
 StoreFormat.__doc__ = """One registered format: its writer and reader classes, its pure
@@ -19,10 +32,8 @@ StoreFormat.__doc__ = """One registered format: its writer and reader classes, i
 that select it in :func:`create`."""
 
 FORMATS = {
-    "lmdb": StoreFormat("lmdb", lmdb_store.LmdbWriter, lmdb_store.LmdbReader, lmdb_store.encode_batch,
-                        lmdb_store.detect, (".lmdb",)),
-    "hdf5": StoreFormat("hdf5", hdf5_store.Hdf5Writer, hdf5_store.Hdf5Reader, hdf5_store.encode_batch,
-                        hdf5_store.detect, (".h5", ".hdf5")),
+    "lmdb": StoreFormat("lmdb", lmdb.LmdbWriter, lmdb.LmdbReader, lmdb.encode_batch, lmdb.detect, (".lmdb",)),
+    "hdf5": StoreFormat("hdf5", hdf5.Hdf5Writer, hdf5.Hdf5Reader, hdf5.encode_batch, hdf5.detect, (".h5", ".hdf5")),
     "png": StoreFormat("png", png_folder.PngFolderWriter, png_folder.PngFolderReader, png_folder.encode_batch,
                        png_folder.detect, ()),
 }
@@ -38,7 +49,7 @@ def format_for_path(path):
     return DEFAULT_FORMAT
 
 
-def get_format(name):
+def get_format(name: str) -> StoreFormat:
     """The registered :class:`StoreFormat` called ``name``; UnknownFormatError otherwise."""
     try:
         return FORMATS[name]
@@ -46,7 +57,9 @@ def get_format(name):
         raise UnknownFormatError(f"unknown store format {name!r}; known: {', '.join(sorted(FORMATS))}") from None
 
 
-def create(path, format=None, *, overwrite=False, label_names=None, source=None, shape=None, **format_options):
+def create(path: Any, format: Optional[str] = None, *, overwrite: bool = False,
+           label_names: Optional[Sequence[str]] = None, source: Optional[str] = None, shape: Any = None,
+           **format_options: Any) -> Writer:
     """A writer for a new store at ``path``.
 
     ``format`` is "png", "lmdb" or "hdf5"; by default the suffix decides
@@ -58,13 +71,14 @@ def create(path, format=None, *, overwrite=False, label_names=None, source=None,
     first batch decides: an array fixes the shape, a list means varying
     sizes). ``format_options`` are the format's own (see its writer class).
     Raises UnknownFormatError for an unknown format, StoreError when the
-    target exists or cannot be written, TypeError for an unknown option.
+    target exists or cannot be written, TypeError for an unknown option,
+    StoreArgumentError (a ValueError) for a bad option value.
     """
     spec = get_format(format if format is not None else format_for_path(path))
     return spec.writer(path, overwrite=overwrite, label_names=label_names, source=source, shape=shape, **format_options)
 
 
-def detect_format(path):
+def detect_format(path: Any) -> str:
     """The name of the format of the store at ``path``, detected by content.
 
     Raises UnknownFormatError naming the path and what was found there.
@@ -78,7 +92,7 @@ def detect_format(path):
     raise UnknownFormatError(f"{path}: not an imgconv store: {_describe(path)}")
 
 
-def open(path, format=None, **options):  # noqa: A001 - imgconv.open is the public name
+def open(path: Any, format: Optional[str] = None, **options: Any) -> Reader:  # noqa: A001 - the public name
     """Open the store at ``path`` for reading; the format is detected unless given.
 
     ``options`` go to the format's reader (e.g. ``readahead`` for LMDB,
@@ -116,6 +130,7 @@ __all__ = [
     "StoreFormat",
     "StoreIndexError",
     "Writer",
+    "WriterState",
     "check_batch",
     "create",
     "detect_format",

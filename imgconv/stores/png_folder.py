@@ -19,15 +19,20 @@ images are taken to share the shape of ``0.png``.
 import csv
 import errno
 import io
-import json
 import os
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
 
-from ..errors import StoreError
-from .base import (VARIABLE, EncodedBatch, Reader, Writer, check_batch, dump_metadata, image_checksums,
-                   load_metadata, remove_path, shape_text)
+from .. import _validate
+from .._platform import remove_path
+from ..checksum import image_checksums
+from ..errors import StoreArgumentError, StoreError
+from .batch import VARIABLE, EncodedBatch, check_batch, shape_text
+from .metadata import Metadata, dump_metadata, load_metadata
+from .reader import Reader
+from .writer import Writer
 
 FORMAT_NAME = "png"
 # Version 2: the crc32c column covers the label too (version 1: the pixels only).
@@ -39,10 +44,8 @@ LABELS = "labels.csv"
 # digits) catches damage a PNG decoder does not: Pillow does not check the last
 # bytes of the zlib stream; and it catches a changed label.
 HEADER = ["index", "path", "label", "crc32c"]
-# zlib level 6: measured on 32x32 photo-like images (FORMAT.md has the table),
-# level 1 encodes only 5-20% faster but its files are 9% larger and decode
-# 10-30% slower, and level 9 is no smaller than 6. A folder is written once
-# and read every epoch, so 6 wins; level 0 (no compression) is 1.75x larger.
+# zlib level 6, Pillow's default: a folder is written once and decoded every
+# epoch. BENCHMARKS.md ("PNG compression level") has the measurements.
 DEFAULT_COMPRESS_LEVEL = 6
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -65,26 +68,26 @@ def encode_png(image, compress_level=DEFAULT_COMPRESS_LEVEL):
     """The PNG bytes of one (H, W, C) uint8 image, C in 1..4."""
     channels = image.shape[2]
     if channels not in _MODES:
-        raise StoreError(f"PNG holds 1 to 4 channels, the image has {channels}")
+        raise StoreArgumentError(f"PNG holds 1 to 4 channels, the image has {channels}")
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image, _MODES[channels])
     out = io.BytesIO()
     pil.save(out, format="PNG", compress_level=compress_level)
     return out.getvalue()
 
 
-def encode_batch(images, labels, *, compress_level=DEFAULT_COMPRESS_LEVEL):
+def encode_batch(images: Any, labels: Any, *, compress_level: int = DEFAULT_COMPRESS_LEVEL) -> "EncodedPngs":
     """Check a batch and encode each image as PNG (zlib ``compress_level`` 0..9).
 
-    Returns :class:`EncodedPngs`. Raises StoreError for a bad batch or an
-    image with more than 4 channels.
+    Returns :class:`EncodedPngs`. Raises StoreArgumentError for a bad batch or
+    an image with more than 4 channels.
     """
     batch = check_batch(images, labels)
     blobs = []
     for i, image in enumerate(batch.images):
         try:
             blobs.append(encode_png(image, compress_level))
-        except StoreError as exc:
-            raise StoreError(f"image {i} of the batch: {exc}") from None
+        except StoreArgumentError as exc:
+            raise StoreArgumentError(f"image {i} of the batch: {exc}") from None
     checksums = image_checksums(batch.images, batch.labels)
     return EncodedPngs(blobs, batch.labels, batch.shapes(), batch.variable, checksums)
 
@@ -117,15 +120,15 @@ class PngFolderWriter(Writer):
     heavy_encoding = True  # PNG compression: the pool's work
     format_version = FORMAT_VERSION
 
-    def __init__(self, path, *, compress_level=DEFAULT_COMPRESS_LEVEL, **common):
+    def __init__(self, path: Any, *, compress_level: int = DEFAULT_COMPRESS_LEVEL, **common: Any) -> None:
         super().__init__(path, **common)
-        if not 0 <= int(compress_level) <= 9:
-            raise StoreError(f"{self.path}: compress_level must be 0..9, got {compress_level}")
-        self.compress_level = int(compress_level)
-        self._csv_file = None
+        self.compress_level = _validate.integer("compress_level", compress_level, minimum=0, maximum=9,
+                                                error=StoreArgumentError, where=f"{self.path}: ")
+        self.options = {"compress_level": self.compress_level}
+        self._csv_file: Any = None
         self._shard = None
 
-    def encoder(self):
+    def encoder(self) -> "_PngEncoder":
         """The picklable encode step: :func:`encode_batch` with this writer's level."""
         return _PngEncoder(self.compress_level)
 
@@ -154,10 +157,11 @@ class PngFolderWriter(Writer):
                                          encoded.checksums.tolist())
         )
 
-    def _format_metadata(self):
+    def format_metadata(self) -> dict:
+        """The zlib level, the shard size and the labels file."""
         return {"compress_level": self.compress_level, "shard_size": SHARD_SIZE, "labels_file": LABELS}
 
-    def _finish(self, meta):
+    def _finish(self, meta: Metadata) -> None:
         try:
             self._csv_file.close()
             self._csv_file = None
@@ -166,7 +170,7 @@ class PngFolderWriter(Writer):
         except OSError as exc:
             raise StoreError(f"{self.path}: writing the PNG folder failed: {exc}") from None
 
-    def _abort(self):
+    def _abort(self) -> None:
         f, self._csv_file = self._csv_file, None
         if f is not None:
             try:
@@ -174,19 +178,17 @@ class PngFolderWriter(Writer):
             except OSError:
                 pass  # flushing the CSV can fail (disk full); the output is being removed anyway
 
-    # resuming -------------------------------------------------------------------
+    # Resumable -------------------------------------------------------------------
     # The output is trusted image by image: a row of labels.csv in order and
     # a PNG file that is whole (signature first, IEND chunk last). A file a
     # killed writer left half-written fails the second test.
 
-    def _options_fingerprint(self):
-        return {"compress_level": self.compress_level}
-
-    def _checkpoint(self):
+    def _durable_count(self) -> int:
         if self._csv_file is not None:
             self._csv_file.flush()  # the rows reach the file as the images did
+        return self.count
 
-    def _reopen(self):
+    def _reopen(self, state: Mapping[str, Any]) -> int:
         with open(os.path.join(self.temporary, LABELS), "rb") as f:
             lines = f.read().split(b"\n")[:-1]  # what follows the last newline is a torn row
         if not lines or lines[0].decode("utf-8", "replace").split(",") != HEADER:
@@ -201,7 +203,11 @@ class PngFolderWriter(Writer):
         self._kept_rows = lines[: count + 1]
         return count
 
-    def _truncate(self, count):
+    def _suspend(self) -> int:
+        self._abort()  # closing the CSV flushes its rows: every image written is kept
+        return self.count
+
+    def _truncate(self, count: int) -> None:
         labels = os.path.join(self.temporary, LABELS)
         with open(labels + ".new", "wb") as f:
             f.write(b"".join(line + b"\n" for line in self._kept_rows[: count + 1]))
@@ -243,8 +249,8 @@ class PngFolderReader(Reader):
 
     format_name = FORMAT_NAME
 
-    def _open_handles(self):
-        if self.metadata is not None:
+    def _open_handles(self) -> Metadata:
+        if self.metadata:
             return self.metadata  # no handles: what a forked child inherits is all it needs
         manifest = os.path.join(self.path, MANIFEST)
         if os.path.isfile(manifest):
@@ -319,7 +325,7 @@ class PngFolderReader(Reader):
         """The checksum of every image from the labels CSV, or None (a classic folder).
 
         Format version 2 and later: the CRC32C of the pixels continued over
-        the label (:func:`imgconv.stores.base.image_checksums`); version 1:
+        the label (:func:`imgconv.checksum.image_checksums`); version 1:
         of the pixels only.
         """
         self._ensure_open()
@@ -467,11 +473,12 @@ def _classic_csv(folder):
     found = sorted(name for name in os.listdir(folder) if name.lower().endswith(".csv"))
     if len(found) != 1:
         what = "no CSV" if not found else f"{len(found)} CSVs ({', '.join(found[:4])})"
-        raise StoreError(f"{folder}: a classic PNG folder needs labels.csv or exactly one *.csv of labels, found {what}")
+        raise StoreError(
+            f"{folder}: a classic PNG folder needs labels.csv or exactly one *.csv of labels, found {what}")
     return os.path.join(folder, found[0])
 
 
-def detect(path):
+def detect(path: str) -> bool:
     """True for a directory with manifest.json, or a classic folder (0.png and a CSV)."""
     if not os.path.isdir(path):
         return False

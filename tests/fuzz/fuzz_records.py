@@ -77,7 +77,7 @@ def _imports(backend):
     import lmdb
     from imgconv import kernels, record, stores
     from imgconv.errors import RecordError, StoreError
-    from imgconv.stores import base, lmdb_store
+    from imgconv.stores import lmdb as lmdb_store, metadata as base
 
     return lmdb, kernels, record, stores, base, lmdb_store, (RecordError, StoreError)
 
@@ -182,7 +182,7 @@ class Harness:
         out.append(bytes([3, 3]) + uniform)
         mixed = [np.full((1 + j, 2, 3), j, np.uint8) for j in range(3)]
         packed = record.pack_records(mixed, [5, 6, 7])
-        table = self.lmdb_store._value_with_table(packed.buffer, packed.offsets)
+        table = self.lmdb_store.layout.value_with_table(packed.buffer, packed.offsets)
         out.append(bytes([4, 2]) + table)
         return out
 

@@ -1,0 +1,280 @@
+"""The local engines: jobs run in this process, or in an ordered window over a pool of worker processes.
+
+Workers report, the parent decides: an exception in a worker comes back as
+the task's result and stops the run; a worker that dies breaks the pool,
+which the parent sees at once (never a hang); a worker whose parent dies
+(even by SIGKILL) ends itself at once (:func:`imgconv._platform.die_with_parent`).
+Results travel back as files in a private directory, not through the pool's
+pipe, so that a worker killed mid-message cannot leave the pipe half-written.
+SIGINT and SIGTERM stop a run: the workers are killed and
+:class:`~imgconv.errors.Interrupted` raised in the parent.
+"""
+import glob
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import tempfile
+import threading
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from .. import _platform
+from ..errors import ConversionError, ImgconvError, Interrupted, WorkerDied
+from .engine import Engine, Results, WorkerContext
+from .plan import Job, Task
+
+HANDOFF_PREFIX = "imgconv-results-"
+
+
+class InProcessEngine(Engine):
+    """Runs every job here, in order (``workers=0``): no pool, no copies."""
+
+    shares_memory = True
+
+    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Results:
+        """See :meth:`Engine.run`; a signal raises Interrupted at once."""
+        with _StopOnSignal():
+            _remove_stale_handoffs()  # every run tidies what killed runs left, whatever its engine
+            for job in jobs:
+                yield job.task, job.function(context, *job.args)
+
+
+class ProcessPoolEngine(Engine):
+    """A pool of ``workers`` processes with at most ``window`` jobs in flight (default ``2 * workers``).
+
+    Results come back in task order whatever order the workers finish in, so
+    the output does not depend on the number of workers; memory stays flat
+    whatever the number of jobs.
+    """
+
+    def __init__(self, workers: int, window: Optional[int] = None) -> None:
+        self.workers = workers
+        self.window = 2 * workers if window is None else window
+
+    @property
+    def shares_memory(self) -> bool:  # type: ignore[override]
+        """True where workers are forked (they inherit what the parent set up before the run)."""
+        return start_method() == "fork"
+
+    def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Results:
+        """See :meth:`Engine.run`."""
+        pool = handoff = None
+        stop = _StopOnSignal()
+        try:
+            with stop:
+                _remove_stale_handoffs()
+                handoff = tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")  # private: mode 0700
+                pool = stop.pool = _start_pool(self.workers, context, handoff)
+                for item in _ordered_results(pool, jobs, self.window):
+                    stop.check()
+                    yield item
+                stop.check()
+                stop.pool = None
+                pool.shutdown(wait=True)
+                pool = None
+        except (BrokenProcessPool, ConversionError) as exc:
+            stop.check()  # workers killed on purpose by a signal: that is the story
+            if isinstance(exc, ConversionError):
+                raise
+            raise WorkerDied(f"{what}: a worker process died unexpectedly ({exc})") from None
+        finally:
+            if pool is not None:
+                _stop_pool(pool)
+            if handoff is not None:
+                shutil.rmtree(handoff, ignore_errors=True)
+
+
+def start_method() -> str:
+    """How worker processes start: fork where the system has it, else spawn."""
+    # fork starts workers in milliseconds and shares the parent's imports
+    # (and load()'s shared output); the parent holds no threads when it
+    # forks, and no open store except, when resuming, the writer's own
+    # output, which workers never touch.
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+# --------------------------------------------------------------------------- in the workers
+
+
+class _Worker:
+    """This worker process's part of the pool, set once by :func:`_init_worker`."""
+
+    def __init__(self, context: WorkerContext, handoff: str) -> None:
+        self.context = context
+        self.handoff = handoff
+        self.sent = 0
+
+    def hand_over(self, result: Any) -> str:
+        """Write ``result`` to a file of the hand-off directory; returns its path."""
+        self.sent += 1
+        path = os.path.join(self.handoff, f"{os.getpid()}-{self.sent}.pickle")
+        with open(path, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+
+_WORKER: Optional[_Worker] = None  # set in worker processes only
+
+
+def current_context() -> Optional[WorkerContext]:
+    """The context of the run this process works for, when it is a pool's worker; else None."""
+    return None if _WORKER is None else _WORKER.context
+
+
+def _init_worker(context: WorkerContext, handoff: str, parent: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent alone decides what
+    # happens, and it stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _platform.die_with_parent(parent)
+    global _WORKER
+    _WORKER = _Worker(context, handoff)
+
+
+def _in_worker(function: Callable[..., Any], *args: Any) -> str:
+    """Run a job and hand its result over through a file; returns the file's path.
+
+    A worker killed while it writes a large result into the pool's pipe
+    leaves half a message there, and the executor then waits for the rest
+    forever. A path is a message short enough to be written whole (pipe
+    writes of up to PIPE_BUF bytes are atomic), so a killed worker can only
+    break the pool, never hang it.
+    """
+    assert _WORKER is not None, "a pool job runs in a worker the pool initialised"
+    return _WORKER.hand_over(function(_WORKER.context, *args))
+
+
+# --------------------------------------------------------------------------- in the parent
+
+
+def _received(path: str) -> Any:
+    """The result a worker handed over at ``path`` (a file in this run's private directory)."""
+    with open(path, "rb") as f:
+        result = pickle.load(f)
+    os.remove(path)
+    return result
+
+
+def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int) -> Iterator[Tuple[Task, Any]]:
+    """Job results in task order, with at most ``window`` jobs submitted ahead."""
+    pending: Deque[Tuple[Task, Future]] = deque()
+    jobs = iter(jobs)
+
+    def submit_next() -> bool:
+        for job in jobs:
+            pending.append((job.task, pool.submit(_in_worker, job.function, *job.args)))
+            return True
+        return False
+
+    while len(pending) < window and submit_next():
+        pass
+    while pending:
+        task, future = pending.popleft()
+        result = _task_result(task, future)
+        submit_next()
+        yield task, result
+
+
+def _task_result(task: Task, future: "Future[str]") -> Any:
+    """The result of ``future``; a worker's unexpected exception becomes one ConversionError."""
+    try:
+        path = future.result()
+    except (ImgconvError, BrokenProcessPool):
+        raise  # already says which file or record, or handled by the engine
+    except Exception as exc:
+        raise ConversionError(
+            f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _received(path)
+
+
+def _start_pool(workers: int, context: WorkerContext, handoff: str) -> ProcessPoolExecutor:
+    mp_context = multiprocessing.get_context(start_method())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=_init_worker,
+                               initargs=(context, handoff, os.getpid()))
+    # A forking pool starts all its workers at the first submit: do it now,
+    # before a streaming source starts its read-ahead thread, so no worker is
+    # forked from a parent with a thread in the middle of its work.
+    pool.submit(os.getpid)
+    return pool
+
+
+def _remove_stale_handoffs() -> None:
+    """Remove the hand-off directories of runs killed by SIGKILL (their process is gone)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), HANDOFF_PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(HANDOFF_PREFIX):].split("-")[0]
+        try:
+            if not pid.isdigit() or not _platform.owned_by_me(path):
+                continue
+        except OSError:
+            continue
+        if _platform.process_exists(int(pid)) is False:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pool_processes(pool: ProcessPoolExecutor) -> List[Any]:
+    # The one use of a private attribute of the standard library: the
+    # executor keeps its processes in a mapping that shutdown() drops, and
+    # offers no way to kill them. (Python 3.14 adds terminate_workers().)
+    processes: Dict[int, Any] = getattr(pool, "_processes", None) or {}
+    return list(processes.values())
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued jobs and end every worker now (they hold no state worth saving)."""
+    processes = _pool_processes(pool)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+class _StopOnSignal:
+    """While a run goes on, SIGINT and SIGTERM stop it.
+
+    The handler does not raise inside whatever the parent is doing (it may
+    hold a lock of the pool's): it notes the signal and kills the workers,
+    which breaks the pool at once; the parent then sees the note at its next
+    step and raises :class:`Interrupted`. With no pool the handler raises
+    directly.
+    """
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.pool: Optional[ProcessPoolExecutor] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals are delivered to the main thread only
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        if self.pool is None:
+            raise Interrupted(signum)
+        for process in _pool_processes(self.pool):
+            try:
+                process.kill()
+            except (OSError, ValueError):
+                pass
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal has arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,324 @@
+"""Reading an LMDB store: one shared read-only environment per file and process, records gathered
+straight from LMDB's map by the compiled kernel, large reads split over threads.
+
+Before liblmdb maps a file, its page structure is checked
+(:mod:`imgconv.stores.lmdb.pagecheck`): liblmdb trusts the file, and a damaged
+page could make it read past the end of the map (SIGBUS).
+"""
+import itertools
+import os
+from concurrent.futures import wait
+from typing import Any, Dict, List, Tuple
+
+import lmdb
+import numpy as np
+
+from ... import _platform, record
+from ...errors import RecordError, StoreError
+from ..batch import VARIABLE, shape_text
+from ..metadata import Metadata, load_metadata
+from ..read_pool import split_for_threads, thread_pool
+from ..reader import Reader
+from .layout import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, chunk_key, value_offsets
+from .pagecheck import check_lmdb_file
+
+
+class LmdbReader(Reader):
+    """Reads an LMDB store read-only (see :mod:`imgconv.stores.lmdb.layout` for the layout).
+
+    Options: ``readahead`` (default False): let the OS read ahead around
+    each page touched; off suits random access to stores larger than memory
+    (FORMAT.md has the measurements). LMDB allows one environment per file
+    and process, so readers of one store in one process share the setting
+    of the first. ``verify`` (default True): check each
+    record's CRC32C; False skips it (headers and bounds are still checked).
+    """
+
+    format_name = FORMAT_NAME
+
+    def _open_handles(self) -> Metadata:
+        data = os.path.join(self.path, "data.mdb")
+        if not os.path.isfile(data):
+            raise StoreError(f"{self.path}: not an imgconv LMDB store (no data.mdb inside)")
+        # liblmdb trusts the file: a damaged page could make it read past the end (SIGBUS).
+        check_lmdb_file(data, self.path)
+        env = _shared_env(self.path, bool(self._options.get("readahead", False)))
+        try:
+            meta = self._load(env, data)
+        except lmdb.Error as exc:
+            _release_env(env)
+            raise StoreError(f"{self.path}: corrupt LMDB database: {exc}") from None
+        except BaseException:
+            _release_env(env)
+            raise
+        self._env = env
+        return meta
+
+    def _load(self, env, data):
+        _check_not_truncated(env, data, self.path)
+        try:
+            with env.begin() as txn:
+                raw = txn.get(METADATA_KEY)
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: corrupt LMDB database: {exc}") from None
+        if raw is None:
+            raise StoreError(
+                f"{self.path}: LMDB database without imgconv metadata (not an imgconv store, or unfinished)")
+        meta = load_metadata(raw, self.path, FORMAT_NAME, FORMAT_VERSION)
+        k = meta.get("records_per_value")
+        if not isinstance(k, int) or k < 1:
+            raise StoreError(f"{self.path}: invalid records_per_value {k!r} in the metadata")
+        self._k = k
+        self._verify = bool(self._options.get("verify", True))
+        if meta["shape"] != VARIABLE:
+            try:
+                self._records = record.Gather(meta["shape"], np.uint8, verify=self._verify)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"{self.path}: invalid shape {meta['shape']!r} in the metadata: {exc}") from None
+            self._record_size = self._records.record_size
+        return meta
+
+    def _close_handles(self) -> None:
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            _release_env(env)
+
+    def _forget_handles(self) -> None:
+        # The environment belongs to the parent; LMDB forbids using it after fork.
+        self._env = None
+
+    # reading ----------------------------------------------------------------
+
+    def _value(self, txn, chunk):
+        value = txn.get(chunk_key(chunk))
+        if value is None:
+            raise StoreError(
+                f"{self.path}: chunk {chunk} (key {chunk_key(chunk).hex()}) is missing: the store is corrupt")
+        return value
+
+    def _chunk_len(self, chunk):
+        return min(self._k, len(self) - chunk * self._k)
+
+    def _offsets(self, value, chunk, slots):
+        """Start of the records at ``slots`` (int64 array or scalar) within chunk ``chunk``'s ``value``."""
+        if self.shape != VARIABLE:
+            return slots * self._record_size
+        table = value_offsets(memoryview(value), self._chunk_len(chunk))
+        if table is None:
+            raise StoreError(f"{self.path}: chunk {chunk} has a corrupt offset table")
+        return table[slots]
+
+    def _read_one(self, i):
+        try:
+            return self._read_one_in_txn(i)
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"image {i}") from None
+
+    def _read_many(self, indices, out):
+        try:
+            return self._read_many_in_txn(indices, out)
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"{indices.size} images") from None
+
+    def _read_range(self, start, stop, out):
+        try:
+            return self._read_range_in_txn(start, stop, out)
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"images {start}..{stop - 1}") from None
+
+    def _lmdb_error(self, exc, what):
+        return StoreError(f"{self.path}: reading {what} failed, the LMDB database is corrupt: {exc}")
+
+    def _read_one_in_txn(self, i):
+        chunk, slot = divmod(i, self._k)
+        with self._env.begin(buffers=True) as txn:
+            value = self._value(txn, chunk)
+            if self.shape != VARIABLE:
+                return self._read_one_fixed(value, i, slot)
+            try:
+                return record.unpack_record(value, int(self._offsets(value, chunk, slot)), verify=self._verify)
+            except RecordError as exc:
+                raise StoreError(f"{self.path}: image {i} in chunk {chunk}: {exc}") from None
+
+    def _read_one_fixed(self, value, i, slot):
+        offset = slot * self._record_size
+        try:
+            return self._records.one(value, offset)
+        except RecordError:
+            raise self._first_bad([value], [0], [offset], np.array([i])) from None
+
+    def _read_many_in_txn(self, indices, out):
+        distinct, sources = np.unique(indices // self._k, return_inverse=True)
+        with self._env.begin(buffers=True) as txn:
+            # Buffers point into the map: valid only inside this transaction.
+            values = [self._value(txn, int(c)) for c in distinct]
+            return self._gather(values, distinct, sources.reshape(-1), indices, out)
+
+    def _read_range_in_txn(self, start, stop, out):
+        first, last = start // self._k, (stop - 1) // self._k
+        with self._env.begin(buffers=True) as txn:
+            values = self._scan(txn, first, last - first + 1)
+            indices = np.arange(start, stop, dtype=np.int64)
+            distinct = np.arange(first, last + 1, dtype=np.int64)
+            return self._gather(values, distinct, indices // self._k - first, indices, out)
+
+    def _scan(self, txn, first, count):
+        """The values of chunks ``first .. first + count - 1``, by one cursor scan (keys sort in chunk order)."""
+        cursor = txn.cursor()
+        items = list(itertools.islice(cursor.iternext(), count)) if cursor.set_key(chunk_key(first)) else []
+        # One comparison of all keys at once instead of one per value.
+        expected = np.arange(first, first + count, dtype=">u8").tobytes()
+        if len(items) != count or b"".join(key for key, _ in items) != expected:
+            present = itertools.takewhile(lambda pair: bytes(pair[0][0]) == chunk_key(pair[1]),
+                                          zip(items, itertools.count(first)))
+            self._value(txn, first + sum(1 for _ in present))  # raises: that chunk is missing
+        return [value for _, value in items]
+
+    def _gather(self, values, distinct, sources, indices, out):
+        slots = indices % self._k
+        if self.shape == VARIABLE:
+            return self._gather_variable(values, distinct, sources, slots, indices)
+        n = indices.size
+        if out is None:
+            out = np.empty((n, *self.shape), np.uint8)
+        labels = np.empty(n, np.int64)
+        offsets = slots * self._record_size
+        # record.Gather, not record.unpack_records: the buffers are LMDB's
+        # read-only map, which no writeable ``out`` can overlap, and
+        # unpack_records' per-buffer checks cost 15 ms of CPU per 100,000
+        # CIFAR images, a third of a whole read. Large reads are split over threads (the
+        # kernel runs without the GIL: copy, checksum and the page faults of
+        # a fresh ``out`` all scale).
+        parts = split_for_threads(n, self._record_size)
+        args = (self._records, values, sources, offsets, out, labels)
+        if len(parts) == 1:
+            bad = [_gather_part(*args, 0, n)]
+        else:
+            futures = [thread_pool().submit(_gather_part, *args, a, b) for a, b in parts]
+            # Every thread must be done before the caller leaves the
+            # transaction, whose buffers they read, even when one failed.
+            wait(futures)
+            bad = [future.result() for future in futures]
+        if any(b >= 0 for b in bad):
+            raise self._first_bad(values, sources, offsets, indices)
+        return out, labels
+
+    def _gather_variable(self, values, distinct, sources, slots, indices):
+        tables = [self._offsets(v, int(c), np.arange(self._chunk_len(int(c)))) for v, c in zip(values, distinct)]
+        images, labels = [], np.empty(indices.size, np.int64)
+        for n, (s, slot) in enumerate(zip(sources, slots)):
+            try:
+                image, labels[n] = record.unpack_record(values[s], int(tables[s][slot]), verify=self._verify)
+            except RecordError as exc:
+                raise StoreError(f"{self.path}: image {indices[n]} in chunk {distinct[s]}: {exc}") from None
+            images.append(image)
+        return images, labels
+
+    def _first_bad(self, values, sources, offsets, indices):
+        """The StoreError for the first record of a failed gather, found one by one (error path only)."""
+        for n, (s, offset) in enumerate(zip(sources, offsets)):
+            try:
+                image, _ = record.unpack_record(values[s], int(offset))
+            except RecordError as exc:
+                return StoreError(f"{self.path}: image {indices[n]} in chunk {indices[n] // self._k}: {exc}")
+            if image.shape != self.shape:
+                return StoreError(
+                    f"{self.path}: image {indices[n]} is {shape_text(image.shape)}, "
+                    f"the metadata says {shape_text(self.shape)}: the store is corrupt"
+                )
+        return StoreError(f"{self.path}: the records of this batch do not decode")
+
+
+
+class _Environments:
+    """This process's open environments: {(st_dev, st_ino) of data.mdb: [env, users]}.
+
+    LMDB allows one Environment per database file per process, so readers of
+    the same store share one. Keyed by file, not path: a store replaced at the
+    same path (overwrite=True) is a new file and gets a new environment.
+    """
+
+    def __init__(self) -> None:
+        self.entries: Dict[Tuple[int, int], List[Any]] = {}
+        self.lock = _platform.ForkSafeLock()
+
+    def close_inherited(self) -> None:
+        # A forked child inherits the parent's environments: it must not use
+        # them, and py-lmdb refuses a second one for the same path while they
+        # exist. Closing them here only unmaps this process's copy and closes
+        # its descriptors: they are read-only and lock-free, so no lock or
+        # reader slot is shared with the parent.
+        for env, _ in self.entries.values():
+            env.close()
+        self.entries.clear()
+
+
+_ENVS = _platform.PerProcess(_Environments, discard=_Environments.close_inherited)
+
+
+def _shared_env(path: str, readahead: bool) -> Any:
+    """The environment of the store at ``path`` for this process, shared by its readers.
+
+    LMDB allows one environment per file per process, so a reader asking for
+    another ``readahead`` than the one that opened the file shares that one's
+    setting (readahead is advice to the OS about cold reads, never about results).
+    """
+    envs = _ENVS.get()
+    with envs.lock:
+        key = _file_key(path)
+        entry = envs.entries.get(key)
+        if entry is None:
+            try:
+                # readonly + lock=False is safe because an imgconv store is
+                # immutable once renamed into place: no writer ever opens it
+                # again, so readers need no reader table. It also lets stores on
+                # read-only media and any number of concurrent readers work.
+                env = lmdb.open(path, readonly=True, lock=False, subdir=True, max_dbs=0, readahead=readahead)
+            except lmdb.Error as exc:
+                raise StoreError(f"{path}: not a readable LMDB database: {exc}") from None
+            entry = envs.entries[key] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_env(env: Any) -> None:
+    envs = _ENVS.peek()
+    if envs is None:
+        return  # opened by another process: never touched here
+    with envs.lock:
+        for key, entry in list(envs.entries.items()):
+            if entry[0] is env:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del envs.entries[key]
+                    env.close()
+                return
+
+
+def _file_key(path: str) -> Tuple[int, int]:
+    data = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read data.mdb: {exc}") from None
+    return st.st_dev, st.st_ino
+
+
+def _gather_part(records, values, sources, offsets, out, labels, a, b):
+    """Gather records ``a .. b - 1`` (one kernel call, without the GIL); -1, or ``a`` when one of them is bad."""
+    try:
+        records.into(values, sources[a:b], offsets[a:b], out[a:b], labels[a:b])
+    except RecordError:
+        return a
+    return -1
+
+
+def _check_not_truncated(env, data, path):
+    # A truncated data.mdb would be mapped past its end and reading there
+    # kills the process with SIGBUS; refuse it up front instead.
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.path.getsize(data)
+    if have < need:
+        raise StoreError(f"{path}: data.mdb is truncated: {have} bytes, the database needs {need}")
+
+

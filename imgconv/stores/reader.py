@@ -1,0 +1,280 @@
+"""The Reader base class: a finished store, read-only, from any process.
+
+Subclasses (one per format) open their handles lazily and implement a few
+reads on checked indices; this class checks the indices and ``out=``
+arrays, verifies pixels and labels against the store's checksums, and
+reopens the handles in a process other than the one that opened them.
+"""
+import abc
+import operator
+import os
+from typing import Any, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .. import _validate, kernels
+from ..checksum import image_checksums
+from ..errors import StoreArgumentError, StoreError, StoreIndexError
+from .batch import VARIABLE, StoreShape, shape_text
+from .metadata import Metadata
+
+Images = Union[np.ndarray, List[np.ndarray]]
+
+ReadResult = Tuple[Images, np.ndarray]
+
+
+class Reader(abc.ABC):
+    """A finished store, read-only: ``len``, ``store[i]``, ``read_batch``, ``batches``.
+
+    Handles (LMDB environment, HDF5 file) are opened lazily and reopened in a
+    process other than the one that opened them, so a store opened before
+    ``fork`` works in DataLoader-style workers; pickling keeps only the path
+    and the options (for spawn-based workers). Subclasses implement
+    ``_open_handles`` (returns the metadata), ``_close_handles``,
+    ``_read_one(i)``, ``_read_many(indices, out)`` and optionally
+    ``_read_range(start, stop, out)`` on checked indices (``out`` is a checked
+    array to fill, or None).
+    """
+
+    format_name: str = ""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], **options: Any) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._options = options
+        self._pid: Optional[int] = None  # the process the handles belong to
+        self.metadata: Metadata = {}
+        self._ensure_open()
+
+    # public API -----------------------------------------------------------
+
+    @property
+    def shape(self) -> StoreShape:
+        """(H, W, C) of every image, or "variable"."""
+        return self.metadata["shape"]
+
+    @property
+    def variable(self) -> bool:
+        """True when the images have varying sizes (``read_batch`` returns a list)."""
+        return self.shape == VARIABLE
+
+    @property
+    def label_names(self) -> Optional[List[str]]:
+        """The label names given when the store was written, or None."""
+        return self.metadata.get("label_names")
+
+    def __len__(self) -> int:
+        return self.metadata["count"]
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, int]:
+        """``(image (H, W, C) uint8, label int)`` of image ``index``; StoreIndexError when out of range."""
+        i = self._check_index(index)
+        self._ensure_open()
+        image, label = self._read_one(i)
+        self._verify_pixels(np.array([i]), [image], np.array([label], np.int64))
+        return image, int(label)
+
+    def read_batch(self, indices: Any, out: Optional[np.ndarray] = None) -> ReadResult:
+        """``(images, labels)`` for ``indices`` in the order given (repeats allowed).
+
+        ``images`` is an (N, H, W, C) uint8 array, or a list of (H, W, C)
+        arrays for a store of varying sizes; ``labels`` is (N,) int64.
+        ``out``, a writeable C-contiguous (N, H, W, C) uint8 array, receives
+        the images instead of a new array (reusing memory saves the cost of
+        faulting in fresh pages, which is a large part of a full read).
+        Raises StoreIndexError (an IndexError) for an index out of range, TypeError
+        for indices that are not integers, StoreArgumentError (a ValueError)
+        for an unfit ``out``, StoreError for a damaged store.
+        """
+        idx = self._check_indices(indices)
+        self._ensure_open()
+        out = self._check_out(out, idx.size)
+        if idx.size == 0:
+            return self._empty() if out is None else (out, np.empty(0, np.int64))
+        return self._verified(idx, self._read_many(idx, out))
+
+    def batches(self, batch_size: int = 1024, start: int = 0, stop: Optional[int] = None) -> Iterator[ReadResult]:
+        """Yield ``(images, labels)`` of consecutive images in order, ``batch_size`` at a time.
+
+        From image ``start`` up to ``stop`` (default and at most the end).
+        Raises ValueError for a ``batch_size`` < 1 and StoreIndexError unless
+        0 <= start <= stop; both are checked at the call, not at the first batch.
+        """
+        batch_size = _validate.positive_int("batch_size", batch_size)
+        n = len(self)
+        start = operator.index(start)
+        stop = n if stop is None else min(operator.index(stop), n)
+        if not 0 <= start <= stop:
+            raise StoreIndexError(f"{self.path}: batches(start={start}, stop={stop}) is not a range within 0 .. {n}")
+        return self._batches(batch_size, start, stop)
+
+    def _batches(self, batch_size, start, stop):
+        for first in range(start, stop, batch_size):
+            self._ensure_open()
+            last = min(first + batch_size, stop)
+            yield self._read_range_checked(first, last, None)
+
+    def read_all(self, out: Optional[np.ndarray] = None) -> ReadResult:
+        """Every image and label: ``read_batch(range(len(self)), out)`` done the fastest way."""
+        self._ensure_open()
+        out = self._check_out(out, len(self))
+        if len(self) == 0:
+            return self._empty() if out is None else (out, np.empty(0, np.int64))
+        return self._read_range_checked(0, len(self), out)
+
+    def labels(self) -> np.ndarray:
+        """All labels as an (N,) int64 array, in image order."""
+        parts = [labels for _, labels in self.batches(4096)]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def shapes(self) -> np.ndarray:
+        """The (H, W, C) of every image as an (N, 3) int64 array."""
+        if not self.variable:
+            return np.tile(np.array(self.shape, np.int64), (len(self), 1))
+        shapes = [image.shape for images, _ in self.batches(1024) for image in images]
+        return np.array(shapes, np.int64).reshape(-1, 3)
+
+    def checksums(self) -> Optional[np.ndarray]:
+        """The per-image checksums kept by the store (see :func:`image_checksums`), or None.
+
+        None when the format checks its own records as it reads them (LMDB)
+        or keeps no checksums (a classic PNG folder).
+        """
+        return None
+
+    def check_layout(self) -> List[str]:
+        """Store-wide problems (missing or extra parts) as a list of sentences; empty when sound."""
+        return []
+
+    def _read_range_checked(self, start, stop, out):
+        """Images ``start .. stop - 1`` read (``_read_range``) and checked against their checksums.
+
+        A format may do both at once, in threads.
+        """
+        return self._verified(np.arange(start, stop), self._read_range(start, stop, out))
+
+    def _verified(self, indices, result):
+        self._verify_pixels(indices, result[0], result[1])
+        return result
+
+    def _verify_pixels(self, indices, images, labels):
+        """Raise StoreError for an image whose pixels or label do not match the store's checksum."""
+        if not self._options.get("verify", True):
+            return
+        stored = self.checksums()
+        if stored is None or len(indices) == 0:
+            return
+        if self._checksums_cover_labels():
+            computed = image_checksums(images, labels)
+        else:
+            computed = kernels.crc32c_images(images)
+        wrong = np.flatnonzero(computed != stored[indices])
+        if wrong.size:
+            i = int(indices[wrong[0]])
+            raise StoreError(
+                f"{self.path}: image {i} does not match its stored checksum (pixels or label): the store is corrupt"
+            )
+
+    def _checksums_cover_labels(self):
+        """Whether :meth:`checksums` are :func:`image_checksums` (pixels and label) or of the pixels only."""
+        return False
+
+    def __iter__(self) -> Iterator[Tuple[np.ndarray, int]]:
+        for images, labels in self.batches():
+            for image, label in zip(images, labels):
+                yield image, int(label)
+
+    def close(self) -> None:
+        """Close the handles of this process; the store reopens them when used again."""
+        if getattr(self, "_pid", None) == os.getpid():
+            self._close_handles()
+        self._pid = None
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass  # at interpreter exit the modules close() needs may be gone
+
+    def __getstate__(self):
+        return {"path": self.path, "options": self._options}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], **state["options"])
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}: {len(self)} images of {shape_text(self.shape)}>"
+
+    # helpers ---------------------------------------------------------------
+
+    def _ensure_open(self):
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        if self._pid is not None:
+            # Opened in another process (we are a forked child): never touch
+            # those handles here, open our own.
+            self._forget_handles()
+        self.metadata = self._open_handles()
+        self._pid = pid
+
+    def _check_index(self, index: Any) -> int:
+        try:
+            return _validate.index(index, len(self))
+        except IndexError:  # the message is made only then: store[i] is a hot path
+            raise StoreIndexError(self._out_of_range(index)) from None
+
+    def _check_indices(self, indices: Any) -> np.ndarray:
+        return _validate.int64_indices(indices, len(self), negative=True, flatten=True, error=StoreIndexError,
+                                       where=f"{self.path}: ",
+                                       out_of_range=f"is out of range for a store of {len(self)} images")
+
+    def _out_of_range(self, index: Any) -> str:
+        return f"{self.path}: index {index} is out of range for a store of {len(self)} images"
+
+    def _check_out(self, out, n):
+        if out is None:
+            return None
+        if self.variable:
+            raise StoreArgumentError(
+                f"{self.path}: out= needs a store of one image shape, this one has varying sizes")
+        want = (n, *self.shape)
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != want:
+            got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise StoreArgumentError(f"{self.path}: out must be a uint8 array of shape {want}, got {got}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise StoreArgumentError(f"{self.path}: out must be a writeable C-contiguous array")
+        return out
+
+    def _empty(self):
+        labels = np.empty(0, np.int64)
+        if self.variable:
+            return [], labels
+        return np.empty((0, *self.shape), np.uint8), labels
+
+    def _read_range(self, start, stop, out):
+        return self._read_many(np.arange(start, stop, dtype=np.int64), out)
+
+    def _forget_handles(self) -> None:  # noqa: B027 - optional hook
+        """Drop handles inherited over fork without using them."""
+
+    @abc.abstractmethod
+    def _open_handles(self) -> Metadata:
+        """Open this process's handles; returns the checked metadata."""
+
+    @abc.abstractmethod
+    def _close_handles(self) -> None:
+        """Close this process's handles."""
+
+    @abc.abstractmethod
+    def _read_one(self, i: int) -> Tuple[np.ndarray, int]:
+        """``(image, label)`` of the checked index ``i``."""
+
+    @abc.abstractmethod
+    def _read_many(self, indices: np.ndarray, out: Optional[np.ndarray]) -> ReadResult:
+        """``(images, labels)`` of the checked ``indices``, into ``out`` when given."""

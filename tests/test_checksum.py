@@ -1,0 +1,39 @@
+"""The per-image checksum over pixels and label: the vectorised continuation against the definition."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imgconv import checksum, kernels
+
+from factories import varying_images
+
+
+def test_image_checksums_continue_over_the_label(backend):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (50, 3, 2, 3), dtype=np.uint8)
+    labels = np.concatenate([rng.integers(-2**63, 2**63 - 1, 47, dtype=np.int64), [-1, 0, 2**63 - 1]])
+    expected = [kernels.crc32c(np.array(label, "<i8").tobytes(), kernels.crc32c(image))
+                for image, label in zip(images, labels)]
+    assert checksum.image_checksums(images, labels).tolist() == expected  # the vectorised way
+    assert checksum.image_checksums(images[:3], labels[:3]).tolist() == expected[:3]  # one by one
+    varying = varying_images(9)
+    assert checksum.image_checksums(varying, np.arange(9)).tolist() == [
+        kernels.crc32c(np.array(i, "<i8").tobytes(), kernels.crc32c(np.ascontiguousarray(image)))
+        for i, image in enumerate(varying)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.integers(-(2**63), 2**63 - 1)), max_size=30))
+def test_the_vectorised_continuation_equals_the_direct_method(items):
+    images = [np.frombuffer(data, np.uint8).reshape(1, -1, 1) for data, _ in items]
+    labels = np.array([label for _, label in items], np.int64)
+    direct = checksum.direct_checksums(images, labels)
+    crcs = np.array([kernels.crc32c(image) for image in images], np.uint32)
+    assert checksum.continue_over_labels(crcs, labels).tolist() == direct.tolist()
+    assert checksum.image_checksums(images, labels).tolist() == direct.tolist()
+
+
+def test_counts_must_agree():
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        checksum.image_checksums(np.zeros((2, 1, 1, 1), np.uint8), [0])
