@@ -1,4 +1,4 @@
-"""Build the compiled core: ext/_core.pyx becomes the extension imgconv._core.
+"""Build the compiled extensions: ext/_core.pyx becomes imgconv._core, ext/_augment.pyx imgconv._augment.
 
 Everything else (metadata, dependencies, extras) lives in pyproject.toml. The
 kernels take typed memoryviews, not the NumPy C API, so the build needs
@@ -24,17 +24,20 @@ def _compile_args():
     return ["-O3", "-fno-strict-aliasing"]
 
 
-extension = Extension(
-    "imgconv._core",
-    sources=["ext/_core.pyx"],
-    include_dirs=["ext"],
-    depends=["ext/crc32c.h", "ext/interleave.h"],
-    extra_compile_args=_compile_args(),
-)
+extensions = [
+    Extension(
+        "imgconv._core",
+        sources=["ext/_core.pyx"],
+        include_dirs=["ext"],
+        depends=["ext/crc32c.h", "ext/interleave.h"],
+        extra_compile_args=_compile_args(),
+    ),
+    Extension("imgconv._augment", sources=["ext/_augment.pyx"], extra_compile_args=_compile_args()),
+]
 
 setup(
     ext_modules=cythonize(
-        [extension],
+        extensions,
         language_level=3,
         compiler_directives={
             "boundscheck": False,

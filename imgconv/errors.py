@@ -28,6 +28,7 @@ __all__ = [
     "ExtensionMissingError",
     "ImgconvError",
     "Interrupted",
+    "LoaderError",
     "OptionError",
     "RecordError",
     "SkippedImageWarning",
@@ -150,6 +151,13 @@ class BenchInputError(ImgconvError):
 
 class BenchCheckError(ImgconvError):
     """A benchmarked method returned images or labels other than those written: the run fails."""
+
+
+# --------------------------------------------------------------------------- training
+
+
+class LoaderError(ImgconvError):
+    """A training loader cannot go on: a worker process died, or the store cannot be read as batches."""
 
 
 # --------------------------------------------------------------------------- warnings

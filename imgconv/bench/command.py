@@ -41,6 +41,7 @@ from .targets import check_targets, evaluate_targets, load_targets
 PLUGINS = (
     "imgconv.bench.methods",
     "imgconv.bench.experiments",
+    "imgconv.bench.loader_bench",
 )
 DEFAULT_OUT = "bench-results"
 CIFAR_COUNT, QUICK_CIFAR_COUNT = 60_000, 3_000

@@ -353,7 +353,7 @@ class PngFolderReader(Reader):
                     # declaring a huge size is refused without allocating it.
                     raise StoreError(f"{path}: image {i} is {pil.size[0]}x{pil.size[1]} pixels, "
                                      f"the store holds {shape_text(shape)}")
-                image = np.asarray(_eight_bit(pil, path))
+                image = np.array(_eight_bit(pil, path))  # a writeable copy: asarray would be read-only
         except FileNotFoundError:
             raise StoreError(f"{path}: image {i} is missing") from None
         except Image.DecompressionBombError as exc:
