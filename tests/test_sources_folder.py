@@ -321,7 +321,7 @@ def test_a_fifo_put_where_an_image_was_is_refused_not_waited_on(classes, on_erro
         result = _finishes(lambda: _read_all(source)[2].tolist(), classes / "cat" / "b.png")
     assert result is not None, "the read blocked on the FIFO"
     if on_error == "fail":
-        assert result[0] == "error" and "b.png: a FIFO, not an image file" in str(result[1])
+        assert result[0] == "error" and "b.png: a FIFO (named pipe), not an image file" in str(result[1])
     else:
         assert result == ("ok", [0, 1, 1]) and "a FIFO" in source.skipped[0].reason
 

@@ -17,15 +17,17 @@ asked.
 from __future__ import annotations
 
 import abc
+import os
 import warnings
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable, Union
+from typing import IO, Any, Callable, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import _validate
+from .._platform import NotRegularFileError, open_regular_file
 from ..errors import SkippedImageWarning, SourceError, SourceOptionError
 from ..options import Option
 
@@ -347,3 +349,38 @@ def warn_skipped(skipped: Sequence[SkippedFile], description: str) -> None:
         SkippedImageWarning,
         stacklevel=3,
     )
+
+
+def open_input(path: str, what: str) -> IO[bytes]:
+    """The input file at ``path`` open for reading (close it); SourceError when it is not a regular file.
+
+    A FIFO, socket or device is refused by name ("x.csv: a FIFO (named
+    pipe), not a labels CSV", ``what`` saying what was expected) without
+    being opened, so it never blocks a read. Other failures raise OSError.
+    """
+    try:
+        return open_regular_file(path)
+    except NotRegularFileError as exc:
+        raise SourceError(f"{path}: {exc.kind}, not {what}") from None
+
+
+def read_input(path: str, what: str, limit: int) -> bytes:
+    """The whole of the regular file at ``path``, which may hold at most ``limit`` bytes.
+
+    A larger file is refused (SourceError naming it and both sizes) before
+    a byte of it is read; so is anything but a regular file (see
+    :func:`open_input`). Other failures raise OSError.
+    """
+    with open_input(path, what) as f:
+        check_input_size(path, what, os.fstat(f.fileno()).st_size, limit)
+        data = f.read(limit + 1)  # one more than allowed: a file grown since is not read on without end
+    check_input_size(path, what, len(data), limit)
+    return data
+
+
+def check_input_size(where: str, what: str, size: int, limit: int) -> None:
+    """SourceError when ``size``, the bytes of the input at ``where``, is more than ``what`` can hold (``limit``)."""
+    if size > limit:
+        raise SourceError(
+            f"{where}: {size:,} bytes, more than {what} can hold ({limit:,}); refused without reading it"
+        )

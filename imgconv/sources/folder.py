@@ -41,10 +41,12 @@ worker) does not read the whole folder for a range: it reads the headers of
 that range alone, and its batches are arrays when those images share a size.
 
 Decompression bombs: an image declaring more than ``max_pixels`` pixels
-(width x height; default Pillow's own limit, about 89 million) is refused
-from its header, before any pixel is decoded, as a bad image. The limit is
-per source, so a folder of genuine huge scans can raise it without
-loosening Pillow for the rest of the program.
+(width x height; default Pillow's own limit, about 89 million), or a file
+holding such an image (an ICO's PNG, an ICNS's PNG, an MPO's frame), is
+refused from the headers, before any of its pixels is decoded, as a bad
+image (:mod:`.pixel_limit`). The limit is per source, so a folder of genuine
+huge scans can raise it without loosening Pillow for the rest of the
+program.
 
 Bad images (corrupt, truncated, empty, not an image, too many pixels): ``on_error="fail"``
 (default) raises SourceError naming the first; ``on_error="skip"`` leaves them
@@ -60,10 +62,7 @@ from __future__ import annotations
 
 import csv
 import os
-import stat
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -71,11 +70,10 @@ from PIL import Image, ImageOps
 
 from ..errors import SourceError, SourceOptionError
 from ..options import Option, show_width_by_height, whole_number, width_by_height
-from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, warn_skipped
+from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, open_input, warn_skipped
+from .pixel_limit import DEFAULT_MAX_PIXELS, PixelLimitError, check_opened, pixel_limit
 
 MODES = {"RGB": 3, "L": 1, "RGBA": 4}
-# Pillow's limit as shipped (its DecompressionBombWarning threshold), fixed at import.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 1024 * 1024 * 1024 // 4 // 3
 RESIZE_POLICIES = ("stretch", "crop")
 
 MODE = Option("mode", default="RGB", choices=tuple(MODES), help="the channel layout of every image")
@@ -87,8 +85,10 @@ ON_ERROR_OPTION = Option("on_error", default="fail", choices=ON_ERROR,
                          help="an unreadable or refused image stops the conversion (fail) or is skipped and reported")
 LABELS_CSV = Option("labels_csv", metavar="CSV", help="a CSV of image,label rows labelling a flat folder")
 MAX_PIXELS = Option("max_pixels", type=whole_number(1), metavar="N",
-                    help=f"refuse an image declaring more than N pixels, a decompression bomb, as a bad image "
-                         f"(default: Pillow's limit, {DEFAULT_MAX_PIXELS:,})")
+                    help=f"refuse an image declaring more than N pixels, or holding one (a decompression bomb), "
+                         f"as a bad image, before decoding it (default: Pillow's limit, {DEFAULT_MAX_PIXELS:,}); "
+                         "above that, each image of up to N pixels costs 4 to 8 bytes a pixel to decode: "
+                         "raise it for files you trust")
 
 # Pillow registers these extensions, but only as stubs or through external
 # programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.
@@ -303,44 +303,10 @@ def _orientation(im):
         return 1
 
 
-_PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-def _new_limit_lock():
-    # A child forked while another thread held the lock must not inherit it held.
-    global _PILLOW_LIMIT_LOCK
-    _PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_limit_lock)
-
-
-@contextmanager
-def _open_image(f, path, max_pixels):
-    """``Image.open(f)`` with imgconv's pixel limit instead of Pillow's global one.
-
-    Pillow's own check in ``Image.open`` (a warning above its global limit, an
-    error above twice that) is lifted for the call, under a lock, so that a
-    source may allow more than Pillow's default; the size the header
-    declares is then checked against ``max_pixels`` before anything is
-    decoded. Pillow's checks of frames and tiles during decoding stay.
-    """
-    with _PILLOW_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            im = Image.open(f)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    with im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise SourceError(
-                f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-                "(a decompression bomb?); if the image is genuine, raise the limit with max_pixels=N"
-            )
-        yield im
+def _too_many_pixels(path, exc):
+    return SourceError(
+        f"{path}: {exc} (a decompression bomb?); if the image is genuine, raise the limit with max_pixels=N"
+    )
 
 
 def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = None, resize_policy: str = "stretch",
@@ -352,7 +318,8 @@ def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = 
     problem, among them an image of more than ``max_pixels`` pixels.
     """
     try:
-        with _open_file(path) as f, _open_image(f, path, max_pixels) as im:
+        with pixel_limit(max_pixels), _open_file(path) as f, Image.open(f) as im:
+            check_opened(im, max_pixels)
             im.load()
             if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
@@ -369,6 +336,8 @@ def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = 
             pixels = np.asarray(im, np.uint8)
     except SourceError:
         raise
+    except PixelLimitError as exc:
+        raise _too_many_pixels(path, exc) from None
     except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError...) for bad files
         raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
     if pixels.ndim == 2:
@@ -390,33 +359,22 @@ def _describe_failure(path, exc):
 
 
 def _open_file(path):
-    """Open ``path`` for reading if it is a regular file; SourceError otherwise.
-
-    The file is opened without blocking and checked on the open descriptor:
-    a FIFO put where an image was would otherwise block the read forever.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
-            raise SourceError(f"{path}: {kind}, not an image file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """``path`` open for reading if it is a regular file; SourceError naming it otherwise (never blocks on a FIFO)."""
+    return open_input(path, "an image file")
 
 
 def _header_size(path, max_pixels=DEFAULT_MAX_PIXELS):
     """(W, H) of the image at ``path`` as it will be decoded (EXIF rotation applied)."""
     try:
-        with _open_file(path) as f, _open_image(f, path, max_pixels) as im:
+        with pixel_limit(max_pixels), _open_file(path) as f, Image.open(f) as im:
+            check_opened(im, max_pixels)
             width, height = im.size
             if _orientation(im) in _SWAPS_AXES:
                 width, height = height, width
     except SourceError:
         raise
+    except PixelLimitError as exc:
+        raise _too_many_pixels(path, exc) from None
     except Exception as exc:  # see decode_image
         raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
     return width, height
