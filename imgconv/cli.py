@@ -29,7 +29,7 @@ from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError, OptionError, UnknownFormatError, UsageError
 from .options import Option, speak_flags, whole_number
-from .sample import MIN_COUNT, write_sample
+from .sample import MAX_COUNT, MIN_COUNT, write_sample
 from .sources import SkippedImageWarning
 from .verify import store_info, verify_store
 
@@ -43,6 +43,9 @@ def _count(text: str) -> int:
     value = whole_number(0)(text)
     if value < MIN_COUNT:
         raise ValueError(f"the sample needs at least {MIN_COUNT} images (one per batch file), got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"the sample holds at most {MAX_COUNT} images (10,000 per batch file, as CIFAR-10), "
+                         f"got {value}")
     return value
 
 

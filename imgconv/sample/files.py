@@ -29,6 +29,8 @@ from .images import CHANNELS, LABEL_NAMES, SIZE, check_count, generate_sample
 
 TRAIN_BATCHES = len(CIFAR10_PYTHON.train)
 MIN_COUNT = TRAIN_BATCHES + len(CIFAR10_PYTHON.test)
+# The official 60,000: a batch file holds at most its official 10,000 images (what the reader accepts).
+MAX_COUNT = sum(CIFAR10_PYTHON.counts)
 
 PYTHON_DIR = CIFAR10_PYTHON.dirname
 BINARY_DIR = CIFAR10_BINARY.dirname
@@ -196,12 +198,13 @@ def _write_archive(path, directory):
 def write_sample(directory, count=60000, seed=0, *, archives=True):
     """Write the sample dataset into ``directory`` (created if needed) and return :class:`SampleFiles`.
 
-    ``count`` (at least 6: one image per batch file) images from
+    ``count`` (at least 6: one image per batch file; at most 60,000, the
+    official count, as no batch file holds more than 10,000) images from
     :func:`generate_sample` with ``seed``; ``archives=False`` skips the two
     ``.tar.gz`` files. Existing files of the same names are replaced. Raises
     ValueError for a bad count or seed and OSError when the files cannot be written.
     """
-    count = check_count(count, minimum=MIN_COUNT)
+    count = check_count(count, minimum=MIN_COUNT, maximum=MAX_COUNT)
     directory = os.fspath(directory)
     images, labels = generate_sample(count, seed)
     python_dir = os.path.join(directory, PYTHON_DIR)

@@ -21,7 +21,7 @@ import os
 import warnings
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
-from typing import IO, Any, Callable, Union
+from typing import IO, Any, Callable, NamedTuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -372,10 +372,19 @@ def read_input(path: str, what: str, limit: int) -> bytes:
     :func:`open_input`). Other failures raise OSError.
     """
     with open_input(path, what) as f:
-        check_input_size(path, what, os.fstat(f.fileno()).st_size, limit)
-        data = f.read(limit + 1)  # one more than allowed: a file grown since is not read on without end
-    check_input_size(path, what, len(data), limit)
+        size = os.fstat(f.fileno()).st_size
+        check_input_size(path, what, size, limit)
+        data = f.read(size + 1)  # one more: a file that grew since is refused, not read on without bound
+    if len(data) > size:
+        raise SourceError(f"{path}: grew while it was read (from {size:,} bytes)")
     return data
+
+
+class SizeLimit(NamedTuple):
+    """The most bytes an input file may hold, and what it is, as messages say it ("a CIFAR-10 python batch")."""
+
+    bytes: int
+    what: str
 
 
 def check_input_size(where: str, what: str, size: int, limit: int) -> None:

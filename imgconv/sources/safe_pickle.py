@@ -386,7 +386,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
         up) only say how the data was buffered when written, so with all of
         it in memory they are stepped over. About ten times faster than
         ``load`` on a CIFAR batch, which spends nearly all its time on those
-        ten thousand names.
+        ten thousand names. Bytes after the pickle's end are refused
+        (SourceError).
         """
         stream = io.BytesIO(data)
         self.read, self.readline, self.readinto = stream.read, stream.readline, stream.readinto
@@ -422,6 +423,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
             elif op == _FRAME:
                 pos += 9
             elif op == _STOP:
+                if pos + 1 != end:
+                    # A dataset file is one pickle; what follows it is damage, or data hidden from the loader.
+                    raise SourceError(
+                        f"{self._where}: {end - pos - 1:,} bytes follow the end of the pickle; "
+                        "a dataset file holds one pickle and nothing after it"
+                    )
                 return self.stack.pop()
             else:
                 stream.seek(pos + 1)

@@ -100,9 +100,9 @@ class CifarSource(Source):
         # One pass in container order: a tar.gz is read once, not once per batch.
         found = {}
         try:
-            for name, f in self.container.each(names):
+            for name, data in self.container.read_ahead(names):
                 where = self.container.where(name)
-                rows, _ = parse.parse_python_batch(f.read(), where, self.layout, self.label_kind)
+                rows, _ = parse.parse_python_batch(data, where, self.layout, self.label_kind)
                 found[name] = rows.shape[0]
         except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
@@ -129,7 +129,7 @@ class CifarSource(Source):
         kind = f", {self.label_kind} labels" if self.layout.cifar100 else ""
         # An archive is not read just to say how many images it holds; once read, it says.
         count = "" if self.sequential and self._counts is None else f", {self.length} images"
-        return f"{self.layout.name} batches at {self.container.path} ({self.split}{kind}{count})"
+        return f"{self.layout.name} batches at {self.container.location} ({self.split}{kind}{count})"
 
     @property
     def length(self) -> int:
