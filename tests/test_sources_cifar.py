@@ -366,6 +366,10 @@ def test_shared_label_lists_are_refused_without_building_them(tmp_path, sample):
         ((1, 2), "a tuple"),
         (np.array([1, 2], np.uint8), None),
         (np.array([1.0, 2.0]), "float64"),
+        ([np.int64(1), np.uint8(2)], None),  # NumPy integers in a list, as a batch written from NumPy data holds
+        ([np.uint64(2**64 - 1), 1], "beyond 64 bits"),
+        ([np.bool_(True), 1], r"labels\[0\] is a bool"),
+        ([np.float32(1), 1], r"labels\[0\] is a float32"),
     ],
 )
 def test_labels_are_a_list_of_ints_or_an_integer_array(tmp_path, sample, labels, message):

@@ -61,6 +61,7 @@ during it.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterator
 
@@ -70,7 +71,7 @@ from PIL import Image, ImageOps
 
 from ..errors import SourceError, SourceOptionError
 from ..options import Option, show_width_by_height, whole_number, width_by_height
-from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, open_input, warn_skipped
+from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, open_input, read_input, warn_skipped
 from .pixel_limit import DEFAULT_MAX_PIXELS, PixelLimitError, check_opened, pixel_limit
 
 MODES = {"RGB": 3, "L": 1, "RGBA": 4}
@@ -93,6 +94,11 @@ MAX_PIXELS = Option("max_pixels", type=whole_number(1), metavar="N",
 # Pillow registers these extensions, but only as stubs or through external
 # programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.
 _NOT_IMAGES = {".h5", ".hdf", ".bufr", ".grib", ".eps", ".ps", ".mpeg", ".mpg", ".wmf", ".emf", ".fit", ".fits"}
+
+# A labels CSV is read whole, so it is bounded first: 1 MiB, and 4 KiB an image (a path and a label, with room
+# for a few more columns); every row beyond the header names an image, so a genuine file stays well within.
+LABELS_CSV_BYTES_FIXED = 1 << 20
+LABELS_CSV_BYTES_PER_IMAGE = 4096
 
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -211,13 +217,25 @@ def scan_folder(root: str, labels_csv: str | os.PathLike[str] | None = None
     return files, labels, folders, "classes"
 
 
-def _csv_rows(csv_path):
-    """``(line number, row)`` of the non-blank rows of the CSV at ``csv_path``."""
+def _csv_rows(csv_path, images):
+    """``(line number, row)`` of the non-blank rows of the labels CSV at ``csv_path``, for ``images`` images.
+
+    The file is refused unless it is a regular file of at most
+    :data:`LABELS_CSV_BYTES_FIXED` plus :data:`LABELS_CSV_BYTES_PER_IMAGE`
+    per image, checked before it is read; its rows are then parsed one at a
+    time, so a bad row stops the reading at once.
+    """
+    limit = LABELS_CSV_BYTES_FIXED + LABELS_CSV_BYTES_PER_IMAGE * images
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            return [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = read_input(csv_path, f"a labels CSV for {images:,} images", limit).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                yield reader.line_num, row
+    except csv.Error as exc:
         raise SourceError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
 
 
@@ -231,18 +249,18 @@ def _as_int(text):
 
 def _csv_labels(csv_path, files):
     """Labels of ``files`` from the CSV at ``csv_path``: ``(int64 array, names or None)``."""
-    rows = _csv_rows(csv_path)
     index = {}
     for i, name in enumerate(files):
         index.setdefault(name, i)
         index.setdefault(os.path.splitext(name)[0], i)
-    if rows:
-        first = rows[0][1]
-        # A row with an integer label is data even when it names no image: it must not vanish unreported.
-        if first[0].strip() not in index and (len(first) < 2 or _as_int(first[1].strip()) is None):
-            rows = rows[1:]  # a header
     found, lines = {}, {}
-    for number, row in rows:
+    first = True
+    for number, row in _csv_rows(csv_path, len(files)):
+        # A first row with an integer label is data even when it names no image: it must not vanish unreported.
+        header = first and row[0].strip() not in index and (len(row) < 2 or _as_int(row[1].strip()) is None)
+        first = False
+        if header:
+            continue
         if len(row) < 2:
             raise SourceError(f"{csv_path}: row {number} has {len(row)} column(s); expected image,label")
         key, value = row[0].strip().replace("\\", "/"), row[1].strip()

@@ -46,11 +46,14 @@ def _key_list(mapping: dict[str, Any], limit: int = 10) -> str:
 
 
 def labels_array(values: Any, n: int, classes: int, where: str, key: str) -> np.ndarray:
-    """Check ``values`` (a list of ints, or a 1-D integer array) as ``n`` labels in ``0..classes-1``.
+    """Check ``values`` (a list of integers, or a 1-D integer array) as ``n`` labels in ``0..classes-1``.
 
-    Returns an int64 array. The list is checked element by element before
-    NumPy sees it: ``np.asarray`` on a list of lists (which a pickle can make
-    huge from a few bytes by repeating one reference) would build all of it.
+    The list's integers are Python ints or NumPy integer scalars (a batch
+    written from NumPy data holds those); never bools, floats or anything
+    else. Returns an int64 array. The list is checked element by element
+    before NumPy sees it: ``np.asarray`` on a list of lists (which a pickle
+    can make huge from a few bytes by repeating one reference) would build
+    all of it.
     """
     if isinstance(values, np.ndarray):
         if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
@@ -66,7 +69,7 @@ def labels_array(values: Any, n: int, classes: int, where: str, key: str) -> np.
         raise SourceError(f"{where}: the arrays disagree in length: {n} images but {count} {key}")
     if isinstance(values, list):
         for position, value in enumerate(values):
-            if type(value) is not int:
+            if type(value) is not int and not isinstance(value, np.integer):
                 raise SourceError(
                     f"{where}: {key} must be integers, but {key}[{position}] is a {type(value).__name__}"
                 )
