@@ -88,8 +88,8 @@ LABELS_CSV = Option("labels_csv", metavar="CSV", help="a CSV of image,label rows
 MAX_PIXELS = Option("max_pixels", type=whole_number(1), metavar="N",
                     help=f"refuse an image declaring more than N pixels, or holding one (a decompression bomb), "
                          f"as a bad image, before decoding it (default: Pillow's limit, {DEFAULT_MAX_PIXELS:,}); "
-                         "above that, each image of up to N pixels costs 4 to 8 bytes a pixel to decode: "
-                         "raise it for files you trust")
+                         "raising it lets each image of up to N pixels be decoded, at about 15 bytes a pixel "
+                         "at the peak, in each worker: for files you trust")
 
 # Pillow registers these extensions, but only as stubs or through external
 # programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.

@@ -24,9 +24,9 @@ variable: nothing global changes while an image is decoded, no lock is
 held, and Pillow's global limit is never lifted.
 
 Raising ``max_pixels`` above Pillow's limit lets images of that many
-pixels be decoded: about 3 to 4 bytes per pixel for the decoded image, and
-as much again while it is converted or resized, in each process that
-decodes. Do it for files you trust.
+pixels be decoded, in each process that decodes: the decoded image, its
+conversion to the source's mode and the array made of it take about 15
+bytes a pixel at the peak (RELIABILITY.md). Do it for files you trust.
 """
 from __future__ import annotations
 
