@@ -80,12 +80,12 @@ def test_a_device_or_socket_as_a_cifar_batch_is_refused_by_name(tmp_path, sample
     os.remove(directory / "test_batch.bin")
     os.symlink("/dev/zero", directory / "test_batch.bin")  # endless zeros: whole records forever
     with pytest.raises(SourceError, match=r"test_batch\.bin: a character device, not a regular file"):
-        open_source(directory, split="test").length
+        len(open_source(directory, split="test"))
     os.remove(directory / "test_batch.bin")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(directory / "test_batch.bin"))
     with pytest.raises(SourceError, match=r"test_batch\.bin: a socket, not a regular file"):
-        open_source(directory, split="test").length
+        len(open_source(directory, split="test"))
     listener.close()
 
 

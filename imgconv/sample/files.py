@@ -72,25 +72,25 @@ class _Py2Pickler(pickle._Pickler):
     def save_py2_str(self, obj):
         data = obj if isinstance(obj, bytes) else obj.encode("latin-1")
         if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)  # type: ignore[attr-defined]  # pickle._Pickler's, untyped
         else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)  # type: ignore[attr-defined]  # pickle._Pickler's, untyped
+        self.memoize(obj)  # type: ignore[attr-defined]
 
     dispatch[bytes] = save_py2_str  # type: ignore[assignment]
     dispatch[str] = save_py2_str  # type: ignore[assignment]
 
     def save_global(self, obj, name=None):
         try:
-            self.write(pickle.GLOBAL + self._old_names[obj])
+            self.write(pickle.GLOBAL + self._old_names[obj])  # type: ignore[attr-defined]  # pickle._Pickler's, untyped
         except KeyError:
             raise pickle.PicklingError(f"a CIFAR batch holds no {obj!r}") from None
-        self.memoize(obj)
+        self.memoize(obj)  # type: ignore[attr-defined]
 
     def reducer_override(self, obj):
         if isinstance(obj, np.dtype):
             # NumPy 1 under Python 2 wrote dtype('u1', 0, 1): ints, not bools.
-            function, (name, align, copy), state = obj.__reduce__()
+            function, (name, align, copy), state = obj.__reduce__()  # type: ignore[str-unpack]
             return function, (name, int(align), int(copy)), state
         return NotImplemented
 

@@ -46,7 +46,7 @@ try:
     from isal import igzip as _igzip
     from isal import isal_zlib as _isal_zlib
 
-    _IsalError: type[Exception] = getattr(_isal_zlib, "error")  # its type stub calls it an instance
+    _IsalError: type[Exception] = getattr(_isal_zlib, "error")  # noqa: B009 - its type stub calls it an instance
 except ImportError:  # a platform without isal wheels: the standard library's gzip
     _igzip = None
     _IsalError = zlib.error
@@ -181,7 +181,7 @@ class Directory:
 
     def __init__(self, path: str, limits: Limits | None = None) -> None:
         self.path = path
-        self.limits = dict(limits or {})
+        self.limits: Limits = dict(limits or {})
 
     @property
     def location(self) -> str:
@@ -295,7 +295,7 @@ class Archive:
     def __init__(self, path: str, prefix: str = "", limits: Limits | None = None) -> None:
         self.path = path
         self.prefix = prefix
-        self.limits = dict(limits or {})
+        self.limits: Limits = dict(limits or {})
         self.members: dict[str, tarfile.TarInfo] | None = None
         self._tar: TarReader | None = None
         self._member: tuple[str, memoryview] | None = None

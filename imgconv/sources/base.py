@@ -146,7 +146,7 @@ class Source(abc.ABC):
         indices = self._check_indices(indices)
         if indices.size == 0:
             shape = self.shape
-            empty = np.empty((0, *shape), np.uint8) if shape is not None else []
+            empty: Images = np.empty((0, *shape), np.uint8) if shape is not None else []
             return empty, np.zeros(0, np.int64), np.zeros(0, bool)
         unique, inverse = np.unique(indices, return_inverse=True)
         images, labels, kept = self._gather(unique)
@@ -176,7 +176,7 @@ class Source(abc.ABC):
         return _validate.int64_indices(indices, length, negative=False, error=ValueError, type_error=ValueError,
                                        out_of_range=f"is outside {where} of {self.description}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default that does nothing, for sources that keep nothing
         """Let go of the open files and caches a source keeps between calls (none here).
 
         The source stays usable: what it needs is reopened on the next read.
@@ -275,6 +275,7 @@ class BatchCutter:
             yield self._take_batch()
 
     def _take_batch(self):
+        assert self._images is not None and self._labels is not None  # a batch is being filled
         batch = self._images[: self._filled], self._labels[: self._filled]
         self._images = self._labels = None
         self._filled = 0

@@ -249,11 +249,12 @@ def _as_int(text):
 
 def _csv_labels(csv_path, files):
     """Labels of ``files`` from the CSV at ``csv_path``: ``(int64 array, names or None)``."""
-    index = {}
+    index: dict[str, int] = {}
     for i, name in enumerate(files):
         index.setdefault(name, i)
         index.setdefault(os.path.splitext(name)[0], i)
-    found, lines = {}, {}
+    found: dict[int, str] = {}
+    lines: dict[int, int] = {}
     first = True
     for number, row in _csv_rows(csv_path, len(files)):
         # A first row with an integer label is data even when it names no image: it must not vanish unreported.
@@ -564,7 +565,7 @@ class FolderSource(Source):
         return images, labels
 
     def _iterate(self, batch_size, start, stop, shape):
-        skipped = []
+        skipped: list[SkippedFile] = []
         try:
             for first in range(start, stop, batch_size):
                 # Every batch covers its index range, even when all of it was skipped (then empty).
@@ -573,7 +574,7 @@ class FolderSource(Source):
             warn_skipped(skipped, self.description)
 
     def _gather(self, unique):
-        skipped = []
+        skipped: list[SkippedFile] = []
         try:
             return self._decode_indices(unique, self._shape_of(unique), skipped)
         finally:

@@ -45,8 +45,7 @@ import numpy as np
 from .._platform import pread_exact
 from ..errors import SourceError, SourceOptionError
 from ..options import Option
-from .base import (SPLIT, SPLITS, Batch, Source, check_choice, check_input_size, group_by_part, open_input,
-                   plan_segments)
+from .base import SPLIT, SPLITS, Batch, Source, check_choice, check_input_size, group_by_part, open_input, plan_segments
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -237,12 +236,12 @@ class _ArrayReader:
         """
         ref = self.ref
         out = np.empty((hi - lo, *ref.shape[1:]), ref.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data
         if self._fd_pid != os.getpid():
             self._fd = None  # the parent's descriptor: its position is not shared, but keep ownership clear
         if self._fd is None:
             with _open(ref.path) as f:
-                self._fd, self._fd_pid = os.dup(f.fileno()), os.getpid()
+                self._fd, self._fd_pid = os.dup(f.fileno()), os.getpid()  # a descriptor of its own, kept open
         row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
         if pread_exact(self._fd, view, ref.offset + lo * row) < len(view):
             raise SourceError(f"{ref.path}: truncated: rows {lo}..{hi - 1} end past the end of the file")
@@ -350,7 +349,7 @@ class NumpySource(Source):
             self.parts, self.keys, self._names = self._open_npz(images_key, labels_key)
         else:
             raise SourceError(f"{self.path}: not a .npy or .npz file (it starts with {head!r})")
-        for ref, labels in self.parts:
+        for ref, _ in self.parts:
             where = ref.path if ref.member is None else f"{ref.path}:{ref.member}"
             _check_images(ref, where)
         if len({_image_shape(ref) for ref, _ in self.parts}) > 1:
@@ -419,7 +418,7 @@ class NumpySource(Source):
         shape = "x".join(map(str, self.shape))
         if self.keys is None:
             return f"NumPy array {self.path} ({self.length} images of {shape})"
-        arrays = ", ".join(f"{i}/{l}" if l else i for i, l in self.keys)
+        arrays = ", ".join(f"{images}/{labels}" if labels else images for images, labels in self.keys)
         return f"NumPy arrays {arrays} in {self.path} ({self.split}, {self.length} images of {shape})"
 
     @property

@@ -32,7 +32,8 @@ from .layouts import FILE_NAMES, Layout, layout_of
 def _layout_in_directory(path: str) -> Layout | None:
     """The layout of the batch files in the directory ``path`` itself, or None."""
     # A FIFO or device with a batch file's name counts: reading it refuses it by name.
-    present = {n for n in FILE_NAMES if os.path.lexists(os.path.join(path, n)) and not os.path.isdir(os.path.join(path, n))}
+    present = {n for n in FILE_NAMES if os.path.lexists(os.path.join(path, n))
+               and not os.path.isdir(os.path.join(path, n))}
     return layout_of(present, os.path.basename(os.path.normpath(path)))
 
 

@@ -10,8 +10,17 @@ from ... import kernels
 from ...errors import SourceError, SourceOptionError
 from ...options import Option
 from ..archive import DECODE_ERRORS, OrderedMembers
-from ..base import (SPLIT, SPLITS, Batch, BatchCutter, Source, check_choice, check_stream_arguments, group_by_part,
-                    plan_segments)
+from ..base import (
+    SPLIT,
+    SPLITS,
+    Batch,
+    BatchCutter,
+    Source,
+    check_choice,
+    check_stream_arguments,
+    group_by_part,
+    plan_segments,
+)
 from . import parse
 from .detect import detect
 from .layouts import CHANNELS, HEIGHT, LABEL_KINDS, LAYOUTS, WIDTH
