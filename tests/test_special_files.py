@@ -6,10 +6,10 @@ stuck is released by opening the FIFO for writing (the test then fails).
 """
 import os
 import shutil
-import threading
 
 import numpy as np
 import pytest
+from factories import finishes
 from PIL import Image
 
 import imgconv
@@ -18,28 +18,8 @@ from imgconv.sample import write_sample
 from imgconv.sources import NumpySource, open_source
 
 
-def _outcome(function, fifo, seconds=20):
-    """``("ok", result)`` or ``("error", exception)`` of ``function()``; None when it blocked on ``fifo``."""
-    outcome = []
-
-    def run():
-        try:
-            outcome.append(("ok", function()))
-        except Exception as exc:  # handed to the test, which checks it
-            outcome.append(("error", exc))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():  # opening the FIFO for writing lets a blocked reader see end-of-file
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(5)
-        return None
-    return outcome[0]
-
-
 def _refused(function, fifo, *expected):
-    outcome = _outcome(function, fifo)
+    outcome = finishes(function, fifo)
     assert outcome is not None, f"blocked on the FIFO {fifo}"
     kind, value = outcome
     assert kind == "error" and isinstance(value, (SourceError, UnknownFormatError)), outcome
