@@ -15,6 +15,7 @@ from a process that had one never uses the parent's, and
 import ctypes
 import errno
 import functools
+import io
 import os
 import shutil
 import signal
@@ -81,6 +82,74 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
     if not hasattr(os, "pread"):
         raise OSError(errno.ENOTSUP, f"reading at an offset (pread) is not available on {sys.platform}")
     return os.pread(fd, size, offset)
+
+
+class NotRegularFileError(OSError):
+    """:func:`open_regular` found no regular file at a path: a FIFO, socket, device or directory.
+
+    ``filename`` is the path, ``kind`` what is there ("a FIFO (named pipe)"),
+    ``strerror`` says both ("a FIFO (named pipe), not a regular file").
+    """
+
+    def __init__(self, path: "str | os.PathLike[str]", kind: str) -> None:
+        super().__init__(None, f"{kind}, not a regular file", os.fspath(path))
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, as messages say it: "a regular file", "a FIFO (named pipe)", "a directory"..."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def open_regular(path: "str | os.PathLike[str]", flags: int = os.O_RDONLY, *, follow_symlinks: bool = True) -> int:
+    """Open ``path`` with ``flags`` if it is a regular file, without ever blocking on anything else; returns the fd.
+
+    A FIFO, socket or device where a file was expected is refused before it
+    is opened (opening a FIFO for reading blocks until a writer comes,
+    forever if none does; opening a device can have effects of its own).
+    What is there is looked at first (``stat``, or ``lstat`` with
+    ``follow_symlinks=False``), then opened with ``O_NONBLOCK`` (and
+    ``O_NOFOLLOW`` when not following links) and checked again on the open
+    descriptor, so a file swapped for a FIFO in between cannot block either;
+    ``O_NONBLOCK`` is then cleared. The descriptor is close-on-exec. Raises
+    :class:`NotRegularFileError` for anything but a regular file (a
+    symbolic link too, with ``follow_symlinks=False``) and OSError as
+    ``os.open`` does.
+    """
+    path = os.fspath(path)
+    found = os.stat(path, follow_symlinks=follow_symlinks).st_mode
+    if not stat.S_ISREG(found):
+        raise NotRegularFileError(path, file_kind(found))
+    extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        extra |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | extra)
+    except OSError as exc:
+        if not follow_symlinks and exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link put there since the lstat
+            raise NotRegularFileError(path, "a symbolic link") from None
+        raise
+    try:
+        opened = os.fstat(fd).st_mode
+        if not stat.S_ISREG(opened):
+            raise NotRegularFileError(path, file_kind(opened))
+        if extra & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular_file(path: "str | os.PathLike[str]", *, follow_symlinks: bool = True) -> "io.BufferedReader":
+    """:func:`open_regular` for reading, as a binary file object (close it)."""
+    return os.fdopen(open_regular(path, follow_symlinks=follow_symlinks), "rb")
 
 
 def fdatasync(fd: int) -> None:

@@ -25,15 +25,21 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from . import sources, stores
+from ._terminal import escape_for_terminal
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError, OptionError, UnknownFormatError, UsageError
 from .options import Option, speak_flags, whole_number
-from .sample import MIN_COUNT, write_sample
+from .sample import MAX_COUNT, MIN_COUNT, write_sample
 from .sources import SkippedImageWarning
 from .verify import store_info, verify_store
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+
+def _print(text: str, file: Any = None) -> None:
+    """Print one line of the command's output; names in it are escaped for the terminal (see :mod:`._terminal`)."""
+    print(escape_for_terminal(text), file=sys.stdout if file is None else file)
+
 
 Command = namedtuple("Command", "name help add_arguments run")
 Command.__doc__ = "A subcommand: its name, one-line help, a function adding its arguments, and the cmd_* that runs it."
@@ -43,6 +49,9 @@ def _count(text: str) -> int:
     value = whole_number(0)(text)
     if value < MIN_COUNT:
         raise ValueError(f"the sample needs at least {MIN_COUNT} images (one per batch file), got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"the sample holds at most {MAX_COUNT} images (10,000 per batch file, as CIFAR-10), "
+                         f"got {value}")
     return value
 
 
@@ -82,15 +91,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """Write the built-in sample dataset in the CIFAR-10 formats and say what was written."""
     start = time.perf_counter()
     written = write_sample(args.directory, args.count, args.seed, archives=not args.no_archives)
-    print(
+    _print(
         f"wrote {written.count} images ({written.train} train, {written.test} test, seed {args.seed}) "
         f"in {time.perf_counter() - start:.1f} s:"
     )
-    print(f"  {written.python_dir}  python batches")
-    print(f"  {written.binary_dir}  binary batches")
+    _print(f"  {written.python_dir}  python batches")
+    _print(f"  {written.binary_dir}  binary batches")
     for archive in (written.python_archive, written.binary_archive):
         if archive is not None:
-            print(f"  {archive}")
+            _print(f"  {archive}")
     return EXIT_OK
 
 
@@ -199,7 +208,7 @@ def _named_options(args: argparse.Namespace) -> dict[str, Option]:
 
 def _say(args: argparse.Namespace, message: str, named: Iterable[str] = ()) -> None:
     """Print ``message`` on stderr as ``imgconv COMMAND: ...``, in flags rather than keyword names."""
-    print(f"imgconv {args.command}: {speak_flags(message, _named_options(args), named)}", file=sys.stderr)
+    _print(f"imgconv {args.command}: {speak_flags(message, _named_options(args), named)}", sys.stderr)
 
 
 @contextmanager
@@ -211,7 +220,7 @@ def _progress(args: argparse.Namespace, path: str) -> Iterator[Callable[[int, in
         from tqdm import tqdm
 
         bar = tqdm(unit="img", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
-                   desc=os.path.basename(os.path.abspath(path)))
+                   desc=escape_for_terminal(os.path.basename(os.path.abspath(path))))
 
     def update(done: int, total: int | None) -> None:
         if bar is not None:
@@ -253,12 +262,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _say(args, f"skipped {len(result.skipped)} unreadable file(s):")
         named = _named_options(args)
         for skipped in result.skipped:
-            print(f"  {skipped.path}: {speak_flags(skipped.reason, named)}", file=sys.stderr)
+            _print(f"  {skipped.path}: {speak_flags(skipped.reason, named)}", sys.stderr)
     if not args.quiet:
         rate = result.count / result.seconds if result.seconds > 0 else 0.0
         resumed = f" (continued after {result.resumed} images kept from the interrupted run)" if result.resumed else ""
-        print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
-              f"{_human_bytes(result.bytes)} of data: {result.path} ({result.format}){resumed}")
+        _print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
+               f"{_human_bytes(result.bytes)} of data: {result.path} ({result.format}){resumed}")
     return EXIT_OK
 
 
@@ -282,13 +291,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "shape_range" in info:
         ranges = info["shape_range"]
         shape += f" (heights {ranges['height']}, widths {ranges['width']}, channels {ranges['channels']})"
-    print(f"{info['path']}: {info['format']} store (format version {info['format_version']}), "
-          f"written by imgconv {info['imgconv_version'] or 'unknown (classic layout)'}")
-    print(f"  images:  {info['count']} of {shape} {info['dtype']}")
+    _print(f"{info['path']}: {info['format']} store (format version {info['format_version']}), "
+           f"written by imgconv {info['imgconv_version'] or 'unknown (classic layout)'}")
+    _print(f"  images:  {info['count']} of {shape} {info['dtype']}")
     allocated = "unknown" if info["allocated_bytes"] is None else _human_bytes(info["allocated_bytes"])
-    print(f"  size:    {_human_bytes(info['data_bytes'])} of data, {allocated} allocated on disk")
-    print(f"  source:  {info['source']}")
-    print("  labels:  " + ", ".join(f"{name} {count}" for name, count in info["label_counts"].items()))
+    _print(f"  size:    {_human_bytes(info['data_bytes'])} of data, {allocated} allocated on disk")
+    _print(f"  source:  {info['source']}")
+    _print("  labels:  " + ", ".join(f"{name} {count}" for name, count in info["label_counts"].items()))
     return EXIT_OK
 
 
@@ -303,14 +312,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _progress(args, args.store) as progress:
         report = verify_store(args.store, progress=progress)
     for problem in report.problems:
-        print(f"{report.path}: {problem}")
+        _print(f"{report.path}: {problem}")
     for index, reason in report.bad:
-        print(f"{report.path}: image {index}: {reason}")
+        _print(f"{report.path}: image {index}: {reason}")
     if report.bad or report.problems:
-        print(f"FAILED: {len(report.bad)} bad image(s) of {report.count}, {len(report.problems)} store problem(s): "
-              f"{report.path}", file=sys.stderr)
+        _print(f"FAILED: {len(report.bad)} bad image(s) of {report.count}, {len(report.problems)} store problem(s): "
+               f"{report.path}", sys.stderr)
         return EXIT_DATA
-    print(f"ok: {report.count} images read and checked in {report.seconds:.2f} s: {report.path} ({report.format})")
+    _print(f"ok: {report.count} images read and checked in {report.seconds:.2f} s: {report.path} ({report.format})")
     return EXIT_OK
 
 
@@ -383,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # said by the subcommand, with its usage, not by the top level with its own
-            args.command_parser.error(_unrecognized(args.command_parser, unknown))
+            args.command_parser.error(escape_for_terminal(_unrecognized(args.command_parser, unknown)))
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors (2)
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     try:
@@ -406,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DATA
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"imgconv {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        _print(f"imgconv {args.command}: error: {where}{exc.strerror or exc}", sys.stderr)
         return EXIT_DATA
     except KeyboardInterrupt:
-        print(f"imgconv {args.command}: interrupted", file=sys.stderr)
+        _print(f"imgconv {args.command}: interrupted", sys.stderr)
         return 130

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import h5py
 import numpy as np
@@ -96,3 +97,28 @@ def run_without_write_access(script):
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def finishes(function, fifo, seconds=20):
+    """``("ok", result)`` or ``("error", exception)`` of ``function()`` run in a thread; None when it blocked.
+
+    A reader found still running after ``seconds`` is taken to be stuck on
+    the FIFO ``fifo`` and released (opening the FIFO for writing lets it see
+    end-of-file), and None is returned: the test fails on that.
+    """
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(("ok", function()))
+        except Exception as exc:  # handed to the test, which checks it
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        return None
+    return outcome[0]

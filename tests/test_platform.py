@@ -156,3 +156,89 @@ def test_renameat2_refuses_to_replace_with_noreplace(tmp_path):
     with pytest.raises(FileExistsError):
         _platform.renameat2(str(tmp_path / "a"), str(tmp_path / "b"), _platform.RENAME_NOREPLACE)
     assert np.array_equal(sorted(os.listdir(tmp_path)), ["a", "b"])
+
+
+def _fifo(tmp_path):
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+def test_open_regular_opens_a_file_blocking_and_close_on_exec(tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(b"abc")
+    fd = _platform.open_regular(path)
+    try:
+        assert os.read(fd, 10) == b"abc"
+        assert os.get_blocking(fd) and not os.get_inheritable(fd)
+    finally:
+        os.close(fd)
+    with _platform.open_regular_file(path) as f:
+        assert f.read() == b"abc"
+
+
+def _finishes(call, timeout=10):
+    """``call()`` in a thread: its result or exception, or None when it is still blocked after ``timeout`` s."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else None
+
+
+def test_open_regular_refuses_a_fifo_without_blocking_and_names_it(tmp_path):
+    fifo = _fifo(tmp_path)
+    got = _finishes(lambda: _platform.open_regular(fifo))
+    assert got is not None, "opening the FIFO blocked"
+    assert isinstance(got, _platform.NotRegularFileError) and isinstance(got, OSError)
+    assert got.filename == str(fifo) and got.kind == "a FIFO (named pipe)"
+    assert got.strerror == "a FIFO (named pipe), not a regular file"
+
+
+def test_open_regular_refuses_a_fifo_swapped_in_after_the_stat(tmp_path, monkeypatch):
+    # The race: a regular file when looked at, a FIFO when opened. O_NONBLOCK keeps the open from waiting.
+    fifo = _fifo(tmp_path)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, **kw: real_stat(__file__, **kw) if str(path) == str(fifo)
+                        else real_stat(path, **kw))
+    got = _finishes(lambda: _platform.open_regular(fifo))
+    assert isinstance(got, _platform.NotRegularFileError) and got.kind == "a FIFO (named pipe)"
+
+
+@pytest.mark.parametrize("what, kind", [("directory", "a directory"), ("device", "a character device"),
+                                        ("socket", "a socket")])
+def test_open_regular_refuses_directories_devices_and_sockets(tmp_path, what, kind):
+    import socket
+
+    if what == "directory":
+        path = tmp_path
+    elif what == "device":
+        path = "/dev/null"
+    else:
+        path = tmp_path / "sock"
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+    with pytest.raises(_platform.NotRegularFileError) as info:
+        _platform.open_regular(path)
+    assert info.value.kind == kind
+
+
+def test_open_regular_follows_links_unless_told_not_to(tmp_path):
+    target = tmp_path / "file"
+    target.write_bytes(b"x")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    os.close(_platform.open_regular(link))
+    with pytest.raises(_platform.NotRegularFileError, match="a symbolic link"):
+        _platform.open_regular(link, follow_symlinks=False)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to-fifo").symlink_to(tmp_path / "fifo")
+    with pytest.raises(_platform.NotRegularFileError, match="FIFO"):
+        _platform.open_regular(tmp_path / "to-fifo")

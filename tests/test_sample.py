@@ -85,7 +85,7 @@ def test_archives_are_byte_identical_for_a_seed(tmp_path):
         assert hashlib.sha256(open(one, "rb").read()).digest() == hashlib.sha256(open(two, "rb").read()).digest()
 
 
-@pytest.mark.parametrize("count, seed", [(5, 0), (-1, 0), (10, -3), (2.5, 0)])
+@pytest.mark.parametrize("count, seed", [(5, 0), (-1, 0), (10, -3), (2.5, 0), (60_001, 0)])
 def test_bad_count_or_seed(tmp_path, count, seed):
     with pytest.raises(ValueError):
         write_sample(tmp_path, count=count, seed=seed)
@@ -107,6 +107,8 @@ def test_cli_through_a_subprocess(tmp_path):
 def test_cli_usage_errors_exit_2(capsys):
     assert cli.main(["sample", "x", "--count", "3"]) == 2
     assert "at least 6 images" in capsys.readouterr().err
+    assert cli.main(["sample", "x", "--count", "60001"]) == 2  # a batch file holds at most 10,000, as CIFAR-10's
+    assert "at most 60000 images" in capsys.readouterr().err
     assert cli.main(["sample", "x", "--seed", "-1"]) == 2
     assert cli.main(["frobnicate"]) == 2
     assert cli.main([]) == 2

@@ -1,4 +1,5 @@
 """CIFAR readers: every official layout, from directories and archives, and every kind of bad batch."""
+import io
 import multiprocessing
 import os
 import pickle
@@ -110,7 +111,8 @@ def test_parent_directory_of_one_layout_is_found(tmp_path, sample):
 
 def test_a_directory_with_two_layouts_asks_which(sample):
     files, _, _ = sample
-    with pytest.raises(SourceError, match="several CIFAR layouts"):
+    with pytest.raises(SourceError, match=r"holds 2 sets of CIFAR batch files, in .*cifar-10-batches-bin and "
+                                          r".*cifar-10-batches-py; open the one to read"):
         open_source(os.path.dirname(files.python_dir))
 
 
@@ -276,7 +278,7 @@ def test_tar_archive_of_something_else(tmp_path):
     archive = tmp_path / "other.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "stuff", arcname="stuff")
-    with pytest.raises(SourceError, match=r"tar archive of 'stuff', not one of the CIFAR archives"):
+    with pytest.raises(SourceError, match=r"other.tar.gz is a tar archive holding no CIFAR batch files"):
         open_source(archive)
 
 
@@ -364,6 +366,10 @@ def test_shared_label_lists_are_refused_without_building_them(tmp_path, sample):
         ((1, 2), "a tuple"),
         (np.array([1, 2], np.uint8), None),
         (np.array([1.0, 2.0]), "float64"),
+        ([np.int64(1), np.uint8(2)], None),  # NumPy integers in a list, as a batch written from NumPy data holds
+        ([np.uint64(2**64 - 1), 1], "beyond 64 bits"),
+        ([np.bool_(True), 1], r"labels\[0\] is a bool"),
+        ([np.float32(1), 1], r"labels\[0\] is a float32"),
     ],
 )
 def test_labels_are_a_list_of_ints_or_an_integer_array(tmp_path, sample, labels, message):
@@ -481,3 +487,175 @@ def test_a_forked_process_opens_the_archive_again(sample):
     np.testing.assert_array_equal(got, images[20:25])
     assert own  # not the file object (and position) it shares with this process
     np.testing.assert_array_equal(next(source.batches(5, 5, 10))[0], images[5:10])
+
+
+# --- sizes checked before reading (issue 12, item 4) -------------------------
+
+
+def _sparse_member(name, data, hole):
+    """A GNU sparse tar member ``name``: ``data``, then a hole of ``hole`` zero bytes stored as nothing."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), 0
+    block = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header = block[-512:]
+
+    def octal(value):
+        return (oct(value)[2:].rjust(11, "0") + "\0").encode()
+
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:410] = octal(0) + octal(len(data))  # one stored run: the data, at offset 0
+    header[483:495] = octal(len(data) + hole)  # the size the member declares
+    header[148:156] = b" " * 8
+    header[148:156] = (oct(sum(header))[2:].rjust(6, "0") + "\0 ").encode()
+    block[-512:] = header
+    return bytes(block) + data + bytes(-len(data) % 512)
+
+
+def _archive_with_sparse_batch(path, python_dir, hole):
+    """A .tar.gz of the sample's python batches whose data_batch_1 is followed by a hole of ``hole`` bytes."""
+    import gzip
+    import io
+
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in sorted(os.listdir(python_dir)):
+            if name != "data_batch_1":
+                tar.add(os.path.join(python_dir, name), arcname=f"cifar-10-batches-py/{name}")
+    body = plain.getvalue().rstrip(b"\0")
+    body += bytes(-len(body) % 512)
+    data = open(os.path.join(python_dir, "data_batch_1"), "rb").read()
+    body += _sparse_member("cifar-10-batches-py/data_batch_1", data, hole) + bytes(1024)
+    with gzip.open(path, "wb") as f:
+        f.write(body)
+    return path
+
+
+_MEASURED_CLI = """
+import json, resource, sys
+from imgconv.cli import main
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+"""
+
+
+def _convert_measured(source, dest):
+    """``imgconv convert SOURCE DEST`` in a child: (exit status, MB of peak memory over its start, stderr)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MEASURED_CLI, "convert", str(source), str(dest), "--workers", "0",
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["code"], result["mb"], done.stderr
+
+
+@pytest.mark.parametrize("form", ["archive", "directory"])
+def test_a_batch_declaring_a_gigabyte_is_refused_before_it_is_read(tmp_path, sample, form):
+    # A valid pickle followed by a sparse 1 GiB hole: small on disk, a gigabyte when read.
+    files = sample[0]
+    if form == "archive":
+        source = _archive_with_sparse_batch(tmp_path / "cifar-10-python.tar.gz", files.python_dir, 1 << 30)
+        assert source.stat().st_size < 500_000
+        member = f"{source}:cifar-10-batches-py/data_batch_1"
+    else:
+        source = _copy_layout(files.python_dir, tmp_path / "cifar-10-batches-py")
+        with open(source / "data_batch_1", "ab") as f:
+            f.truncate(f.tell() + (1 << 30))
+        member = str(source / "data_batch_1")
+    code, mb, stderr = _convert_measured(source, tmp_path / "out.lmdb")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert f"{member}: 1,073,7" in stderr and "more than a CIFAR-10 python batch of at most 10,000 images" in stderr
+    assert mb < 64, mb
+    assert not (tmp_path / "out.lmdb").exists()
+
+
+def test_bytes_after_the_pickle_are_refused(tmp_path, sample):
+    directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
+    with open(directory / "data_batch_2", "ab") as f:
+        f.write(bytes(1000))
+    with pytest.raises(SourceError, match=r"data_batch_2: 1,000 bytes follow the end of the pickle"):
+        open_source(directory).length
+
+
+def test_binary_batches_hold_at_most_their_official_count_exactly(tmp_path, sample):
+    directory = _copy_layout(sample[0].binary_dir, tmp_path / "bin")
+    for records, fits in [(10_000, True), (10_001, False)]:
+        with open(directory / "test_batch.bin", "wb") as f:
+            f.truncate(records * 3073)  # whole records of label 0: a valid batch of that many images
+        if fits:
+            assert open_source(directory, split="test").length == 10_000
+        else:
+            with pytest.raises(SourceError, match=r"test_batch\.bin: 30,733,073 bytes, more than a CIFAR-10 binary "
+                                                  r"batch of at most 10,000 images can hold \(30,730,000\)"):
+                open_source(directory, split="test").length
+
+
+@pytest.mark.parametrize("form", ["python_dir", "binary_dir"])
+def test_a_label_name_file_over_its_limit_is_refused(tmp_path, sample, form):
+    directory = _copy_layout(getattr(sample[0], form), tmp_path / "batches")
+    meta = directory / ("batches.meta" if form == "python_dir" else "batches.meta.txt")
+    with open(meta, "ab") as f:
+        f.truncate(2 << 20)
+    with pytest.raises(SourceError, match=rf"{meta.name}: 2,097,152 bytes, more than a CIFAR-10 \w+ label-name file"):
+        open_source(directory).label_names
+
+
+# --- any archive or directory holding one set of batch files (issue 12, item 7) ------------------------------
+
+
+def _packed(path, python_dir, arcname, before=()):
+    """A .tar.gz of the sample's python batches in folder ``arcname`` ("." for `tar -C dir .`), ``before`` first."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in before:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.add(python_dir, arcname=arcname)
+    return path
+
+
+@pytest.mark.parametrize("arcname, before, shown", [
+    ("my-cifar", (), "my-cifar/"),
+    (".", (), "./"),
+    ("deep/down/batches", (), "deep/down/batches/"),
+    ("cifar-10-batches-py", [("README.txt", b"read me"), ("photos/a.png", b"x" * 5000)], "cifar-10-batches-py/"),
+], ids=["another name", "tar -C dir .", "nested", "other members first"])
+def test_an_archive_of_one_set_is_read_whatever_its_folder_and_says_which(tmp_path, sample, arcname, before, shown):
+    files, images, labels = sample
+    archive = _packed(tmp_path / "any.tar.gz", files.python_dir, arcname, before)
+    source = open_source(archive, split="all")
+    _, got, got_labels = _read_all(source)
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert f"batches at {archive}:{shown} (all, 60 images)" in source.description
+    # The same files extracted are read from the directory that holds them.
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "out", filter="data")
+    top = tmp_path / "out" / arcname.split("/")[0] if arcname != "." else tmp_path / "out"
+    holder = top if arcname != "deep/down/batches" else tmp_path / "out" / "deep" / "down"
+    np.testing.assert_array_equal(_read_all(open_source(holder, split="all"))[1], images)
+
+
+def test_two_sets_in_an_archive_are_refused_naming_both(tmp_path, sample):
+    files = sample[0]
+    archive = tmp_path / "two.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(files.python_dir, arcname="first")
+        tar.add(files.python_dir, arcname="second/copy")
+    source = open_source(archive)  # the first set found; the second shows when the archive is read
+    assert "batches at " + f"{archive}:first/" in source.description
+    with pytest.raises(SourceError, match=r"two.tar.gz holds 2 sets of CIFAR batch files, in first/ and second/copy/"):
+        source.length
+    with pytest.raises(SourceError, match="in first/ and second/copy/"):
+        list(open_source(archive).stream(16))
+
+
+def test_two_sets_in_a_directory_are_refused_naming_both(tmp_path, sample):
+    files = sample[0]
+    shutil.copytree(files.python_dir, tmp_path / "a")
+    shutil.copytree(files.python_dir, tmp_path / "b")
+    with pytest.raises(SourceError, match=r"holds 2 sets of CIFAR batch files, in .*/a and .*/b; open the one"):
+        open_source(tmp_path)
+    assert open_source(tmp_path / "b").description.startswith(f"CIFAR-10 python batches at {tmp_path / 'b'} ")

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from factories import finishes
 from PIL import Image
 
 from imgconv.errors import SourceError
@@ -275,36 +276,13 @@ def test_take_under_skip_leaves_bad_images_out(with_bad):
 # --- review findings ------------------------------------------------------------------------
 
 
-def _finishes(function, fifo, seconds=20):
-    """Run ``function`` in a thread; True when it ends in time. A reader stuck on ``fifo`` is released."""
-    import os
-    import threading
-
-    outcome = []
-
-    def run():
-        try:
-            outcome.append(("ok", function()))
-        except Exception as exc:  # handed to the test, which checks it
-            outcome.append(("error", exc))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():  # opening the FIFO for writing lets a blocked reader see end-of-file
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(5)
-        return None
-    return outcome[0]
-
-
 def test_a_fifo_named_like_an_image_is_not_an_image(classes):
     import os
 
     fifo = classes / "cat" / "z.png"
     os.mkfifo(fifo)
     source = open_source(classes, on_error="skip")
-    result = _finishes(lambda: (source.shape, _read_all(source)[2].tolist()), fifo)
+    result = finishes(lambda: (source.shape, _read_all(source)[2].tolist()), fifo)
     assert result == ("ok", ((4, 6, 3), [0, 0, 1, 1]))  # left out of the scan
 
 
@@ -318,10 +296,10 @@ def test_a_fifo_put_where_an_image_was_is_refused_not_waited_on(classes, on_erro
     os.mkfifo(classes / "cat" / "b.png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)
-        result = _finishes(lambda: _read_all(source)[2].tolist(), classes / "cat" / "b.png")
+        result = finishes(lambda: _read_all(source)[2].tolist(), classes / "cat" / "b.png")
     assert result is not None, "the read blocked on the FIFO"
     if on_error == "fail":
-        assert result[0] == "error" and "b.png: a FIFO, not an image file" in str(result[1])
+        assert result[0] == "error" and "b.png: a FIFO (named pipe), not an image file" in str(result[1])
     else:
         assert result == ("ok", [0, 1, 1]) and "a FIFO" in source.skipped[0].reason
 

@@ -147,6 +147,23 @@ def test_labels_that_disagree_in_length(tmp_path):
         open_source(tmp_path / "l.npz")
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_uint64_labels_beyond_int64_are_refused_not_made_negative(tmp_path, compress):
+    save = np.savez_compressed if compress else np.savez
+    save(tmp_path / "u.npz", images=_images(3), labels=np.array([1, 2**63 - 1, 5], np.uint64))
+    assert _read_all(open_source(tmp_path / "u.npz"))[2].tolist() == [1, 2**63 - 1, 5]
+    save(tmp_path / "u.npz", images=_images(3), labels=np.array([1, 2**63, 2**64 - 1], np.uint64))
+    with pytest.raises(SourceError, match=r"u\.npz:labels\.npy: label 1 is 9223372036854775808, beyond a 64-bit"):
+        _read_all(open_source(tmp_path / "u.npz"))
+
+
+def test_label_names_over_their_limit_are_refused(tmp_path):
+    names = np.array(["x" * 1000] * 5000)  # 20 MB of UTF-32 names
+    np.savez(tmp_path / "n.npz", images=_images(2), labels=np.arange(2), label_names=names)
+    with pytest.raises(SourceError, match=r"n\.npz:label_names\.npy: 20,000,000 bytes, more than a label_names array"):
+        open_source(tmp_path / "n.npz")
+
+
 @pytest.mark.parametrize(
     "array, message",
     [

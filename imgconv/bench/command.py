@@ -18,6 +18,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .._terminal import escape_lines
 from . import classic, inputs, report
 from .harness import (
     DEFAULT_BUDGET,
@@ -310,13 +311,14 @@ def run_bench(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         _finish(results, harness, targets, skipped_methods, skipped_experiments, started, args.out)
     text = report.format_table(results, experiments)
-    print(text, flush=True)
+    print(escape_lines(text), flush=True)
     with open(os.path.join(args.out, "table.txt"), "w") as f:
         f.write(text + "\n")
     written = ["results.json", "results.csv", "table.txt"]
     if not args.no_plots:
         written += _plots(results, args.out)
-    print(f"\n{results['seconds']:.0f} s; wrote {', '.join(os.path.join(args.out, n) for n in written)}")
+    paths = ", ".join(os.path.join(args.out, n) for n in written)
+    print(escape_lines(f"\n{results['seconds']:.0f} s; wrote {paths}"))
     return 0
 
 

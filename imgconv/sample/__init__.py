@@ -18,6 +18,7 @@ same bytes, archives included, and image ``i`` does not depend on ``count``.
 from .files import (
     BINARY_ARCHIVE,
     BINARY_DIR,
+    MAX_COUNT,
     MIN_COUNT,
     PYTHON_ARCHIVE,
     PYTHON_DIR,
@@ -33,6 +34,7 @@ __all__ = [
     "BINARY_DIR",
     "CHANNELS",
     "LABEL_NAMES",
+    "MAX_COUNT",
     "MIN_COUNT",
     "PYTHON_ARCHIVE",
     "PYTHON_DIR",

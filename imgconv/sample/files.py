@@ -29,6 +29,8 @@ from .images import CHANNELS, LABEL_NAMES, SIZE, check_count, generate_sample
 
 TRAIN_BATCHES = len(CIFAR10_PYTHON.train)
 MIN_COUNT = TRAIN_BATCHES + len(CIFAR10_PYTHON.test)
+# The official 60,000: a batch file holds at most its official 10,000 images (what the reader accepts).
+MAX_COUNT = sum(CIFAR10_PYTHON.counts)
 
 PYTHON_DIR = CIFAR10_PYTHON.dirname
 BINARY_DIR = CIFAR10_BINARY.dirname
@@ -70,25 +72,25 @@ class _Py2Pickler(pickle._Pickler):
     def save_py2_str(self, obj):
         data = obj if isinstance(obj, bytes) else obj.encode("latin-1")
         if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)  # type: ignore[attr-defined]  # pickle._Pickler's, untyped
         else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)  # type: ignore[attr-defined]  # pickle._Pickler's, untyped
+        self.memoize(obj)  # type: ignore[attr-defined]
 
     dispatch[bytes] = save_py2_str  # type: ignore[assignment]
     dispatch[str] = save_py2_str  # type: ignore[assignment]
 
     def save_global(self, obj, name=None):
         try:
-            self.write(pickle.GLOBAL + self._old_names[obj])
+            self.write(pickle.GLOBAL + self._old_names[obj])  # type: ignore[attr-defined]  # pickle._Pickler's, untyped
         except KeyError:
             raise pickle.PicklingError(f"a CIFAR batch holds no {obj!r}") from None
-        self.memoize(obj)
+        self.memoize(obj)  # type: ignore[attr-defined]
 
     def reducer_override(self, obj):
         if isinstance(obj, np.dtype):
             # NumPy 1 under Python 2 wrote dtype('u1', 0, 1): ints, not bools.
-            function, (name, align, copy), state = obj.__reduce__()
+            function, (name, align, copy), state = obj.__reduce__()  # type: ignore[str-unpack]
             return function, (name, int(align), int(copy)), state
         return NotImplemented
 
@@ -196,12 +198,13 @@ def _write_archive(path, directory):
 def write_sample(directory, count=60000, seed=0, *, archives=True):
     """Write the sample dataset into ``directory`` (created if needed) and return :class:`SampleFiles`.
 
-    ``count`` (at least 6: one image per batch file) images from
+    ``count`` (at least 6: one image per batch file; at most 60,000, the
+    official count, as no batch file holds more than 10,000) images from
     :func:`generate_sample` with ``seed``; ``archives=False`` skips the two
     ``.tar.gz`` files. Existing files of the same names are replaced. Raises
     ValueError for a bad count or seed and OSError when the files cannot be written.
     """
-    count = check_count(count, minimum=MIN_COUNT)
+    count = check_count(count, minimum=MIN_COUNT, maximum=MAX_COUNT)
     directory = os.fspath(directory)
     images, labels = generate_sample(count, seed)
     python_dir = os.path.join(directory, PYTHON_DIR)

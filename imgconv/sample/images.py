@@ -233,10 +233,12 @@ def _check_seed(seed):
     return int(seed)
 
 
-def check_count(count: int, minimum: int) -> int:
-    """``count`` as an int; ValueError unless it is an integer >= ``minimum``."""
+def check_count(count: int, minimum: int, maximum: int | None = None) -> int:
+    """``count`` as an int; ValueError unless it is an integer >= ``minimum`` (and <= ``maximum``)."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < minimum:
         raise ValueError(f"count must be an integer >= {minimum}, got {count!r}")
+    if maximum is not None and count > maximum:
+        raise ValueError(f"count must be at most {maximum:,}, got {count:,}")
     return int(count)
 
 

@@ -9,15 +9,17 @@ and the command line's flags are derived from them.
 """
 from __future__ import annotations
 
-from .._moved import forward
 import os
+import stat
 from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple
 
+from .._moved import forward
+from .._platform import file_kind
 from ..errors import SourceError, SourceOptionError
 from ..options import Option, merge
 from . import cifar, folder, numpy_files, store
-from .base import SkippedFile, SkippedImageWarning, Source
+from .base import SkippedFile, SkippedImageWarning, Source, open_input
 from .cifar import CifarSource
 from .folder import FolderSource
 from .numpy_files import NumpySource
@@ -123,6 +125,7 @@ def _listing(names, limit=5):
 def _why_nothing_reads(path):
     """The message for a path no reader takes: what is there and why it does not fit."""
     batch_names = {n for layout in cifar.LAYOUTS for n in layout.train + layout.test}
+    # Never opened unless it is a regular file: a FIFO would block the read of its first bytes forever.
     if os.path.isdir(path):
         try:
             entries = sorted(os.listdir(path))
@@ -147,6 +150,9 @@ def _why_nothing_reads(path):
             f"directory {path} holds no images, no CIFAR batches (data_batch_1..5, test_batch, train/test with meta, "
             f"or their .bin versions) and no .npy/.npz files; it holds {' and '.join(held)}"
         )
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        return f"{path} is {file_kind(mode)}, not a file or directory imgconv reads"
     if os.path.getsize(path) == 0:
         return f"file {path} is empty (0 bytes)"
     if os.path.basename(path) in batch_names:
@@ -154,7 +160,7 @@ def _why_nothing_reads(path):
             f"{path} is a single CIFAR batch; open its directory {os.path.dirname(path) or '.'} "
             "and choose the part with split='train', 'test' or 'all'"
         )
-    with open(path, "rb") as f:
+    with open_input(path, "a file imgconv reads") as f:  # a FIFO swapped in since the stat is refused, not waited on
         head = f.read(8)
     return (
         f"file {path} is not a CIFAR archive (.tar.gz), a .npy or a .npz file (it starts with {head!r}); "

@@ -10,6 +10,13 @@ its own order (:meth:`Archive.read_ahead`, with a thread inflating the next
 member while the caller works on the last), and :class:`OrderedMembers` puts
 members that arrive before their turn aside on disk until it comes.
 
+A member read whole (a batch, a label-name file) is first checked against
+the most bytes it may hold, given as ``limits`` by the source that knows what
+the member is; a member declared larger (in the tar header, or by the file
+system) is refused naming it before anything of it is read, so a small
+archive holding a sparse or highly compressed gigabyte costs nothing. A
+member that is a FIFO, socket or device is refused by name and never opened.
+
 Gzip is inflated by the ISA-L decoder of the ``isal`` package when it is
 installed (about twice as fast as ``zlib``, and it lets go of the GIL; see
 BENCHMARKS.md), else by the standard library, with the same results.
@@ -21,22 +28,25 @@ from __future__ import annotations
 import os
 import posixpath
 import queue
+import stat
 import tarfile
 import tempfile
 import threading
 import zlib
-from collections.abc import Collection, Generator, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
-from typing import IO, Any, Protocol, Union
+from typing import IO, Any, Callable, Protocol, Union
 
+from .._platform import NotRegularFileError, file_kind, open_regular_file
 from ..errors import SourceError
+from .base import SizeLimit, check_input_size
 
 _igzip: Any
 try:
     from isal import igzip as _igzip
     from isal import isal_zlib as _isal_zlib
 
-    _IsalError: type[Exception] = getattr(_isal_zlib, "error")  # its type stub calls it an instance
+    _IsalError: type[Exception] = getattr(_isal_zlib, "error")  # noqa: B009 - its type stub calls it an instance
 except ImportError:  # a platform without isal wheels: the standard library's gzip
     _igzip = None
     _IsalError = zlib.error
@@ -46,6 +56,8 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, OSError, EOFErro
 _GZIP_MAGIC = b"\x1f\x8b"
 
 Bytes = Union[bytes, memoryview]
+
+Limits = Mapping[str, SizeLimit]
 
 
 def fast_gzip_available() -> bool:
@@ -109,47 +121,41 @@ def is_tar(path: str) -> bool:
         ) from None
 
 
-def top_directory(path: str) -> str | None:
-    """The top directory of the tar archive at ``path`` (from its first named member).
-
-    "" for an empty archive, None when ``path`` cannot be read as a tar archive.
-    """
-    try:
-        with TarReader(path) as reader:
-            for info in reader.tar:
-                name = member_name(info.name)
-                if name != ".":  # "tar -C dir ." archives start with "./" itself
-                    return name.split("/")[0]
-    except DECODE_ERRORS:
-        return None
-    return ""
-
-
 class Container(Protocol):
     """Where a source's member files are: what :class:`Directory` and :class:`Archive` both answer.
 
     Names are relative, with "/" between folders. ``sequential`` is True
     when reading a member out of order costs a pass over those before it
     (a compressed archive): such a container is best read with
-    :meth:`read_ahead`, in its own order. Methods raise SourceError, or the
-    errors of :data:`DECODE_ERRORS` for damaged data (callers name the member
-    with :meth:`where`).
+    :meth:`read_ahead`, in its own order. ``limits`` bounds members by name
+    (a member over its limit is refused whenever it is asked for: its size,
+    its bytes); ``location`` says where the members are, for messages.
+    Methods raise SourceError, or the errors of :data:`DECODE_ERRORS` for
+    damaged data (callers name the member with :meth:`where`).
     """
 
     path: str
     sequential: bool
+    limits: Limits
+
+    @property
+    def location(self) -> str:
+        """Where the members are, as messages show it: a directory, or ``archive:folder/``."""
 
     def where(self, name: str) -> str:
         """``name`` as messages show it: a path, or ``archive:member``."""
 
     def has(self, name: str) -> bool:
-        """True when member ``name`` is there (a regular file)."""
+        """True when member ``name`` is there and is no folder (reading it then says whether it is a file)."""
 
     def size(self, name: str) -> int:
-        """The size of member ``name`` in bytes."""
+        """The size of member ``name`` in bytes (SourceError when it is over its limit, or not a file)."""
 
     def open(self, name: str) -> IO[bytes]:
         """Member ``name`` open for reading (a file object; close it)."""
+
+    def read(self, name: str) -> bytes:
+        """All of member ``name``, its size checked against its limit first."""
 
     def read_range(self, name: str, offset: int, size: int) -> Bytes:
         """Up to ``size`` bytes of member ``name`` from ``offset`` (fewer at its end)."""
@@ -165,28 +171,51 @@ class Container(Protocol):
 
 
 class Directory:
-    """Member files in a directory on disk: any member, any offset, in any order."""
+    """Member files in a directory on disk: any member, any offset, in any order.
+
+    A member that is not a regular file (a FIFO, socket, device or folder
+    with a member's name) is refused by name, never opened.
+    """
 
     sequential = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limits: Limits | None = None) -> None:
         self.path = path
+        self.limits: Limits = dict(limits or {})
+
+    @property
+    def location(self) -> str:
+        """The directory."""
+        return self.path
 
     def where(self, name: str) -> str:
         """The member's path on disk."""
         return os.path.join(self.path, name)
 
     def has(self, name: str) -> bool:
-        """True when ``name`` is a regular file in the directory."""
-        return os.path.isfile(self.where(name))
+        """True when ``name`` is in the directory and is no folder: a file, or a FIFO or device reading refuses."""
+        path = self.where(name)
+        return os.path.exists(path) and not os.path.isdir(path)
 
     def size(self, name: str) -> int:
-        """The size of file ``name`` in bytes."""
-        return os.path.getsize(self.where(name))
+        """The size of file ``name`` in bytes; SourceError when it is not a regular file or over its limit."""
+        st = os.stat(self.where(name))
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{self.where(name)}: {file_kind(st.st_mode)}, not a regular file")
+        _check_limit(self, name, st.st_size)
+        return st.st_size
 
     def open(self, name: str) -> IO[bytes]:
-        """File ``name`` open for reading."""
-        return open(self.where(name), "rb")
+        """File ``name`` open for reading; SourceError when it is not a regular file (never opened then)."""
+        try:
+            return open_regular_file(self.where(name))
+        except NotRegularFileError as exc:
+            raise SourceError(f"{self.where(name)}: {exc.strerror}") from None
+
+    def read(self, name: str) -> bytes:
+        """All of file ``name``, refused (SourceError) before reading when it is over its limit."""
+        with self.open(name) as f:
+            return _read_whole(self, name, f, os.fstat(f.fileno()).st_size)
 
     def read_range(self, name: str, offset: int, size: int) -> Bytes:
         """Up to ``size`` bytes of ``name`` from ``offset``: only those are read."""
@@ -202,7 +231,7 @@ class Directory:
             relative = os.path.relpath(top, self.path)
             for name in sorted(files):
                 full = name if relative == "." else f"{relative}/{name}".replace(os.sep, "/")
-                if self.has(full):
+                if os.path.isfile(self.where(full)):
                     found.append(full)
         return found
 
@@ -214,12 +243,32 @@ class Directory:
                     yield name, f
 
     def read_ahead(self, names: Collection[str] | None = None) -> Generator[tuple[str, bytes], None, None]:
-        """Yield ``(name, bytes)`` for those of ``names`` that are there, in sorted order."""
+        """Yield ``(name, bytes)`` for those of ``names`` that are there, in sorted order (each checked first)."""
         for name, f in self.each(names):
-            yield name, f.read()
+            yield name, _read_whole(self, name, f, os.fstat(f.fileno()).st_size)
 
     def close(self) -> None:
         """Nothing is kept open between calls."""
+
+
+def _check_limit(container: Container, name: str, size: int) -> None:
+    """SourceError naming member ``name`` when ``size`` bytes is more than its limit allows."""
+    limit = container.limits.get(name)
+    if limit is not None:
+        check_input_size(container.where(name), limit.what, size, limit.bytes)
+
+
+def _read_whole(container: Container, name: str, f: IO[bytes], size: int) -> bytes:
+    """All of the open member ``name``, declared ``size`` bytes, its limit checked before reading.
+
+    Reads ``size`` bytes and one more: a file that grew after its size was
+    taken is refused, not read on without bound.
+    """
+    _check_limit(container, name, size)
+    data = f.read(size + 1)
+    if len(data) > size:
+        raise SourceError(f"{container.where(name)}: grew while it was read (from {size:,} bytes)")
+    return data
 
 
 _END = object()  # read_ahead's end of the archive
@@ -243,17 +292,24 @@ class Archive:
 
     sequential = True
 
-    def __init__(self, path: str, prefix: str = "") -> None:
+    def __init__(self, path: str, prefix: str = "", limits: Limits | None = None) -> None:
         self.path = path
         self.prefix = prefix
+        self.limits: Limits = dict(limits or {})
         self.members: dict[str, tarfile.TarInfo] | None = None
         self._tar: TarReader | None = None
         self._member: tuple[str, memoryview] | None = None
         self._pid: int | None = None  # the process that opened _tar
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path, "prefix": self.prefix, "members": self.members,
-                "_tar": None, "_member": None, "_pid": None}
+        state = self.__dict__.copy()
+        state.update(_tar=None, _member=None, _pid=None)
+        return state
+
+    @property
+    def location(self) -> str:
+        """``archive:folder/``, or ``archive:./`` for members at its top level."""
+        return f"{self.path}:{self.prefix or '.'}/"
 
     def where(self, name: str) -> str:
         """``archive:prefix/name``, as messages show a member."""
@@ -281,10 +337,19 @@ class Archive:
         One streaming pass, which also builds the member index. Raises
         SourceError for an unreadable archive or two members of one name.
         """
+        with closing(self._pass(names)) as members:
+            for name, _, member in members:
+                yield name, member
+
+    def _pass(self, names: Collection[str] | None) -> Generator[tuple[str, tarfile.TarInfo, IO[bytes]], None, None]:
+        """:meth:`each`, with each member's header."""
         members: dict[str, tarfile.TarInfo] = {}
+        watch = self._watcher()
         try:
             with TarReader(self.path) as reader:
                 for info in reader.tar:
+                    if watch is not None and info.isfile():
+                        watch(member_name(info.name))
                     name = self._relative(info)
                     if name is None:
                         continue
@@ -295,10 +360,18 @@ class Archive:
                     if names is None or name in names:
                         member = reader.tar.extractfile(info)
                         assert member is not None  # a regular file always has one
-                        yield name, member
+                        yield name, info, member
         except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read the tar archive ({exc})") from None
         self.members = members
+
+    def _watcher(self) -> Callable[[str], None] | None:
+        """A function shown the full name of every regular file of one pass, which may refuse the archive.
+
+        It raises SourceError to refuse it (a subclass knows what must not be
+        there); None here: every archive is fine.
+        """
+        return None
 
     def read_ahead(self, names: Collection[str] | None = None) -> Generator[tuple[str, bytes], None, None]:
         """Yield ``(name, bytes)`` for those of ``names`` in the archive (None: all), in archive order, in one pass.
@@ -322,11 +395,11 @@ class Archive:
             return False
 
         def produce() -> None:
-            members = self.each(names)
+            members = self._pass(names)
             try:
-                for name, f in members:
+                for name, info, f in members:
                     try:
-                        data = f.read()
+                        data = _read_whole(self, name, f, info.size)
                     except DECODE_ERRORS as exc:
                         raise SourceError(f"{self.where(name)}: cannot read ({exc})") from None
                     if not hand_over((name, data)):
@@ -356,8 +429,10 @@ class Archive:
         return name in self._index()
 
     def size(self, name: str) -> int:
-        """The size of member ``name`` in bytes."""
-        return self._index()[name].size
+        """The size of member ``name`` in bytes (from its header); SourceError when it is over its limit."""
+        size = self._index()[name].size
+        _check_limit(self, name, size)
+        return size
 
     def open(self, name: str) -> IO[bytes]:
         """Member ``name`` open for reading, from the archive kept open in this process."""
@@ -384,9 +459,13 @@ class Archive:
         """
         if self._member is None or self._member[0] != name or self._pid != os.getpid():
             self._member = None
-            with self.open(name) as f:
-                self._member = (name, memoryview(f.read()))
+            self._member = (name, memoryview(self.read(name)))
         return self._member[1][offset : offset + size]
+
+    def read(self, name: str) -> bytes:
+        """All of member ``name``, refused (SourceError) before it is read when its header says it is over its limit."""
+        with self.open(name) as f:
+            return _read_whole(self, name, f, self._index()[name].size)
 
     def close(self) -> None:
         """Close the open archive and drop the member kept in memory (reopened when next needed)."""

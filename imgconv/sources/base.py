@@ -17,15 +17,17 @@ asked.
 from __future__ import annotations
 
 import abc
+import os
 import warnings
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable, Union
+from typing import IO, Any, Callable, NamedTuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from .. import _validate
+from .._platform import NotRegularFileError, open_regular_file
 from ..errors import SkippedImageWarning, SourceError, SourceOptionError
 from ..options import Option
 
@@ -144,7 +146,7 @@ class Source(abc.ABC):
         indices = self._check_indices(indices)
         if indices.size == 0:
             shape = self.shape
-            empty = np.empty((0, *shape), np.uint8) if shape is not None else []
+            empty: Images = np.empty((0, *shape), np.uint8) if shape is not None else []
             return empty, np.zeros(0, np.int64), np.zeros(0, bool)
         unique, inverse = np.unique(indices, return_inverse=True)
         images, labels, kept = self._gather(unique)
@@ -174,7 +176,7 @@ class Source(abc.ABC):
         return _validate.int64_indices(indices, length, negative=False, error=ValueError, type_error=ValueError,
                                        out_of_range=f"is outside {where} of {self.description}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default that does nothing, for sources that keep nothing
         """Let go of the open files and caches a source keeps between calls (none here).
 
         The source stays usable: what it needs is reopened on the next read.
@@ -273,6 +275,7 @@ class BatchCutter:
             yield self._take_batch()
 
     def _take_batch(self):
+        assert self._images is not None and self._labels is not None  # a batch is being filled
         batch = self._images[: self._filled], self._labels[: self._filled]
         self._images = self._labels = None
         self._filled = 0
@@ -347,3 +350,47 @@ def warn_skipped(skipped: Sequence[SkippedFile], description: str) -> None:
         SkippedImageWarning,
         stacklevel=3,
     )
+
+
+def open_input(path: str, what: str) -> IO[bytes]:
+    """The input file at ``path`` open for reading (close it); SourceError when it is not a regular file.
+
+    A FIFO, socket or device is refused by name ("x.csv: a FIFO (named
+    pipe), not a labels CSV", ``what`` saying what was expected) without
+    being opened, so it never blocks a read. Other failures raise OSError.
+    """
+    try:
+        return open_regular_file(path)
+    except NotRegularFileError as exc:
+        raise SourceError(f"{path}: {exc.kind}, not {what}") from None
+
+
+def read_input(path: str, what: str, limit: int) -> bytes:
+    """The whole of the regular file at ``path``, which may hold at most ``limit`` bytes.
+
+    A larger file is refused (SourceError naming it and both sizes) before
+    a byte of it is read; so is anything but a regular file (see
+    :func:`open_input`). Other failures raise OSError.
+    """
+    with open_input(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        check_input_size(path, what, size, limit)
+        data = f.read(size + 1)  # one more: a file that grew since is refused, not read on without bound
+    if len(data) > size:
+        raise SourceError(f"{path}: grew while it was read (from {size:,} bytes)")
+    return data
+
+
+class SizeLimit(NamedTuple):
+    """The most bytes an input file may hold, and what it is, as messages say it ("a CIFAR-10 python batch")."""
+
+    bytes: int
+    what: str
+
+
+def check_input_size(where: str, what: str, size: int, limit: int) -> None:
+    """SourceError when ``size``, the bytes of the input at ``where``, is more than ``what`` can hold (``limit``)."""
+    if size > limit:
+        raise SourceError(
+            f"{where}: {size:,} bytes, more than {what} can hold ({limit:,}); refused without reading it"
+        )

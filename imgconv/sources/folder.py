@@ -41,10 +41,12 @@ worker) does not read the whole folder for a range: it reads the headers of
 that range alone, and its batches are arrays when those images share a size.
 
 Decompression bombs: an image declaring more than ``max_pixels`` pixels
-(width x height; default Pillow's own limit, about 89 million) is refused
-from its header, before any pixel is decoded, as a bad image. The limit is
-per source, so a folder of genuine huge scans can raise it without
-loosening Pillow for the rest of the program.
+(width x height; default Pillow's own limit, about 89 million), or a file
+holding such an image (an ICO's PNG, an ICNS's PNG, an MPO's frame), is
+refused from the headers, before any of its pixels is decoded, as a bad
+image (:mod:`.pixel_limit`). The limit is per source, so a folder of genuine
+huge scans can raise it without loosening Pillow for the rest of the
+program.
 
 Bad images (corrupt, truncated, empty, not an image, too many pixels): ``on_error="fail"``
 (default) raises SourceError naming the first; ``on_error="skip"`` leaves them
@@ -59,11 +61,9 @@ during it.
 from __future__ import annotations
 
 import csv
+import io
 import os
-import stat
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -71,11 +71,10 @@ from PIL import Image, ImageOps
 
 from ..errors import SourceError, SourceOptionError
 from ..options import Option, show_width_by_height, whole_number, width_by_height
-from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, warn_skipped
+from .base import ON_ERROR, Batch, SkippedFile, Source, check_choice, open_input, read_input, warn_skipped
+from .pixel_limit import DEFAULT_MAX_PIXELS, PixelLimitError, check_opened, pixel_limit
 
 MODES = {"RGB": 3, "L": 1, "RGBA": 4}
-# Pillow's limit as shipped (its DecompressionBombWarning threshold), fixed at import.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 1024 * 1024 * 1024 // 4 // 3
 RESIZE_POLICIES = ("stretch", "crop")
 
 MODE = Option("mode", default="RGB", choices=tuple(MODES), help="the channel layout of every image")
@@ -87,12 +86,19 @@ ON_ERROR_OPTION = Option("on_error", default="fail", choices=ON_ERROR,
                          help="an unreadable or refused image stops the conversion (fail) or is skipped and reported")
 LABELS_CSV = Option("labels_csv", metavar="CSV", help="a CSV of image,label rows labelling a flat folder")
 MAX_PIXELS = Option("max_pixels", type=whole_number(1), metavar="N",
-                    help=f"refuse an image declaring more than N pixels, a decompression bomb, as a bad image "
-                         f"(default: Pillow's limit, {DEFAULT_MAX_PIXELS:,})")
+                    help=f"refuse an image declaring more than N pixels, or holding one (a decompression bomb), "
+                         f"as a bad image, before decoding it (default: Pillow's limit, {DEFAULT_MAX_PIXELS:,}); "
+                         "raising it lets each image of up to N pixels be decoded, at about 15 bytes a pixel "
+                         "at the peak, in each worker: for files you trust")
 
 # Pillow registers these extensions, but only as stubs or through external
 # programs (HDF5, GRIB, EPS via Ghostscript...): they are not pictures here.
 _NOT_IMAGES = {".h5", ".hdf", ".bufr", ".grib", ".eps", ".ps", ".mpeg", ".mpg", ".wmf", ".emf", ".fit", ".fits"}
+
+# A labels CSV is read whole, so it is bounded first: 1 MiB, and 4 KiB an image (a path and a label, with room
+# for a few more columns); every row beyond the header names an image, so a genuine file stays well within.
+LABELS_CSV_BYTES_FIXED = 1 << 20
+LABELS_CSV_BYTES_PER_IMAGE = 4096
 
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -211,13 +217,25 @@ def scan_folder(root: str, labels_csv: str | os.PathLike[str] | None = None
     return files, labels, folders, "classes"
 
 
-def _csv_rows(csv_path):
-    """``(line number, row)`` of the non-blank rows of the CSV at ``csv_path``."""
+def _csv_rows(csv_path, images):
+    """``(line number, row)`` of the non-blank rows of the labels CSV at ``csv_path``, for ``images`` images.
+
+    The file is refused unless it is a regular file of at most
+    :data:`LABELS_CSV_BYTES_FIXED` plus :data:`LABELS_CSV_BYTES_PER_IMAGE`
+    per image, checked before it is read; its rows are then parsed one at a
+    time, so a bad row stops the reading at once.
+    """
+    limit = LABELS_CSV_BYTES_FIXED + LABELS_CSV_BYTES_PER_IMAGE * images
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            return [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = read_input(csv_path, f"a labels CSV for {images:,} images", limit).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                yield reader.line_num, row
+    except csv.Error as exc:
         raise SourceError(f"{csv_path}: cannot read the labels CSV ({exc})") from None
 
 
@@ -231,18 +249,19 @@ def _as_int(text):
 
 def _csv_labels(csv_path, files):
     """Labels of ``files`` from the CSV at ``csv_path``: ``(int64 array, names or None)``."""
-    rows = _csv_rows(csv_path)
-    index = {}
+    index: dict[str, int] = {}
     for i, name in enumerate(files):
         index.setdefault(name, i)
         index.setdefault(os.path.splitext(name)[0], i)
-    if rows:
-        first = rows[0][1]
-        # A row with an integer label is data even when it names no image: it must not vanish unreported.
-        if first[0].strip() not in index and (len(first) < 2 or _as_int(first[1].strip()) is None):
-            rows = rows[1:]  # a header
-    found, lines = {}, {}
-    for number, row in rows:
+    found: dict[int, str] = {}
+    lines: dict[int, int] = {}
+    first = True
+    for number, row in _csv_rows(csv_path, len(files)):
+        # A first row with an integer label is data even when it names no image: it must not vanish unreported.
+        header = first and row[0].strip() not in index and (len(row) < 2 or _as_int(row[1].strip()) is None)
+        first = False
+        if header:
+            continue
         if len(row) < 2:
             raise SourceError(f"{csv_path}: row {number} has {len(row)} column(s); expected image,label")
         key, value = row[0].strip().replace("\\", "/"), row[1].strip()
@@ -303,44 +322,10 @@ def _orientation(im):
         return 1
 
 
-_PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-def _new_limit_lock():
-    # A child forked while another thread held the lock must not inherit it held.
-    global _PILLOW_LIMIT_LOCK
-    _PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_limit_lock)
-
-
-@contextmanager
-def _open_image(f, path, max_pixels):
-    """``Image.open(f)`` with imgconv's pixel limit instead of Pillow's global one.
-
-    Pillow's own check in ``Image.open`` (a warning above its global limit, an
-    error above twice that) is lifted for the call, under a lock, so that a
-    source may allow more than Pillow's default; the size the header
-    declares is then checked against ``max_pixels`` before anything is
-    decoded. Pillow's checks of frames and tiles during decoding stay.
-    """
-    with _PILLOW_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            im = Image.open(f)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    with im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise SourceError(
-                f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-                "(a decompression bomb?); if the image is genuine, raise the limit with max_pixels=N"
-            )
-        yield im
+def _too_many_pixels(path, exc):
+    return SourceError(
+        f"{path}: {exc} (a decompression bomb?); if the image is genuine, raise the limit with max_pixels=N"
+    )
 
 
 def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = None, resize_policy: str = "stretch",
@@ -352,7 +337,8 @@ def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = 
     problem, among them an image of more than ``max_pixels`` pixels.
     """
     try:
-        with _open_file(path) as f, _open_image(f, path, max_pixels) as im:
+        with pixel_limit(max_pixels), _open_file(path) as f, Image.open(f) as im:
+            check_opened(im, max_pixels)
             im.load()
             if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
@@ -369,6 +355,8 @@ def decode_image(path: str, mode: str = "RGB", resize: tuple[int, int] | None = 
             pixels = np.asarray(im, np.uint8)
     except SourceError:
         raise
+    except PixelLimitError as exc:
+        raise _too_many_pixels(path, exc) from None
     except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError...) for bad files
         raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
     if pixels.ndim == 2:
@@ -390,33 +378,22 @@ def _describe_failure(path, exc):
 
 
 def _open_file(path):
-    """Open ``path`` for reading if it is a regular file; SourceError otherwise.
-
-    The file is opened without blocking and checked on the open descriptor:
-    a FIFO put where an image was would otherwise block the read forever.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
-            raise SourceError(f"{path}: {kind}, not an image file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    """``path`` open for reading if it is a regular file; SourceError naming it otherwise (never blocks on a FIFO)."""
+    return open_input(path, "an image file")
 
 
 def _header_size(path, max_pixels=DEFAULT_MAX_PIXELS):
     """(W, H) of the image at ``path`` as it will be decoded (EXIF rotation applied)."""
     try:
-        with _open_file(path) as f, _open_image(f, path, max_pixels) as im:
+        with pixel_limit(max_pixels), _open_file(path) as f, Image.open(f) as im:
+            check_opened(im, max_pixels)
             width, height = im.size
             if _orientation(im) in _SWAPS_AXES:
                 width, height = height, width
     except SourceError:
         raise
+    except PixelLimitError as exc:
+        raise _too_many_pixels(path, exc) from None
     except Exception as exc:  # see decode_image
         raise SourceError(f"{path}: {_describe_failure(path, exc)}") from None
     return width, height
@@ -588,7 +565,7 @@ class FolderSource(Source):
         return images, labels
 
     def _iterate(self, batch_size, start, stop, shape):
-        skipped = []
+        skipped: list[SkippedFile] = []
         try:
             for first in range(start, stop, batch_size):
                 # Every batch covers its index range, even when all of it was skipped (then empty).
@@ -597,7 +574,7 @@ class FolderSource(Source):
             warn_skipped(skipped, self.description)
 
     def _gather(self, unique):
-        skipped = []
+        skipped: list[SkippedFile] = []
         try:
             return self._decode_indices(unique, self._shape_of(unique), skipped)
         finally:

@@ -38,13 +38,14 @@ import zipfile
 import zlib
 from collections import namedtuple
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
 from .._platform import pread_exact
 from ..errors import SourceError, SourceOptionError
 from ..options import Option
-from .base import SPLIT, SPLITS, Batch, Source, check_choice, group_by_part, plan_segments
+from .base import SPLIT, SPLITS, Batch, Source, check_choice, check_input_size, group_by_part, open_input, plan_segments
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -66,6 +67,9 @@ IMAGES_KEY = Option("images_key", metavar="KEY",
                     help="the array of images in a .npz (default: the first present of the usual names)")
 LABELS_KEY = Option("labels_key", metavar="KEY",
                     help="the array of labels in a .npz (default: the first present of the usual names)")
+
+# label_names are read whole: a few MB of names is already a very large number of classes.
+LABEL_NAMES_BYTES = 1 << 24
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 
@@ -94,12 +98,24 @@ def _read_npy_header(f, where):
     return shape, fortran, dtype, f.tell()
 
 
+def _open(path):
+    """The NumPy file at ``path`` open for reading; SourceError for a FIFO, socket or device (never opened)."""
+    return open_input(path, "a .npy or .npz file")
+
+
+@contextmanager
+def _zip_file(path):
+    """The .npz at ``path`` open as a zip archive (OSError and the zip errors as ``zipfile``)."""
+    with _open(path) as f, zipfile.ZipFile(f) as archive:
+        yield archive
+
+
 def _npy_ref(path):
     """ArrayRef of a .npy file, checking that its data is all there."""
-    size = os.path.getsize(path)
-    if size == 0:
-        raise SourceError(f"{path}: empty file (0 bytes), not a .npy array")
-    with open(path, "rb") as f:
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise SourceError(f"{path}: empty file (0 bytes), not a .npy array")
         shape, fortran, dtype, offset = _read_npy_header(f, path)
     _check_size(path, shape, dtype, size - offset)
     return ArrayRef(path, None, offset, shape, dtype, fortran, True)
@@ -127,7 +143,7 @@ def _zip_ref(path, archive, member):
     stored = info.compress_type == zipfile.ZIP_STORED
     offset = header
     if stored:
-        with open(path, "rb") as raw:
+        with _open(path) as raw:
             raw.seek(info.header_offset)
             signature, name_length, extra_length = _LOCAL_HEADER.unpack(raw.read(_LOCAL_HEADER.size))
         if signature != ZIP_MAGIC:
@@ -172,6 +188,7 @@ class _ArrayReader:
         self._map = None
         self._fd = None
         self._fd_pid = None  # the process that opened _fd
+        self._zip_file = None
         self._zip = None
         self._stream = None
         self._pid = None  # the process that opened the stream
@@ -183,19 +200,16 @@ class _ArrayReader:
         if ref.stored:
             if self._map is None:
                 # An empty array cannot be mapped; np.memmap needs at least one byte.
-                self._map = (
-                    np.memmap(ref.path, ref.dtype, "r", ref.offset, ref.shape, "F" if ref.fortran else "C")
-                    if ref.shape[0]
-                    else np.zeros(ref.shape, ref.dtype)
-                )
+                self._map = self._memory_map() if ref.shape[0] else np.zeros(ref.shape, ref.dtype)
             return self._map[lo:hi]
         row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
         if self._pid != os.getpid():
-            self._zip, self._stream = None, None  # the parent's: leave them to it
+            self._zip_file, self._zip, self._stream = None, None, None  # the parent's: leave them to it
         try:
             if self._stream is None:
                 self._pid = os.getpid()
-                self._zip = zipfile.ZipFile(ref.path)
+                self._zip_file = _open(ref.path)
+                self._zip = zipfile.ZipFile(self._zip_file)
                 self._stream = self._zip.open(ref.member)
             self._stream.seek(ref.offset + lo * row)
             data = self._stream.read((hi - lo) * row)
@@ -207,6 +221,11 @@ class _ArrayReader:
             raise SourceError(f"{ref.path}:{ref.member}: truncated while reading rows {lo}..{hi}")
         return np.frombuffer(data, ref.dtype).reshape(hi - lo, *ref.shape[1:])
 
+    def _memory_map(self):
+        ref = self.ref
+        with _open(ref.path) as f:  # the map keeps its own descriptor
+            return np.memmap(f, ref.dtype, "r", ref.offset, ref.shape, "F" if ref.fortran else "C")
+
     def _read_rows(self, lo, hi):
         """Rows ``lo..hi`` of a stored C-order array, read with ``preadv`` into a new array.
 
@@ -217,11 +236,12 @@ class _ArrayReader:
         """
         ref = self.ref
         out = np.empty((hi - lo, *ref.shape[1:]), ref.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data
         if self._fd_pid != os.getpid():
             self._fd = None  # the parent's descriptor: its position is not shared, but keep ownership clear
         if self._fd is None:
-            self._fd, self._fd_pid = os.open(ref.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), os.getpid()
+            with _open(ref.path) as f:
+                self._fd, self._fd_pid = os.dup(f.fileno()), os.getpid()  # a descriptor of its own, kept open
         row = int(np.prod(ref.shape[1:], dtype=np.int64)) * ref.dtype.itemsize
         if pread_exact(self._fd, view, ref.offset + lo * row) < len(view):
             raise SourceError(f"{ref.path}: truncated: rows {lo}..{hi - 1} end past the end of the file")
@@ -233,8 +253,9 @@ class _ArrayReader:
         if self._fd is not None and self._fd_pid == os.getpid():
             os.close(self._fd)
         self._fd = None
-        stream, archive, self._stream, self._zip = self._stream, self._zip, None, None
-        for f in (stream, archive):
+        opened = (self._stream, self._zip, self._zip_file)
+        self._stream, self._zip, self._zip_file = None, None, None
+        for f in opened:
             if f is not None:
                 f.close()
 
@@ -247,7 +268,7 @@ def _read_whole(ref):
             return np.array(reader.rows(0, ref.shape[0]))
         finally:
             reader.close()
-    with zipfile.ZipFile(ref.path) as archive, archive.open(ref.member) as f:
+    with _zip_file(ref.path) as archive, archive.open(ref.member) as f:
         f.seek(ref.offset)
         count = int(np.prod(ref.shape, dtype=np.int64))
         data = f.read(count * ref.dtype.itemsize)
@@ -256,9 +277,20 @@ def _read_whole(ref):
     return np.frombuffer(data, ref.dtype, count).reshape(ref.shape, order="F")
 
 
+def _as_int64_labels(values, ref):
+    """Integer (or bool) ``values`` of the labels array ``ref`` as int64; SourceError for one beyond int64."""
+    if values.dtype.kind == "u" and values.size and values.max() > np.iinfo(np.int64).max:
+        position = int(np.argmax(values > np.iinfo(np.int64).max))
+        raise SourceError(
+            f"{ref.path}:{ref.member}: label {position} is {values[position]}, beyond a 64-bit signed integer "
+            "(labels are int64)"
+        )
+    return values.astype(np.int64)
+
+
 def _is_npz(path):
     try:
-        with zipfile.ZipFile(path) as archive:
+        with _zip_file(path) as archive:
             names = archive.namelist()
     except _ZIP_ERRORS:
         return False
@@ -271,7 +303,7 @@ def detect(path: str) -> bool:
         return False
     if path.lower().endswith((".npy", ".npz")):
         return True
-    with open(path, "rb") as f:
+    with _open(path) as f:
         head = f.read(len(NPY_MAGIC))
     return head == NPY_MAGIC or (head[:4] == ZIP_MAGIC and _is_npz(path))
 
@@ -295,9 +327,9 @@ class NumpySource(Source):
                  images_key: str | None = IMAGES_KEY.default, labels_key: str | None = LABELS_KEY.default) -> None:
         self.path = os.fspath(path)
         self.split = check_choice("split", split, SPLITS)
-        if os.path.getsize(self.path) == 0:
-            raise SourceError(f"{self.path}: empty file (0 bytes), not a .npy or .npz file")
-        with open(self.path, "rb") as f:
+        with _open(self.path) as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise SourceError(f"{self.path}: empty file (0 bytes), not a .npy or .npz file")
             head = f.read(len(NPY_MAGIC))
         if head == NPY_MAGIC:
             if images_key is not None or labels_key is not None:
@@ -317,7 +349,7 @@ class NumpySource(Source):
             self.parts, self.keys, self._names = self._open_npz(images_key, labels_key)
         else:
             raise SourceError(f"{self.path}: not a .npy or .npz file (it starts with {head!r})")
-        for ref, labels in self.parts:
+        for ref, _ in self.parts:
             where = ref.path if ref.member is None else f"{ref.path}:{ref.member}"
             _check_images(ref, where)
         if len({_image_shape(ref) for ref, _ in self.parts}) > 1:
@@ -327,11 +359,11 @@ class NumpySource(Source):
         self._labels: dict[int, np.ndarray] | None = None
 
     def _open_npz(self, images_key, labels_key):
-        try:
-            archive = zipfile.ZipFile(self.path)
-        except _ZIP_ERRORS as exc:
-            raise SourceError(f"{self.path}: not a readable .npz file ({exc})") from None
-        with archive:
+        with ExitStack() as stack:
+            try:
+                archive = stack.enter_context(_zip_file(self.path))
+            except _ZIP_ERRORS as exc:
+                raise SourceError(f"{self.path}: not a readable .npz file ({exc})") from None
             arrays = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
             present = ", ".join(sorted(arrays)) or "no arrays"
             if images_key is not None and self.split != "train":
@@ -357,7 +389,10 @@ class NumpySource(Source):
             if "label_names" in arrays:
                 ref = _zip_ref(self.path, archive, arrays["label_names"])
                 if ref.dtype.kind in "US" and len(ref.shape) == 1:
-                    names = [v.decode() if isinstance(v, bytes) else str(v) for v in _read_whole(ref)]
+                    check_input_size(f"{self.path}:{ref.member}", "a label_names array",
+                                     ref.shape[0] * ref.dtype.itemsize, LABEL_NAMES_BYTES)
+                    names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                             for v in _read_whole(ref)]
         return parts, keys, names
 
     def _check_labels(self, images, labels, name):
@@ -383,7 +418,7 @@ class NumpySource(Source):
         shape = "x".join(map(str, self.shape))
         if self.keys is None:
             return f"NumPy array {self.path} ({self.length} images of {shape})"
-        arrays = ", ".join(f"{i}/{l}" if l else i for i, l in self.keys)
+        arrays = ", ".join(f"{images}/{labels}" if labels else images for images, labels in self.keys)
         return f"NumPy arrays {arrays} in {self.path} ({self.split}, {self.length} images of {shape})"
 
     @property
@@ -409,7 +444,7 @@ class NumpySource(Source):
             if labels is None:
                 self._labels[part] = np.full(images.shape[0], -1, np.int64)
             else:
-                self._labels[part] = np.asarray(_read_whole(labels)).reshape(-1).astype(np.int64)
+                self._labels[part] = _as_int64_labels(np.asarray(_read_whole(labels)).reshape(-1), labels)
         return self._labels[part]
 
     def _reader(self, part):

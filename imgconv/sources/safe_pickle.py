@@ -48,6 +48,7 @@ import math
 import pickle
 import struct
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,8 @@ class _Checks:
         if subtype is not self.array_token:
             self.refuse(f"the pickle rebuilds a {type(subtype).__name__}, not a plain NumPy array")
         # NumPy always writes _reconstruct(ndarray, (0,), b'b') and sets the real contents with BUILD.
-        if not (type(shape) is tuple and len(shape) == 1 and _is_int(shape[0], 0)) or _ascii_str_or_none(typecode) != "b":
+        one_empty_axis = type(shape) is tuple and len(shape) == 1 and _is_int(shape[0], 0)
+        if not one_empty_axis or _ascii_str_or_none(typecode) != "b":
             self.refuse("the pickle calls numpy _reconstruct with a shape or type code NumPy never writes")
         array = _RECONSTRUCT(np.ndarray, (0,), b"b")
         self.unbuilt_arrays[id(array)] = array
@@ -181,7 +183,8 @@ class _Checks:
 
     def frombuffer(self, buffer, dtype, shape, order):
         dtype = self.settled_dtype(dtype)
-        if type(buffer) not in (bytes, bytearray) or not _is_shape(shape) or _ascii_str_or_none(order) not in ("C", "F"):
+        order_text = _ascii_str_or_none(order)
+        if type(buffer) not in (bytes, bytearray) or not _is_shape(shape) or order_text not in ("C", "F"):
             self.refuse("the pickle calls numpy _frombuffer with arguments NumPy never writes")
         if len(buffer) != math.prod(shape) * dtype.itemsize:
             self.refuse(
@@ -339,7 +342,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             (pickle.READONLY_BUFFER, "an out-of-band buffer (protocol 5)"),
         ):
             dispatch[opcode[0]] = _refuse_opcode(what)
-        self.dispatch = dispatch
+        self.dispatch = dispatch  # type: ignore[misc]  # per instance, on purpose (the class docstring)
 
     def _load_bytearray8(self):
         # The standard version allocates (and zero-fills) the announced size before reading:
@@ -372,7 +375,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._set_items(self.stack[-1], [key, value])
 
     def _load_setitems(self):
-        items = self.pop_mark()
+        items = self.pop_mark()  # type: ignore[attr-defined]  # the pure-Python unpickler's, untyped
         self._set_items(self.stack[-1], items)
 
     def load_from(self, data):
@@ -386,15 +389,16 @@ class _RestrictedUnpickler(pickle._Unpickler):
         up) only say how the data was buffered when written, so with all of
         it in memory they are stepped over. About ten times faster than
         ``load`` on a CIFAR batch, which spends nearly all its time on those
-        ten thousand names.
+        ten thousand names. Bytes after the pickle's end are refused
+        (SourceError).
         """
         stream = io.BytesIO(data)
         self.read, self.readline, self.readinto = stream.read, stream.readline, stream.readinto
         self.metastack = []
-        self.stack = []
+        self.stack: list[Any] = []
         self.append = self.stack.append
         self.proto = 0
-        memo, dispatch, end, pos = self.memo, self.dispatch, len(data), 0
+        memo, dispatch, end, pos = self.memo, self.dispatch, len(data), 0  # type: ignore[attr-defined]
         while True:
             if pos >= end:
                 raise EOFError
@@ -404,7 +408,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 if stop > end:
                     raise pickle.UnpicklingError("pickle data was truncated")
                 value = data[pos + 2 : stop]
-                self.stack.append(self._decode_string(value) if op == _SHORT_BINSTRING else
+                self.stack.append(self._decode_string(value) if op == _SHORT_BINSTRING else  # type: ignore[attr-defined]
                                   str(value, "utf-8", "surrogatepass"))
                 pos = stop
             elif op == _BININT1 and pos + 1 < end:
@@ -422,10 +426,16 @@ class _RestrictedUnpickler(pickle._Unpickler):
             elif op == _FRAME:
                 pos += 9
             elif op == _STOP:
+                if pos + 1 != end:
+                    # A dataset file is one pickle; what follows it is damage, or data hidden from the loader.
+                    raise SourceError(
+                        f"{self._where}: {end - pos - 1:,} bytes follow the end of the pickle; "
+                        "a dataset file holds one pickle and nothing after it"
+                    )
                 return self.stack.pop()
             else:
                 stream.seek(pos + 1)
-                dispatch[op](self)
+                dispatch[op](self)  # type: ignore[arg-type]  # this class's table, taking this class
                 pos = stream.tell()
 
     def find_class(self, module, name):

@@ -11,11 +11,11 @@ partial output), :mod:`.atomic` (the rename into place), :mod:`.writer` and
 :mod:`.reader` (the base classes), :mod:`.read_pool` (threads of large reads).
 The formats: :mod:`.png_folder`, :mod:`.lmdb`, :mod:`.hdf5`.
 """
-import builtins
 import os
 from collections import namedtuple
 from typing import Any, Optional, Sequence
 
+from .. import _platform
 from ..errors import (
     StoreError,
     StoreIndexError,  # noqa: F401 - its old import location
@@ -157,11 +157,15 @@ def _describe(path):
         return (f"a directory of {len(names)} entries ({shown}) with no manifest.json, "
                 "no data.mdb and no 0.png plus labels CSV")
     try:
-        with builtins.open(path, "rb") as f:
+        # Never a FIFO, socket or device: opening one to quote its first bytes would block, or worse.
+        with _platform.open_regular_file(path) as f:
             head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except _platform.NotRegularFileError as exc:
+        return exc.kind
     except OSError as exc:
         return f"a file that cannot be read ({exc})"
-    return f"a file of {os.path.getsize(path)} bytes starting {head!r}, not an HDF5 file"
+    return f"a file of {size} bytes starting {head!r}, not an HDF5 file"
 
 
 __all__ = [

@@ -16,15 +16,31 @@ official batches hold 10,000 images each for CIFAR-10 and 50,000 / 10,000
 for CIFAR-100's train / test files: 50,000 training and 10,000 test images
 either way. The reader (:mod:`imgconv.sources.cifar`) and the sample writer
 (:mod:`imgconv.sample`) both take the names from here.
+
+Those counts also bound what a batch file can be (:meth:`Layout.max_bytes`),
+so that a file or archive member is never read whole without its size being
+checked first: a binary batch holds at most its official count of records,
+exactly; a python batch pickles, per image, its 3,072 pixel bytes, its
+label(s) and a file name, a few tens of bytes with the pickle's opcodes
+(the sample's ``data_batch_1``, laid out as the official one, is 30,989,681
+bytes: 27 bytes an image besides the pixels), allowed here 1 KiB each, plus
+1 MiB for everything else; a label-name file is allowed 1 MiB (the sample's
+``batches.meta`` is 158 bytes).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..base import SizeLimit
+
 HEIGHT, WIDTH, CHANNELS = 32, 32, 3
 ROW_BYTES = HEIGHT * WIDTH * CHANNELS
 COARSE_CLASSES = 20
 LABEL_KINDS = ("fine", "coarse")
+
+PICKLED_BYTES_PER_IMAGE = ROW_BYTES + 1024
+PICKLED_BYTES_FIXED = 1 << 20
+LABEL_NAMES_BYTES = 1 << 20
 
 
 class Layout(NamedTuple):
@@ -69,6 +85,38 @@ class Layout(NamedTuple):
             return f"{label_kind}_label_names.txt"
         return self.meta[0]
 
+    @property
+    def record_bytes(self) -> int:
+        """The bytes of one record of a binary batch: its label bytes and its pixels."""
+        return self.label_bytes + ROW_BYTES
+
+    def max_bytes(self, name: str) -> SizeLimit:
+        """The most bytes file ``name`` of this layout (a batch or a label-name file) can hold; see the docstring."""
+        images = self.official_counts().get(name)
+        if images is None:
+            return SizeLimit(LABEL_NAMES_BYTES, f"a {self.name} label-name file")
+        what = f"a {self.name} batch of at most {images:,} images"
+        if self.kind == "binary":
+            return SizeLimit(images * self.record_bytes, what)
+        return SizeLimit(images * PICKLED_BYTES_PER_IMAGE + PICKLED_BYTES_FIXED, what)
+
+    def size_limits(self) -> dict[str, SizeLimit]:
+        """:meth:`max_bytes` of every file of the layout, by name."""
+        return {name: self.max_bytes(name) for name in self.train + self.test + self.meta}
+
+    def in_folder(self, names: set[str], folder: str) -> bool:
+        """True when a folder called ``folder`` holding the files ``names`` holds batches of this layout.
+
+        Any of its batch files will do, but CIFAR-100's python batches are
+        called "train" and "test", common names: their folder must hold its
+        meta file too, or have the official name.
+        """
+        if not names.intersection(self.train + self.test):
+            return False
+        if self.kind == "python" and self.cifar100:
+            return self.meta[0] in names or folder == self.dirname
+        return True
+
 
 _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
@@ -90,3 +138,13 @@ CIFAR100_BINARY = Layout(
 )
 
 LAYOUTS = (CIFAR10_PYTHON, CIFAR100_PYTHON, CIFAR10_BINARY, CIFAR100_BINARY)
+# Every file name any layout has: the files that make a folder a CIFAR batch folder.
+FILE_NAMES = frozenset(name for layout in LAYOUTS for name in layout.train + layout.test + layout.meta)
+
+
+def layout_of(names: set[str], folder: str) -> Layout | None:
+    """The layout whose batches a folder called ``folder`` holding the files ``names`` holds, or None.
+
+    The first of :data:`LAYOUTS` that fits (:meth:`Layout.in_folder`).
+    """
+    return next((layout for layout in LAYOUTS if layout.in_folder(names, folder)), None)

@@ -46,11 +46,14 @@ def _key_list(mapping: dict[str, Any], limit: int = 10) -> str:
 
 
 def labels_array(values: Any, n: int, classes: int, where: str, key: str) -> np.ndarray:
-    """Check ``values`` (a list of ints, or a 1-D integer array) as ``n`` labels in ``0..classes-1``.
+    """Check ``values`` (a list of integers, or a 1-D integer array) as ``n`` labels in ``0..classes-1``.
 
-    Returns an int64 array. The list is checked element by element before
-    NumPy sees it: ``np.asarray`` on a list of lists (which a pickle can make
-    huge from a few bytes by repeating one reference) would build all of it.
+    The list's integers are Python ints or NumPy integer scalars (a batch
+    written from NumPy data holds those); never bools, floats or anything
+    else. Returns an int64 array. The list is checked element by element
+    before NumPy sees it: ``np.asarray`` on a list of lists (which a pickle
+    can make huge from a few bytes by repeating one reference) would build
+    all of it.
     """
     if isinstance(values, np.ndarray):
         if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
@@ -66,7 +69,7 @@ def labels_array(values: Any, n: int, classes: int, where: str, key: str) -> np.
         raise SourceError(f"{where}: the arrays disagree in length: {n} images but {count} {key}")
     if isinstance(values, list):
         for position, value in enumerate(values):
-            if type(value) is not int:
+            if type(value) is not int and not isinstance(value, np.integer):
                 raise SourceError(
                     f"{where}: {key} must be integers, but {key}[{position}] is a {type(value).__name__}"
                 )
@@ -83,13 +86,15 @@ def labels_array(values: Any, n: int, classes: int, where: str, key: str) -> np.
 
 
 def python_batch(container: Container, name: str, layout: Layout, label_kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load the pickled batch ``name`` of ``container``: ``(rows (N, 3072) uint8, labels (N,) int64)``."""
+    """Load the pickled batch ``name`` of ``container``: ``(rows (N, 3072) uint8, labels (N,) int64)``.
+
+    The file is read whole (its size checked against what a batch can be
+    first, by the container): the pure-Python unpickler makes many small
+    reads, each costly through tarfile and gzip, and the batch's array is
+    most of the file anyway.
+    """
     try:
-        with container.open(name) as f:
-            # Read whole first: the pure-Python unpickler makes many small
-            # reads, each costly through tarfile and gzip; the batch's array
-            # is this big anyway.
-            data = f.read()
+        data = container.read(name)
     except DECODE_ERRORS as exc:
         raise SourceError(f"{container.where(name)}: cannot read ({exc})") from None
     return parse_python_batch(data, container.where(name), layout, label_kind)
@@ -114,11 +119,11 @@ def parse_python_batch(data: Bytes, where: str, layout: Layout, label_kind: str)
 
 def binary_record_size(layout: Layout) -> int:
     """The bytes of one record of a binary batch: its label bytes and its pixels."""
-    return layout.label_bytes + ROW_BYTES
+    return layout.record_bytes
 
 
 def binary_count(container: Container, name: str, layout: Layout) -> int:
-    """The number of records in binary batch ``name``, from its size alone."""
+    """The number of records in binary batch ``name``, from its size alone (checked against its limit)."""
     return records_in(container.size(name), container.where(name), layout)
 
 
@@ -168,7 +173,10 @@ def read_label_names(container: Container, layout: Layout, label_kind: str) -> l
     name = layout.meta_name(label_kind)
     if not container.has(name):
         return None
-    data = read_exactly(container, name, 0, container.size(name))
+    try:
+        data = container.read(name)
+    except DECODE_ERRORS as exc:
+        raise SourceError(f"{container.where(name)}: cannot read ({exc})") from None
     return parse_label_names(data, container.where(name), layout, label_kind)
 
 

@@ -10,8 +10,17 @@ from ... import kernels
 from ...errors import SourceError, SourceOptionError
 from ...options import Option
 from ..archive import DECODE_ERRORS, OrderedMembers
-from ..base import (SPLIT, SPLITS, Batch, BatchCutter, Source, check_choice, check_stream_arguments, group_by_part,
-                    plan_segments)
+from ..base import (
+    SPLIT,
+    SPLITS,
+    Batch,
+    BatchCutter,
+    Source,
+    check_choice,
+    check_stream_arguments,
+    group_by_part,
+    plan_segments,
+)
 from . import parse
 from .detect import detect
 from .layouts import CHANNELS, HEIGHT, LABEL_KINDS, LAYOUTS, WIDTH
@@ -100,9 +109,9 @@ class CifarSource(Source):
         # One pass in container order: a tar.gz is read once, not once per batch.
         found = {}
         try:
-            for name, f in self.container.each(names):
+            for name, data in self.container.read_ahead(names):
                 where = self.container.where(name)
-                rows, _ = parse.parse_python_batch(f.read(), where, self.layout, self.label_kind)
+                rows, _ = parse.parse_python_batch(data, where, self.layout, self.label_kind)
                 found[name] = rows.shape[0]
         except DECODE_ERRORS as exc:
             raise SourceError(f"{self.path}: cannot read ({exc})") from None
@@ -129,7 +138,7 @@ class CifarSource(Source):
         kind = f", {self.label_kind} labels" if self.layout.cifar100 else ""
         # An archive is not read just to say how many images it holds; once read, it says.
         count = "" if self.sequential and self._counts is None else f", {self.length} images"
-        return f"{self.layout.name} batches at {self.container.path} ({self.split}{kind}{count})"
+        return f"{self.layout.name} batches at {self.container.location} ({self.split}{kind}{count})"
 
     @property
     def length(self) -> int:
