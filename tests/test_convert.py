@@ -183,11 +183,17 @@ def test_interruption_stops_cleanly(tmp_path, sample):
         os.kill(os.getpid(), signal.SIGINT)
 
     dest = tmp_path / "out.lmdb"
-    with pytest.raises(Interrupted) as caught:
-        convert(sample.python_dir, dest, split="all", workers=2, batch_size=16, progress=progress)
+    # The handler the run found is the one it leaves (another test's subprocess may have left
+    # this process's SIGINT ignored, so default_int_handler is set here rather than assumed).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(Interrupted) as caught:
+            convert(sample.python_dir, dest, split="all", workers=2, batch_size=16, progress=progress)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert caught.value.signum == signal.SIGINT
     assert calls == [16] and os.listdir(tmp_path) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_progress_reaches_the_total(tmp_path, sample):
