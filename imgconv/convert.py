@@ -31,6 +31,7 @@ from .load import DEFAULT_BATCH_SIZE, load
 from .pipeline.engine import WorkerContext, default_workers, local_engine
 from .pipeline.plan import Job, job_fingerprint, plan_tasks, planned_jobs, streamed_jobs
 from .resume import ResumeSession
+from .resume.inputs import InputFiles
 from .sources import Source, open_source
 from .sources.base import SkippedFile
 
@@ -97,9 +98,10 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     src = _open(source, source_options)
     session = None
     try:
+        inputs = InputFiles.of(src.input_files())
         run = _Run(src, batch_size, limit, shuffle, seed)
         session = ResumeSession(run.create_writer(dest, format, overwrite, store_options),
-                                job_fingerprint(source, src, run.images, shuffle, seed, source_options, run.streamed))
+                                job_fingerprint(src, run.images, shuffle, seed, source_options, run.streamed), inputs)
         session.begin(resume=resume)
         skipped = run.write(session, workers, progress)
         session.writer.close()

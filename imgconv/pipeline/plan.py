@@ -8,7 +8,6 @@ encode them. A job is a task and the function a worker runs for it, called
 as ``function(context, *args)`` with the run's
 :class:`~imgconv.pipeline.engine.WorkerContext`.
 """
-import os
 from collections import namedtuple
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
@@ -86,26 +85,18 @@ def streamed_jobs(source: Any, batch_size: int, limit: Optional[int], first: int
         yield Job(task, function, (images, labels))
 
 
-def job_fingerprint(source: Any, src: Any, images: Optional[int], shuffle: bool, seed: int,
-                    source_options: Mapping[str, Any], streamed: bool = False) -> Dict[str, Any]:
+def job_fingerprint(src: Any, images: Optional[int], shuffle: bool, seed: int, source_options: Mapping[str, Any],
+                    streamed: bool = False) -> Dict[str, Any]:
     """What makes two conversions the same job (JSON-ready): a resume must match it exactly.
 
-    ``source`` is what the caller gave (a path or a Source), ``src`` the
-    opened source, ``images`` the number to convert (the limit, for a
-    stream). The source is identified by its description and, for a path,
-    its size and modification time (a folder's: files added or removed
-    change it). A streamed source (an archive) is not counted for this: its
-    size and time say enough.
+    ``src`` is the opened source, ``images`` the number to convert (the
+    limit, for a stream). The source is identified by its description; the
+    files it reads are fingerprinted apart (:mod:`imgconv.resume.inputs`).
+    A streamed source (an archive) is not counted for this: the archive's
+    fingerprint says enough.
     """
-    found = None
-    if isinstance(source, (str, bytes, os.PathLike)):
-        try:
-            st = os.stat(source)
-            found = [st.st_size if not os.path.isdir(source) else None, st.st_mtime_ns]
-        except OSError:
-            found = None
     return {
-        "source": src.description, "source_stat": found, "images": images,
+        "source": src.description, "images": images,
         "source_length": None if streamed else src.length,
         "shuffle": bool(shuffle), "seed": int(seed) if shuffle else None,
         "source_options": {name: repr(value) for name, value in sorted(source_options.items())},
