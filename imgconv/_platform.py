@@ -120,6 +120,27 @@ def lock_exclusive(fd: int) -> bool:
     return True
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"))
+
+
+def special_file(path: str) -> Optional[str]:
+    """What ``path`` is when it is neither a regular file nor a directory ("a FIFO", "a socket", ...), else None.
+
+    Asked with ``stat`` (a symbolic link is followed), never by opening:
+    opening a FIFO blocks until someone writes to it. None also for a path
+    that does not exist or cannot be asked about: the caller's own open or
+    stat then says so.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
+
+
 def remove_path(path: str) -> None:
     """Remove a file or a directory tree; a missing path is fine."""
     if os.path.isdir(path) and not os.path.islink(path):
