@@ -25,7 +25,7 @@ from collections import namedtuple
 from contextlib import closing
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import _platform, _validate, stores
+from . import _platform, _validate, overlap, stores
 from .errors import ConversionError, Interrupted, SourceError, WorkerDied
 from .load import DEFAULT_BATCH_SIZE, load
 from .pipeline.engine import WorkerContext, default_workers, local_engine
@@ -86,7 +86,10 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     (bad input, disk full) remove the partial output.
 
     Returns a :class:`ConvertResult`. Raises ValueError/TypeError for bad
-    arguments, SourceError/StoreError for bad input or output,
+    arguments (OverlapError, a ValueError, when ``dest`` is the source,
+    holds it or a file it reads, or lies inside it: checked with symbolic
+    links resolved, before anything is written, whatever ``overwrite``
+    says), SourceError/StoreError for bad input or output,
     ConversionError when a worker fails (WorkerDied when it dies),
     Interrupted on SIGINT/SIGTERM.
     """
@@ -95,9 +98,11 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     batch_size = _validate.positive_int("batch_size", batch_size)
     limit = _validate.optional_non_negative_int("limit", limit)
     format = stores.format_for_path(dest) if format is None else format  # a mistyped suffix fails before any reading
+    overlap.check_paths(overlap.source_path(source), dest)
     src = _open(source, source_options)
     session = None
     try:
+        overlap.check_files(src.input_files(), dest)
         inputs = InputFiles.of(src.input_files())
         run = _Run(src, batch_size, limit, shuffle, seed)
         session = ResumeSession(run.create_writer(dest, format, overwrite, store_options),

@@ -29,6 +29,7 @@ __all__ = [
     "ImgconvError",
     "Interrupted",
     "OptionError",
+    "OverlapError",
     "RecordError",
     "SkippedImageWarning",
     "SourceError",
@@ -113,6 +114,10 @@ class StoreOptionError(OptionError, StoreArgumentError):
 
 class UsageError(ImgconvError):
     """Command-line arguments that do not go together; the command line reports it with exit status 2."""
+
+
+class OverlapError(UsageError, ValueError):
+    """A conversion's DST is its SRC, holds SRC or a file the source reads, or lies inside SRC (a bad argument)."""
 
 
 # --------------------------------------------------------------------------- environment
