@@ -11,7 +11,6 @@ from PIL import Image
 
 import imgconv
 from imgconv.convert import convert
-from imgconv.sample import write_sample
 
 TIMEOUT = 60  # a command blocked on a FIFO never ends: the test fails instead of hanging
 
