@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import namedtuple
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, Tuple, TypeVar
 
 try:
     import fcntl
@@ -283,6 +283,28 @@ def process_exists(pid: int) -> Optional[bool]:
     except OSError:
         return None
     return True
+
+
+_STATES = {"R": "running", "S": "sleeping", "D": "waiting for the disk", "T": "stopped", "t": "stopped by a tracer",
+           "Z": "a zombie", "X": "dead", "I": "idle"}
+
+
+def process_state(pid: int) -> Optional[Tuple[str, str]]:
+    """The state of process ``pid`` from ``/proc`` as ``(letter, words)``, e.g. ``("T", "stopped")``; None if unknown.
+
+    Linux only (elsewhere None).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the state follows the last ")".
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+    if not fields:
+        return None
+    letter = fields[0].decode("ascii", "replace")
+    return letter, _STATES.get(letter, "in state " + letter)
 
 
 def owned_by_me(path: str) -> bool:

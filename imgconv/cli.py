@@ -27,8 +27,9 @@ from typing import Any, Callable
 from . import sources, stores
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError, OptionError, UnknownFormatError, UsageError
-from .options import Option, speak_flags, whole_number
+from .errors import ImgconvError, OptionError, StalledWorkersWarning, UnknownFormatError, UsageError
+from .options import Option, seconds, speak_flags, whole_number
+from .pipeline.pool import DEFAULT_STALL_SECONDS
 from .sample import MIN_COUNT, write_sample
 from .sources import SkippedImageWarning
 from .verify import store_info, verify_store
@@ -122,6 +123,9 @@ def convert_options() -> tuple[Option, ...]:
         Option("seed", type=whole_number(0), default=0, metavar="S", help="the seed of --shuffle"),
         Option("overwrite", type=bool,
                help="replace DEST if it exists, and discard what an interrupted conversion left"),
+        Option("stall_seconds", type=seconds, default=DEFAULT_STALL_SECONDS, metavar="S", show=lambda v: f"{v:g}",
+               help="report the worker processes and their states when none has returned a batch for S seconds "
+                    "(a stopped or hung worker); only a report: the conversion goes on"),
         Option("resume", type=bool,
                help="continue the interrupted conversion to DEST (same SOURCE and options) from its last batch on "
                     "disk; without one, convert from the start"),
@@ -245,6 +249,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         # Skipped files are listed below, once; the sources' warnings (workers
         # fork with this filter) would name them again, with a line of imgconv.
         warnings.simplefilter("ignore", SkippedImageWarning)
+        warnings.simplefilter("always", StalledWorkersWarning)
+        warnings.showwarning = _warning_line(args)
         result = convert(args.source, args.dest, progress=progress, store_options=store_options,
                          **_given(args, convert_options()), **_given(args, sources.source_options().values()))
     if result.restart_reason:
@@ -260,6 +266,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
               f"{_human_bytes(result.bytes)} of data: {result.path} ({result.format}){resumed}")
     return EXIT_OK
+
+
+def _warning_line(args: argparse.Namespace) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing imgconv's warnings as one line ``imgconv COMMAND: warning: ...``."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+        if issubclass(category, StalledWorkersWarning):
+            _say(args, f"warning: {message}")
+        else:
+            shown(message, category, *rest, **kwargs)
+
+    return show
 
 
 def _add_store_argument(parser: argparse.ArgumentParser) -> None:

@@ -54,7 +54,8 @@ Progress = Callable[[int, Optional[int]], None]
 def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Optional[int] = None,
             batch_size: int = DEFAULT_BATCH_SIZE, limit: Optional[int] = None, shuffle: bool = False, seed: int = 0,
             overwrite: bool = False, resume: bool = False, progress: Optional[Progress] = None,
-            store_options: Optional[Dict[str, Any]] = None, **source_options: Any) -> ConvertResult:
+            store_options: Optional[Dict[str, Any]] = None, stall_seconds: Optional[float] = None,
+            **source_options: Any) -> ConvertResult:
     """Convert a dataset into a store, streaming batches through a pool of worker processes.
 
     ``source`` is a path (opened with :func:`imgconv.open_source` and
@@ -71,7 +72,11 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     or for a compressed archive (converted in one pass, without counting
     first) the number it expects (see ``Source.length_hint``: exact for
     the official CIFAR archives, corrected as the archive is read), or None
-    when nothing is expected.
+    when nothing is expected. When the workers return nothing for
+    ``stall_seconds`` (default 300) while batches are in flight (a worker
+    stopped with SIGSTOP, a hung disk), a
+    :class:`~imgconv.errors.StalledWorkersWarning` names each worker and its
+    state; the conversion goes on.
 
     The output is the same whatever ``workers`` and ``batch_size``. On any
     error or interruption nothing is left at ``dest``. An interrupted
@@ -97,6 +102,8 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
     batch_size = _validate.positive_int("batch_size", batch_size)
     limit = _validate.optional_non_negative_int("limit", limit)
+    if stall_seconds is not None:
+        stall_seconds = _validate.positive_number("stall_seconds", stall_seconds)
     format = stores.format_for_path(dest) if format is None else format  # a mistyped suffix fails before any reading
     overlap.check_paths(overlap.source_path(source), dest)
     src = _open(source, source_options)
@@ -104,7 +111,7 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     try:
         overlap.check_files(src.input_files(), dest)
         inputs = InputFiles.of(src.input_files())
-        run = _Run(src, batch_size, limit, shuffle, seed)
+        run = _Run(src, batch_size, limit, shuffle, seed, stall_seconds)
         session = ResumeSession(run.create_writer(dest, format, overwrite, store_options),
                                 job_fingerprint(src, run.images, shuffle, seed, source_options, run.streamed), inputs)
         session.begin(resume=resume)
@@ -126,8 +133,10 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
 class _Run:
     """One conversion's plan: streamed or planned, how many images, and the jobs from a position on."""
 
-    def __init__(self, src: Source, batch_size: int, limit: Optional[int], shuffle: bool, seed: int) -> None:
+    def __init__(self, src: Source, batch_size: int, limit: Optional[int], shuffle: bool, seed: int,
+                 stall_seconds: Optional[float] = None) -> None:
         self.src = src
+        self.stall_seconds = stall_seconds
         self.batch_size = batch_size
         self.limit = limit
         self.shuffle = shuffle
@@ -157,7 +166,8 @@ class _Run:
         context = WorkerContext(self.src, writer.encoder())
         # closing(): a failure here (say, in the writer) ends the workers at once,
         # not whenever the suspended generator is collected.
-        with closing(local_engine(workers).run(context, jobs, f"converting {self.src.description}")) as results:
+        engine = local_engine(workers, stall_seconds=self.stall_seconds)
+        with closing(engine.run(context, jobs, f"converting {self.src.description}")) as results:
             for task, (encoded, task_skipped) in results:
                 writer.write_encoded(encoded)
                 session.checkpoint(task.stop, task_skipped)

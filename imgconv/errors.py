@@ -34,6 +34,7 @@ __all__ = [
     "SkippedImageWarning",
     "SourceError",
     "SourceOptionError",
+    "StalledWorkersWarning",
     "StoreArgumentError",
     "StoreError",
     "StoreIndexError",
@@ -162,3 +163,11 @@ class BenchCheckError(ImgconvError):
 
 class SkippedImageWarning(UserWarning):
     """Issued when a source skipped unreadable files under ``on_error='skip'``; the message names them."""
+
+
+class StalledWorkersWarning(UserWarning):
+    """Issued when a conversion's workers have returned nothing for a long time while work is in flight.
+
+    The message names each worker process and its state (a stopped one
+    above all) and how to go on or stop; the conversion itself goes on.
+    """

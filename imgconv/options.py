@@ -95,6 +95,20 @@ def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str]
     return parse
 
 
+def seconds(text: str) -> float:
+    """A time in seconds, more than 0 ("300", "2.5")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+seconds.__name__ = "seconds"
+
+
 def width_by_height(text: str) -> tuple[int, int]:
     """``"WxH"`` as ``(W, H)``, both at least 1."""
     try:

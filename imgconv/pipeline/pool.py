@@ -18,15 +18,21 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .. import _platform
-from ..errors import ConversionError, ImgconvError, Interrupted, WorkerDied
+from ..errors import ConversionError, ImgconvError, Interrupted, StalledWorkersWarning, WorkerDied
 from .engine import Engine, Results, WorkerContext
 from .plan import Job, Task
+
+# Seconds without a result, while jobs are in flight, before the workers' states are reported:
+# far beyond any batch of a working conversion (a batch holds at most batch_bytes).
+DEFAULT_STALL_SECONDS = 300.0
 
 HANDOFF_PREFIX = "imgconv-handoff-"
 # What imgconv before the hand-off lock named its directories (by pid alone).
@@ -52,12 +58,18 @@ class ProcessPoolEngine(Engine):
 
     Results come back in task order whatever order the workers finish in, so
     the output does not depend on the number of workers; memory stays flat
-    whatever the number of jobs.
+    whatever the number of jobs. When no result has come back for
+    ``stall_seconds`` while jobs are in flight, a
+    :class:`~imgconv.errors.StalledWorkersWarning` names each worker and
+    its state (a stopped one, say) and how to go on; the run goes on
+    (a slow batch is no failure).
     """
 
-    def __init__(self, workers: int, window: Optional[int] = None) -> None:
+    def __init__(self, workers: int, window: Optional[int] = None,
+                 stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:
         self.workers = workers
         self.window = 2 * workers if window is None else window
+        self.stall_seconds = stall_seconds
 
     @property
     def shares_memory(self) -> bool:  # type: ignore[override]
@@ -73,7 +85,8 @@ class ProcessPoolEngine(Engine):
                 _remove_stale_handoffs()
                 handoff = Handoff()
                 pool = stop.pool = _start_pool(self.workers, context, handoff.path)
-                for item in _ordered_results(pool, jobs, self.window):
+                watchdog = _Watchdog(pool, self.stall_seconds, what)
+                for item in _ordered_results(pool, jobs, self.window, watchdog):
                     stop.check()
                     yield item
                 stop.check()
@@ -218,14 +231,17 @@ def _received(path: str) -> Any:
     return result
 
 
-def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int) -> Iterator[Tuple[Task, Any]]:
+def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int,
+                     watchdog: "_Watchdog") -> Iterator[Tuple[Task, Any]]:
     """Job results in task order, with at most ``window`` jobs submitted ahead."""
     pending: Deque[Tuple[Task, Future]] = deque()
     jobs = iter(jobs)
 
     def submit_next() -> bool:
         for job in jobs:
-            pending.append((job.task, pool.submit(_in_worker, job.function, *job.args)))
+            future = pool.submit(_in_worker, job.function, *job.args)
+            future.add_done_callback(watchdog.arrived)
+            pending.append((job.task, future))
             return True
         return False
 
@@ -233,15 +249,16 @@ def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int
         pass
     while pending:
         task, future = pending.popleft()
-        result = _task_result(task, future)
+        result = _task_result(task, future, watchdog, len(pending) + 1)
         submit_next()
         yield task, result
 
 
-def _task_result(task: Task, future: "Future[str]") -> Any:
-    """The result of ``future``; a worker's unexpected exception becomes one ConversionError."""
+def _task_result(task: Task, future: "Future[str]", watchdog: "_Watchdog", in_flight: int) -> Any:
+    """The result of ``future`` (``in_flight`` jobs waited for); a worker's unexpected exception becomes one
+    ConversionError."""
     try:
-        path = future.result()
+        path = watchdog.wait(future, in_flight)
     except (ImgconvError, BrokenProcessPool, HandoffFailed):
         raise  # already says which file or record, or handled by the engine
     except Exception as exc:
@@ -249,6 +266,53 @@ def _task_result(task: Task, future: "Future[str]") -> Any:
             f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
         ) from exc
     return _received(path)
+
+
+class _Watchdog:
+    """Reports workers that return nothing for ``seconds`` while jobs are in flight (see ProcessPoolEngine).
+
+    Each stall is reported once, when it reaches ``seconds``; a result
+    arriving ends it. Only a report: a worker busy with a slow batch is
+    never stopped.
+    """
+
+    def __init__(self, pool: ProcessPoolExecutor, seconds: float, what: str) -> None:
+        self.pool = pool
+        self.seconds = seconds
+        self.what = what
+        self.last = time.monotonic()  # when a result last arrived (or the run started)
+        self.reported = -1.0  # the ``last`` of the stall reported
+
+    def arrived(self, future: Future) -> None:
+        """A job ended (called in the pool's thread: one assignment)."""
+        self.last = time.monotonic()
+
+    def wait(self, future: "Future[str]", in_flight: int) -> str:
+        """``future.result()``, reporting a stall while waiting for it."""
+        while True:
+            quiet = time.monotonic() - self.last
+            try:
+                return future.result(timeout=self.seconds - quiet if quiet < self.seconds else self.seconds)
+            except FutureTimeout:
+                last = self.last
+                quiet = time.monotonic() - last
+                if quiet >= self.seconds and self.reported != last:
+                    self.reported = last
+                    warnings.warn(StalledWorkersWarning(self._report(quiet, in_flight)), stacklevel=2)
+
+    def _report(self, quiet: float, in_flight: int) -> str:
+        states = [(process.pid, _platform.process_state(process.pid)) for process in _pool_processes(self.pool)]
+        stopped = [pid for pid, state in states if state is not None and state[0] in "Tt"]
+        listed = ", ".join(f"{pid} {state[1] if state else 'state unknown'}"
+                           + (f" ({state[0]})" if state else "") for pid, state in states)
+        said = (f"{self.what}: no result from the workers for {quiet:.0f} s with {in_flight} "
+                f"batch{'es' if in_flight != 1 else ''} in flight; worker processes: {listed}. ")
+        if stopped:
+            pids = " ".join(map(str, stopped))
+            return said + (f"A stopped process never goes on by itself: `kill -CONT {pids}` continues it; "
+                           "Ctrl-C stops the conversion, keeping the images written for --resume.")
+        return said + ("The conversion goes on (a slow batch, a slow disk?); Ctrl-C stops it, keeping the images "
+                       "written for --resume.")
 
 
 def _start_pool(workers: int, context: WorkerContext, handoff: str) -> ProcessPoolExecutor:
