@@ -96,13 +96,20 @@ def _dead_pid():
     return dead.pid  # a pid that no longer exists
 
 
-def test_hand_off_directories_of_dead_runs_are_removed():
+@pytest.fixture()
+def private_tmp(tmp_path, monkeypatch):
+    """A temp dir of the test's own: other conversions on the machine tidy the shared one."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_hand_off_directories_of_dead_runs_are_removed(private_tmp):
     stale = tempfile.mkdtemp(prefix=f"{pool.HANDOFF_PREFIX}{os.getpid()}-")  # its lock is free: its run is over
     list(InProcessEngine().run(_context(), _jobs(_square_slowly, 1), "squaring"))
     assert not os.path.exists(stale)
 
 
-def test_a_hand_off_directory_whose_lock_is_held_is_kept_whatever_its_pid():
+def test_a_hand_off_directory_whose_lock_is_held_is_kept_whatever_its_pid(private_tmp):
     # A run in another PID namespace: its pid means nothing here, or is dead.
     held = tempfile.mkdtemp(prefix=f"{pool.HANDOFF_PREFIX}{_dead_pid()}-")
     fd = os.open(held, os.O_RDONLY)
@@ -116,7 +123,7 @@ def test_a_hand_off_directory_whose_lock_is_held_is_kept_whatever_its_pid():
         os.rmdir(held)
 
 
-def test_hand_off_directories_of_older_versions_go_when_idle_and_their_pid_is_gone():
+def test_hand_off_directories_of_older_versions_go_when_idle_and_their_pid_is_gone(private_tmp):
     dead = _dead_pid()
     idle = tempfile.mkdtemp(prefix=f"{pool.OLD_HANDOFF_PREFIX}{dead}-")
     recent = tempfile.mkdtemp(prefix=f"{pool.OLD_HANDOFF_PREFIX}{dead}-")
@@ -132,7 +139,7 @@ def test_hand_off_directories_of_older_versions_go_when_idle_and_their_pid_is_go
         os.rmdir(mine)
 
 
-def test_the_directory_is_locked_while_the_pool_runs():
+def test_the_directory_is_locked_while_the_pool_runs(private_tmp):
     before = set(os.listdir(tempfile.gettempdir()))
     results = ProcessPoolEngine(2).run(_context(), _jobs(_square_slowly, 20), "squaring")
     next(results)

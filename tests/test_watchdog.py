@@ -78,7 +78,8 @@ def test_a_stopped_worker_is_reported_by_pid_and_state_with_how_to_go_on():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = ProcessPoolEngine(2, stall_seconds=1)
-        results = [result for _, result in engine.run(WorkerContext(None, None), _jobs(_stop_myself_once, 6), "testing")]
+        jobs = _jobs(_stop_myself_once, 6)
+        results = [result for _, result in engine.run(WorkerContext(None, None), jobs, "testing")]
     thread.join()
     assert results == list(range(6))  # continued, it finished its job: nothing was killed
     stalls = [w for w in caught if issubclass(w.category, StalledWorkersWarning)]
