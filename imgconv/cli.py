@@ -28,7 +28,8 @@ from . import sources, stores
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
 from .errors import ImgconvError, OptionError, StalledWorkersWarning, UnknownFormatError, UsageError
-from .options import Option, seconds, speak_flags, whole_number
+from .options import Option, byte_size, seconds, show_byte_size, speak_flags, whole_number
+from .pipeline.plan import DEFAULT_BATCH_BYTES
 from .pipeline.pool import DEFAULT_STALL_SECONDS
 from .sample import MIN_COUNT, write_sample
 from .sources import SkippedImageWarning
@@ -117,7 +118,10 @@ def convert_options() -> tuple[Option, ...]:
         Option("workers", type=whole_number(0), metavar="N",
                help=f"worker processes (default: one per CPU, here {default_workers()}; 0: no pool)"),
         Option("batch_size", type=whole_number(1), default=DEFAULT_BATCH_SIZE, metavar="N",
-               help="images per batch sent to a worker"),
+               help="images per batch sent to a worker, at most"),
+        Option("batch_bytes", type=byte_size, default=DEFAULT_BATCH_BYTES, metavar="SIZE", show=show_byte_size,
+               help="decoded bytes per batch, at most (at least one image): what bounds memory in flight, "
+                    "whatever the images' sizes (e.g. 64M, 1G)"),
         Option("limit", type=whole_number(0), metavar="N", help="convert the first N images only"),
         Option("shuffle", type=bool, help="write the images in a random order"),
         Option("seed", type=whole_number(0), default=0, metavar="S", help="the seed of --shuffle"),

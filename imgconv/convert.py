@@ -29,7 +29,15 @@ from . import _platform, _validate, overlap, stores
 from .errors import ConversionError, Interrupted, SourceError, WorkerDied
 from .load import DEFAULT_BATCH_SIZE, load
 from .pipeline.engine import WorkerContext, default_workers, local_engine
-from .pipeline.plan import Job, job_fingerprint, plan_tasks, planned_jobs, streamed_jobs
+from .pipeline.plan import (
+    DEFAULT_BATCH_BYTES,
+    Job,
+    image_sizes,
+    job_fingerprint,
+    plan_tasks,
+    planned_jobs,
+    streamed_jobs,
+)
 from .resume import ResumeSession
 from .resume.inputs import InputFiles
 from .sources import Source, open_source
@@ -50,12 +58,15 @@ a partial output it could not continue (None otherwise)."""
 
 Progress = Callable[[int, Optional[int]], None]
 
+Batches = namedtuple("Batches", "images bytes")
+Batches.__doc__ = "How large a batch in flight may be: ``images`` at most, ``bytes`` of decoded pixels at most."
+
 
 def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Optional[int] = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, limit: Optional[int] = None, shuffle: bool = False, seed: int = 0,
-            overwrite: bool = False, resume: bool = False, progress: Optional[Progress] = None,
-            store_options: Optional[Dict[str, Any]] = None, stall_seconds: Optional[float] = None,
-            **source_options: Any) -> ConvertResult:
+            batch_size: int = DEFAULT_BATCH_SIZE, batch_bytes: int = DEFAULT_BATCH_BYTES, limit: Optional[int] = None,
+            shuffle: bool = False, seed: int = 0, overwrite: bool = False, resume: bool = False,
+            progress: Optional[Progress] = None, store_options: Optional[Dict[str, Any]] = None,
+            stall_seconds: Optional[float] = None, **source_options: Any) -> ConvertResult:
     """Convert a dataset into a store, streaming batches through a pool of worker processes.
 
     ``source`` is a path (opened with :func:`imgconv.open_source` and
@@ -64,7 +75,12 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
     suffix says (UnknownFormatError for a suffix no format has).
     ``workers`` processes do the CPU work (default: one per CPU; 0 runs
-    everything in this process). ``limit`` caps the number of images;
+    everything in this process). Workers take batches of at most
+    ``batch_size`` images holding at most ``batch_bytes`` bytes of decoded
+    pixels (default 32 MiB; at least one image), sized from the images'
+    shapes or headers before decoding, so that memory in flight is bounded
+    in bytes whatever the images' sizes (see RELIABILITY.md, "Memory").
+    ``limit`` caps the number of images;
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
@@ -78,7 +94,7 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     :class:`~imgconv.errors.StalledWorkersWarning` names each worker and its
     state; the conversion goes on.
 
-    The output is the same whatever ``workers`` and ``batch_size``. On any
+    The output is the same whatever ``workers``, ``batch_size`` and ``batch_bytes``. On any
     error or interruption nothing is left at ``dest``. An interrupted
     conversion (SIGINT, SIGTERM, a killed worker, or the converter killed)
     leaves the batches it wrote in ``.NAME.imgconv-partial`` beside ``dest``;
@@ -101,6 +117,7 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     started = time.perf_counter()
     workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    batch_bytes = _validate.positive_int("batch_bytes", batch_bytes)
     limit = _validate.optional_non_negative_int("limit", limit)
     if stall_seconds is not None:
         stall_seconds = _validate.positive_number("stall_seconds", stall_seconds)
@@ -111,7 +128,7 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     try:
         overlap.check_files(src.input_files(), dest)
         inputs = InputFiles.of(src.input_files())
-        run = _Run(src, batch_size, limit, shuffle, seed, stall_seconds)
+        run = _Run(src, Batches(batch_size, batch_bytes), limit, shuffle, seed, stall_seconds)
         session = ResumeSession(run.create_writer(dest, format, overwrite, store_options),
                                 job_fingerprint(src, run.images, shuffle, seed, source_options, run.streamed), inputs)
         session.begin(resume=resume)
@@ -133,11 +150,11 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
 class _Run:
     """One conversion's plan: streamed or planned, how many images, and the jobs from a position on."""
 
-    def __init__(self, src: Source, batch_size: int, limit: Optional[int], shuffle: bool, seed: int,
+    def __init__(self, src: Source, batches: "Batches", limit: Optional[int], shuffle: bool, seed: int,
                  stall_seconds: Optional[float] = None) -> None:
         self.src = src
+        self.batches = batches
         self.stall_seconds = stall_seconds
-        self.batch_size = batch_size
         self.limit = limit
         self.shuffle = shuffle
         self.seed = seed
@@ -192,10 +209,12 @@ class _Run:
             # This process reads and decodes the archive (its read-ahead
             # thread inflates it on another core): workers would only encode,
             # which pays for the trip to them only when encoding is heavy.
-            return streamed_jobs(self.src, self.batch_size, self.limit, first=position), (
-                workers if heavy_encoding else 0)
+            jobs = streamed_jobs(self.src, self.batches.images, self.limit, first=position,
+                                 batch_bytes=self.batches.bytes)
+            return jobs, workers if heavy_encoding else 0
         assert self.total is not None
-        tasks = plan_tasks(self.total, self.batch_size, self.shuffle, self.seed, start=position)
+        tasks = plan_tasks(self.total, self.batches.images, self.shuffle, self.seed, start=position,
+                           nbytes=image_sizes(self.src, self.total), batch_bytes=self.batches.bytes)
         return planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
 
 
