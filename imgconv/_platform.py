@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import namedtuple
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, Tuple, TypeVar
 
 try:
     import fcntl
@@ -189,6 +189,23 @@ def lock_exclusive(fd: int) -> bool:
     return True
 
 
+def special_file(path: str) -> Optional[str]:
+    """What ``path`` is when it is neither a regular file nor a directory ("a FIFO (named pipe)", "a socket", ...), else None.
+
+    Asked with ``stat`` (a symbolic link is followed), never by opening:
+    opening a FIFO blocks until someone writes to it. None also for a path
+    that does not exist or cannot be asked about: the caller's own open or
+    stat then says so.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return file_kind(mode)
+
+
 def remove_path(path: str) -> None:
     """Remove a file or a directory tree; a missing path is fine."""
     if os.path.isdir(path) and not os.path.islink(path):
@@ -331,6 +348,28 @@ def process_exists(pid: int) -> Optional[bool]:
     except OSError:
         return None
     return True
+
+
+_STATES = {"R": "running", "S": "sleeping", "D": "waiting for the disk", "T": "stopped", "t": "stopped by a tracer",
+           "Z": "a zombie", "X": "dead", "I": "idle"}
+
+
+def process_state(pid: int) -> Optional[Tuple[str, str]]:
+    """The state of process ``pid`` from ``/proc`` as ``(letter, words)``, e.g. ``("T", "stopped")``; None if unknown.
+
+    Linux only (elsewhere None).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the state follows the last ")".
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+    if not fields:
+        return None
+    letter = fields[0].decode("ascii", "replace")
+    return letter, _STATES.get(letter, "in state " + letter)
 
 
 def owned_by_me(path: str) -> bool:

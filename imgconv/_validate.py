@@ -66,6 +66,14 @@ def optional_non_negative_int(name: str, value: Any, **how: Any) -> Optional[int
     return None if value is None else non_negative_int(name, value, **how)
 
 
+def positive_number(name: str, value: Any, *, error: Type[Exception] = ValueError, where: str = "") -> float:
+    """``value`` (an int or a float, not a bool) as a finite float > 0 (a time in seconds)."""
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not number or not 0 < float(value) < float("inf"):
+        raise _error(error, f"{where}{name} must be a positive number, got {value!r}", name)
+    return float(value)
+
+
 def choice(name: str, value: T, choices: Collection[T], *, error: Type[Exception] = ValueError,
            where: str = "") -> T:
     """``value`` when it is one of ``choices``."""

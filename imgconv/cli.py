@@ -28,8 +28,10 @@ from . import sources, stores
 from ._terminal import escape_for_terminal
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
-from .errors import ImgconvError, OptionError, UnknownFormatError, UsageError
-from .options import Option, speak_flags, whole_number
+from .errors import ImgconvError, OptionError, StalledWorkersWarning, UnknownFormatError, UsageError
+from .options import Option, byte_size, seconds, show_byte_size, speak_flags, whole_number
+from .pipeline.plan import DEFAULT_BATCH_BYTES
+from .pipeline.pool import DEFAULT_STALL_SECONDS
 from .sample import MAX_COUNT, MIN_COUNT, write_sample
 from .sources import SkippedImageWarning
 from .verify import store_info, verify_store
@@ -125,12 +127,18 @@ def convert_options() -> tuple[Option, ...]:
         Option("workers", type=whole_number(0), metavar="N",
                help=f"worker processes (default: one per CPU, here {default_workers()}; 0: no pool)"),
         Option("batch_size", type=whole_number(1), default=DEFAULT_BATCH_SIZE, metavar="N",
-               help="images per batch sent to a worker"),
+               help="images per batch sent to a worker, at most"),
+        Option("batch_bytes", type=byte_size, default=DEFAULT_BATCH_BYTES, metavar="SIZE", show=show_byte_size,
+               help="decoded bytes per batch, at most (at least one image): what bounds memory in flight, "
+                    "whatever the images' sizes (e.g. 64M, 1G)"),
         Option("limit", type=whole_number(0), metavar="N", help="convert the first N images only"),
         Option("shuffle", type=bool, help="write the images in a random order"),
         Option("seed", type=whole_number(0), default=0, metavar="S", help="the seed of --shuffle"),
         Option("overwrite", type=bool,
                help="replace DEST if it exists, and discard what an interrupted conversion left"),
+        Option("stall_seconds", type=seconds, default=DEFAULT_STALL_SECONDS, metavar="S", show=lambda v: f"{v:g}",
+               help="report the worker processes and their states when none has returned a batch for S seconds "
+                    "(a stopped or hung worker); only a report: the conversion goes on"),
         Option("resume", type=bool,
                help="continue the interrupted conversion to DEST (same SOURCE and options) from its last batch on "
                     "disk; without one, convert from the start"),
@@ -254,6 +262,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         # Skipped files are listed below, once; the sources' warnings (workers
         # fork with this filter) would name them again, with a line of imgconv.
         warnings.simplefilter("ignore", SkippedImageWarning)
+        warnings.simplefilter("always", StalledWorkersWarning)
+        warnings.showwarning = _warning_line(args)
         result = convert(args.source, args.dest, progress=progress, store_options=store_options,
                          **_given(args, convert_options()), **_given(args, sources.source_options().values()))
     if result.restart_reason:
@@ -269,6 +279,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
         _print(f"{result.count} images in {result.seconds:.1f} s ({rate:,.0f} images/s), "
                f"{_human_bytes(result.bytes)} of data: {result.path} ({result.format}){resumed}")
     return EXIT_OK
+
+
+def _warning_line(args: argparse.Namespace) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing imgconv's warnings as one line ``imgconv COMMAND: warning: ...``."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+        if issubclass(category, StalledWorkersWarning):
+            _say(args, f"warning: {message}")
+        else:
+            shown(message, category, *rest, **kwargs)
+
+    return show
 
 
 def _add_store_argument(parser: argparse.ArgumentParser) -> None:

@@ -25,12 +25,21 @@ from collections import namedtuple
 from contextlib import closing
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import _platform, _validate, stores
+from . import _platform, _validate, overlap, stores
 from .errors import ConversionError, Interrupted, SourceError, WorkerDied
 from .load import DEFAULT_BATCH_SIZE, load
 from .pipeline.engine import WorkerContext, default_workers, local_engine
-from .pipeline.plan import Job, job_fingerprint, plan_tasks, planned_jobs, streamed_jobs
+from .pipeline.plan import (
+    DEFAULT_BATCH_BYTES,
+    Job,
+    image_sizes,
+    job_fingerprint,
+    plan_tasks,
+    planned_jobs,
+    streamed_jobs,
+)
 from .resume import ResumeSession
+from .resume.inputs import InputFiles
 from .sources import Source, open_source
 from .sources.base import SkippedFile
 
@@ -49,11 +58,15 @@ a partial output it could not continue (None otherwise)."""
 
 Progress = Callable[[int, Optional[int]], None]
 
+Batches = namedtuple("Batches", "images bytes")
+Batches.__doc__ = "How large a batch in flight may be: ``images`` at most, ``bytes`` of decoded pixels at most."
+
 
 def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Optional[int] = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, limit: Optional[int] = None, shuffle: bool = False, seed: int = 0,
-            overwrite: bool = False, resume: bool = False, progress: Optional[Progress] = None,
-            store_options: Optional[Dict[str, Any]] = None, **source_options: Any) -> ConvertResult:
+            batch_size: int = DEFAULT_BATCH_SIZE, batch_bytes: int = DEFAULT_BATCH_BYTES, limit: Optional[int] = None,
+            shuffle: bool = False, seed: int = 0, overwrite: bool = False, resume: bool = False,
+            progress: Optional[Progress] = None, store_options: Optional[Dict[str, Any]] = None,
+            stall_seconds: Optional[float] = None, **source_options: Any) -> ConvertResult:
     """Convert a dataset into a store, streaming batches through a pool of worker processes.
 
     ``source`` is a path (opened with :func:`imgconv.open_source` and
@@ -62,7 +75,12 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
     suffix says (UnknownFormatError for a suffix no format has).
     ``workers`` processes do the CPU work (default: one per CPU; 0 runs
-    everything in this process). ``limit`` caps the number of images;
+    everything in this process). Workers take batches of at most
+    ``batch_size`` images holding at most ``batch_bytes`` bytes of decoded
+    pixels (default 32 MiB; at least one image), sized from the images'
+    shapes or headers before decoding, so that memory in flight is bounded
+    in bytes whatever the images' sizes (see RELIABILITY.md, "Memory").
+    ``limit`` caps the number of images;
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
@@ -70,9 +88,13 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     or for a compressed archive (converted in one pass, without counting
     first) the number it expects (see ``Source.length_hint``: exact for
     the official CIFAR archives, corrected as the archive is read), or None
-    when nothing is expected.
+    when nothing is expected. When the workers return nothing for
+    ``stall_seconds`` (default 300) while batches are in flight (a worker
+    stopped with SIGSTOP, a hung disk), a
+    :class:`~imgconv.errors.StalledWorkersWarning` names each worker and its
+    state; the conversion goes on.
 
-    The output is the same whatever ``workers`` and ``batch_size``. On any
+    The output is the same whatever ``workers``, ``batch_size`` and ``batch_bytes``. On any
     error or interruption nothing is left at ``dest``. An interrupted
     conversion (SIGINT, SIGTERM, a killed worker, or the converter killed)
     leaves the batches it wrote in ``.NAME.imgconv-partial`` beside ``dest``;
@@ -85,21 +107,30 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     (bad input, disk full) remove the partial output.
 
     Returns a :class:`ConvertResult`. Raises ValueError/TypeError for bad
-    arguments, SourceError/StoreError for bad input or output,
+    arguments (OverlapError, a ValueError, when ``dest`` is the source,
+    holds it or a file it reads, or lies inside it: checked with symbolic
+    links resolved, before anything is written, whatever ``overwrite``
+    says), SourceError/StoreError for bad input or output,
     ConversionError when a worker fails (WorkerDied when it dies),
     Interrupted on SIGINT/SIGTERM.
     """
     started = time.perf_counter()
     workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    batch_bytes = _validate.positive_int("batch_bytes", batch_bytes)
     limit = _validate.optional_non_negative_int("limit", limit)
+    if stall_seconds is not None:
+        stall_seconds = _validate.positive_number("stall_seconds", stall_seconds)
     format = stores.format_for_path(dest) if format is None else format  # a mistyped suffix fails before any reading
+    overlap.check_paths(overlap.source_path(source), dest)
     src = _open(source, source_options)
     session = None
     try:
-        run = _Run(src, batch_size, limit, shuffle, seed)
+        overlap.check_files(src.input_files(), dest)
+        inputs = InputFiles.of(src.input_files())
+        run = _Run(src, Batches(batch_size, batch_bytes), limit, shuffle, seed, stall_seconds)
         session = ResumeSession(run.create_writer(dest, format, overwrite, store_options),
-                                job_fingerprint(source, src, run.images, shuffle, seed, source_options, run.streamed))
+                                job_fingerprint(src, run.images, shuffle, seed, source_options, run.streamed), inputs)
         session.begin(resume=resume)
         skipped = run.write(session, workers, progress)
         session.writer.close()
@@ -119,9 +150,11 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
 class _Run:
     """One conversion's plan: streamed or planned, how many images, and the jobs from a position on."""
 
-    def __init__(self, src: Source, batch_size: int, limit: Optional[int], shuffle: bool, seed: int) -> None:
+    def __init__(self, src: Source, batches: "Batches", limit: Optional[int], shuffle: bool, seed: int,
+                 stall_seconds: Optional[float] = None) -> None:
         self.src = src
-        self.batch_size = batch_size
+        self.batches = batches
+        self.stall_seconds = stall_seconds
         self.limit = limit
         self.shuffle = shuffle
         self.seed = seed
@@ -150,7 +183,8 @@ class _Run:
         context = WorkerContext(self.src, writer.encoder())
         # closing(): a failure here (say, in the writer) ends the workers at once,
         # not whenever the suspended generator is collected.
-        with closing(local_engine(workers).run(context, jobs, f"converting {self.src.description}")) as results:
+        engine = local_engine(workers, stall_seconds=self.stall_seconds)
+        with closing(engine.run(context, jobs, f"converting {self.src.description}")) as results:
             for task, (encoded, task_skipped) in results:
                 writer.write_encoded(encoded)
                 session.checkpoint(task.stop, task_skipped)
@@ -175,10 +209,12 @@ class _Run:
             # This process reads and decodes the archive (its read-ahead
             # thread inflates it on another core): workers would only encode,
             # which pays for the trip to them only when encoding is heavy.
-            return streamed_jobs(self.src, self.batch_size, self.limit, first=position), (
-                workers if heavy_encoding else 0)
+            jobs = streamed_jobs(self.src, self.batches.images, self.limit, first=position,
+                                 batch_bytes=self.batches.bytes)
+            return jobs, workers if heavy_encoding else 0
         assert self.total is not None
-        tasks = plan_tasks(self.total, self.batch_size, self.shuffle, self.seed, start=position)
+        tasks = plan_tasks(self.total, self.batches.images, self.shuffle, self.seed, start=position,
+                           nbytes=image_sizes(self.src, self.total), batch_bytes=self.batches.bytes)
         return planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
 
 

@@ -30,10 +30,12 @@ __all__ = [
     "Interrupted",
     "LoaderError",
     "OptionError",
+    "OverlapError",
     "RecordError",
     "SkippedImageWarning",
     "SourceError",
     "SourceOptionError",
+    "StalledWorkersWarning",
     "StoreArgumentError",
     "StoreError",
     "StoreIndexError",
@@ -116,6 +118,10 @@ class UsageError(ImgconvError):
     """Command-line arguments that do not go together; the command line reports it with exit status 2."""
 
 
+class OverlapError(UsageError, ValueError):
+    """A conversion's DST is its SRC, holds SRC or a file the source reads, or lies inside SRC (a bad argument)."""
+
+
 # --------------------------------------------------------------------------- environment
 
 
@@ -165,3 +171,11 @@ class LoaderError(ImgconvError):
 
 class SkippedImageWarning(UserWarning):
     """Issued when a source skipped unreadable files under ``on_error='skip'``; the message names them."""
+
+
+class StalledWorkersWarning(UserWarning):
+    """Issued when a conversion's workers have returned nothing for a long time while work is in flight.
+
+    The message names each worker process and its state (a stopped one
+    above all) and how to go on or stop; the conversion itself goes on.
+    """

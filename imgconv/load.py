@@ -15,7 +15,16 @@ import numpy as np
 from . import _validate
 from .errors import SourceError
 from .pipeline.engine import WorkerContext, default_workers, local_engine
-from .pipeline.plan import Task, plan_tasks, planned_jobs, read_and_encode, read_task, streamed_jobs
+from .pipeline.plan import (
+    DEFAULT_BATCH_BYTES,
+    Task,
+    image_sizes,
+    plan_tasks,
+    planned_jobs,
+    read_and_encode,
+    read_task,
+    streamed_jobs,
+)
 from .sources import open_source
 
 DEFAULT_BATCH_SIZE = 1024
@@ -24,7 +33,7 @@ Images = Union[np.ndarray, List[np.ndarray]]
 
 
 def load(path: Any, *, workers: Any = None, batch_size: int = DEFAULT_BATCH_SIZE,
-         **source_options: Any) -> Tuple[Images, np.ndarray]:
+         batch_bytes: int = DEFAULT_BATCH_BYTES, **source_options: Any) -> Tuple[Images, np.ndarray]:
     """Read a whole dataset or store into memory, decoding in a pool of worker processes.
 
     ``path`` is anything :func:`imgconv.open_source` reads (a PNG folder is
@@ -32,30 +41,33 @@ def load(path: Any, *, workers: Any = None, batch_size: int = DEFAULT_BATCH_SIZE
     an (N, H, W, C) uint8 array, or a list for images of varying sizes, and
     (N,) int64 labels, in the source's order. ``workers=0`` reads in this
     process. Workers write images of one size straight into the returned
-    array (shared memory), so nothing is copied through the parent. Raises
-    like :func:`imgconv.convert`.
+    array (shared memory), so nothing is copied through the parent. Batches
+    in flight hold at most ``batch_size`` images and ``batch_bytes`` bytes,
+    as in :func:`imgconv.convert`. Raises like :func:`imgconv.convert`.
     """
     workers = default_workers() if workers is None else _validate.non_negative_int("workers", workers)
     batch_size = _validate.positive_int("batch_size", batch_size)
+    batch_bytes = _validate.positive_int("batch_bytes", batch_bytes)
     src = open_source(path, **source_options)
     with closing(src):
         total = src.length
         if total is None:
             raise SourceError(f"{src.description}: the number of images is unknown, so the work cannot be planned")
-        tasks = plan_tasks(total, batch_size)
+        tasks = plan_tasks(total, batch_size, nbytes=image_sizes(src, total), batch_bytes=batch_bytes)
         # An archive is read by this process anyway (a stream): workers would only copy.
         workers = 0 if len(tasks) <= 1 or src.sequential else min(workers, len(tasks))
-        return _Loading(src, total, batch_size, workers).run(tasks)
+        return _Loading(src, total, batch_size, workers, batch_bytes).run(tasks)
 
 
 class _Loading:
     """One load(): where the images go, and how each batch's result lands there."""
 
-    def __init__(self, src: Any, total: int, batch_size: int, workers: int) -> None:
+    def __init__(self, src: Any, total: int, batch_size: int, workers: int, batch_bytes: int) -> None:
         self.src = src
         self.shape = src.shape
         self.engine = local_engine(workers)
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.shared = workers > 0 and self.shape is not None and self.engine.shares_memory
         self.images: Any
         if self.shared:
@@ -69,7 +81,7 @@ class _Loading:
         if self.shared:
             jobs = planned_jobs(tasks, read_into_shared)
         elif self.src.sequential:
-            jobs = streamed_jobs(self.src, self.batch_size, None)
+            jobs = streamed_jobs(self.src, self.batch_size, None, batch_bytes=self.batch_bytes)
         else:
             jobs = planned_jobs(tasks, read_and_encode)
         context = WorkerContext(self.src, _as_is, self.images if self.shared else None)

@@ -95,6 +95,44 @@ def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str]
     return parse
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
+               "kb": 10**3, "mb": 10**6, "gb": 10**9}
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes, at least 1: "33554432", "32M" or "32MiB" (2**20), "32MB" (10**6); K and G alike."""
+    match = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = _BYTE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise ValueError(f"not a size in bytes: {text!r} (write it as 33554432, 32M, 32MiB or 32MB)")
+    value = int(float(match.group(1).replace("_", "").replace(",", "")) * unit)
+    if value < 1:
+        raise ValueError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def show_byte_size(value: int) -> str:
+    """A number of bytes as :func:`byte_size` reads it back, in the largest binary unit it fills exactly."""
+    for suffix, unit in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if value % unit == 0:
+            return f"{value // unit}{suffix}"
+    return str(value)
+
+
+def seconds(text: str) -> float:
+    """A time in seconds, more than 0 ("300", "2.5")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+seconds.__name__ = "seconds"
+
+
 def width_by_height(text: str) -> tuple[int, int]:
     """``"WxH"`` as ``(W, H)``, both at least 1."""
     try:

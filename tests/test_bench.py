@@ -17,6 +17,7 @@ from imgconv.bench import command, harness, inputs, kernel_bench, methods, targe
 from imgconv.bench.harness import EXPERIMENTS, Experiment, Trial
 from imgconv.bench.methods import METHODS, Method
 from imgconv.bench.timing import Rounds, Side, measure
+from imgconv.pipeline.plan import DEFAULT_BATCH_BYTES
 
 command.load_plugins()
 
@@ -189,12 +190,18 @@ def test_measure_stops_repeating_at_the_budget():
 
 def test_opt_in_memory_and_layout_experiments(tmp_path, capsys):
     status = cli.main(["bench", "--experiments", "memory", "lmdb-layout", "hdf5-layout", "png-level",
-                       "--cutoffs", "200", "--repeat", "1", "--no-plots", *_dirs(tmp_path)])
+                       "--cutoffs", "200", "--repeat", "1", "--memory-photos", "3x400x300", "--no-plots",
+                       *_dirs(tmp_path)])
     assert status == 0
     text = capsys.readouterr().out
     assert "peak memory" in text and text.count("layout study: ") == 3
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
-    memory = {(r["format"], r["images"]): r for r in rows if r["experiment"] == "memory"}
+    photos = {r["format"]: r for r in rows if r["experiment"] == "memory" and r["source"] == "photos"}
+    assert set(photos) == {"png", "lmdb", "hdf5"} and "3 JPEGs of 400x300" in text
+    for row in photos.values():
+        assert row["images"] == 3 and row["batch_bytes"] == DEFAULT_BATCH_BYTES and row["processes"] >= 1
+        assert 0 < row["baseline_mb"] < row["tree_anon_mb"] <= row["bound_mb"] and row["within_bound"]
+    memory = {(r["format"], r["images"]): r for r in rows if r["experiment"] == "memory" and r["source"] == "npy"}
     assert set(memory) == {("png", 200), ("lmdb", 200), ("hdf5", 200), ("lmdb", 2000), ("hdf5", 2000)}
     assert all(r["tree_anon_mb"] > 0 and r["seconds"] > 0 for r in memory.values())
     assert memory[("lmdb", 2000)]["growth"] > 0 and "growth" not in memory[("lmdb", 200)]
@@ -390,6 +397,12 @@ def test_targets_are_judged_only_at_the_size_they_are_set_for():
     statuses, rows = run(1000)
     assert statuses == ["MISSED", "met", targets.NOT_RUN]
     assert [(row["target"], row["status"]) for row in rows] == [(">= 20x", "MISSED"), ("<= 1.05x", "met")]
+
+
+@pytest.mark.parametrize("value", ["24x3000", "0x10x10", "axbxc"])
+def test_memory_photos_must_be_count_width_height(value, capsys):
+    assert cli.main(["bench", "--experiments", "memory", "--memory-photos", value]) == 2
+    assert "argument --memory-photos" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- targets as data

@@ -60,9 +60,23 @@ def test_cifar_into_every_store_reads_back_exactly(tmp_path, sample, expected, f
 @pytest.mark.parametrize("fmt, suffix", FORMATS)
 def test_output_is_identical_for_0_1_and_2_workers_and_any_batch_size(tmp_path, sample, fmt, suffix):
     digests = set()
-    for workers, batch_size in [(0, 1024), (1, 7), (2, 64), (2, 100)]:
-        dest = tmp_path / f"w{workers}b{batch_size}{suffix}"
-        convert(sample.python_dir, dest, format=fmt, workers=workers, batch_size=batch_size, split="all")
+    # batch_bytes: 3,072 bytes an image, so 1 image, 33 and 34 images a batch.
+    for workers, batch_size, batch_bytes in [(0, 1024, None), (1, 7, None), (2, 64, None), (2, 100, None),
+                                             (0, 1024, 3072), (2, 1024, 100_000), (1, 20, 104_448)]:
+        dest = tmp_path / f"w{workers}b{batch_size}-{batch_bytes}{suffix}"
+        sizes = {} if batch_bytes is None else {"batch_bytes": batch_bytes}
+        convert(sample.python_dir, dest, format=fmt, workers=workers, batch_size=batch_size, split="all", **sizes)
+        digests.add(_tree_digest(str(dest)))
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize("fmt, suffix", FORMATS)
+def test_images_of_varying_sizes_give_the_same_output_whatever_the_batch_bytes(tmp_path, fmt, suffix):
+    root = _folder(tmp_path, count=30)
+    digests = set()
+    for workers, batch_bytes in [(0, 32 * 2**20), (2, 300), (1, 1000), (2, 5000)]:
+        dest = tmp_path / f"w{workers}-{batch_bytes}{suffix}"
+        convert(str(root), dest, format=fmt, workers=workers, batch_size=8, batch_bytes=batch_bytes)
         digests.add(_tree_digest(str(dest)))
     assert len(digests) == 1
 

@@ -1,6 +1,8 @@
 """The engines: results in task order, a bounded window, failures as the package's errors, nothing left behind."""
+import fcntl
 import multiprocessing
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -88,14 +90,77 @@ def test_stopping_early_ends_the_workers_and_removes_the_handoff_directory():
     assert pool.current_context() is None  # the parent is no worker
 
 
-def test_hand_off_directories_of_dead_runs_are_removed():
+def _dead_pid():
     dead = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
     dead.start()
-    dead.join()  # a pid that no longer exists
-    stale = tempfile.mkdtemp(prefix=f"{pool.HANDOFF_PREFIX}{dead.pid}-")
-    alive = tempfile.mkdtemp(prefix=f"{pool.HANDOFF_PREFIX}{os.getpid()}-")
+    dead.join()
+    return dead.pid  # a pid that no longer exists
+
+
+@pytest.fixture()
+def private_tmp(tmp_path, monkeypatch):
+    """A temp dir of the test's own: other conversions on the machine tidy the shared one."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_hand_off_directories_of_dead_runs_are_removed(private_tmp):
+    stale = tempfile.mkdtemp(prefix=f"{pool.HANDOFF_PREFIX}{os.getpid()}-")  # its lock is free: its run is over
+    list(InProcessEngine().run(_context(), _jobs(_square_slowly, 1), "squaring"))
+    assert not os.path.exists(stale)
+
+
+def test_a_hand_off_directory_whose_lock_is_held_is_kept_whatever_its_pid(private_tmp):
+    # A run in another PID namespace: its pid means nothing here, or is dead.
+    held = tempfile.mkdtemp(prefix=f"{pool.HANDOFF_PREFIX}{_dead_pid()}-")
+    fd = os.open(held, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         list(InProcessEngine().run(_context(), _jobs(_square_slowly, 1), "squaring"))
-        assert not os.path.exists(stale) and os.path.exists(alive)
+        list(ProcessPoolEngine(2).run(_context(), _jobs(_square_slowly, 4), "squaring"))
+        assert os.path.isdir(held)
     finally:
-        os.rmdir(alive)
+        os.close(fd)
+        os.rmdir(held)
+
+
+def test_hand_off_directories_of_older_versions_go_when_idle_and_their_pid_is_gone(private_tmp):
+    dead = _dead_pid()
+    idle = tempfile.mkdtemp(prefix=f"{pool.OLD_HANDOFF_PREFIX}{dead}-")
+    recent = tempfile.mkdtemp(prefix=f"{pool.OLD_HANDOFF_PREFIX}{dead}-")
+    mine = tempfile.mkdtemp(prefix=f"{pool.OLD_HANDOFF_PREFIX}{os.getpid()}-")
+    long_ago = time.time() - pool.OLD_HANDOFF_IDLE - 60
+    for path in (idle, mine):
+        os.utime(path, (long_ago, long_ago))
+    try:
+        list(InProcessEngine().run(_context(), _jobs(_square_slowly, 1), "squaring"))
+        assert not os.path.exists(idle) and os.path.isdir(recent) and os.path.isdir(mine)
+    finally:
+        os.rmdir(recent)
+        os.rmdir(mine)
+
+
+def test_the_directory_is_locked_while_the_pool_runs(private_tmp):
+    before = set(os.listdir(tempfile.gettempdir()))
+    results = ProcessPoolEngine(2).run(_context(), _jobs(_square_slowly, 20), "squaring")
+    next(results)
+    ours = [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith(pool.HANDOFF_PREFIX)]
+    fd = os.open(os.path.join(tempfile.gettempdir(), ours[0]), os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+        results.close()
+
+
+def _lose_the_handoff(context, n):
+    if n == 2:
+        shutil.rmtree(pool._WORKER.handoff)  # what a cleaner of another run did
+    return n
+
+
+def test_a_lost_hand_off_is_worker_died_never_a_job_failure():
+    with pytest.raises(WorkerDied, match="could not be handed over"):
+        list(ProcessPoolEngine(2).run(_context(), _jobs(_lose_the_handoff, 8), "handing"))
+    assert not multiprocessing.active_children()

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._terminal import escape_lines
-from . import classic, inputs, report
+from . import classic, inputs, memory, report
 from .harness import (
     DEFAULT_BUDGET,
     DEFAULT_CUTOFFS,
@@ -100,6 +100,17 @@ def _cutoffs(text: str) -> List[int]:
     return values
 
 
+def _photos(text: str) -> Tuple[int, Tuple[int, int]]:
+    """``NxWxH`` as ``(N, (W, H))``, each at least 1."""
+    try:
+        count, width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not COUNTxWIDTHxHEIGHT, e.g. 24x3000x2000: {text!r}") from None
+    if min(count, width, height) < 1:
+        raise argparse.ArgumentTypeError(f"count, width and height must be at least 1, got {text!r}")
+    return count, (width, height)
+
+
 def _number(kind: Callable[[str], Any], minimum: float = 0, inclusive: bool = False) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -163,6 +174,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_number(int), default=default_workers(),
                         help=f"worker processes of imgconv's PNG pool and conversion (default: the CPUs, here "
                              f"{default_workers()})")
+    count, (width, height) = memory.DEFAULT_PHOTOS
+    parser.add_argument("--memory-photos", type=_photos, default=memory.DEFAULT_PHOTOS, metavar="NxWxH",
+                        help=f"the memory experiment's folder of large photos: N JPEGs of W x H pixels (default "
+                             f"{count}x{width}x{height})")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"where results.json, results.csv, table.txt and the plots go (default {DEFAULT_OUT})")
     parser.add_argument("--tmp", metavar="DIR", default=None,
@@ -350,8 +365,9 @@ def _check_cifar(args: argparse.Namespace, experiments: Sequence[Experiment]) ->
 
 def _options(args: argparse.Namespace, experiments: Sequence[Experiment], images: inputs.ImageSet,
              cache: str) -> Dict[str, Any]:
-    """What particular experiments need: the CIFAR-10 archive of ``convert`` and its training images."""
-    options: Dict[str, Any] = {"cache": cache}
+    """What particular experiments need: the CIFAR-10 archive of ``convert`` and its training images, the photos
+    of ``memory``."""
+    options: Dict[str, Any] = {"cache": cache, "memory_photos": args.memory_photos}
     if any(e.name == "convert" for e in experiments):
         options["cifar"] = args.cifar
         if args.cifar is None:

@@ -18,6 +18,7 @@ import numpy as np
 
 import imgconv
 
+from ..pipeline.plan import DEFAULT_BATCH_BYTES
 from . import classic, kernel_bench, memory, report, studies
 from .harness import Experiment, Harness, Row, Trial, experiment, register_experiment
 from .internals import remove_path
@@ -243,18 +244,23 @@ def convert_experiment(harness: Harness) -> List[Row]:
 
 
 @experiment("memory", "peak memory of python -m imgconv convert, process tree (opt-in: slow)", "alone",
-            default=False, steps=6, table=report.memory_table)
+            default=False, steps=10, table=report.memory_table)
 def memory_experiment(harness: Harness) -> List[Row]:
-    """Peak memory converting the largest cutoff's images to each format, and ten times as many to LMDB and HDF5."""
+    """Peak memory converting the largest cutoff's images to each format, ten times as many to LMDB and HDF5,
+    and a folder of large photos (``--memory-photos``) to each format with default settings, against its bound."""
     count = max(harness.cutoffs)
     tile = harness.images.images[:count]
     plan = {count: ("png", "lmdb", "hdf5"), 10 * count: ("lmdb", "hdf5")}
     found = memory.measure(tile, harness.workdir, plan, harness.env.workers, harness.progress)
-    rows = [harness.row("memory", METHODS[f["format"]], f["images"], **f) for f in found]
+    rows = [harness.row("memory", METHODS[f["format"]], f["images"], source="npy", **f) for f in found]
     small = {row["format"]: row for row in rows if row["images"] == count}
     for row in rows:
         if row["images"] > count:
             row["growth"] = row["tree_anon_mb"] / small[row["format"]]["tree_anon_mb"]
+    photos, size = harness.options.get("memory_photos", memory.DEFAULT_PHOTOS)
+    found = memory.measure_photos(harness.workdir, photos, size, ("png", "lmdb", "hdf5"), harness.env.workers,
+                                  DEFAULT_BATCH_BYTES, harness.progress)
+    rows += [harness.row("memory", METHODS[f["format"]], f["images"], **f) for f in found]
     return rows
 
 

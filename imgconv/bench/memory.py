@@ -10,6 +10,10 @@ RssAnon is private memory (what a leak grows), RssFile the pages of the
 mapped source and of the store's files (page cache the kernel can drop;
 shared pages counted once per process, so the sums overcount). Every store
 written is spot-checked (first, last and random images).
+
+It also converts a folder of large photos (:func:`measure_photos`, 24 JPEGs
+of 3000x2000 by default) to each format with default settings, and sets the
+peak against what batches bounded in bytes allow (:func:`in_flight_bound_mb`).
 """
 from __future__ import annotations
 
@@ -19,12 +23,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 import imgconv
 
+from ..stores.hdf5.writer import WRITE_UNIT_BYTES
+from ..stores.lmdb.writer import TXN_BYTES
 from .internals import remove_path
 from .methods import BenchCheckError, same_data
 
@@ -206,4 +213,99 @@ def measure(tile: np.ndarray, workdir: str, formats_by_count: Mapping[int, Seque
                 found.append(dict(figures, images=count))
         finally:
             os.unlink(source)
+    return found
+
+
+# --------------------------------------------------------------------------- large photos
+
+PHOTO_SEED = 11
+DEFAULT_PHOTOS: Tuple[int, Tuple[int, int]] = (24, (3000, 2000))  # count, (width, height): camera photos
+# What the parent's writer holds on top of its batches: LMDB's transaction,
+# HDF5's write unit (PNG files go straight out).
+WRITE_BUFFER_BYTES = {"lmdb": TXN_BYTES, "hdf5": WRITE_UNIT_BYTES}
+
+
+def write_photos(folder: str, count: int, size: Tuple[int, int]) -> None:
+    """Write ``count`` photo-like JPEGs of ``size`` (width, height) into ``folder`` (quality 90).
+
+    Smooth gradients with a grain of noise, different in each: decoded, each
+    is width x height x 3 bytes, as a camera's photo; on disk a few hundred KB.
+    """
+    width, height = size
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(PHOTO_SEED)
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
+    grain = rng.integers(0, 24, (height, width), dtype=np.uint8)
+    for i in range(count):
+        a, b, c = rng.uniform(0, 255, 3)
+        channels = np.broadcast_arrays(a * x + 0 * y, b * y + 0 * x, (c + 90 * (x + y)) % 256)
+        pixels = (np.stack(channels, axis=2) + grain[:, :, None]).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"photo-{i:04d}.jpg"), quality=90)
+
+
+def check_photos(dest: str, folder: str, count: int, size: Tuple[int, int], what: str) -> None:
+    """Raise BenchCheckError unless the store at ``dest`` holds the ``count`` photos of ``folder``, as decoded."""
+    width, height = size
+    names = sorted(os.listdir(folder))
+    with imgconv.open(dest) as store:
+        if len(store) != count or tuple(store.shape) != (height, width, 3):
+            raise BenchCheckError(f"{what}: {len(store)} images of {store.shape} written, "
+                                  f"{count} of {(height, width, 3)} expected")
+        for i in sorted({0, count // 2, count - 1}):
+            with Image.open(os.path.join(folder, names[i])) as photo:
+                expected = np.asarray(photo.convert("RGB"))
+            if not np.array_equal(store[i][0], expected):
+                raise BenchCheckError(f"{what}: image {i} is not the photo decoded: the run fails")
+
+
+def in_flight_bound_mb(workers: int, batch_bytes: int, fmt: str) -> float:
+    """What a conversion may hold in flight beyond each process's libraries, in MB (RELIABILITY.md, "Memory").
+
+    Each worker a batch three times over (decoded, assembled, encoded); the
+    parent a received batch twice over and the format's write buffer; with no
+    workers the parent does a worker's part too.
+    """
+    batches = 3 * workers + (2 if workers else 3)
+    return (batches * batch_bytes + WRITE_BUFFER_BYTES.get(fmt, 0)) / 2**20
+
+
+def measure_photos(workdir: str, count: int, size: Tuple[int, int], formats: Sequence[str], workers: int,
+                   batch_bytes: int, progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Peak memory converting a folder of ``count`` photos of ``size`` to each format, against the bound.
+
+    The conversion runs with default settings but ``--workers`` (its batches
+    hold ``batch_bytes``, the default). ``baseline_mb`` is the tree's peak
+    RssAnon converting two small photos without workers (the interpreter and
+    libraries of one process), ``bound_mb`` that times the processes plus
+    :func:`in_flight_bound_mb`. The photos are written under ``workdir`` and
+    removed after.
+    """
+    photos = os.path.join(workdir, "memory-photos")
+    tiny = os.path.join(workdir, "memory-photos-tiny")
+    found = []
+    try:
+        if progress is not None:
+            progress(f"memory: writing {count} photos of {size[0]}x{size[1]}")
+        write_photos(photos, count, size)
+        write_photos(tiny, 2, (64, 48))
+        for fmt in formats:
+            if progress is not None:
+                progress(f"memory: {count} photos to {fmt}")
+            base_dest = os.path.join(workdir, f"memory-tiny{SUFFIXES[fmt]}")
+            dest = os.path.join(workdir, f"memory-photos-{fmt}{SUFFIXES[fmt]}")
+            try:
+                baseline = measure_convert_memory(tiny, base_dest, fmt, 0)["tree_anon_mb"]
+                figures = measure_convert_memory(photos, dest, fmt, workers)
+                check_photos(dest, photos, count, size, f"python -m imgconv convert photos to {fmt}")
+            finally:
+                remove_path(base_dest)
+                remove_path(dest)
+            bound = figures["processes"] * baseline + in_flight_bound_mb(workers, batch_bytes, fmt)
+            found.append(dict(figures, images=count, source="photos", photo_size=f"{size[0]}x{size[1]}",
+                              batch_bytes=batch_bytes, baseline_mb=baseline, bound_mb=bound,
+                              within_bound=figures["tree_anon_mb"] <= bound))
+    finally:
+        remove_path(photos)
+        remove_path(tiny)
     return found

@@ -65,11 +65,12 @@ def default_workers() -> int:
     return _platform.cpu_count()
 
 
-def local_engine(workers: int, window: Optional[int] = None) -> Engine:
+def local_engine(workers: int, window: Optional[int] = None, stall_seconds: Optional[float] = None) -> Engine:
     """This process (``workers=0``) or a pool of ``workers`` processes with ``window`` jobs in flight
-    (default ``2 * workers``)."""
-    from .pool import InProcessEngine, ProcessPoolEngine
+    (default ``2 * workers``), reporting workers that return nothing for ``stall_seconds``
+    (default :data:`~imgconv.pipeline.pool.DEFAULT_STALL_SECONDS`)."""
+    from .pool import DEFAULT_STALL_SECONDS, InProcessEngine, ProcessPoolEngine
 
     if workers == 0:
         return InProcessEngine()
-    return ProcessPoolEngine(workers, window)
+    return ProcessPoolEngine(workers, window, DEFAULT_STALL_SECONDS if stall_seconds is None else stall_seconds)

@@ -17,17 +17,27 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .. import _platform
-from ..errors import ConversionError, ImgconvError, Interrupted, WorkerDied
+from ..errors import ConversionError, ImgconvError, Interrupted, StalledWorkersWarning, WorkerDied
 from .engine import Engine, Results, WorkerContext
 from .plan import Job, Task
 
-HANDOFF_PREFIX = "imgconv-results-"
+# Seconds without a result, while jobs are in flight, before the workers' states are reported:
+# far beyond any batch of a working conversion (a batch holds at most batch_bytes).
+DEFAULT_STALL_SECONDS = 300.0
+
+HANDOFF_PREFIX = "imgconv-handoff-"
+# What imgconv before the hand-off lock named its directories (by pid alone).
+OLD_HANDOFF_PREFIX = "imgconv-results-"
+OLD_HANDOFF_IDLE = 3600.0  # seconds unchanged after which such a directory of an invisible pid is stale
 
 
 class InProcessEngine(Engine):
@@ -48,12 +58,18 @@ class ProcessPoolEngine(Engine):
 
     Results come back in task order whatever order the workers finish in, so
     the output does not depend on the number of workers; memory stays flat
-    whatever the number of jobs.
+    whatever the number of jobs. When no result has come back for
+    ``stall_seconds`` while jobs are in flight, a
+    :class:`~imgconv.errors.StalledWorkersWarning` names each worker and
+    its state (a stopped one, say) and how to go on; the run goes on
+    (a slow batch is no failure).
     """
 
-    def __init__(self, workers: int, window: Optional[int] = None) -> None:
+    def __init__(self, workers: int, window: Optional[int] = None,
+                 stall_seconds: float = DEFAULT_STALL_SECONDS) -> None:
         self.workers = workers
         self.window = 2 * workers if window is None else window
+        self.stall_seconds = stall_seconds
 
     @property
     def shares_memory(self) -> bool:  # type: ignore[override]
@@ -67,25 +83,75 @@ class ProcessPoolEngine(Engine):
         try:
             with stop:
                 _remove_stale_handoffs()
-                handoff = tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")  # private: mode 0700
-                pool = stop.pool = _start_pool(self.workers, context, handoff)
-                for item in _ordered_results(pool, jobs, self.window):
+                handoff = Handoff()
+                pool = stop.pool = _start_pool(self.workers, context, handoff.path)
+                watchdog = _Watchdog(pool, self.stall_seconds, what)
+                for item in _ordered_results(pool, jobs, self.window, watchdog):
                     stop.check()
                     yield item
                 stop.check()
                 stop.pool = None
                 pool.shutdown(wait=True)
                 pool = None
-        except (BrokenProcessPool, ConversionError) as exc:
+        except (BrokenProcessPool, ConversionError, HandoffFailed) as exc:
             stop.check()  # workers killed on purpose by a signal: that is the story
             if isinstance(exc, ConversionError):
                 raise
+            if isinstance(exc, HandoffFailed):
+                raise WorkerDied(f"{what}: the workers' results could not be handed over through "
+                                 f"{handoff.path if handoff else 'the temporary directory'} ({exc})") from None
             raise WorkerDied(f"{what}: a worker process died unexpectedly ({exc})") from None
         finally:
             if pool is not None:
                 _stop_pool(pool)
             if handoff is not None:
-                shutil.rmtree(handoff, ignore_errors=True)
+                handoff.remove()
+
+
+class HandoffFailed(Exception):
+    """A result could not travel from a worker to the parent (its file could not be written or read back)."""
+
+
+class Handoff:
+    """A run's private hand-off directory in the system temp dir, locked by the run for its whole life.
+
+    Directories of runs killed by SIGKILL are removed by later runs
+    (:func:`_remove_stale_handoffs`), and a run's own must never be: the
+    proof of life is a ``flock`` on the directory, held from before the
+    directory can be taken for stale until it is removed. Its pid would
+    not do: a run in another PID namespace (a container, a batch job)
+    sharing the temp dir sees none of this one's processes. The kernel
+    drops the lock when the run dies, however it dies; forked workers
+    share the lock's open file, and die with the run.
+    """
+
+    def __init__(self) -> None:
+        self.path, self._fd = _locked_directory()
+
+    def remove(self) -> None:
+        """Remove the directory, then let go of the lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _locked_directory() -> Tuple[str, Optional[int]]:
+    """A new private directory (mode 0700) named for this process, and the descriptor locking it."""
+    while True:
+        path = tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-")
+        if not _platform.CAN_LOCK_DIRECTORIES:
+            return path, None  # no flock (Windows): nothing else removes it either
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            locked = _platform.lock_exclusive(fd) and os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            locked = False
+        if locked:
+            return path, fd
+        # Another run's cleaner took the new, not yet locked directory for
+        # stale in the moment between mkdtemp and flock: make another.
+        os.close(fd)
 
 
 def start_method() -> str:
@@ -109,11 +175,14 @@ class _Worker:
         self.sent = 0
 
     def hand_over(self, result: Any) -> str:
-        """Write ``result`` to a file of the hand-off directory; returns its path."""
+        """Write ``result`` to a file of the hand-off directory; returns its path (HandoffFailed if it cannot)."""
         self.sent += 1
         path = os.path.join(self.handoff, f"{os.getpid()}-{self.sent}.pickle")
-        with open(path, "wb") as f:
-            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with open(path, "wb") as f:
+                pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:  # the directory removed, the temp dir full: no fault of the job's
+            raise HandoffFailed(f"writing {path}: {exc.strerror or exc}") from None
         return path
 
 
@@ -152,21 +221,27 @@ def _in_worker(function: Callable[..., Any], *args: Any) -> str:
 
 
 def _received(path: str) -> Any:
-    """The result a worker handed over at ``path`` (a file in this run's private directory)."""
-    with open(path, "rb") as f:
-        result = pickle.load(f)
-    os.remove(path)
+    """The result a worker handed over at ``path`` (a file in this run's private directory); HandoffFailed if lost."""
+    try:
+        with open(path, "rb") as f:
+            result = pickle.load(f)
+        os.remove(path)
+    except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise HandoffFailed(f"reading {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return result
 
 
-def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int) -> Iterator[Tuple[Task, Any]]:
+def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int,
+                     watchdog: "_Watchdog") -> Iterator[Tuple[Task, Any]]:
     """Job results in task order, with at most ``window`` jobs submitted ahead."""
     pending: Deque[Tuple[Task, Future]] = deque()
     jobs = iter(jobs)
 
     def submit_next() -> bool:
         for job in jobs:
-            pending.append((job.task, pool.submit(_in_worker, job.function, *job.args)))
+            future = pool.submit(_in_worker, job.function, *job.args)
+            future.add_done_callback(watchdog.arrived)
+            pending.append((job.task, future))
             return True
         return False
 
@@ -174,22 +249,70 @@ def _ordered_results(pool: ProcessPoolExecutor, jobs: Iterable[Job], window: int
         pass
     while pending:
         task, future = pending.popleft()
-        result = _task_result(task, future)
+        result = _task_result(task, future, watchdog, len(pending) + 1)
         submit_next()
         yield task, result
 
 
-def _task_result(task: Task, future: "Future[str]") -> Any:
-    """The result of ``future``; a worker's unexpected exception becomes one ConversionError."""
+def _task_result(task: Task, future: "Future[str]", watchdog: "_Watchdog", in_flight: int) -> Any:
+    """The result of ``future`` (``in_flight`` jobs waited for); a worker's unexpected exception becomes one
+    ConversionError."""
     try:
-        path = future.result()
-    except (ImgconvError, BrokenProcessPool):
+        path = watchdog.wait(future, in_flight)
+    except (ImgconvError, BrokenProcessPool, HandoffFailed):
         raise  # already says which file or record, or handled by the engine
     except Exception as exc:
         raise ConversionError(
             f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
         ) from exc
     return _received(path)
+
+
+class _Watchdog:
+    """Reports workers that return nothing for ``seconds`` while jobs are in flight (see ProcessPoolEngine).
+
+    Each stall is reported once, when it reaches ``seconds``; a result
+    arriving ends it. Only a report: a worker busy with a slow batch is
+    never stopped.
+    """
+
+    def __init__(self, pool: ProcessPoolExecutor, seconds: float, what: str) -> None:
+        self.pool = pool
+        self.seconds = seconds
+        self.what = what
+        self.last = time.monotonic()  # when a result last arrived (or the run started)
+        self.reported = -1.0  # the ``last`` of the stall reported
+
+    def arrived(self, future: Future) -> None:
+        """A job ended (called in the pool's thread: one assignment)."""
+        self.last = time.monotonic()
+
+    def wait(self, future: "Future[str]", in_flight: int) -> str:
+        """``future.result()``, reporting a stall while waiting for it."""
+        while True:
+            quiet = time.monotonic() - self.last
+            try:
+                return future.result(timeout=self.seconds - quiet if quiet < self.seconds else self.seconds)
+            except FutureTimeout:
+                last = self.last
+                quiet = time.monotonic() - last
+                if quiet >= self.seconds and self.reported != last:
+                    self.reported = last
+                    warnings.warn(StalledWorkersWarning(self._report(quiet, in_flight)), stacklevel=2)
+
+    def _report(self, quiet: float, in_flight: int) -> str:
+        states = [(process.pid, _platform.process_state(process.pid)) for process in _pool_processes(self.pool)]
+        stopped = [pid for pid, state in states if state is not None and state[0] in "Tt"]
+        listed = ", ".join(f"{pid} {state[1] if state else 'state unknown'}"
+                           + (f" ({state[0]})" if state else "") for pid, state in states)
+        said = (f"{self.what}: no result from the workers for {quiet:.0f} s with {in_flight} "
+                f"batch{'es' if in_flight != 1 else ''} in flight; worker processes: {listed}. ")
+        if stopped:
+            pids = " ".join(map(str, stopped))
+            return said + (f"A stopped process never goes on by itself: `kill -CONT {pids}` continues it; "
+                           "Ctrl-C stops the conversion, keeping the images written for --resume.")
+        return said + ("The conversion goes on (a slow batch, a slow disk?); Ctrl-C stops it, keeping the images "
+                       "written for --resume.")
 
 
 def _start_pool(workers: int, context: WorkerContext, handoff: str) -> ProcessPoolExecutor:
@@ -204,16 +327,40 @@ def _start_pool(workers: int, context: WorkerContext, handoff: str) -> ProcessPo
 
 
 def _remove_stale_handoffs() -> None:
-    """Remove the hand-off directories of runs killed by SIGKILL (their process is gone)."""
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), HANDOFF_PREFIX + "*-*")):
-        pid = os.path.basename(path)[len(HANDOFF_PREFIX):].split("-")[0]
+    """Remove the hand-off directories of runs that are over (killed by SIGKILL): those whose lock is free.
+
+    Only this user's. A directory whose lock is held belongs to a running
+    conversion, whatever its pid says. Directories of imgconv versions
+    before the lock go when their pid is not visible and they have not
+    changed for :data:`OLD_HANDOFF_IDLE` seconds.
+    """
+    temp = tempfile.gettempdir()
+    for path in glob.glob(os.path.join(temp, HANDOFF_PREFIX + "*-*")):
         try:
-            if not pid.isdigit() or not _platform.owned_by_me(path):
-                continue
+            if _platform.owned_by_me(path):
+                _remove_if_unlocked(path)
         except OSError:
             continue
-        if _platform.process_exists(int(pid)) is False:
+    for path in glob.glob(os.path.join(temp, OLD_HANDOFF_PREFIX + "*-*")):
+        pid = os.path.basename(path)[len(OLD_HANDOFF_PREFIX):].split("-")[0]
+        try:
+            idle = time.time() - os.stat(path).st_mtime > OLD_HANDOFF_IDLE
+            if pid.isdigit() and idle and _platform.owned_by_me(path) and _platform.process_exists(int(pid)) is False:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _remove_if_unlocked(path: str) -> None:
+    """Remove the directory at ``path`` if its lock can be taken (held while removing)."""
+    if not _platform.CAN_LOCK_DIRECTORIES:
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _platform.lock_exclusive(fd):
             shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def _pool_processes(pool: ProcessPoolExecutor) -> List[Any]:

@@ -15,7 +15,9 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 JOURNAL = "journal.jsonl"
-JOURNAL_VERSION = 1
+# 2: the job's header holds the fingerprint of every input file (imgconv.resume.inputs),
+# not the size and time of the source's path alone.
+JOURNAL_VERSION = 2
 
 Entry = Dict[str, Any]
 
@@ -44,6 +46,16 @@ class Journal:
         checkpoints = [e for e in entries[1:] if isinstance(e, dict) and isinstance(e.get("count"), int)
                        and isinstance(e.get("position"), int)]
         return entries[0], checkpoints
+
+    def other_version(self) -> Optional[Any]:
+        """The version of a journal written by an imgconv with another journal format, else None."""
+        try:
+            with open(self.path, "rb") as f:
+                first = json.loads(f.readline().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        version = first.get("journal") if isinstance(first, dict) else None
+        return version if version is not None and version != JOURNAL_VERSION else None
 
     def start(self, header: Entry, checkpoints: Iterable[Entry] = ()) -> None:
         """Write a new journal: ``header`` then ``checkpoints`` (replacing any journal atomically)."""

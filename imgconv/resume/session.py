@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, 
 
 from .._version import __version__
 from ..errors import StoreError
+from .inputs import InputFiles
 from .journal import JOURNAL_VERSION, Entry, Journal
 
 if TYPE_CHECKING:
@@ -41,10 +42,11 @@ class ResumeSession:
     and ``restart_reason`` says why an earlier output was discarded, if so.
     """
 
-    def __init__(self, writer: "Writer", job: Mapping[str, Any]) -> None:
+    def __init__(self, writer: "Writer", job: Mapping[str, Any], inputs: Optional[InputFiles] = None) -> None:
         self.writer = writer
         self.journal = Journal(writer.partial.path)
-        self.header = _header(writer, job)
+        self.inputs = inputs
+        self.header = _header(writer, job if inputs is None else {**job, "inputs": inputs.summary()})
         self.resumed = 0
         self.position = 0
         self.earlier_skipped: List[Tuple[str, ...]] = []
@@ -73,11 +75,15 @@ class ResumeSession:
             kept: Sequence[Entry] = ()
             if resume and header is not None:
                 kept = self._continue(header, checkpoints)
+            elif resume and writer.partial.has_output():
+                self._refuse_other_version()
             elif header == self.header and images_kept(checkpoints) > 0 and writer.partial.has_output():
                 self._refuse_silent_discard(images_kept(checkpoints))
             if not kept:
                 writer.begin()
             self.journal.start(self.header, kept)
+            if self.inputs is not None:
+                self.inputs.save(self.partial_path)
         except OSError as exc:
             # Writing the journal failed (a full disk, say): like any failed write, remove the output.
             writer.abort()
@@ -136,11 +142,8 @@ class ResumeSession:
         if header != self.header:
             if writer.overwrite:
                 return []
-            raise StoreError(
-                f"{writer.path}: cannot resume: the interrupted conversion in {self.partial_path} was made with a "
-                f"different {', '.join(differences(header, self.header))}; pass overwrite=True to discard it and "
-                f"start over"
-            )
+            raise StoreError(f"{writer.path}: cannot resume: {self._what_differs(header)}; "
+                             "pass overwrite=True to discard it and start over")
         if not writer.partial.has_output() or images_kept(checkpoints) == 0:
             return []  # nothing ever reached the output: nothing to continue
         try:
@@ -158,6 +161,27 @@ class ResumeSession:
             self.earlier_skipped = [tuple(item) for c in kept for item in c.get("skipped", [])]
             self._counts = [c["count"] for c in kept]
         return kept
+
+    def _what_differs(self, header: Entry) -> str:
+        """Why the interrupted conversion that wrote ``header`` is not this one, in words."""
+        names = differences(header, self.header)
+        said = []
+        if "job.inputs.sha256" in names and self.inputs is not None:
+            changes = self.inputs.changes_since(self.partial_path, (header.get("job") or {}).get("inputs"))
+            said.append(f"its input changed since: {changes}")
+            names = [name for name in names if not name.startswith("job.inputs.")]
+        if names:
+            said.append(f"it was made with a different {', '.join(names)}")
+        return f"the interrupted conversion in {self.partial_path} is another job: {'; '.join(said)}"
+
+    def _refuse_other_version(self) -> None:
+        version = self.journal.other_version()
+        if version is not None and not self.writer.overwrite:
+            raise StoreError(
+                f"{self.writer.path}: cannot resume: the interrupted conversion in {self.partial_path} was left by "
+                f"an imgconv whose journal is version {version!r} (this one writes version {JOURNAL_VERSION}); "
+                "pass overwrite=True to discard it and start over"
+            )
 
     def _refuse_silent_discard(self, kept: int) -> None:
         if not self.writer.overwrite:

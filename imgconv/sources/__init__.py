@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple
 
 from .._moved import forward
-from .._platform import file_kind
+from .._platform import file_kind, special_file
 from ..errors import SourceError, SourceOptionError
 from ..options import Option, merge
 from . import cifar, folder, numpy_files, store
@@ -95,6 +95,9 @@ def open_source(path: str | os.PathLike[str], **options: Any) -> Source:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or directory")
+    special = special_file(path)
+    if special is not None:  # opening it to look inside could wait forever
+        raise SourceError(f"{path}: {special}, not a dataset (imgconv reads regular files and directories)")
     for kind in SOURCE_KINDS:
         if kind.detect(path):
             return kind.source(path, **_options_for(kind, path, options, known))

@@ -176,6 +176,42 @@ class Source(abc.ABC):
         return _validate.int64_indices(indices, length, negative=False, error=ValueError, type_error=ValueError,
                                        out_of_range=f"is outside {where} of {self.description}")
 
+    def input_files(self) -> Iterator[str]:
+        """The paths of the files this source reads, in the order it reads them, without reading any.
+
+        A resumed conversion checks that none of them changed (see
+        :mod:`imgconv.resume.inputs`), so this names the files actually read,
+        not merely the path given. This default: ``self.path`` itself when
+        it is a file, else every regular file below it in sorted order
+        (symbolic links to folders not followed); nothing for a source
+        without a ``path``. Sources reading a selection of what is there
+        (a folder's images, a CIFAR split) say exactly which.
+        """
+        path = getattr(self, "path", None)
+        if path is None:
+            return
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            yield path
+            return
+        for top, folders, files in os.walk(path):
+            folders.sort()
+            for name in sorted(files):
+                yield os.path.join(top, name)
+
+    def image_nbytes(self, indices: np.ndarray) -> np.ndarray | None:
+        """The bytes each image at ``indices`` takes decoded (H x W x C), as int64; None when unknown.
+
+        What a conversion plans its batches by, so that a batch in flight
+        holds a bounded number of bytes whatever the images' sizes. Must not
+        decode: this default answers from :attr:`shape`, and None when the
+        sizes vary (a source of varying sizes says them from its headers).
+        """
+        shape = self.shape
+        if shape is None:
+            return None
+        return np.full(len(indices), int(np.prod(shape)), np.int64)
+
     def close(self) -> None:  # noqa: B027 - a default that does nothing, for sources that keep nothing
         """Let go of the open files and caches a source keeps between calls (none here).
 

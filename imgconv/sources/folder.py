@@ -442,7 +442,7 @@ class FolderSource(Source):
     """
 
     OPTIONS = (MODE, RESIZE, RESIZE_POLICY, ON_ERROR_OPTION, LABELS_CSV, MAX_PIXELS)
-    _TRANSIENT = ("_files", "last_kept")
+    _TRANSIENT = ("_files", "last_kept", "_headers")
 
     def __init__(self, path: str | os.PathLike[str], *, mode: str = MODE.default,
                  resize: tuple[int, int] | None = RESIZE.default, resize_policy: str = RESIZE_POLICY.default,
@@ -466,6 +466,7 @@ class FolderSource(Source):
         self._probed = self.resize is not None
         self.skipped: list[SkippedFile] = []
         self.last_kept: np.ndarray | None = None
+        self._headers: np.ndarray | None = None  # (W, H) of each image as its header says, once read
 
     def _file_list(self) -> list[str]:
         if self._files is None:
@@ -504,23 +505,52 @@ class FolderSource(Source):
 
     def _probe_shape(self, indices=None):
         """The shared (H, W, C) of the images at ``indices`` (all by default), or None."""
-        files = self._file_list()
         sizes = set()
-        for i in range(len(files)) if indices is None else indices:
-            path = os.path.join(self.path, files[i])
-            try:
-                sizes.add(_header_size(path, self.max_pixels))
-            except SourceError:
-                if self.on_error == "fail":
-                    raise
-                # Under "skip" it is recorded when a batch leaves it out: the
-                # report of that batch (a conversion's, a worker's) names it.
+        for i in range(self.length) if indices is None else indices:
+            size = self._header_size_of(i)
+            if size is not None:
+                sizes.add(size)
             if len(sizes) > 1:
                 return None
         if not sizes:
             return None
         (width, height), = sizes
         return height, width, MODES[self.mode]
+
+    def _header_size_of(self, i):
+        """(W, H) of image ``i`` from its header (read once per process); None for an unreadable one under "skip"."""
+        if self._headers is None:
+            self._headers = np.full((self.length, 2), -1, np.int64)
+        if self._headers[i, 0] < 0:
+            try:
+                self._headers[i] = _header_size(os.path.join(self.path, self._file_list()[i]), self.max_pixels)
+            except SourceError:
+                if self.on_error == "fail":
+                    raise
+                # Under "skip" it is recorded when a batch leaves it out: the
+                # report of that batch (a conversion's, a worker's) names it.
+                self._headers[i] = (0, 0)
+        width, height = self._headers[i]
+        return None if width == 0 else (int(width), int(height))
+
+    def image_nbytes(self, indices: np.ndarray) -> np.ndarray | None:
+        """Decoded bytes of the images at ``indices``, from their headers when the sizes vary (never decoded).
+
+        See :meth:`Source.image_nbytes`. An image whose header cannot be read
+        counts 0 under ``on_error="skip"`` (it will be left out) and raises
+        SourceError under "fail", as reading it would.
+        """
+        if self.shape is not None:
+            return super().image_nbytes(indices)
+        pixels = [0 if size is None else size[0] * size[1] for size in map(self._header_size_of, indices)]
+        return np.asarray(pixels, np.int64) * MODES[self.mode]
+
+    def input_files(self) -> Iterator[str]:
+        """The labels CSV (when given), then every image file, in index order."""
+        if self.labels_csv is not None:
+            yield self.labels_csv
+        for name in self._file_list():
+            yield os.path.join(self.path, name)
 
     def _fail_or_skip(self, path, exc):
         """Raise ``exc`` under "fail"; under "skip" record the file (once) and return its SkippedFile."""

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from .. import stores
 from ..errors import StoreError, UnknownFormatError
+from ..stores.reader import Reader
 from .base import Batch, Source
 
 
@@ -58,6 +59,19 @@ class StoreSource(Source):
     def label_names(self) -> list[str] | None:
         """The class names the store keeps, or None."""
         return self._store.label_names
+
+    def image_nbytes(self, indices: np.ndarray) -> np.ndarray | None:
+        """Decoded bytes of the images at ``indices`` (see :meth:`Source.image_nbytes`).
+
+        A store of varying sizes answers when its format keeps the shapes
+        apart from the pixels (HDF5's ``/shapes``); None when finding them
+        would read every image.
+        """
+        if not self._store.variable:
+            return super().image_nbytes(indices)
+        if type(self._store).shapes is Reader.shapes:
+            return None
+        return np.prod(self._store.shapes()[np.asarray(indices, np.int64)], axis=1).astype(np.int64)
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Consecutive images of the store, ``batch_size`` at a time (see :meth:`Source.batches`)."""

@@ -128,6 +128,7 @@ def detect_format(path: Any) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise StoreError(f"{path}: no such file or directory")
+    refuse_special(path)
     for spec in FORMATS.values():
         if spec.detect(path):
             return spec.name
@@ -141,8 +142,17 @@ def open(path: Any, format: Optional[str] = None, **options: Any) -> Reader:  # 
     ``cache_bytes`` for HDF5). Raises UnknownFormatError when ``path`` is not a
     store and StoreError when it is damaged or unfinished.
     """
+    if format is not None:
+        refuse_special(os.fspath(path))
     spec = get_format(format if format is not None else detect_format(path))
     return spec.reader(path, **options)
+
+
+def refuse_special(path: str) -> None:
+    """Raise StoreError when ``path`` is a FIFO, socket or device: no store, and opening one may wait forever."""
+    special = _platform.special_file(path)
+    if special is not None:
+        raise StoreError(f"{path}: {special}, not a store (imgconv stores are regular files and directories)")
 
 
 def _describe(path):

@@ -20,10 +20,13 @@ def temporary_sibling(path: str) -> str:
 
 
 def check_target(path: str, overwrite: bool) -> None:
-    """Refuse an existing ``path`` unless ``overwrite``; check its directory exists."""
+    """Refuse an existing ``path`` unless ``overwrite`` (a FIFO, socket or device always); check its folder exists."""
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         raise StoreError(f"{path}: cannot create a store there, directory {parent} does not exist")
+    special = _platform.special_file(path)
+    if special is not None:  # no store, and not the user's data to replace
+        raise StoreError(f"{path}: {special} is there, not a store; imgconv does not replace it (choose another DST)")
     if os.path.lexists(path) and not overwrite:
         raise StoreError(f"{path}: already exists; to replace it, pass overwrite=True")
 

@@ -9,7 +9,7 @@ import numpy as np
 from ... import kernels
 from ...errors import SourceError, SourceOptionError
 from ...options import Option
-from ..archive import DECODE_ERRORS, OrderedMembers
+from ..archive import DECODE_ERRORS, Directory, OrderedMembers
 from ..base import (
     SPLIT,
     SPLITS,
@@ -126,6 +126,19 @@ class CifarSource(Source):
                 del self._cache[next(iter(self._cache))]
             self._cache[index] = parse.python_batch(self.container, name, self.layout, self.label_kind)
         return self._cache[index]
+
+    def input_files(self) -> Iterator[str]:
+        """The archive; or, from a directory, the split's batch files in order and the meta file.
+
+        The files actually read, wherever the path given pointed (the batch
+        directory or its parent).
+        """
+        if not isinstance(self.container, Directory):
+            yield self.container.path
+            return
+        for name in (*self._batch_names(), self.layout.meta_name(self.label_kind)):
+            if self.container.has(name):
+                yield self.container.where(name)
 
     def close(self) -> None:
         """Close the archive and drop the batches kept in memory; the source stays usable."""
