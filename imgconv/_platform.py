@@ -15,6 +15,7 @@ from a process that had one never uses the parent's, and
 import ctypes
 import errno
 import functools
+import io
 import os
 import shutil
 import signal
@@ -75,6 +76,65 @@ def pread_exact(fd: int, view: memoryview, offset: int) -> int:
 
 _HAVE_PREADV = hasattr(os, "preadv")
 CAN_PREAD = _HAVE_PREADV or hasattr(os, "pread")
+
+
+class NotRegularFile(OSError):
+    """A path that is not a regular file where one is read: a FIFO, a device, a socket, a directory.
+
+    Opening a FIFO for reading blocks until a writer comes, and reading a
+    device can block or have effects: such a path is refused by its kind
+    instead (``str(exc)`` is "PATH is a FIFO (named pipe), not a regular file").
+    """
+
+    def __init__(self, path: str, mode: int) -> None:
+        self.kind = file_kind(mode)
+        super().__init__(errno.EINVAL, f"{path} is {self.kind}, not a regular file")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def file_kind(mode: int) -> str:
+    """What ``st_mode`` says a file is, as words: "a FIFO (named pipe)", "a directory", ..."""
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISLNK, "a symbolic link"), (stat.S_ISREG, "a regular file"))
+    return next((words for test, words in kinds if test(mode)), f"a file of mode {mode:#o}")
+
+
+def open_regular(path: str, *, follow_links: bool = True) -> int:
+    """A read-only descriptor of the regular file at ``path``; :class:`NotRegularFile` for anything else.
+
+    The kind is checked before the file is opened (a FIFO is never opened:
+    that would block) and again on the descriptor (opened without blocking,
+    so a FIFO put there in between cannot block either). With
+    ``follow_links=False`` a symbolic link is refused (ELOOP). Other
+    failures are the system's OSError (FileNotFoundError, ...).
+    """
+    st = os.stat(path) if follow_links else os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link", path)
+        raise NotRegularFile(path, st.st_mode)
+    nonblock: int = getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | nonblock
+    fd = os.open(path, flags | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0)))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        if fcntl is not None and nonblock:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~nonblock)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular_file(path: str, *, follow_links: bool = True) -> "io.BufferedReader":
+    """:func:`open_regular` as a binary file object (``open(path, "rb")`` that never blocks on a FIFO)."""
+    return os.fdopen(open_regular(path, follow_links=follow_links), "rb")
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:

@@ -11,11 +11,12 @@ partial output), :mod:`.atomic` (the rename into place), :mod:`.writer` and
 :mod:`.reader` (the base classes), :mod:`.read_pool` (threads of large reads).
 The formats: :mod:`.png_folder`, :mod:`.lmdb`, :mod:`.hdf5`.
 """
-import builtins
 import os
+import stat
 from collections import namedtuple
 from typing import Any, Optional, Sequence
 
+from .._platform import file_kind, open_regular_file
 from ..errors import (
     StoreError,
     StoreIndexError,  # noqa: F401 - its old import location
@@ -146,6 +147,12 @@ def open(path: Any, format: Optional[str] = None, **options: Any) -> Reader:  # 
 
 
 def _describe(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"a path that cannot be examined ({exc})"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return f"{file_kind(mode)}, not a file or directory a store can be (not opened)"
     if os.path.isdir(path):
         try:
             names = sorted(os.listdir(path))
@@ -157,7 +164,7 @@ def _describe(path):
         return (f"a directory of {len(names)} entries ({shown}) with no manifest.json, "
                 "no data.mdb and no 0.png plus labels CSV")
     try:
-        with builtins.open(path, "rb") as f:
+        with open_regular_file(path) as f:  # a FIFO put there since the test above is refused, not opened
             head = f.read(8)
     except OSError as exc:
         return f"a file that cannot be read ({exc})"
