@@ -188,36 +188,59 @@ cdef inline uint32_t _record_crc(const uint8_t *header, const uint8_t *payload,
     return crc
 
 
+cdef inline uint32_t _crc_position(uint32_t crc, int64_t position) noexcept nogil:
+    """Continue ``crc`` over ``position`` as 8 little-endian bytes: a version 2 record's CRC ends so."""
+    cdef uint8_t raw[8]
+    cdef uint64_t v = <uint64_t>position
+    cdef int k
+    for k in range(8):
+        raw[k] = (v >> (8 * k)) & 0xff
+    return imgconv_crc32c(crc, raw, 8)
+
+
 def pack_uniform(const uint8_t[:, ::1] headers, const uint8_t[:, ::1] payloads,
-                 uint8_t[::1] out):
+                 uint8_t[::1] out, const int64_t[::1] positions=None):
     """Write N records of equal size back to back into ``out``.
 
     ``headers`` (N, 32) hold every field but the checksum; ``payloads`` (N, P)
     the pixel bytes. Record i starts at i * (32 + P); its CRC32C covers header
-    bytes 0..27 and then the payload.
+    bytes 0..27 and then the payload, and then, when ``positions`` (N,) is
+    given (version 2 records), ``positions[i]`` as 8 little-endian bytes.
     """
     cdef Py_ssize_t n = payloads.shape[0]
     cdef Py_ssize_t p = payloads.shape[1]
     cdef Py_ssize_t size = C_HEADER_SIZE + p
     cdef Py_ssize_t i
     cdef uint8_t *rec
+    cdef uint32_t crc
+    cdef const int64_t *pos = NULL
     if headers.shape[0] < n or headers.shape[1] < C_HEADER_SIZE or out.shape[0] < n * size:
         raise ValueError("pack_uniform: headers or out is too small for the payloads")
+    if positions is not None and positions.shape[0] < n:
+        raise ValueError("pack_uniform: positions is shorter than payloads")
     if n == 0:
         return
+    if positions is not None:
+        pos = &positions[0]
     with nogil:
         for i in range(n):
             rec = &out[i * size]
             memcpy(rec, &headers[i, 0], C_CRC_OFFSET)
-            _store_u32le(rec + C_CRC_OFFSET,
-                         _record_crc(rec, &payloads[i, 0] if p else NULL, rec + C_HEADER_SIZE, p))
+            crc = _record_crc(rec, &payloads[i, 0] if p else NULL, rec + C_HEADER_SIZE, p)
+            if pos != NULL:
+                crc = _crc_position(crc, pos[i])
+            _store_u32le(rec + C_CRC_OFFSET, crc)
 
 
 cdef inline int _unpack_record(const uint8_t *buf, Py_ssize_t length, int64_t offset,
                                const uint8_t *expected, uint8_t *dst, Py_ssize_t p,
-                               bint verify, int64_t *label) noexcept nogil:
-    """Check and copy one record of payload size ``p``; its status, the label in ``*label`` when OK."""
+                               bint verify, int64_t *label, const int64_t *position) noexcept nogil:
+    """Check and copy one record of payload size ``p``; its status, the label in ``*label`` when OK.
+
+    ``position`` points at the position a version 2 record's CRC ends with, or is NULL (version 1).
+    """
     cdef const uint8_t *rec
+    cdef uint32_t crc
     if offset < 0 or offset > length - (C_HEADER_SIZE + p):
         return ST_TRUNCATED
     rec = buf + offset
@@ -227,21 +250,26 @@ cdef inline int _unpack_record(const uint8_t *buf, Py_ssize_t length, int64_t of
     if not verify:
         if p:
             memcpy(dst, rec + C_HEADER_SIZE, p)
-    elif _record_crc(rec, rec + C_HEADER_SIZE, dst, p) != _load_u32le(rec + C_CRC_OFFSET):
-        return ST_CRC_MISMATCH
+    else:
+        crc = _record_crc(rec, rec + C_HEADER_SIZE, dst, p)
+        if position != NULL:
+            crc = _crc_position(crc, position[0])
+        if crc != _load_u32le(rec + C_CRC_OFFSET):
+            return ST_CRC_MISMATCH
     label[0] = _load_i64le(rec + C_LABEL_OFFSET)
     return ST_OK
 
 
 def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offsets,
                    const uint8_t[::1] expected, uint8_t[:, ::1] payloads,
-                   int64_t[::1] labels, bint verify):
+                   int64_t[::1] labels, bint verify, const int64_t[::1] positions=None):
     """Gather N records of one shape from ``buffers`` into preallocated arrays.
 
     Record i starts at byte ``offsets[i]`` of ``buffers[sources[i]]``. Its
     header must equal ``expected`` in bytes 0..15 (magic, version, dtype,
-    shape) and 24..27 (payload length). Returns ``(index, status)`` of the
-    first bad record, or ``(-1, OK)``; the records before it are written.
+    shape) and 24..27 (payload length); with ``positions`` (version 2
+    records) its CRC ends with ``positions[i]``. Returns ``(index, status)``
+    of the first bad record, or ``(-1, OK)``; the records before it are written.
     """
     cdef Py_ssize_t nbuf = len(buffers)
     cdef Py_ssize_t n = payloads.shape[0]
@@ -252,11 +280,14 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
     cdef const uint8_t[::1] view
     cdef const uint8_t **ptrs = NULL
     cdef Py_ssize_t *lens = NULL
+    cdef const int64_t *pos = NULL
     if (sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n
-            or expected.shape[0] < C_HEADER_SIZE):
-        raise ValueError("unpack_records: sources, offsets, labels or expected is too short")
+            or expected.shape[0] < C_HEADER_SIZE or (positions is not None and positions.shape[0] < n)):
+        raise ValueError("unpack_records: sources, offsets, labels, positions or expected is too short")
     if n == 0:
         return -1, ST_OK
+    if positions is not None:
+        pos = &positions[0]
     keep = []  # holds the buffer exports alive while the pointers are used
     ptrs = <const uint8_t **>malloc(max(nbuf, 1) * sizeof(void *))
     lens = <Py_ssize_t *>malloc(max(nbuf, 1) * sizeof(Py_ssize_t))
@@ -277,7 +308,8 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
                     status = ST_TRUNCATED
                 else:
                     status = _unpack_record(ptrs[s], lens[s], offsets[i], &expected[0],
-                                            &payloads[i, 0] if p else NULL, p, verify, &labels[i])
+                                            &payloads[i, 0] if p else NULL, p, verify, &labels[i],
+                                            pos + i if pos != NULL else NULL)
                 if status != ST_OK:
                     bad = i
                     break
@@ -288,23 +320,29 @@ def unpack_records(buffers, const int64_t[::1] sources, const int64_t[::1] offse
 
 
 def unpack_one(const uint8_t[::1] buffer, int64_t offset, const uint8_t[::1] expected,
-               uint8_t[::1] payload, bint verify):
+               uint8_t[::1] payload, bint verify, position=None):
     """Decode the one record at byte ``offset`` of ``buffer`` into ``payload``.
 
     The checks of :func:`unpack_records` for a single record whose payload
-    fills ``payload``; returns ``(status, label)``, the label 0 unless the
+    fills ``payload`` (``position``: the int a version 2 record's CRC ends
+    with, or None); returns ``(status, label)``, the label 0 unless the
     status is OK.
     """
     cdef Py_ssize_t p = payload.shape[0]
     cdef int64_t label = 0
+    cdef int64_t pos = 0
+    cdef const int64_t *at = NULL
     cdef int status
+    if position is not None:
+        pos = position
+        at = &pos
     cdef const uint8_t *src = &buffer[0] if buffer.shape[0] else NULL
     cdef uint8_t *dst = &payload[0] if p else NULL
     if expected.shape[0] < C_HEADER_SIZE:
         raise ValueError("unpack_one: expected is too short")
     if p < NOGIL_MIN_BYTES:
-        status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label)
+        status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label, at)
     else:
         with nogil:
-            status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label)
+            status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label, at)
     return status, label

@@ -28,7 +28,12 @@ def select_crc32c(name: str) -> str: ...
 def chw_to_hwc_into(src: NDArray[np.uint8], dst: NDArray[np.uint8]) -> None: ...
 def crc32c(data: NDArray[np.uint8], value: int = ...) -> int: ...
 def crc32c_rows(rows: NDArray[np.uint8], out: NDArray[np.uint32]) -> None: ...
-def pack_uniform(headers: NDArray[np.uint8], payloads: NDArray[np.uint8], out: NDArray[np.uint8]) -> None: ...
+def pack_uniform(
+    headers: NDArray[np.uint8],
+    payloads: NDArray[np.uint8],
+    out: NDArray[np.uint8],
+    positions: NDArray[np.int64] | None = ...,
+) -> None: ...
 def unpack_records(
     buffers: Sequence[object],
     sources: NDArray[np.int64],
@@ -37,6 +42,7 @@ def unpack_records(
     payloads: NDArray[np.uint8],
     labels: NDArray[np.int64],
     verify: bool,
+    positions: NDArray[np.int64] | None = ...,
 ) -> tuple[int, int]: ...
 def unpack_one(
     buffer: object,
@@ -44,4 +50,5 @@ def unpack_one(
     expected: NDArray[np.uint8],
     payload: NDArray[np.uint8],
     verify: bool,
+    position: int | None = ...,
 ) -> tuple[int, int]: ...

@@ -88,12 +88,16 @@ class NotRegularFileError(OSError):
     """:func:`open_regular` found no regular file at a path: a FIFO, socket, device or directory.
 
     ``filename`` is the path, ``kind`` what is there ("a FIFO (named pipe)"),
-    ``strerror`` says both ("a FIFO (named pipe), not a regular file").
+    ``strerror`` says both ("a FIFO (named pipe), not a regular file"), ``str()`` with the path
+    ("PATH is a FIFO (named pipe), not a regular file").
     """
 
     def __init__(self, path: "str | os.PathLike[str]", kind: str) -> None:
         super().__init__(None, f"{kind}, not a regular file", os.fspath(path))
         self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.filename} is {self.kind}, not a regular file"
 
 
 def file_kind(mode: int) -> str:

@@ -149,24 +149,35 @@ def crc32c(data, value=0):
     return _crc32c_bytes(data[lane * _LANES:], crc)
 
 
-def pack_uniform(headers, payloads, out):
+def _record_crcs(records, positions):
+    """The CRC32C of each record row: header bytes 0..27, the payload, then its position (version 2)."""
+    crc = _crc_of_rows(records[:, HEADER_SIZE:], _crc_of_rows(records[:, :CRC_OFFSET]))
+    if positions is None:
+        return crc
+    return _crc_of_rows(np.ascontiguousarray(positions, "<i8").view(np.uint8).reshape(-1, 8), crc)
+
+
+def pack_uniform(headers, payloads, out, positions=None):
     """Write N records of equal size back to back into ``out`` (see _core)."""
     n, p = payloads.shape
     if headers.shape[0] < n or headers.shape[1] < HEADER_SIZE or out.shape[0] < n * (HEADER_SIZE + p):
         raise ValueError("pack_uniform: headers or out is too small for the payloads")
+    if positions is not None and positions.shape[0] < n:
+        raise ValueError("pack_uniform: positions is shorter than payloads")
     records = out[: n * (HEADER_SIZE + p)].reshape(n, HEADER_SIZE + p)
     records[:, :CRC_OFFSET] = headers[:, :CRC_OFFSET]
     records[:, HEADER_SIZE:] = payloads
-    crc = _crc_of_rows(records[:, HEADER_SIZE:], _crc_of_rows(records[:, :CRC_OFFSET]))
+    crc = _record_crcs(records, None if positions is None else positions[:n])
     records[:, CRC_OFFSET:HEADER_SIZE] = crc.astype("<u4").view(np.uint8).reshape(n, 4)
 
 
-def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify):
+def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify, positions=None):
     """Gather N records of one shape from ``buffers`` (see _core); returns (index, status)."""
     n, p = payloads.shape
     size = HEADER_SIZE + p
-    if sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n or expected.shape[0] < HEADER_SIZE:
-        raise ValueError("unpack_records: sources, offsets, labels or expected is too short")
+    if (sources.shape[0] < n or offsets.shape[0] < n or labels.shape[0] < n or expected.shape[0] < HEADER_SIZE
+            or (positions is not None and positions.shape[0] < n)):
+        raise ValueError("unpack_records: sources, offsets, labels, positions or expected is too short")
     if n == 0:
         return -1, OK
     sources, offsets = sources[:n], offsets[:n]
@@ -188,7 +199,7 @@ def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify
     ).all(axis=1)
     status[(status == OK) & ~header_ok] = HEADER_MISMATCH
     if verify:
-        crc = _crc_of_rows(rows[:, HEADER_SIZE:], _crc_of_rows(rows[:, :CRC_OFFSET]))
+        crc = _record_crcs(rows, None if positions is None else positions[:n])
         stored = rows[:, CRC_OFFSET:HEADER_SIZE].copy().view("<u4").reshape(n)
         status[(status == OK) & (crc != stored)] = CRC_MISMATCH
     bad = np.flatnonzero(status)
@@ -200,11 +211,12 @@ def unpack_records(buffers, sources, offsets, expected, payloads, labels, verify
     return -1, OK
 
 
-def unpack_one(buffer, offset, expected, payload, verify):
+def unpack_one(buffer, offset, expected, payload, verify, position=None):
     """Decode the one record at ``offset`` of ``buffer`` into ``payload`` (see _core); returns (status, label)."""
     label = np.zeros(1, np.int64)
     if expected.shape[0] < HEADER_SIZE:
         raise ValueError("unpack_one: expected is too short")
+    positions = None if position is None else np.array([position], np.int64)
     _, status = unpack_records([buffer], np.zeros(1, np.int64), np.array([offset], np.int64), expected,
-                                 payload.reshape(1, -1), label, verify)
+                                 payload.reshape(1, -1), label, verify, positions)
     return status, int(label[0])

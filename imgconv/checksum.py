@@ -1,9 +1,23 @@
-"""The per-image checksum HDF5 and PNG stores keep: CRC32C of the pixels continued over the label.
+"""The per-image checksum HDF5 and PNG stores keep: CRC32C of the pixels continued over the label
+and the image's position, and the CRC arithmetic that lets a writer bind a checksum to its position
+after a worker computed the rest.
 
-For image i with pixels P (its (H, W, C) bytes in C order) and label L (8
-bytes, little-endian int64) the checksum is ``crc32c(L, crc32c(P))``: the CRC
-of P followed by L, so a changed label is caught like a changed pixel. LMDB
-records carry their own CRC32C (:mod:`imgconv.record`).
+For image i with pixels P (its (H, W, C) bytes in C order), label L and
+index i (each 8 bytes, little-endian int64) the checksum is
+``crc32c(i, crc32c(L, crc32c(P)))``: the CRC of P followed by L and i, so
+that a changed label is caught like a changed pixel, and an image found at
+another position (a damaged chunk index, offset table or labels file) is
+caught too. Format version 2 of those stores left out the position (the
+checksum ends at L), version 1 the label too. LMDB records carry their own
+CRC32C (:mod:`imgconv.record`), which version 2 records end with their
+position the same way.
+
+A CRC32C continued over 8 more bytes is affine over GF(2) in both the CRC and
+the bytes, so continuing many CRCs over many integers, or moving a checksum
+from one position to another, is a few vectorised table lookups
+(:func:`continue_over_int64`, :func:`suffix_change`): a worker computes
+what depends on the pixels, and the writer, which alone knows where each
+image lands, binds the position.
 """
 import functools
 from typing import Any, Sequence, Tuple, Union
@@ -16,44 +30,81 @@ from . import kernels
 # less than the table lookups of the vectorised continuation.
 _FEW = 8
 
+Images = Union[np.ndarray, Sequence[np.ndarray]]
 
-def image_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Any) -> np.ndarray:
-    """The checksum of each image and its label (see the module docstring): a (N,) uint32 array.
+
+def image_checksums(images: Images, labels: Any, positions: Any = None) -> np.ndarray:
+    """The checksum of each image, its label and (unless None) its position: a (N,) uint32 array.
 
     ``images`` as for :func:`imgconv.kernels.crc32c_images` (an (N, H, W, C)
-    array or a list of arrays); ``labels`` N integers. ValueError when the
-    counts differ.
+    array or a list of arrays); ``labels`` N integers; ``positions`` N
+    integers, the images' indices in the store, or None for the checksum
+    that ends with the label (format version 2, and what a worker computes
+    before the writer binds the position). ValueError when the counts differ.
     """
-    labels = np.ascontiguousarray(labels, "<i8").reshape(-1)
+    labels = _int64s(labels)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if positions is not None and len(_int64s(positions)) != len(labels):
+        raise ValueError(f"{len(labels)} images but {len(_int64s(positions))} positions")
     if len(labels) <= _FEW:
-        return direct_checksums(images, labels)
-    return continue_over_labels(kernels.crc32c_images(images), labels)
+        return direct_checksums(images, labels, positions)
+    crcs = continue_over_int64(kernels.crc32c_images(images), labels)
+    return crcs if positions is None else continue_over_int64(crcs, positions)
 
 
-def direct_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Any) -> np.ndarray:
-    """:func:`image_checksums` by one ``crc32c`` call per image and per label: the definition."""
-    raw = np.ascontiguousarray(labels, "<i8").reshape(-1).view(np.uint8)
-    return np.array([kernels.crc32c(raw[8 * j : 8 * j + 8], kernels.crc32c(np.ascontiguousarray(image)))
-                     for j, image in enumerate(images)], np.uint32)
+def direct_checksums(images: Images, labels: Any, positions: Any = None) -> np.ndarray:
+    """:func:`image_checksums` by one ``crc32c`` call per image, label and position: the definition."""
+    raw = _int64s(labels).view(np.uint8)
+    at = None if positions is None else _int64s(positions).view(np.uint8)
+    out = np.empty(len(images), np.uint32)
+    for j, image in enumerate(images):
+        crc = kernels.crc32c(raw[8 * j : 8 * j + 8], kernels.crc32c(np.ascontiguousarray(image)))
+        out[j] = crc if at is None else kernels.crc32c(at[8 * j : 8 * j + 8], crc)
+    return out
 
 
-def continue_over_labels(crcs: np.ndarray, labels: Any) -> np.ndarray:
-    """Continue each CRC32C in ``crcs`` over its label's 8 bytes, all at once.
+def continue_over_int64(crcs: np.ndarray, values: Any) -> np.ndarray:
+    """Continue each CRC32C in ``crcs`` over its value's 8 bytes (little-endian int64), all at once.
 
-    CRC32C is affine over GF(2): continuing a CRC c over 8 bytes b equals
-    K ^ A(c) ^ B(b) with A and B linear, so both are XORs of per-byte
-    tables (built once from ``kernels.crc32c``), and the continuation is a
-    few vectorised table lookups instead of N calls.
+    Continuing a CRC c over 8 bytes b equals K ^ A(c) ^ B(b) with A and B
+    linear over GF(2), so both are XORs of per-byte tables (built once from
+    ``kernels.crc32c``): a few vectorised table lookups instead of N calls.
     """
-    const, by_crc_byte, by_label_byte = _continuation_tables()
+    const, by_crc_byte, _ = _continuation_tables()
+    crcs = np.asarray(crcs, np.uint32)
     out = np.full(crcs.shape, const, np.uint32)
     for k in range(4):
         out ^= by_crc_byte[k][(crcs >> np.uint32(8 * k)) & np.uint32(0xFF)]
-    label_bytes = np.ascontiguousarray(labels, "<i8").view(np.uint8).reshape(-1, 8)
+    return out ^ _suffix_term(_int64s(values))
+
+
+def suffix_change(old: Any, new: Any) -> np.ndarray:
+    """What to XOR into the CRC32C of any message ending with 8 bytes ``old`` when they become ``new``.
+
+    ``old`` and ``new`` are int64s (arrays or scalars, little-endian bytes);
+    the change does not depend on what comes before them: B(old) ^ B(new) =
+    B(old ^ new) for the linear B of :func:`continue_over_int64`. Returns a
+    flat uint32 array (one entry per pair; a scalar pairs with every entry).
+    """
+    return _suffix_term(_int64s(old) ^ _int64s(new))
+
+
+# The labels' continuation, as earlier versions named it.
+continue_over_labels = continue_over_int64
+
+
+def _int64s(values: Any) -> np.ndarray:
+    return np.ascontiguousarray(values, "<i8").reshape(-1)
+
+
+def _suffix_term(values: np.ndarray) -> np.ndarray:
+    """B(v) for each int64 v: the part of a continuation over v that depends on v."""
+    _, _, by_value_byte = _continuation_tables()
+    value_bytes = values.view(np.uint8).reshape(-1, 8)
+    out = np.zeros(len(values), np.uint32)
     for j in range(8):
-        out ^= by_label_byte[j][label_bytes[:, j]]
+        out ^= by_value_byte[j][value_bytes[:, j]]
     return out
 
 
@@ -64,8 +115,14 @@ def _continuation_tables() -> Tuple[np.uint32, np.ndarray, np.ndarray]:
     by_crc_byte = np.array(
         [[kernels.crc32c(zero, v << (8 * k)) ^ const for v in range(256)] for k in range(4)], np.uint32
     )
-    by_label_byte = np.array(
+    by_value_byte = np.array(
         [[kernels.crc32c(bytes(j) + bytes([v]) + bytes(7 - j), 0) ^ const for v in range(256)] for j in range(8)],
         np.uint32,
     )
-    return np.uint32(const), by_crc_byte, by_label_byte
+    return np.uint32(const), by_crc_byte, by_value_byte
+
+
+def bind_positions(checksums: np.ndarray, first: int) -> np.ndarray:
+    """Checksums of consecutive images ending with their labels, continued over the images'
+    positions ``first, first + 1, ...``: what a writer does to the checksums a worker computed."""
+    return continue_over_int64(checksums, np.arange(first, first + len(checksums), dtype=np.int64))

@@ -22,7 +22,7 @@ import warnings
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 from . import sources, stores
 from ._terminal import escape_for_terminal
@@ -321,7 +321,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     _print(f"  size:    {_human_bytes(info['data_bytes'])} of data, {allocated} allocated on disk")
     _print(f"  source:  {info['source']}")
     _print("  labels:  " + ", ".join(f"{name} {count}" for name, count in info["label_counts"].items()))
+    _print(f"  checks:  {_checks_text(info)}")
     return EXIT_OK
+
+
+def _checks_text(info: Dict[str, Any]) -> str:
+    """What a read of the store checks, in words."""
+    if not info["checksums"]:
+        return "none: the store keeps no checksums, images are read unchecked"
+    if info["positions_checked"]:
+        return "every image against its CRC32C, at its index"
+    return (f"every image against its CRC32C; positions are not checked (format version {info['format_version']}: "
+            "an image found where another belongs would be read as that one)")
 
 
 def _add_verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -338,9 +349,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print(f"{report.path}: {problem}")
     for index, reason in report.bad:
         _print(f"{report.path}: image {index}: {reason}")
+    if report.unlisted:
+        _print(f"{report.path}: and {report.unlisted} more bad image(s), not listed")
     if report.bad or report.problems:
-        _print(f"FAILED: {len(report.bad)} bad image(s) of {report.count}, {len(report.problems)} store problem(s): "
-               f"{report.path}", sys.stderr)
+        _print(f"FAILED: {len(report.bad) + report.unlisted} bad image(s) of {report.count}, "
+               f"{len(report.problems)} store problem(s): {report.path}", sys.stderr)
         return EXIT_DATA
     _print(f"ok: {report.count} images read and checked in {report.seconds:.2f} s: {report.path} ({report.format})")
     return EXIT_OK

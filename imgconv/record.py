@@ -4,7 +4,7 @@ A record is a 32-byte little-endian header followed by the pixel payload::
 
     offset size type    field
          0    4 bytes   magic, b"IMGR"
-         4    1 u8      format version, 1
+         4    1 u8      format version, 1 or 2
          5    1 u8      dtype code: 1 uint8, 2 uint16 (LE), 3 float32 (LE)
          6    2 u16     channels  (C)
          8    4 u32     height    (H)
@@ -12,11 +12,16 @@ A record is a 32-byte little-endian header followed by the pixel payload::
         16    8 i64     label
         24    4 u32     payload length in bytes = H * W * C * itemsize
         28    4 u32     CRC32C of bytes 0..27 followed by the payload
+                        (version 2: and then by the record's position, 8 bytes)
         32    -         payload: pixels in (H, W, C) C order
 
 Records are laid back to back in a batch buffer with no padding. The checksum
 covers the header too, so a flipped label or shape is caught like a flipped
-pixel. FORMAT.md is the full specification, including how versions evolve.
+pixel. A version 2 record is bound to its position (the index of its image
+in a store): its checksum ends with it, so a record read where another
+belongs fails its check like a damaged one, and checking it costs one more
+8-byte CRC step. FORMAT.md is the full specification, including how
+versions evolve.
 
 This module is the one wrapper of the record kernels (``imgconv._core`` or
 its NumPy twin ``imgconv._pure``, chosen by ``imgconv.kernels``): it checks
@@ -24,7 +29,8 @@ the arguments, the kernels check the data. ``pack_records`` and
 ``unpack_records`` work on whole batches of any form; ``unpack_record`` and
 ``read_header`` handle one record of any shape; :class:`Gather` is the
 prepared fast path for a reader that decodes records of one known shape over
-and over. Every malformed record raises :class:`RecordError`.
+and over; :func:`reposition` moves packed version 2 records to other
+positions. Every malformed record raises :class:`RecordError`.
 """
 from __future__ import annotations
 
@@ -38,13 +44,17 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from . import _pure, kernels
+from .checksum import suffix_change
 from .errors import RecordError
 
 #: What the record functions take as a buffer: bytes, bytearray, memoryview or a C-contiguous NumPy array.
 Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 
 MAGIC = b"IMGR"
-VERSION = 1
+#: The newest record version: 2, whose checksum ends with the record's position.
+VERSION = 2
+#: Every version this module reads: 1 (a record on its own) and 2 (bound to a position).
+VERSIONS = (1, 2)
 HEADER_SIZE = 32
 
 HEADER_DTYPE = np.dtype(
@@ -160,11 +170,11 @@ def _payload_bytes(length: int, where: str) -> int:
 
 
 def _headers(n: int, shape: tuple[tuple[int, int, int], int], dtype: np.dtype[Any],
-             labels: NDArray[np.int64]) -> NDArray[np.uint8]:
+             labels: NDArray[np.int64], version: int) -> NDArray[np.uint8]:
     (height, width, channels), payload = shape
     headers = np.zeros(n, HEADER_DTYPE)
     headers["magic"] = MAGIC
-    headers["version"] = VERSION
+    headers["version"] = version
     headers["dtype"] = dtype_code(dtype)
     headers["channels"] = channels
     headers["height"] = height
@@ -182,18 +192,24 @@ def _pixels(image: Any, where: str) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=DTYPE_CODES[code])
 
 
-def pack_records(images: NDArray[Any] | Sequence[NDArray[Any]], labels: Any) -> PackedRecords:
+def pack_records(images: NDArray[Any] | Sequence[NDArray[Any]], labels: Any, *,
+                 positions: Any = None) -> PackedRecords:
     """Pack images and labels into records laid back to back.
 
     ``images`` is either one array (N, H, W, C) or (N, H, W) of uint8, uint16
     or float32, or a sequence of N arrays (H, W, C) or (H, W) whose shapes may
-    differ. ``labels`` holds N integers. Returns :class:`PackedRecords`.
-    Raises TypeError or ValueError for input records cannot hold.
+    differ. ``labels`` holds N integers. ``positions`` binds each record to a
+    position (version 2 records, whose checksum ends with it): N integers,
+    or one int, the first of N consecutive positions; None (the default)
+    packs version 1 records. Returns :class:`PackedRecords`. Raises
+    TypeError or ValueError for input records cannot hold.
     """
     if isinstance(images, np.ndarray):
-        return _pack_uniform(images, labels)
+        return _pack_uniform(images, labels, positions)
     images = list(images)
     labels = _labels_array(labels, len(images))
+    at = _positions(positions, len(images))
+    version = 1 if at is None else 2
     pixels = [_pixels(image, f"image {i}") for i, image in enumerate(images)]
     shapes = [_image_shape(p.shape, f"image {i}") for i, p in enumerate(pixels)]
     sizes = [HEADER_SIZE + _payload_bytes(n * p.dtype.itemsize, f"image {i}")
@@ -203,22 +219,56 @@ def pack_records(images: NDArray[Any] | Sequence[NDArray[Any]], labels: Any) -> 
     buffer = np.empty(int(offsets[-1]), np.uint8)
     impl = kernels.implementation()
     for i, (p, shape) in enumerate(zip(pixels, shapes)):
-        header = _headers(1, shape, p.dtype, labels[i : i + 1])
-        impl.pack_uniform(header, p.reshape(1, -1).view(np.uint8), buffer[offsets[i] : offsets[i + 1]])
+        header = _headers(1, shape, p.dtype, labels[i : i + 1], version)
+        impl.pack_uniform(header, p.reshape(1, -1).view(np.uint8), buffer[offsets[i] : offsets[i + 1]],
+                          None if at is None else at[i : i + 1])
     return PackedRecords(buffer, offsets)
 
 
-def _pack_uniform(images: np.ndarray, labels: Any) -> PackedRecords:
+def _pack_uniform(images: np.ndarray, labels: Any, positions: Any) -> PackedRecords:
     if images.ndim not in (3, 4):
         raise ValueError(f"images must be (N, H, W, C) or (N, H, W), got shape {images.shape}")
     n = images.shape[0]
     pixels = _pixels(images, "images")
     shape = _image_shape(pixels.shape[1:], "images")
-    headers = _headers(n, shape, pixels.dtype, _labels_array(labels, n))
+    at = _positions(positions, n)
+    headers = _headers(n, shape, pixels.dtype, _labels_array(labels, n), 1 if at is None else 2)
     size = HEADER_SIZE + _payload_bytes(shape[1] * pixels.dtype.itemsize, "images")
     buffer = np.empty(n * size, np.uint8)
-    kernels.implementation().pack_uniform(headers, pixels.reshape(n, shape[1]).view(np.uint8), buffer)
+    kernels.implementation().pack_uniform(headers, pixels.reshape(n, shape[1]).view(np.uint8), buffer, at)
     return PackedRecords(buffer, np.arange(n + 1, dtype=np.int64) * size)
+
+
+def _positions(positions: Any, n: int) -> NDArray[np.int64] | None:
+    """The (n,) int64 positions records are bound to, from None, a first position or n integers."""
+    if positions is None:
+        return None
+    if isinstance(positions, (int, np.integer)):
+        first = int(positions)
+        if not -(2**63) <= first <= 2**63 - 1 - n:
+            raise ValueError(f"positions {first} .. {first + n - 1} do not fit in a signed 64-bit integer")
+        return np.arange(first, first + n, dtype=np.int64)
+    return _int64_vector(positions, "positions", n)
+
+
+def reposition(records: PackedRecords, old: Any, new: Any) -> None:
+    """Move packed version 2 records from positions ``old`` to ``new``, in place.
+
+    ``old`` and ``new`` are N integers each, or a first int of N consecutive
+    ones. Only the checksums change, by the CRC arithmetic of
+    :func:`imgconv.checksum.suffix_change`, without reading the pixels: a
+    worker packs a batch at positions 0 .. N-1 and the writer, which alone
+    knows where the batch lands, moves it there. The records must be intact
+    version 2 records at ``old`` (nothing is checked: a damaged record stays
+    damaged, a record at another position becomes one). ValueError for
+    positions that do not fit in int64 or counts that differ.
+    """
+    n = len(records.offsets) - 1
+    if n <= 0:
+        return
+    crc_bytes = (np.asarray(records.offsets[:-1], np.int64)[:, None] + (_OFFSETS["crc"] + np.arange(4))).reshape(-1)
+    crcs = records.buffer[crc_bytes].view("<u4") ^ suffix_change(_positions(old, n), _positions(new, n))
+    records.buffer[crc_bytes] = crcs.view(np.uint8)
 
 
 def read_header(buffer: Buffer, offset: int = 0) -> RecordHeader:
@@ -243,9 +293,10 @@ def _read_header(data: NDArray[np.uint8], offset: int) -> RecordHeader:
     magic, version, code, channels, height, width, label, length, crc = fields
     if magic != MAGIC:
         raise RecordError(f"bad magic {magic!r} at offset {offset} (expected {MAGIC!r}): not an imgconv record")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise RecordError(
-            f"record at offset {offset} has format version {version}; this imgconv reads version {VERSION}"
+            f"record at offset {offset} has format version {version}; this imgconv reads versions "
+            f"{', '.join(map(str, VERSIONS))}"
         )
     dtype = DTYPE_CODES.get(code)
     if dtype is None:
@@ -265,24 +316,46 @@ def _read_header(data: NDArray[np.uint8], offset: int) -> RecordHeader:
     return RecordHeader(version, dtype, height, width, channels, label, length, crc)
 
 
-def unpack_record(buffer: Buffer, offset: int = 0, *, verify: bool = True) -> tuple[np.ndarray, int]:
+def unpack_record(buffer: Buffer, offset: int = 0, *, verify: bool = True,
+                  position: int | None = None, version: int | None = None) -> tuple[np.ndarray, int]:
     """Decode the record at ``offset``: returns ``(image (H, W, C), label)``.
 
-    With ``verify`` (the default) the CRC32C is checked. Raises RecordError.
+    With ``verify`` (the default) the CRC32C is checked; a version 2
+    record's against ``position``, where the caller expects it (a version 2
+    record without one is refused: it cannot be checked). ``version``, when
+    given, is the only record version accepted. Raises RecordError.
     """
     data = kernels.as_bytes(buffer, "buffer")
     header = _read_header(data, offset)
+    if version is not None and header.version != version:
+        raise RecordError(f"record at offset {offset}: a version {header.version} record where version {version} "
+                          "records are expected")
     start = offset + HEADER_SIZE
     payload = data[start : start + header.length]
     if verify:
         impl = kernels.implementation()
         crc = impl.crc32c(payload, impl.crc32c(data[offset : offset + HEADER_SIZE - 4], 0))
+        if header.version >= 2:
+            if position is None:
+                raise RecordError(f"record at offset {offset} is bound to a position (version {header.version}), "
+                                  "and none was given to check it against")
+            crc = impl.crc32c(_position_bytes(position), crc)
         if crc != header.crc:
+            where = f" at position {position}" if header.version >= 2 else ""
             raise RecordError(
-                f"record at offset {offset}: checksum mismatch (stored {header.crc:#010x}, computed {crc:#010x})"
+                f"record at offset {offset}: checksum mismatch{where} (stored {header.crc:#010x}, "
+                f"computed {crc:#010x}): {_CRC_PROBLEM[header.version]}"
             )
     image = payload.view(header.dtype).reshape(header.height, header.width, header.channels)
     return image.copy(), header.label
+
+
+def _position_bytes(position: int) -> NDArray[np.uint8]:
+    return np.array([operator.index(position)], "<i8").view(np.uint8)
+
+
+# What a failed checksum means, by record version.
+_CRC_PROBLEM = {1: "the record is corrupt", 2: "the record is corrupt or belongs at another position"}
 
 
 def _index_array(values: Any, name: str) -> NDArray[np.int64]:
@@ -324,15 +397,14 @@ def _normalise_sources(
     return _normalise_sources([records], offsets, sources)
 
 
-def _first_shape(buffers: Sequence[NDArray[np.uint8]], sources: NDArray[np.int64],
-                 offsets: NDArray[np.int64]) -> tuple[tuple[int, int, int], np.dtype[Any]]:
-    header = _read_header(buffers[int(sources[0])], int(offsets[0]))
-    return (header.height, header.width, header.channels), header.dtype
+def _first_header(buffers: Sequence[NDArray[np.uint8]], sources: NDArray[np.int64],
+                  offsets: NDArray[np.int64]) -> RecordHeader:
+    return _read_header(buffers[int(sources[0])], int(offsets[0]))
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_header(shape: tuple[int, int, int], dtype: np.dtype[Any]) -> NDArray[np.uint8]:
-    header: NDArray[np.uint8] = _headers(1, _image_shape(shape, "shape"), dtype, np.zeros(1, np.int64))[0]
+def _expected_header(shape: tuple[int, int, int], dtype: np.dtype[Any], version: int) -> NDArray[np.uint8]:
+    header: NDArray[np.uint8] = _headers(1, _image_shape(shape, "shape"), dtype, np.zeros(1, np.int64), version)[0]
     header.flags.writeable = False
     return header
 
@@ -363,55 +435,73 @@ def _buffer_and_offset(buffer: Any, offset: Any) -> tuple[NDArray[np.uint8], int
 class Gather:
     """Decode records of one shape and dtype over and over: the prepared fast path for readers.
 
-    ``Gather(shape, dtype=np.uint8, *, verify=True)`` checks its arguments
-    once, and holds the header every record must match and the kernels in use
-    when it is made (``imgconv.kernels``). ``shape`` is (H, W, C), or (H, W)
-    for one channel; ``dtype`` is uint8, uint16 or float32; ``verify=False``
-    skips the CRC32C (headers and bounds are always checked).
+    ``Gather(shape, dtype=np.uint8, *, verify=True, version=1)`` checks its
+    arguments once, and holds the header every record must match and the
+    kernels in use when it is made (``imgconv.kernels``). ``shape`` is
+    (H, W, C), or (H, W) for one channel; ``dtype`` is uint8, uint16 or
+    float32; ``verify=False`` skips the CRC32C (headers and bounds are always
+    checked); ``version`` is the record version every record must have: with
+    2, each record's checksum is checked against the position the caller
+    expects it at (``position``, ``positions``), so a record found where
+    another belongs fails like a damaged one.
 
     :meth:`one` decodes one record into a new image; :meth:`into` decodes many,
     from any number of buffers, into arrays the caller gives, in one kernel
     call without the GIL. Both raise :class:`RecordError` for a record that is
-    truncated, has another shape or dtype, or fails its checksum. A Gather
-    holds no mutable state: threads may share one.
+    truncated, has another shape, dtype or version, or fails its checksum. A
+    Gather holds no mutable state: threads may share one.
 
     Attributes: ``shape`` (a tuple of three ints), ``dtype``, ``verify``,
-    ``record_size`` (bytes of one record) and ``header`` (the expected
-    header: a read-only (32,) uint8 array whose label and checksum are 0).
+    ``version``, ``record_size`` (bytes of one record) and ``header`` (the
+    expected header: a read-only (32,) uint8 array whose label and checksum
+    are 0).
     """
 
-    __slots__ = ("_bytes", "_kernel", "dtype", "header", "record_size", "shape", "verify")
+    __slots__ = ("_bytes", "_kernel", "_positioned", "dtype", "header", "record_size", "shape", "verify", "version")
 
-    def __init__(self, shape: Sequence[int], dtype: DTypeLike = np.uint8, *, verify: bool = True) -> None:
+    def __init__(self, shape: Sequence[int], dtype: DTypeLike = np.uint8, *, verify: bool = True,
+                 version: int = 1) -> None:
         (height, width, channels), payload = _image_shape(tuple(shape), "shape")
+        if version not in VERSIONS:
+            raise ValueError(f"record version {version!r} is not one of {VERSIONS}")
         self.shape = (height, width, channels)
         self.dtype = DTYPE_CODES[dtype_code(dtype)]
         self.verify = bool(verify)
+        self.version = version
+        self._positioned = version >= 2
         self._bytes = _payload_bytes(payload * self.dtype.itemsize, "shape")
         self.record_size = HEADER_SIZE + self._bytes
-        self.header = _expected_header(self.shape, self.dtype)
+        self.header = _expected_header(self.shape, self.dtype, version)
         self._kernel = kernels.implementation()
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.shape))
-        return f"Gather({shape} {self.dtype}, verify={self.verify})"
+        return f"Gather({shape} {self.dtype}, verify={self.verify}, version={self.version})"
 
-    def one(self, buffer: Buffer, offset: int = 0) -> tuple[np.ndarray, int]:
+    def one(self, buffer: Buffer, offset: int = 0, position: int | None = None) -> tuple[np.ndarray, int]:
         """``(image, label)`` of the record at byte ``offset`` of ``buffer``; ``image`` is new, (H, W, C).
 
-        ``buffer`` is bytes-like or a C-contiguous array. Raises RecordError
+        ``buffer`` is bytes-like or a C-contiguous array; ``position`` is
+        where the record belongs, required for version 2. Raises RecordError
         for a bad record, TypeError or ValueError for a bad argument.
         """
         payload = np.empty(self._bytes, np.uint8)
+        if not self._positioned:
+            position = None
+        elif position is None:
+            raise ValueError("a Gather of version 2 records needs the position of the record")
         try:
-            status, label = self._kernel.unpack_one(buffer, operator.index(offset), self.header, payload, self.verify)
+            status, label = self._kernel.unpack_one(buffer, operator.index(offset), self.header, payload, self.verify,
+                                                    position)
         except (TypeError, ValueError, BufferError, OverflowError):
-            # Not a plain byte buffer or offset: say what is wrong, or decode its bytes.
+            # Not a plain byte buffer, offset or position: say what is wrong, or decode its bytes.
             buffer, offset = _buffer_and_offset(buffer, offset)
-            status, label = self._kernel.unpack_one(buffer, offset, self.header, payload, self.verify)
+            position = None if position is None else int(_int64_vector([position], "position")[0])
+            status, label = self._kernel.unpack_one(buffer, offset, self.header, payload, self.verify, position)
         if status != _pure.OK:
             data = kernels.as_bytes(buffer, "buffer")
-            raise RecordError(f"record at offset {offset}: {_problem(data, offset, status, self.shape, self.dtype)}")
+            raise RecordError(f"record at offset {offset}: "
+                              f"{_problem(data, offset, status, self.shape, self.dtype, self.version)}")
         image = payload if self.dtype.itemsize == 1 else payload.view(self.dtype)
         return image.reshape(self.shape), label
 
@@ -422,15 +512,17 @@ class Gather:
         offsets: NDArray[np.int64],
         out: np.ndarray,
         labels: NDArray[np.int64],
+        positions: NDArray[np.int64] | None = None,
     ) -> tuple[np.ndarray, NDArray[np.int64]]:
         """Decode record i, at byte ``offsets[i]`` of ``buffers[sources[i]]``, into ``out[i]`` and ``labels[i]``.
 
         One kernel call for all N records, without the GIL, so that a large
         read may be split over threads, each with its slice of the arrays.
         ``sources`` and ``offsets`` hold N integers (int64 arrays pass without
-        a copy); ``out`` is a writeable C-contiguous (N, H, W, C) array of
-        this Gather's shape and dtype and ``labels`` a writeable contiguous
-        (N,) int64 array. Unlike :func:`unpack_records` it does not check
+        a copy), and for version 2 records ``positions`` too: where each
+        record belongs. ``out`` is a writeable C-contiguous (N, H, W, C)
+        array of this Gather's shape and dtype and ``labels`` a writeable
+        contiguous (N,) int64 array. Unlike :func:`unpack_records` it does not check
         each buffer: they must be bytes-like and contiguous (LMDB values and
         NumPy byte arrays are), and must not overlap ``out`` or ``labels``.
         Returns ``(out, labels)``. Raises RecordError naming the first bad
@@ -440,22 +532,30 @@ class Gather:
         offsets = _int64_vector(offsets, "offsets")
         n = offsets.size
         sources = _int64_vector(sources, "sources", n)
+        if not self._positioned:
+            positions = None
+        elif positions is None:
+            raise ValueError("a Gather of version 2 records needs the positions of the records")
+        else:
+            positions = _int64_vector(positions, "positions", n)
         self._check_out(out, labels, n)
         payloads = out.reshape(n, self._bytes // self.dtype.itemsize).view(np.uint8)
         try:
             bad, status = self._kernel.unpack_records(buffers, sources, offsets, self.header, payloads, labels,
-                                                      self.verify)
+                                                      self.verify, positions)
         except (TypeError, ValueError, BufferError):
             # A buffer the kernel cannot view as bytes: say which, or decode its bytes.
             buffers = [kernels.as_bytes(b, f"buffers[{i}]") for i, b in enumerate(buffers)]
             bad, status = self._kernel.unpack_records(buffers, sources, offsets, self.header, payloads, labels,
-                                                      self.verify)
+                                                      self.verify, positions)
         if bad >= 0:
             source, offset = int(sources[bad]), int(offsets[bad])
             if not 0 <= source < len(buffers):
                 raise ValueError(f"sources[{bad}] is {source}: there are {len(buffers)} buffers")
-            problem = _problem(kernels.as_bytes(buffers[source]), offset, status, self.shape, self.dtype)
-            raise RecordError(f"record {bad} (buffer {source}, offset {offset}): {problem}")
+            problem = _problem(kernels.as_bytes(buffers[source]), offset, status, self.shape, self.dtype,
+                               self.version)
+            where = "" if positions is None else f", position {int(positions[bad])}"
+            raise RecordError(f"record {bad} (buffer {source}, offset {offset}{where}): {problem}")
         return out, labels
 
     def _check_out(self, out: Any, labels: Any, n: int) -> None:
@@ -477,6 +577,7 @@ def unpack_records(
     out: np.ndarray | None = None,
     labels_out: NDArray[np.int64] | None = None,
     verify: bool = True,
+    positions: Any = None,
 ) -> tuple[np.ndarray, NDArray[np.int64]]:
     """Decode N records of one shape into an image array and a label array.
 
@@ -488,21 +589,25 @@ def unpack_records(
 
     ``out`` (N, H, W, C) and ``labels_out`` (N,) int64 are filled when given,
     else allocated with the shape of the first record. ``verify=False`` skips
-    the checksum (headers and bounds are still checked). ``out`` and
+    the checksum (headers and bounds are still checked). Version 2 records
+    (see :func:`pack_records`) are checked against ``positions``, N
+    integers or the first of N consecutive ones; all records must have the
+    version of the first. ``out`` and
     ``labels_out`` must not overlap the input. Returns ``(images, labels)``.
     Raises RecordError naming the first bad record; after it, the contents of
     ``out`` and ``labels_out`` are unspecified. A reader that decodes records
     of one shape again and again uses :class:`Gather` instead.
     """
     if offsets is None and not isinstance(records, (list, tuple, PackedRecords)):
-        return _unpack_back_to_back(records, out, labels_out, verify)
+        return _unpack_back_to_back(records, out, labels_out, verify, positions)
     buffers, sources, offsets = _normalise_sources(records, offsets, sources)
     n = offsets.size
+    version = _first_header(buffers, sources, offsets).version if n else 1
     if out is None:
         if n == 0:
             raise ValueError("no records to unpack and no out array to take the shape from")
-        shape, dtype = _first_shape(buffers, sources, offsets)
-        out = np.empty((n, *shape), dtype)
+        header = _first_header(buffers, sources, offsets)
+        out = np.empty((n, header.height, header.width, header.channels), header.dtype)
     else:
         _check_out(out, n)
     if labels_out is None:
@@ -510,11 +615,15 @@ def unpack_records(
     else:
         _check_labels_out(labels_out, n)
     _check_no_overlap(buffers, out, labels_out)
-    return Gather(out.shape[1:], out.dtype, verify=verify).into(buffers, sources, offsets, out, labels_out)
+    at = _positions(positions, n)
+    if version >= 2 and at is None and verify:
+        raise RecordError("the records are bound to positions (version 2), and none were given to check them against")
+    return Gather(out.shape[1:], out.dtype, verify=verify, version=version).into(
+        buffers, sources, offsets, out, labels_out, np.zeros(n, np.int64) if at is None else at)
 
 
 def _unpack_back_to_back(records: Any, out: np.ndarray | None, labels_out: NDArray[np.int64] | None,
-                         verify: bool) -> tuple[np.ndarray, NDArray[np.int64]]:
+                         verify: bool, positions: Any) -> tuple[np.ndarray, NDArray[np.int64]]:
     data = kernels.as_bytes(records, "records")
     if data.size == 0:
         n, size = 0, HEADER_SIZE
@@ -529,7 +638,8 @@ def _unpack_back_to_back(records: Any, out: np.ndarray | None, labels_out: NDArr
                 f"buffer of {data.size} bytes is not a whole number of {size}-byte records "
                 f"({n} records and {rest} bytes left over)"
             )
-    return unpack_records([data], np.arange(n, dtype=np.int64) * size, out=out, labels_out=labels_out, verify=verify)
+    return unpack_records([data], np.arange(n, dtype=np.int64) * size, out=out, labels_out=labels_out, verify=verify,
+                          positions=positions)
 
 
 def _check_labels_out(labels_out: Any, n: int, name: str = "labels_out") -> None:
@@ -560,10 +670,11 @@ def _check_out(out: Any, n: int) -> None:
         raise ValueError("out must be little-endian or native")
 
 
-def _problem(data: NDArray[np.uint8], offset: int, status: int, shape: tuple[int, ...], dtype: DTypeLike) -> str:
+def _problem(data: NDArray[np.uint8], offset: int, status: int, shape: tuple[int, ...], dtype: DTypeLike,
+             version: int) -> str:
     """What is wrong with the record at ``offset`` of ``data`` that a kernel refused with ``status``."""
     if status == _pure.CRC_MISMATCH:
-        return "checksum mismatch, the record is corrupt"
+        return f"checksum mismatch, {_CRC_PROBLEM[version]}"
     try:
         header = _read_header(data, offset)
     except RecordError as exc:
@@ -573,6 +684,8 @@ def _problem(data: NDArray[np.uint8], offset: int, status: int, shape: tuple[int
     if status == _pure.TRUNCATED and found == tuple(shape) and header.dtype == np.dtype(dtype):
         size = record_size(shape, dtype)
         return f"truncated, a {size}-byte record does not fit in a buffer of {data.size} bytes"
+    if header.version != version:
+        return f"a version {header.version} record where version {version} records are expected"
     return (
         f"image is {'x'.join(map(str, found))} {header.dtype}, "
         f"the batch is {'x'.join(map(str, shape))} {np.dtype(dtype)}; use unpack_record for mixed shapes"

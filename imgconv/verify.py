@@ -1,10 +1,14 @@
 """Checking a finished store, and describing one: ``imgconv verify`` and ``imgconv info`` as functions.
 
-:func:`verify` reads every record (checking every checksum the format keeps),
-decodes every image, compares the count with the metadata and asks the
-format for its own structural checks; it names each bad record instead of
-stopping at the first. :func:`info` gathers the facts ``imgconv info``
-prints. Both return what the command line prints, as data.
+:func:`verify` reads every record (checking every checksum the format keeps,
+and so, in the current format versions, that each image is found at its
+index), decodes every image, compares the count with the metadata (the
+formats do at open) and asks the format for its own structural checks; it
+names each bad image by index instead of stopping at the first: missing,
+unreadable, damaged, or found where another image belongs. The list is
+bounded (:data:`MAX_LISTED`; the report counts the rest). :func:`info`
+gathers the facts ``imgconv info`` prints. Both return what the command
+line prints, as data.
 """
 import os
 import re
@@ -18,41 +22,54 @@ from . import _validate, stores
 from ._platform import disk_usage
 from .errors import ImgconvError
 
-VerifyReport = namedtuple("VerifyReport", "path format count checked bad problems seconds")
+VerifyReport = namedtuple("VerifyReport", "path format count checked bad problems seconds unlisted",
+                          defaults=(0,))
 VerifyReport.__doc__ = """What :func:`verify` found: ``count`` images in the metadata, ``checked``
-images read, ``bad`` a list of ``(index, reason)``, ``problems`` a list of
-store-wide findings (missing files, counts that disagree), and the
-``seconds`` it took. The store is sound when ``bad`` and ``problems`` are
-empty. A reason says what is wrong with that image, without repeating the
-store's path or the index (``imgconv verify`` prints ``PATH: image I: REASON``);
-a file inside the store is named relative to it."""
+images read, ``bad`` a list of ``(index, reason)`` in index order (at most
+``max_listed``; ``unlisted`` counts the bad images found after those),
+``problems`` a list of store-wide findings (missing files, counts that
+disagree), and the ``seconds`` it took. The store is sound when ``bad`` and
+``problems`` are empty. A reason says what is wrong with that image, without
+repeating the store's path or the index (``imgconv verify`` prints ``PATH:
+image I: REASON``); a file inside the store is named relative to it."""
+
+#: The most bad images a :class:`VerifyReport` lists by default; it counts the others.
+MAX_LISTED = 1000
 
 
-def verify(path: Any, *, batch_size: int = 1024,
-           progress: Optional[Callable[[int, int], None]] = None) -> VerifyReport:
+def verify(path: Any, *, batch_size: int = 1024, progress: Optional[Callable[[int, int], None]] = None,
+           max_listed: int = MAX_LISTED) -> VerifyReport:
     """Read and check every image of the store at ``path``; returns a :class:`VerifyReport`.
 
     Batches are read whole; a batch that fails is read again image by image,
-    so that every bad image is named, not just the first. ``progress(done,
-    total)`` is called after every batch. Raises UnknownFormatError or
-    StoreError when the store cannot be opened at all.
+    so that every bad image is named, not just the first (up to
+    ``max_listed`` of them, the rest counted, so that the report of a store
+    of millions of bad images stays small). ``progress(done, total)`` is
+    called after every batch. Raises UnknownFormatError or StoreError when
+    the store cannot be opened at all (its structure or metadata is damaged:
+    the formats compare the metadata with the data at open).
     """
     batch_size = _validate.positive_int("batch_size", batch_size)
+    max_listed = _validate.integer("max_listed", max_listed, minimum=0)
     started = time.perf_counter()
     with stores.open(path) as store:
         count = len(store)
         problems = list(store.check_layout())
         bad: List[Tuple[int, str]] = []
+        unlisted = 0
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             try:
                 store.read_batch(np.arange(start, stop))
             except Exception:  # any failure: find out which images, one by one
-                bad.extend(_bad_images(store, start, stop))
+                found = _bad_images(store, start, stop)
+                room = max(0, max_listed - len(bad))
+                bad.extend(found[:room])
+                unlisted += len(found) - len(found[:room])
             if progress is not None:
                 progress(stop, count)
         return VerifyReport(store.path, store.format_name, count, count, bad, problems,
-                            time.perf_counter() - started)
+                            time.perf_counter() - started, unlisted)
 
 
 def _bad_images(store: stores.Reader, start: int, stop: int) -> List[Tuple[int, str]]:
@@ -91,7 +108,10 @@ def info(path: Any) -> Dict[str, Any]:
     ``bytes``, its older name) and ``allocated_bytes`` (the blocks the
     filesystem gave it, what ``du`` says; much larger for many small files,
     None where the system does not tell), the imgconv version that wrote it
-    and the source it came from.
+    and the source it came from, and what a read checks: ``checksums``
+    (every image against a checksum kept with it) and ``positions_checked``
+    (also that each image is at its index: False for stores of older format
+    versions).
     """
     with stores.open(path) as store:
         meta = dict(store.metadata)
@@ -116,6 +136,8 @@ def info(path: Any) -> Dict[str, Any]:
             "imgconv_version": meta.get("imgconv_version"),
             "format_version": meta.get("format_version"),
             "source": meta.get("source"),
+            "checksums": store.checked,
+            "positions_checked": store.positions_checked,
         }
         if store.variable:
             facts["shape_range"] = _shape_range(store.shapes())

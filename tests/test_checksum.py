@@ -1,12 +1,11 @@
-"""The per-image checksum over pixels and label: the vectorised continuation against the definition."""
+"""The per-image checksum over pixels, label and position: the vectorised continuation against the definition."""
 import numpy as np
 import pytest
+from factories import varying_images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgconv import checksum, kernels
-
-from factories import varying_images
 
 
 def test_image_checksums_continue_over_the_label(backend):
@@ -37,3 +36,27 @@ def test_the_vectorised_continuation_equals_the_direct_method(items):
 def test_counts_must_agree():
     with pytest.raises(ValueError, match="2 images but 1 labels"):
         checksum.image_checksums(np.zeros((2, 1, 1, 1), np.uint8), [0])
+
+
+def test_the_checksum_of_the_current_versions_ends_with_the_position(backend):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (20, 2, 3, 1), dtype=np.uint8)
+    labels, positions = rng.integers(-9, 9, 20), np.arange(20) + 2**35
+    expected = [kernels.crc32c(np.array(p, "<i8").tobytes(), kernels.crc32c(np.array(label, "<i8").tobytes(),
+                                                                            kernels.crc32c(image)))
+                for image, label, p in zip(images, labels, positions)]
+    assert checksum.image_checksums(images, labels, positions).tolist() == expected  # the vectorised way
+    assert checksum.image_checksums(images[:2], labels[:2], positions[:2]).tolist() == expected[:2]  # one by one
+    # What a writer does with the checksums a worker computed: bind the positions it alone knows.
+    assert checksum.bind_positions(checksum.image_checksums(images, labels), 2**35).tolist() == expected
+    with pytest.raises(ValueError, match="20 images but 3 positions"):
+        checksum.image_checksums(images, labels, positions[:3])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=0, max_size=64), st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1))
+def test_suffix_change_moves_a_crc_from_one_ending_to_another(message, old, new):
+    data = np.frombuffer(message, np.uint8)
+    ending = kernels.crc32c(np.array([old], "<i8").view(np.uint8), kernels.crc32c(data))
+    moved = ending ^ int(checksum.suffix_change(old, new)[0])
+    assert moved == kernels.crc32c(np.array([new], "<i8").view(np.uint8), kernels.crc32c(data))

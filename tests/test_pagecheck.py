@@ -16,7 +16,7 @@ def test_the_verdict_is_kept_per_file_until_the_file_changes(tmp_path, monkeypat
     walks = []
     real = pagecheck._check
     monkeypatch.setattr(pagecheck, "_check", lambda fd, size: walks.append(size) or real(fd, size))
-    monkeypatch.setattr(pagecheck, "_SOUND", set())
+    monkeypatch.setattr(pagecheck, "_SOUND", {})
     for _ in range(3):  # a DataLoader opens the store once per worker
         with stores.open(path) as store:
             assert len(store) == 3
@@ -36,7 +36,7 @@ def test_a_damaged_file_is_refused_every_time(tmp_path, monkeypatch):
     raw = bytearray(data.read_bytes())
     raw[16:20] = b"\0\0\0\0"  # the first meta page's magic
     data.write_bytes(bytes(raw))
-    monkeypatch.setattr(pagecheck, "_SOUND", set())
+    monkeypatch.setattr(pagecheck, "_SOUND", {})
     for _ in range(2):
         with pytest.raises(StoreError, match="corrupt LMDB"):
             stores.open(path)

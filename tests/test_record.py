@@ -17,11 +17,14 @@ from imgconv.record import (
     pack_records,
     read_header,
     record_size,
+    reposition,
     unpack_record,
     unpack_records,
 )
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "record_v1.bin"
+GOLDEN_V2 = pathlib.Path(__file__).parent / "data" / "record_v2.bin"
+GOLDEN_V2_POSITIONS = [0, 1, 2**33 + 5, 2**62]  # where the records of record_v2.bin belong (never change them)
 
 
 def golden_inputs():
@@ -65,6 +68,93 @@ def test_golden_file_decodes_and_reencodes_identically(backend):
         assert got.dtype == expected.dtype
         np.testing.assert_array_equal(got, expected)
         assert got_label == label
+
+
+def test_golden_v2_file_decodes_at_its_positions_only(backend):
+    data = GOLDEN_V2.read_bytes()
+    images, labels = golden_inputs()
+    packed = pack_records(images, labels, positions=GOLDEN_V2_POSITIONS)
+    assert packed.buffer.tobytes() == data, "the version 2 record format changed: bump VERSION and keep reading v2"
+    assert [read_header(data, int(o)).version for o in packed.offsets[:-1]] == [2, 2, 2, 2]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        offset = int(packed.offsets[i])
+        got, got_label = unpack_record(data, offset, position=GOLDEN_V2_POSITIONS[i])
+        np.testing.assert_array_equal(got, image if image.ndim == 3 else image[..., None])
+        assert got_label == label
+        # The same bytes found at another position are refused, as a damaged record is.
+        for elsewhere in (GOLDEN_V2_POSITIONS[i] + 1, GOLDEN_V2_POSITIONS[i] ^ 1, -1):
+            with pytest.raises(RecordError, match="belongs at another position"):
+                unpack_record(data, offset, position=elsewhere)
+        with pytest.raises(RecordError, match="none was given"):
+            unpack_record(data, offset)
+    # Without the check the position does not matter.
+    assert unpack_record(data, 0, verify=False)[1] == 0
+
+
+def test_pinned_bytes_of_one_version_2_record(backend):
+    packed = pack_records(np.array([[[[1, 2, 3]]]], np.uint8), [5], positions=7)
+    raw = packed.buffer.tobytes()
+    assert raw[4] == 2 and raw[:4] == b"IMGR" and raw[5:28] == pack_records(np.array([[[[1, 2, 3]]]], np.uint8),
+                                                                           [5]).buffer.tobytes()[5:28]
+    crc = kernels.crc32c((7).to_bytes(8, "little"), kernels.crc32c(raw[32:], kernels.crc32c(raw[:28])))
+    assert raw[28:32] == crc.to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_records_answering_for_another_position_are_refused_everywhere(backend, varied):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, 4, 5, 3), dtype=np.uint8)
+    labels = np.arange(6) * 3
+    positions = np.array([10, 11, 12, 500, 501, 2**40])
+    packed = pack_records(list(images) if varied else images, labels, positions=positions)
+    back, back_labels = unpack_records(packed, positions=positions)
+    np.testing.assert_array_equal(back, images)
+    np.testing.assert_array_equal(back_labels, labels)
+    swapped = positions.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]
+    with pytest.raises(RecordError, match=r"record 2 .*position 500\): checksum mismatch.*another position"):
+        unpack_records(packed, positions=swapped)
+    with pytest.raises(RecordError, match="none were given"):
+        unpack_records(packed)
+    gather = Gather((4, 5, 3), version=2)
+    starts = packed.offsets[:-1]
+    out, out_labels = np.empty_like(images), np.empty(6, np.int64)
+    gather.into([packed.buffer], np.zeros(6, np.int64), starts, out, out_labels, positions)
+    np.testing.assert_array_equal(out, images)
+    with pytest.raises(RecordError, match="another position"):
+        gather.into([packed.buffer], np.zeros(6, np.int64), starts, out, out_labels, positions + 1)
+    for k in range(6):
+        image, label = gather.one(packed.buffer, int(starts[k]), int(positions[k]))
+        np.testing.assert_array_equal(image, images[k])
+        with pytest.raises(RecordError, match="another position"):
+            gather.one(packed.buffer, int(starts[k]), int(positions[(k + 1) % 6]))
+    with pytest.raises(ValueError, match="needs the position"):
+        gather.one(packed.buffer, 0)
+    with pytest.raises(ValueError, match="needs the positions"):
+        gather.into([packed.buffer], np.zeros(6, np.int64), starts, out, out_labels)
+
+
+def test_versions_are_not_mixed_up(backend):
+    images = np.zeros((2, 2, 2, 1), np.uint8)
+    v1, v2 = pack_records(images, [0, 1]), pack_records(images, [0, 1], positions=0)
+    with pytest.raises(RecordError, match="a version 1 record where version 2 records are expected"):
+        Gather((2, 2, 1), version=2).one(v1.buffer, 0, 0)
+    with pytest.raises(RecordError, match="a version 2 record where version 1 records are expected"):
+        Gather((2, 2, 1)).one(v2.buffer, 0)
+    with pytest.raises(ValueError, match="record version 3"):
+        Gather((2, 2, 1), version=3)
+
+
+def test_reposition_moves_records_without_touching_their_pixels(backend):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (9, 3, 3, 3), dtype=np.uint8)
+    labels = rng.integers(-5, 5, 9)
+    packed = pack_records(images, labels, positions=0)
+    reposition(packed, 0, 2**35 + 17)
+    assert packed.buffer.tobytes() == pack_records(images, labels, positions=2**35 + 17).buffer.tobytes()
+    varied = pack_records(list(images), labels, positions=[4, 3, 2, 1, 0, 9, 8, 7, 6])
+    reposition(varied, [4, 3, 2, 1, 0, 9, 8, 7, 6], np.arange(9))
+    assert varied.buffer.tobytes() == pack_records(list(images), labels, positions=np.arange(9)).buffer.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -201,7 +291,7 @@ def test_every_flipped_bit_is_caught(backend):
     "field, value, match",
     [
         ("magic", b"PKL\x02", "bad magic"),
-        ("version", 2, "format version 2"),
+        ("version", 3, "format version 3"),
         ("dtype", 9, "unknown dtype code 9"),
         ("length", 25, "payload length 25 does not match"),
         ("height", 0, "empty shape"),
@@ -470,7 +560,7 @@ def test_gather_header_is_the_records_header_without_label_and_checksum(backend)
     header[16:24] = bytes(8)
     header[28:32] = bytes(4)
     assert gather.header.tobytes() == bytes(header) and not gather.header.flags.writeable
-    assert repr(gather) == "Gather(3x4x2 uint8, verify=True)"
+    assert repr(gather) == "Gather(3x4x2 uint8, verify=True, version=1)"
 
 
 def test_gather_names_a_bad_record_as_the_batch_functions_do(backend):

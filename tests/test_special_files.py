@@ -13,7 +13,7 @@ from factories import finishes
 from PIL import Image
 
 import imgconv
-from imgconv.errors import SourceError, UnknownFormatError
+from imgconv.errors import SourceError, StoreError, UnknownFormatError
 from imgconv.sample import write_sample
 from imgconv.sources import NumpySource, open_source
 
@@ -22,7 +22,7 @@ def _refused(function, fifo, *expected):
     outcome = finishes(function, fifo)
     assert outcome is not None, f"blocked on the FIFO {fifo}"
     kind, value = outcome
-    assert kind == "error" and isinstance(value, (SourceError, UnknownFormatError)), outcome
+    assert kind == "error" and isinstance(value, (SourceError, StoreError, UnknownFormatError)), outcome
     for text in expected:
         assert text in str(value), str(value)
     return value
@@ -84,5 +84,5 @@ def test_a_fifo_given_as_the_source_or_a_store_is_named_not_opened(tmp_path, nam
     # What the messages for "nothing reads this" say: they used to open the path to quote its first bytes.
     fifo = tmp_path / name
     os.mkfifo(fifo)
-    _refused(lambda: open_source(fifo), fifo, f"{fifo} is a FIFO (named pipe), not a file or directory imgconv reads")
-    _refused(lambda: imgconv.open(fifo), fifo, f"{fifo}: not an imgconv store: a FIFO (named pipe)")
+    _refused(lambda: open_source(fifo), fifo, f"{fifo}: a FIFO (named pipe), not a dataset")
+    _refused(lambda: imgconv.open(fifo), fifo, f"{fifo}: a FIFO (named pipe), not a store")

@@ -58,7 +58,7 @@ def test_a_fifo_as_store_is_refused_by_info_and_verify(tmp_path, command):
     status, error = _imgconv(command, fifo)
     assert status == 1 and "a FIFO (named pipe), not a store" in error, error
     for fmt in ("hdf5", None):
-        with pytest.raises(imgconv.StoreError, match="a FIFO (named pipe), not a store"):
+        with pytest.raises(imgconv.StoreError, match=r"a FIFO \(named pipe\), not a store"):
             imgconv.open(str(fifo), format=fmt)
 
 
@@ -68,7 +68,7 @@ def test_a_fifo_at_dest_is_neither_opened_nor_replaced(tmp_path, name):
     fifo = tmp_path / name
     os.mkfifo(fifo)
     status, error = _imgconv("convert", source, fifo, "--overwrite", "--workers", "0")
-    assert status == 1 and "a FIFO is there, not a store" in error, error
+    assert status == 1 and "a FIFO (named pipe) is there, not a store" in error, error
     assert os.path.exists(fifo) and not os.path.isfile(fifo) and not os.path.isdir(fifo)
 
 

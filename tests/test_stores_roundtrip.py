@@ -7,13 +7,6 @@ import pickle
 import h5py
 import numpy as np
 import pytest
-
-from imgconv import kernels, stores
-from imgconv.errors import StoreError, UnknownFormatError
-from imgconv.stores import StoreIndexError, hdf5
-from imgconv.stores.hdf5 import writer as hdf5_writer
-from imgconv.stores.lmdb import writer as lmdb_writer
-
 from factories import (
     FORMATS,
     SUFFIX,
@@ -28,6 +21,12 @@ from factories import (
     write,
 )
 
+from imgconv import kernels, stores
+from imgconv.errors import StoreError, UnknownFormatError
+from imgconv.stores import StoreIndexError, hdf5
+from imgconv.stores.hdf5 import writer as hdf5_writer
+from imgconv.stores.lmdb import writer as lmdb_writer
+
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("shape", [(5, 4, 3), (6, 3, 1)], ids=["rgb", "gray"])
@@ -40,7 +39,7 @@ def test_round_trip_fixed_shape(tmp_path, fmt, shape):
         meta = store.metadata
         assert meta["format"] == fmt and meta["count"] == 11 and meta["dtype"] == "uint8"
         assert meta["label_names"] == ["a", "b"] and meta["source"] == "unit test"
-        assert meta["imgconv_version"] and meta["format_version"] == {"lmdb": 1, "hdf5": 2, "png": 2}[fmt]
+        assert meta["imgconv_version"] and meta["format_version"] == {"lmdb": 2, "hdf5": 3, "png": 3}[fmt]
         image, label = store[4]
         assert image.dtype == np.uint8 and np.array_equal(image, images[4]) and label == labels[4]
         assert np.array_equal(store[-1][0], images[-1])
@@ -213,10 +212,10 @@ def test_store_on_a_read_only_directory(shared_dir, fmt):
     folder = os.path.join(shared_dir, "media")
     os.mkdir(folder)
     path = write(os.path.join(folder, "store" + SUFFIX[fmt]), images, np.arange(5))
-    for d, dirs, files in os.walk(folder):
+    for d, _dirs, files in os.walk(folder):
         for f in files:
             os.chmod(os.path.join(d, f), 0o444)
-    for d, dirs, files in os.walk(folder, topdown=False):
+    for d, _dirs, _files in os.walk(folder, topdown=False):
         os.chmod(d, 0o555)
     script = f"""
 import json, os, numpy as np

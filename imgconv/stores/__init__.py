@@ -12,6 +12,7 @@ partial output), :mod:`.atomic` (the rename into place), :mod:`.writer` and
 The formats: :mod:`.png_folder`, :mod:`.lmdb`, :mod:`.hdf5`.
 """
 import os
+import stat
 from collections import namedtuple
 from typing import Any, Optional, Sequence
 
@@ -156,6 +157,12 @@ def refuse_special(path: str) -> None:
 
 
 def _describe(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"a path that cannot be examined ({exc})"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return f"{_platform.file_kind(mode)}, not a file or directory a store can be (not opened)"
     if os.path.isdir(path):
         try:
             names = sorted(os.listdir(path))

@@ -15,19 +15,24 @@ The reader also accepts the classic layout: ``0.png ... N-1.png`` with one
 CSV of labels beside them (``labels.csv``, or the folder's only ``*.csv``),
 either one label per row in index order or rows ``index,path,label``. Its
 images are taken to share the shape of ``0.png``.
+
+The reader opens regular files only: a FIFO, device or socket in the place of
+the manifest, the labels file or an image is refused by name, never opened
+(opening a FIFO blocks).
 """
 import csv
 import errno
 import io
 import os
+import stat
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
 
 from .. import _validate
-from .._platform import remove_path
-from ..checksum import image_checksums
+from .._platform import NotRegularFileError, file_kind, open_regular_file, remove_path
+from ..checksum import bind_positions, image_checksums
 from ..errors import StoreArgumentError, StoreError, StoreOptionError
 from .batch import VARIABLE, EncodedBatch, check_batch, shape_text
 from .metadata import Metadata, dump_metadata, load_metadata
@@ -35,14 +40,15 @@ from .reader import Reader
 from .writer import Writer
 
 FORMAT_NAME = "png"
-# Version 2: the crc32c column covers the label too (version 1: the pixels only).
-FORMAT_VERSION = 2
+# Version 3: the crc32c column covers the label and the index (version 2: the label, version 1: the pixels only).
+FORMAT_VERSION = 3
 SHARD_SIZE = 1000
 MANIFEST = "manifest.json"
 LABELS = "labels.csv"
-# The CRC32C column (of the decoded pixels continued over the label, 8 hex
-# digits) catches damage a PNG decoder does not: Pillow does not check the last
-# bytes of the zlib stream; and it catches a changed label.
+# The CRC32C column (of the decoded pixels continued over the label and the
+# index, 8 hex digits) catches damage a PNG decoder does not: Pillow does not
+# check the last bytes of the zlib stream; and it catches a changed label, and
+# a row or file that belongs to another image.
 HEADER = ["index", "path", "label", "crc32c"]
 # zlib level 6, Pillow's default: a folder is written once and decoded every
 # epoch. BENCHMARKS.md ("PNG compression level") has the measurements.
@@ -151,10 +157,12 @@ class PngFolderWriter(Writer):
                 os.makedirs(os.path.join(self.temporary, "images", f"{shard:03d}"), exist_ok=True)
                 self._shard = shard
             _write_file(os.path.join(self.temporary, image_path(index)), blob)
+        # The workers' checksums end with the labels; the images' indices are known here.
+        checksums = bind_positions(encoded.checksums, self.count)
         self._csv.writerows(
             [index, image_path(index), label, f"{crc:08x}"]
             for index, label, crc in zip(range(self.count, self.count + len(encoded)), encoded.labels.tolist(),
-                                         encoded.checksums.tolist())
+                                         checksums.tolist())
         )
 
     def format_metadata(self) -> dict:
@@ -233,7 +241,7 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 def _whole_png(path):
     """Whether the file at ``path`` starts and ends like a PNG file (a cheap test for a torn write)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path, follow_symlinks=False) as f:
             head = f.read(len(_PNG_SIGNATURE))
             f.seek(0, os.SEEK_END)
             if f.tell() < len(_PNG_SIGNATURE) + len(_PNG_END):
@@ -245,7 +253,15 @@ def _whole_png(path):
 
 
 class PngFolderReader(Reader):
-    """Reads an imgconv PNG folder, or a classic ``0.png ... N-1.png`` folder with a labels CSV."""
+    """Reads an imgconv PNG folder, or a classic ``0.png ... N-1.png`` folder with a labels CSV.
+
+    Options: ``verify`` (default True): check every image against the
+    checksum of the labels CSV; ``allow_unchecked`` (default False): read an
+    imgconv folder of an older format version whose labels CSV has no
+    checksums, unchecked (a folder of the current version without them is
+    refused whatever this says). A classic folder has no checksums and is
+    read unchecked.
+    """
 
     format_name = FORMAT_NAME
 
@@ -253,7 +269,7 @@ class PngFolderReader(Reader):
         if self.metadata:
             return self.metadata  # no handles: what a forked child inherits is all it needs
         manifest = os.path.join(self.path, MANIFEST)
-        if os.path.isfile(manifest):
+        if os.path.lexists(manifest):
             meta = self._open_imgconv(manifest)
         else:
             meta = self._open_classic()
@@ -261,18 +277,21 @@ class PngFolderReader(Reader):
 
     def _open_imgconv(self, manifest):
         try:
-            with open(manifest, "rb") as f:
+            with open_regular_file(manifest) as f:
                 meta = load_metadata(f.read(), self.path, FORMAT_NAME, FORMAT_VERSION)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read {MANIFEST}: {exc}") from None
         labels_file = meta.get("labels_file", LABELS)
         if (not isinstance(labels_file, str) or not labels_file or os.path.isabs(labels_file)
-                or ".." in labels_file.replace("\\", "/").split("/")):
-            raise StoreError(f"{self.path}: {MANIFEST} names a labels_file outside the folder: {labels_file!r}")
+                or ".." in labels_file.replace("\\", "/").split("/") or "\0" in labels_file):
+            raise StoreError(f"{self.path}: {MANIFEST} names a labels_file outside the folder or not a file name: "
+                             f"{labels_file!r}")
         rows = _read_csv(os.path.join(self.path, labels_file))
         header = [c.strip() for c in rows[0]] if rows else []
         if header not in (HEADER, HEADER[:3]):
             raise StoreError(f"{self.path}: {LABELS} must start with the header {','.join(HEADER)}")
+        if header != HEADER:
+            self._refuse_unchecked(meta["format_version"], labels_file)
         self._paths, self._labels, self._checksums = _parse_indexed(rows[1:], self.path, LABELS, len(header) == 4)
         _check_inside(self.path, self._paths)
         self._no_links = True
@@ -282,9 +301,18 @@ class PngFolderReader(Reader):
             )
         return meta
 
+    def _refuse_unchecked(self, version, labels_file):
+        """Refuse an imgconv folder whose labels file has no checksums, unless ``allow_unchecked`` (older versions)."""
+        if version >= FORMAT_VERSION:
+            raise StoreError(f"{self.path}: {labels_file} has no crc32c column: every folder of format version "
+                             f"{FORMAT_VERSION} has one, the folder is damaged or crafted")
+        if not self._options.get("allow_unchecked", False):
+            raise StoreError(f"{self.path}: {labels_file} has no crc32c column (format version {version}); to read "
+                             "the folder unchecked anyway, open it with imgconv.open(path, allow_unchecked=True)")
+
     def _open_classic(self):
         self._no_links = False  # a classic folder may be links to images kept elsewhere
-        if not os.path.isfile(os.path.join(self.path, "0.png")):
+        if not os.path.exists(os.path.join(self.path, "0.png")):
             raise StoreError(f"{self.path}: neither {MANIFEST} nor a classic 0.png is here")
         csv_path = _classic_csv(self.path)
         rows = [r for r in _read_csv(csv_path) if r and any(c.strip() for c in r)]
@@ -303,7 +331,7 @@ class PngFolderReader(Reader):
         if n == 0:
             raise StoreError(f"{csv_path}: no labels in the CSV")
         last = os.path.join(self.path, self._paths[-1])
-        if not os.path.isfile(last):
+        if not os.path.exists(last):
             raise StoreError(f"{self.path}: {os.path.basename(csv_path)} lists {n} labels but {last} is missing")
         first, _ = self._decode(0, None)
         return {
@@ -331,16 +359,28 @@ class PngFolderReader(Reader):
         self._ensure_open()
         return self._checksums
 
-    def _checksums_cover_labels(self):
-        return self.metadata["format_version"] >= 2
+    def _checksum_version(self):
+        return min(self.metadata["format_version"], 3)
 
     def check_layout(self):
-        """Files the labels CSV lists that are missing."""
+        """Files the labels CSV lists that are missing, or are not regular files."""
         self._ensure_open()
-        missing = [p for p in self._paths if not os.path.isfile(os.path.join(self.path, p))]
-        if not missing:
-            return []
-        return [f"{len(missing)} image file(s) listed in the labels CSV are missing, e.g. {missing[0]}"]
+        missing, special = [], []
+        for p in self._paths:
+            try:
+                mode = os.stat(os.path.join(self.path, p)).st_mode
+            except OSError:
+                missing.append(p)
+                continue
+            if not stat.S_ISREG(mode):
+                special.append(f"{p} ({file_kind(mode)})")
+        found = []
+        if missing:
+            found.append(f"{len(missing)} image file(s) listed in the labels CSV are missing, e.g. {missing[0]}")
+        if special:
+            found.append(f"{len(special)} image file(s) listed in the labels CSV are not regular files, e.g. "
+                         f"{special[0]}")
+        return found
 
     def _decode(self, i, shape):
         path = os.path.join(self.path, self._paths[i])
@@ -356,6 +396,11 @@ class PngFolderReader(Reader):
                 image = np.array(_eight_bit(pil, path))  # a writeable copy: asarray would be read-only
         except FileNotFoundError:
             raise StoreError(f"{path}: image {i} is missing") from None
+        except NotRegularFileError as exc:
+            if exc.kind == "a symbolic link":
+                raise StoreError(f"{path}: image {i} is a symbolic link; an imgconv PNG folder holds none, "
+                                 "and a link could lead outside it") from None
+            raise StoreError(f"{path}: image {i} is {exc.kind}, not a regular file; refused unopened") from None
         except Image.DecompressionBombError as exc:
             raise StoreError(f"{path}: image {i} is refused as a decompression bomb: {exc}") from None
         except (OSError, ValueError, SyntaxError) as exc:
@@ -381,10 +426,9 @@ class PngFolderReader(Reader):
 
 
 def _open_png(path, no_links):
-    """``path`` opened for reading; with ``no_links`` a symbolic link is refused (ELOOP)."""
-    if not no_links:
-        return open(path, "rb")
-    return open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
+    """``path`` opened for reading if it is a regular file (NotRegularFileError otherwise, "a symbolic link" too
+    with ``no_links``)."""
+    return open_regular_file(path, follow_symlinks=not no_links)
 
 
 def _check_inside(root, paths):
@@ -412,7 +456,7 @@ def _eight_bit(pil, path):
 
 def _read_csv(path):
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.TextIOWrapper(open_regular_file(path), newline="", encoding="utf-8") as f:
             sample = f.read(4096)
             f.seek(0)
             # The classic recipe writes space-separated rows; imgconv writes commas.
@@ -420,6 +464,8 @@ def _read_csv(path):
             return list(csv.reader(f, delimiter=delimiter))
     except FileNotFoundError:
         raise StoreError(f"{path}: the labels file is missing") from None
+    except NotRegularFileError as exc:
+        raise StoreError(f"{path}: the labels file is {exc.kind}, not a regular file; refused unopened") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise StoreError(f"{path}: cannot read the labels CSV: {exc}") from None
 
@@ -468,7 +514,7 @@ def _parse_single(rows, path):
 
 def _classic_csv(folder):
     preferred = os.path.join(folder, LABELS)
-    if os.path.isfile(preferred):
+    if os.path.exists(preferred):
         return preferred
     found = sorted(name for name in os.listdir(folder) if name.lower().endswith(".csv"))
     if len(found) != 1:
@@ -482,8 +528,8 @@ def detect(path: str) -> bool:
     """True for a directory with manifest.json, or a classic folder (0.png and a CSV)."""
     if not os.path.isdir(path):
         return False
-    if os.path.isfile(os.path.join(path, MANIFEST)):
+    if os.path.lexists(os.path.join(path, MANIFEST)):
         return True
-    if not os.path.isfile(os.path.join(path, "0.png")):
+    if not os.path.exists(os.path.join(path, "0.png")):
         return False
     return any(name.lower().endswith(".csv") for name in os.listdir(path))

@@ -141,6 +141,21 @@ class Reader(abc.ABC):
         """
         return None
 
+    @property
+    def checked(self) -> bool:
+        """Whether the store keeps a checksum of every image, checked on every read (unless ``verify=False``)."""
+        return self.checksums() is not None
+
+    @property
+    def positions_checked(self) -> bool:
+        """Whether every image is checked at its index: a checksum that covers the position, so that
+        an image found where another belongs (a damaged index, table or file name) is refused.
+
+        True for stores of the current format versions; False for older
+        versions, and for stores without checksums.
+        """
+        return self.checked and self._checksum_version() >= 3
+
     def check_layout(self) -> List[str]:
         """Store-wide problems (missing or extra parts) as a list of sentences; empty when sound."""
         return []
@@ -163,20 +178,25 @@ class Reader(abc.ABC):
         stored = self.checksums()
         if stored is None or len(indices) == 0:
             return
-        if self._checksums_cover_labels():
+        version = self._checksum_version()
+        if version >= 3:
+            computed = image_checksums(images, labels, indices)
+        elif version == 2:
             computed = image_checksums(images, labels)
         else:
             computed = kernels.crc32c_images(images)
         wrong = np.flatnonzero(computed != stored[indices])
         if wrong.size:
             i = int(indices[wrong[0]])
+            covered = "pixels, label or position" if version >= 3 else "pixels or label" if version == 2 else "pixels"
             raise StoreError(
-                f"{self.path}: image {i} does not match its stored checksum (pixels or label): the store is corrupt"
+                f"{self.path}: image {i} does not match its stored checksum ({covered}): the store is corrupt"
             )
 
-    def _checksums_cover_labels(self):
-        """Whether :meth:`checksums` are :func:`image_checksums` (pixels and label) or of the pixels only."""
-        return False
+    def _checksum_version(self) -> int:
+        """What :meth:`checksums` cover (:mod:`imgconv.checksum`): 3 the pixels, label and position,
+        2 the pixels and label, 1 the pixels only; a format's store versions name them so."""
+        return 3
 
     def __iter__(self) -> Iterator[Tuple[np.ndarray, int]]:
         for images, labels in self.batches():

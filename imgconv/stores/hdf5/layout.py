@@ -9,12 +9,16 @@ Layout of one file (FORMAT.md, "Stores", is the full specification):
   in ``/pixels``, ``/shapes`` (N, 3) int64 (H, W, C);
 * ``/labels`` (N,) int64;
 * ``/crc32c`` (N,) uint32: the CRC32C of each image's pixel bytes (in
-  (H, W, C) C order) continued over its label (8 bytes, little-endian
-  int64), checked on every read, since HDF5 keeps no checksums of its own
-  unless asked (format version 1 covered the pixels only);
+  (H, W, C) C order) continued over its label and its index (8 bytes each,
+  little-endian int64), checked on every read, since HDF5 keeps no checksums
+  of its own unless asked (format version 2 left out the index, version 1
+  the label too);
 * the metadata as attributes of the root group (``imgconv_format`` = "hdf5",
   ``imgconv_format_version``, ``count``, ``shape``, ...), written last: a file
-  without them is not a finished store.
+  without them is not a finished store. Text HDF5 cannot hold as UTF-8 (a
+  name with bytes that are not UTF-8, as a folder name can have) and text
+  that starts like JSON are stored as JSON, so that every value reads back
+  exactly.
 
 Optional compression (``compression="gzip"`` with ``compression_level``, or
 "lzf") applies to the pixel dataset; it is off by default.
@@ -26,12 +30,13 @@ from typing import Any, Optional
 import h5py
 import numpy as np
 
+from ..._platform import open_regular_file
 from ...checksum import image_checksums
 from ..batch import EncodedBatch, check_batch
 
 FORMAT_NAME = "hdf5"
-# Version 2: /crc32c covers the label too (version 1: the pixels only).
-FORMAT_VERSION = 2
+# Version 3: /crc32c covers the label and the index (version 2: the label, version 1: the pixels only).
+FORMAT_VERSION = 3
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 COMPRESSIONS = (None, "gzip", "lzf")
 # Automatic chunk size: about this many bytes per chunk (64 CIFAR images).
@@ -60,7 +65,10 @@ class EncodedArrays(EncodedBatch):
 def encode_batch(images: Any, labels: Any) -> EncodedArrays:
     """Check a batch and lay it out as the contiguous arrays the HDF5 datasets take.
 
-    Returns :class:`EncodedArrays`. Raises StoreArgumentError for a bad batch.
+    The checksums end with the labels: the writer, which alone knows where
+    the batch lands, continues them over the images' indices
+    (:func:`imgconv.checksum.bind_positions`). Returns
+    :class:`EncodedArrays`. Raises StoreArgumentError for a bad batch.
     """
     batch = check_batch(images, labels)
     checksums = image_checksums(batch.images, batch.labels)
@@ -75,7 +83,10 @@ def attr_value(value: Any) -> Any:
     """A metadata value as an HDF5 attribute can hold it (None: leave the attribute out)."""
     if value is None:
         return None
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+    if isinstance(value, str):
+        # JSON (ASCII) for text UTF-8 cannot hold and for text read_attr would take for JSON.
+        return json.dumps(value) if not _utf8(value) or value[:1] in '"[{' else value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and _utf8(v) for v in value):
         return np.array(value, dtype=h5py.string_dtype())
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
         return np.array(value, dtype=np.int64)
@@ -84,12 +95,20 @@ def attr_value(value: Any) -> Any:
     return value
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_attr(value: Any) -> Any:
     """An attribute read back as the metadata value it was written from."""
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if isinstance(value, str):
-        if value[:1] in "[{":
+        if value[:1] in '"[{':
             try:
                 return json.loads(value)
             except json.JSONDecodeError:
@@ -109,7 +128,7 @@ def detect(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:  # not a FIFO put there since the test above
             size = os.fstat(f.fileno()).st_size
             at = 0
             while at + len(SIGNATURE) <= size:

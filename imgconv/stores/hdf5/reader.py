@@ -1,10 +1,18 @@
 """Reading an HDF5 store: through h5py, or (an uncompressed store of one image shape) straight
 from the file at the offsets HDF5 reports (:mod:`imgconv.stores.hdf5.direct`); large reads are
-split over threads, each reading and checking its part."""
+split over threads, each reading and checking its part.
+
+Before any data is read the file's datasets are checked to be what imgconv
+writes (:mod:`imgconv.stores.hdf5.structure`: no links, external storage,
+virtual datasets or foreign filters), and their sizes against the metadata.
+A store without its ``/crc32c`` checksums is refused unless the reader is
+given ``allow_unchecked=True``, and never for the current format version,
+which always has them.
+"""
 import os
 import threading
 from concurrent.futures import wait
-from typing import Optional
+from typing import Optional, Tuple
 
 import h5py
 import numpy as np
@@ -17,12 +25,20 @@ from ..read_pool import split_for_threads, thread_pool
 from ..reader import Reader
 from .direct import DirectChunks
 from .layout import FORMAT_NAME, FORMAT_VERSION, KEY_NAMES, read_attr
+from .structure import check_datasets, has_member
 
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 
 
 class Hdf5Reader(Reader):
-    """Reads an HDF5 store. Option ``cache_bytes``: h5py's chunk cache (default 16 MiB)."""
+    """Reads an HDF5 store.
+
+    Options: ``cache_bytes``, h5py's chunk cache (default 16 MiB);
+    ``allow_unchecked`` (default False): read a store of an older format
+    version that has no ``/crc32c`` checksums, unchecked (a store of the
+    current version without them is refused whatever this says);
+    ``verify`` (default True): check every image against its checksum.
+    """
 
     format_name = FORMAT_NAME
 
@@ -48,7 +64,7 @@ class Hdf5Reader(Reader):
         self._fd = fd
         self._labels: Optional[np.ndarray] = None
         self._checksums = None
-        self._tables = None
+        self._tables: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
         self._direct_reader = None
         self._direct_lock = threading.Lock()
         return meta
@@ -63,7 +79,7 @@ class Hdf5Reader(Reader):
         at the path later (a store replaced with overwrite=True).
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = _platform.open_regular(self.path)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot open: {exc}") from None
         try:
@@ -93,26 +109,30 @@ class Hdf5Reader(Reader):
         meta = {KEY_NAMES.get(k, k): read_attr(v) for k, v in f.attrs.items()}
         meta = check_metadata(meta, self.path, FORMAT_NAME, FORMAT_VERSION)
         n = meta["count"]
-        names = ("pixels", "offsets", "shapes", "labels") if meta["shape"] == VARIABLE else ("images", "labels")
-        for name in names:
-            if name not in f or not isinstance(f[name], h5py.Dataset):
-                raise StoreError(f"{self.path}: the dataset /{name} is missing")
+        names = ["pixels", "offsets", "shapes", "labels"] if meta["shape"] == VARIABLE else ["images", "labels"]
+        self._has_checksums = has_member(f, "crc32c")
+        if self._has_checksums:
+            names.append("crc32c")
+        elif meta["format_version"] >= FORMAT_VERSION or not self._options.get("allow_unchecked", False):
+            raise StoreError(
+                f"{self.path}: the store has no /crc32c checksums"
+                + (f": every store of format version {FORMAT_VERSION} has them, the file is damaged or crafted"
+                   if meta["format_version"] >= FORMAT_VERSION else
+                   f" (format version {meta['format_version']}); to read it unchecked anyway, open it with "
+                   "imgconv.open(path, allow_unchecked=True)"))
+        datasets = check_datasets(f, self.path, names)
+        sizes = {"images": (n, *meta["shape"]) if meta["shape"] != VARIABLE else None, "labels": (n,),
+                 "crc32c": (n,), "offsets": (n,), "shapes": (n, 3)}
+        for name, ds in datasets.items():
+            if sizes.get(name) is not None and ds.shape != sizes[name]:
+                raise StoreError(f"{self.path}: /{name} has shape {ds.shape}, the metadata says {sizes[name]} "
+                                 f"({n} images)")
         if meta["shape"] != VARIABLE:
-            images = f["images"]
-            if images.shape != (n, *meta["shape"]) or images.dtype != np.uint8:
-                raise StoreError(
-                    f"{self.path}: /images is {images.shape} {images.dtype}, "
-                    f"the metadata says {n} images of {meta['shape']}"
-                )
-            self._images = images
+            self._images = datasets["images"]
         else:
-            self._pixels, self._offsets, self._shapes = f["pixels"], f["offsets"], f["shapes"]
-            if self._offsets.shape != (n,) or self._shapes.shape != (n, 3):
-                raise StoreError(f"{self.path}: /offsets or /shapes do not hold {n} entries")
-        if f["labels"].shape != (n,):
-            raise StoreError(f"{self.path}: /labels holds {f['labels'].shape} entries, the metadata says {n}")
-        if "crc32c" in f and f["crc32c"].shape != (n,):
-            raise StoreError(f"{self.path}: /crc32c holds {f['crc32c'].shape} entries, the metadata says {n}")
+            self._pixels, self._offsets, self._shapes = datasets["pixels"], datasets["offsets"], datasets["shapes"]
+            if len(self._pixels.shape) != 1:
+                raise StoreError(f"{self.path}: /pixels has shape {self._pixels.shape}, not one dimension")
         return meta
 
     def _close_handles(self) -> None:
@@ -148,16 +168,17 @@ class Hdf5Reader(Reader):
     def checksums(self) -> Optional[np.ndarray]:
         """The stored checksum of every image (read once, then kept), or None for a file without them.
 
-        Format version 2 and later: CRC32C of the pixels continued over the
-        label (:func:`imgconv.checksum.image_checksums`); version 1: of the pixels only.
+        Format version 3: CRC32C of the pixels continued over the label and
+        the image's index (:func:`imgconv.checksum.image_checksums`); version
+        2: over the label only; version 1: of the pixels only.
         """
         self._ensure_open()
-        if self._checksums is None and "crc32c" in self._file:
+        if self._checksums is None and self._has_checksums:
             self._checksums = self._guard(lambda: self._file["crc32c"][...], "/crc32c")
         return self._checksums
 
-    def _checksums_cover_labels(self):
-        return self.metadata["format_version"] >= 2
+    def _checksum_version(self):
+        return min(self.metadata["format_version"], 3)
 
     def shapes(self) -> np.ndarray:
         """The (H, W, C) of every image as an (N, 3) int64 array."""
@@ -200,7 +221,8 @@ class Hdf5Reader(Reader):
         breaks = np.flatnonzero(np.diff(distinct) != 1) + 1
         for a, b in zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [distinct.size]]).tolist()):
             first = int(distinct[a])
-            self._guard(lambda: self._images.read_direct(into, np.s_[first : first + b - a], np.s_[a:b]),
+            self._guard(lambda first=first, a=a, b=b: self._images.read_direct(into, np.s_[first : first + b - a],
+                                                                                np.s_[a:b]),
                         f"images {first}..{first + b - a - 1}")
         if into is not out or not np.array_equal(distinct, indices):
             np.take(into, inverse.reshape(-1), axis=0, out=out)
@@ -257,17 +279,43 @@ class Hdf5Reader(Reader):
 
     def _read_variable(self, indices):
         if self._tables is None:
-            # Offsets and shapes (16 + 24 bytes per image) are read once per process.
-            self._tables = (self._guard(lambda: self._offsets[...], "/offsets"),
-                            self._guard(lambda: self._shapes[...], "/shapes"))
-        offset_table, shape_table = self._tables
+            # Offsets and shapes (16 + 24 bytes per image) are read, and checked, once per process.
+            offsets = self._guard(lambda: self._offsets[...].astype(np.int64), "/offsets")
+            shapes = self._guard(lambda: self._shapes[...].astype(np.int64), "/shapes")
+            self._tables = (offsets, shapes, _sound_entries(offsets, shapes, self._pixels.shape[0]))
+        offset_table, shape_table, sound = self._tables
         images = []
         for i in indices.tolist():
+            if not sound[i]:
+                raise StoreError(f"{self.path}: image {i}: its entries in /offsets and /shapes do not fit between "
+                                 "its neighbours' (the offset table is corrupt)")
             shape = tuple(int(v) for v in shape_table[i])
             start = int(offset_table[i])
             size = shape[0] * shape[1] * shape[2]
-            flat = self._guard(lambda: self._pixels[start : start + size], f"image {i}")
+            flat = self._guard(lambda start=start, size=size: self._pixels[start : start + size], f"image {i}")
             if flat.size != size:
                 raise StoreError(f"{self.path}: image {i} runs past the end of /pixels: the file is corrupt")
             images.append(flat.reshape(shape))
         return images, self.labels()[indices]
+
+
+def _sound_entries(offsets: np.ndarray, shapes: np.ndarray, total: int) -> np.ndarray:
+    """Which images' table entries agree with their neighbours': a bool per image.
+
+    The writer lays the images back to back from 0, so image i must start
+    where image i - 1 ends and end where image i + 1 starts (the last at the
+    end of /pixels). A damaged offset fails the two images it separates, a
+    damaged shape its own image, and the others still read.
+    """
+    n = len(offsets)
+    if shapes.shape != (n, 3):
+        return np.zeros(n, bool)
+    dims_ok = ((shapes >= 1) & (shapes <= 0xFFFFFFFF)).all(axis=1)
+    # Sizes past /pixels are wrong anyway: computed in float first so that no product can wrap around.
+    dims_ok &= np.prod(shapes.astype(np.float64), axis=1) <= total
+    sizes = np.where(dims_ok, np.prod(np.where(dims_ok[:, None], shapes, 0), axis=1), -1)
+    ends = np.concatenate([offsets[1:], [total]]).astype(np.int64)
+    sound = dims_ok & (offsets >= 0) & (offsets + sizes == ends) & (ends <= total)
+    if n:
+        sound[0] &= offsets[0] == 0
+    return sound

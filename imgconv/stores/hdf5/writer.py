@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 
 from ... import _validate
-from ...checksum import image_checksums
-from ...errors import StoreArgumentError, StoreError, StoreOptionError
+from ...checksum import bind_positions, image_checksums
+from ...errors import StoreError, StoreOptionError
 from ..batch import VARIABLE
 from ..metadata import Metadata
 from ..writer import Writer
@@ -124,22 +124,24 @@ class Hdf5Writer(Writer):
             self._unit = self.chunk_images * max(1, WRITE_UNIT_BYTES // (per_image * self.chunk_images))
 
     def _write(self, encoded):
+        # The workers' checksums end with the labels; the images' indices are known here.
+        checksums = bind_positions(encoded.checksums, self.count)
         try:
-            self._write_batch(encoded)
+            self._write_batch(encoded, checksums)
         except (OSError, RuntimeError, ValueError) as exc:
             # h5py reports a full disk or a failed write as OSError or RuntimeError.
             self._discard_output()
             raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
 
-    def _write_batch(self, encoded):
+    def _write_batch(self, encoded, checksums):
         if self.shape == VARIABLE:
-            self._write_variable(encoded)
+            self._write_variable(encoded, checksums)
             return
         images = encoded.images if not encoded.variable else encoded.pixels.reshape(len(encoded), *self.shape)
         # Labels are small: copied, as they wait for their unit. Images go out
         # chunk by chunk as they come; only the start of an unfinished chunk
         # waits (copied: the caller may refill its arrays once append returns).
-        self._pending_labels.append((encoded.labels.copy(), encoded.checksums.copy()))
+        self._pending_labels.append((encoded.labels.copy(), checksums))
         carried = sum(len(part) for part in self._carry)
         position = 0
         while position < len(images):
@@ -197,7 +199,7 @@ class Hdf5Writer(Writer):
         ds.resize(start + len(data), axis=0)
         ds[start : start + len(data)] = data
 
-    def _write_variable(self, encoded):
+    def _write_variable(self, encoded, checksums):
         pixels = encoded.pixels if encoded.variable else encoded.images.reshape(-1)
         sizes = np.prod(encoded.shapes, axis=1)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) + self._pixels_written
@@ -207,7 +209,7 @@ class Hdf5Writer(Writer):
         self._append("offsets", offsets, self._written)
         self._append("shapes", encoded.shapes, self._written)
         self._append("labels", encoded.labels, self._written)
-        self._append("crc32c", encoded.checksums, self._written)
+        self._append("crc32c", checksums, self._written)
         self._pixels_written += int(sizes.sum())
         self._written += len(encoded)
 
@@ -307,7 +309,7 @@ class Hdf5Writer(Writer):
                           for o, e, s in zip(offsets, ends, shapes)]
             else:
                 images = d["images"][start:stop]
-            wrong = np.flatnonzero(image_checksums(images, labels) != stored)
+            wrong = np.flatnonzero(image_checksums(images, labels, np.arange(start, stop)) != stored)
             if wrong.size:
                 return start + int(wrong[0])
         return count

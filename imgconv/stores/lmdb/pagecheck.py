@@ -1,4 +1,4 @@
-"""Checking the page structure of an LMDB file before liblmdb reads it.
+"""Checking the page structure and the keys of an LMDB file before liblmdb reads it.
 
 liblmdb trusts the file it maps. A node offset, key size or data size
 damaged inside a B-tree page makes its search read past the page, and past
@@ -15,9 +15,22 @@ number within the file, page type, bounds of the node pointer array, every
 node and key inside its page), and for each value the page or the run of
 overflow pages it lies in. An imgconv store never uses duplicate-sort or
 sub-databases, so nodes flagged that way are refused too (the code paths of
-CVE-2019-16224 and -16227). Cost: one read per branch or leaf page, a few
-hundred for a store of millions of images; overflow pages (the values
-themselves) are not read.
+CVE-2019-16224 and -16227).
+
+It also checks what makes a lookup find the right value, which liblmdb
+takes on trust too: the keys, in tree order, are exactly the chunk keys
+0, 1, 2, ... of an imgconv store followed by at most its metadata key (a
+flipped bit in a key would otherwise make chunk 2 answer for chunk 3); every
+branch key separates its neighbours' subtrees as a search assumes; and no
+page is used twice: the runs of overflow pages of the values are disjoint
+from each other and from the tree pages (a value pointed at another's pages
+would otherwise read that value). What it finds is returned as a
+:class:`Summary` (the number of chunks and the sizes of their values),
+which the reader compares with the metadata.
+
+Cost: one read per branch or leaf page, a few hundred for a store of
+millions of images, and a few operations per value; overflow pages (the
+values themselves) are not read.
 
 Layout constants are those of LMDB 0.9 on 64-bit systems (``mdb.c``).
 
@@ -26,12 +39,15 @@ the life of the process: a store is immutable once written, and a DataLoader
 opens it once per worker, each of which would otherwise walk the tree again.
 A changed file has another size or time and is checked again.
 """
+import bisect
 import os
 import struct
-from typing import List, Set, Tuple
+from array import array
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ..._platform import pread_exact
+from ..._platform import open_regular, pread_exact
 from ...errors import StoreError
+from .layout import KEY_STRUCT, METADATA_KEY
 
 PAGE_HEADER = struct.Struct("<QHHHH")  # pgno, pad, flags, lower, upper
 PAGE_HEADER_SIZE = PAGE_HEADER.size  # 16
@@ -52,32 +68,53 @@ class _Corrupt(Exception):
     pass
 
 
-# Files found sound in this process: (st_dev, st_ino, st_size, st_mtime_ns).
-_SOUND: Set[Tuple[int, int, int, int]] = set()
+class Summary(NamedTuple):
+    """What the walk found in a sound file: the main database's entries, in key order.
+
+    ``chunks``: the chunk keys are 0 .. chunks - 1; ``metadata``: whether
+    the metadata key follows them; ``smallest`` and ``largest``: the sizes of
+    the values of chunks 0 .. chunks - 2 (0 when there are fewer than two
+    chunks); ``last``: the size of the last chunk's value (0 when none).
+    """
+
+    chunks: int
+    metadata: bool
+    smallest: int
+    largest: int
+    last: int
+
+
+# Files found sound in this process: (st_dev, st_ino, st_size, st_mtime_ns) -> what was found.
+_SOUND: Dict[Tuple[int, int, int, int], Summary] = {}
 _MAX_REMEMBERED = 4096
 
 
-def check_lmdb_file(data_path: str, store_path: str) -> None:
-    """Raise StoreError naming ``store_path`` unless the LMDB file ``data_path`` is safe to read.
+def check_lmdb_file(data_path: str, store_path: str) -> Summary:
+    """The :class:`Summary` of the LMDB file ``data_path``; StoreError naming ``store_path`` unless it is safe to read.
 
     See the module docstring for what is checked, and when a file is not
     checked again.
     """
     try:
-        with open(data_path, "rb") as f:
-            st = os.fstat(f.fileno())
+        fd = open_regular(data_path)
+        try:
+            st = os.fstat(fd)
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if key in _SOUND:
-                return
-            _check(f.fileno(), st.st_size)
+            found = _SOUND.get(key)
+            if found is not None:
+                return found
+            found = _check(fd, st.st_size)
+        finally:
+            os.close(fd)
     except _Corrupt as exc:
-        raise StoreError(f"{store_path}: corrupt LMDB database (data.mdb {exc}); not read, "
-                         "liblmdb would read outside the file") from None
+        raise StoreError(f"{store_path}: corrupt LMDB database (data.mdb {exc}); not read: liblmdb "
+                         "would read outside the file or another value than the one asked for") from None
     except OSError as exc:
         raise StoreError(f"{store_path}: cannot read data.mdb: {exc}") from None
     if len(_SOUND) >= _MAX_REMEMBERED:
         _SOUND.clear()
-    _SOUND.add(key)
+    _SOUND[key] = found
+    return found
 
 
 def _read(fd: int, offset: int, size: int, what: str) -> bytes:
@@ -98,7 +135,7 @@ def _meta(fd, offset):
             "last_page": last_page, "txnid": txnid}
 
 
-def _check(fd: int, size: int) -> None:
+def _check(fd: int, size: int) -> Summary:
     first = _meta(fd, 0)
     psize = first["psize"]
     if first["magic"] != MAGIC or not first["flags"] & P_META:
@@ -122,26 +159,107 @@ def _check(fd: int, size: int) -> None:
     if root == P_INVALID:
         if entries:
             raise _Corrupt(f"main database has {entries} entries and no root page")
-        return
-    _walk(fd, psize, last, root, min(depth, MAX_DEPTH))
+        return Summary(0, False, 0, 0, 0)
+    walk = _Walk(psize, last)
+    walk.run(fd, root, min(depth, MAX_DEPTH))
+    return walk.summary()
 
 
-def _walk(fd: int, psize: int, last: int, root: int, depth: int) -> None:
-    pending, seen = [(root, 1)], set()
-    while pending:
-        pgno, level = pending.pop()
-        if not 2 <= pgno <= last:
-            raise _Corrupt(f"points to page {pgno}, outside pages 2..{last}")
-        if pgno in seen or level > depth:
-            raise _Corrupt(f"has a loop or a tree deeper than its meta page says at page {pgno}")
-        seen.add(pgno)
-        page = _read(fd, pgno * psize, psize, f"page {pgno}")
-        for child in _check_page(page, pgno, psize, last, is_leaf=level == depth):
-            pending.append((child, level + 1))
+class _Walk:
+    """One walk of the main database's tree in key order: pages, keys, and the pages of the values."""
+
+    def __init__(self, psize: int, last: int) -> None:
+        self.psize, self.last = psize, last
+        self.tree_pages: List[int] = []
+        self.runs_first, self.runs_count = array("q"), array("q")  # overflow page runs of the values
+        self.chunks = 0  # chunk keys seen, in order
+        self.metadata = False
+        self.smallest: Optional[int] = None
+        self.largest = 0
+        self.last_size = 0
+
+    def run(self, fd: int, root: int, depth: int) -> None:
+        # Depth first, children in order, so that leaves come in key order.
+        pending: List[Tuple[int, int, Optional[bytes], Optional[bytes]]] = [(root, 1, None, None)]
+        seen = set()
+        while pending:
+            pgno, level, low, high = pending.pop()
+            if not 2 <= pgno <= self.last:
+                raise _Corrupt(f"points to page {pgno}, outside pages 2..{self.last}")
+            if pgno in seen or level > depth:
+                raise _Corrupt(f"has a loop or a tree deeper than its meta page says at page {pgno}")
+            seen.add(pgno)
+            self.tree_pages.append(pgno)
+            page = _read(fd, pgno * self.psize, self.psize, f"page {pgno}")
+            nodes = _check_page(page, pgno, self.psize, self.last, is_leaf=level == depth)
+            if level == depth:
+                for key, dsize, overflow in nodes:
+                    self._leaf_entry(pgno, key, dsize, overflow, low, high)
+                continue
+            children = _branch_children(nodes, pgno, low, high)
+            pending.extend((child, level + 1, lo, hi) for child, lo, hi in reversed(children))
+
+    def _leaf_entry(self, pgno: int, key: bytes, dsize: int, overflow: Optional[int],
+                    low: Optional[bytes], high: Optional[bytes]) -> None:
+        if (low is not None and key < low) or (high is not None and key >= high):
+            raise _Corrupt(f"page {pgno} holds key {key.hex()} outside the range its branch key gives it: "
+                           "a search would not find it")
+        if key == KEY_STRUCT.pack(self.chunks) and not self.metadata:
+            if self.chunks:
+                self.smallest = self.last_size if self.smallest is None else min(self.smallest, self.last_size)
+                self.largest = max(self.largest, self.last_size)
+            self.chunks += 1
+            self.last_size = dsize
+        elif key == METADATA_KEY and not self.metadata:
+            self.metadata = True
+        else:
+            expected = "nothing after the metadata key" if self.metadata else \
+                f"chunk {self.chunks} ({KEY_STRUCT.pack(self.chunks).hex()}) or the metadata key"
+            raise _Corrupt(f"page {pgno} holds key {key.hex()} where the keys in order must be {expected}: "
+                           "not the chunk sequence of an imgconv store")
+        if overflow is not None:
+            self.runs_first.append(overflow)
+            self.runs_count.append(-(-(PAGE_HEADER_SIZE + dsize) // self.psize))
+
+    def summary(self) -> Summary:
+        """Check that no page is used twice, and say what was found."""
+        order = sorted(range(len(self.runs_first)), key=self.runs_first.__getitem__)
+        starts = [self.runs_first[k] for k in order]
+        ends = [self.runs_first[k] + self.runs_count[k] for k in order]  # one past the run
+        for a in range(1, len(starts)):
+            if starts[a] < ends[a - 1]:
+                raise _Corrupt(f"has two values on the same overflow pages (pages {starts[a - 1]}..{ends[a - 1] - 1} "
+                               f"and {starts[a]}..{ends[a] - 1})")
+        for pgno in self.tree_pages:
+            at = bisect.bisect_right(starts, pgno) - 1
+            if at >= 0 and pgno < ends[at]:
+                raise _Corrupt(f"has a value on pages {starts[at]}..{ends[at] - 1}, which hold its tree page {pgno}")
+        return Summary(self.chunks, self.metadata, self.smallest or 0, self.largest, self.last_size)
 
 
-def _check_page(page: bytes, pgno: int, psize: int, last: int, is_leaf: bool) -> List[int]:
-    """Check one branch or leaf page; returns the child page numbers of a branch page."""
+def _branch_children(nodes: List[Tuple[bytes, int, Optional[int]]], pgno: int, low: Optional[bytes],
+                     high: Optional[bytes]) -> List[Tuple[int, Optional[bytes], Optional[bytes]]]:
+    """``(child, low, high)`` of each node of a branch page: the key range a search sends to that child.
+
+    The first node's key is not used (its child holds what is below the
+    second key); the others must increase, within the page's own range.
+    """
+    keys = [key for key, _, _ in nodes]
+    for k in range(1, len(keys)):
+        if (k > 1 and keys[k] <= keys[k - 1]) or (low is not None and keys[k] <= low) or \
+                (high is not None and keys[k] >= high):
+            raise _Corrupt(f"branch page {pgno} has key {k} {keys[k].hex()} out of order")
+    bounds = [low, *keys[1:], high]
+    return [(child, bounds[k], bounds[k + 1]) for k, (_, child, _) in enumerate(nodes)]
+
+
+def _check_page(page: bytes, pgno: int, psize: int, last: int,
+                is_leaf: bool) -> List[Tuple[bytes, int, Optional[int]]]:
+    """Check one branch or leaf page; returns its nodes in order.
+
+    A leaf node as ``(key, value size, first overflow page or None)``, a
+    branch node as ``(key, child page, None)``.
+    """
     number, _, flags, lower, upper = PAGE_HEADER.unpack_from(page)
     want = P_LEAF if is_leaf else P_BRANCH
     if number != pgno or flags != want:
@@ -153,7 +271,7 @@ def _check_page(page: bytes, pgno: int, psize: int, last: int, is_leaf: bool) ->
     if count < 2 and not is_leaf:
         # liblmdb asserts (aborts the process) on a branch page of fewer than two keys.
         raise _Corrupt(f"branch page {pgno} holds {count} keys")
-    children: List[int] = []
+    nodes: List[Tuple[bytes, int, Optional[int]]] = []
     for k in range(count):
         (offset,) = struct.unpack_from("<H", page, PAGE_HEADER_SIZE + 2 * k)
         if offset < upper or offset + NODE_SIZE > psize:
@@ -172,10 +290,13 @@ def _check_page(page: bytes, pgno: int, psize: int, last: int, is_leaf: bool) ->
                 if not 2 <= first or first + pages - 1 > last:
                     raise _Corrupt(f"page {pgno} node {k}: a value of {dsize} bytes on pages {first}.."
                                    f"{first + pages - 1}, outside pages 2..{last}")
+                nodes.append((page[offset + NODE_SIZE : end], dsize, first))
             elif end + dsize > psize:
                 raise _Corrupt(f"page {pgno} node {k}: a {ksize}-byte key and {dsize}-byte value run past its page")
+            else:
+                nodes.append((page[offset + NODE_SIZE : end], dsize, None))
         else:
             if end > psize:
                 raise _Corrupt(f"page {pgno} node {k}: a {ksize}-byte key runs past its page")
-            children.append(lo | hi << 16 | node_flags << 32)
-    return children
+            nodes.append((page[offset + NODE_SIZE : end], lo | hi << 16 | node_flags << 32, None))
+    return nodes

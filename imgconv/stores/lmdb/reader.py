@@ -1,9 +1,14 @@
 """Reading an LMDB store: one shared read-only environment per file and process, records gathered
 straight from LMDB's map by the compiled kernel, large reads split over threads.
 
-Before liblmdb maps a file, its page structure is checked
+Before liblmdb maps a file, its page structure and keys are checked
 (:mod:`imgconv.stores.lmdb.pagecheck`): liblmdb trusts the file, and a damaged
-page could make it read past the end of the map (SIGBUS).
+page could make it read past the end of the map (SIGBUS) or find another
+value than the one asked for. What the check found is then compared with the
+metadata (number of chunks, value sizes), so that a count or
+``records_per_value`` the data does not bear out is refused at open. Each
+record is checked at its image's index (format version 2): a record read
+for another image fails its checksum.
 """
 import itertools
 import os
@@ -19,8 +24,18 @@ from ..batch import VARIABLE, shape_text
 from ..metadata import Metadata, load_metadata
 from ..read_pool import split_for_threads, thread_pool
 from ..reader import Reader
-from .layout import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, chunk_key, value_offsets
-from .pagecheck import check_lmdb_file
+from .layout import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_RECORDS_OPTION,
+    METADATA_KEY,
+    TABLE_HEAD,
+    chunk_key,
+    record_span,
+    record_version,
+    value_offsets,
+)
+from .pagecheck import Summary, check_lmdb_file
 
 
 class LmdbReader(Reader):
@@ -31,20 +46,22 @@ class LmdbReader(Reader):
     (FORMAT.md has the measurements). LMDB allows one environment per file
     and process, so readers of one store in one process share the setting
     of the first. ``verify`` (default True): check each
-    record's CRC32C; False skips it (headers and bounds are still checked).
+    record's CRC32C, and so its index; False skips it (headers, bounds and
+    the keys are still checked).
     """
 
     format_name = FORMAT_NAME
 
     def _open_handles(self) -> Metadata:
         data = os.path.join(self.path, "data.mdb")
-        if not os.path.isfile(data):
+        if not os.path.lexists(data):
             raise StoreError(f"{self.path}: not an imgconv LMDB store (no data.mdb inside)")
-        # liblmdb trusts the file: a damaged page could make it read past the end (SIGBUS).
-        check_lmdb_file(data, self.path)
+        # liblmdb trusts the file: a damaged page could make it read past the end (SIGBUS),
+        # a damaged key or page number another value than the one asked for.
+        found = check_lmdb_file(data, self.path)
         env = _shared_env(self.path, bool(self._options.get("readahead", False)))
         try:
-            meta = self._load(env, data)
+            meta = self._load(env, data, found)
         except lmdb.Error as exc:
             _release_env(env)
             raise StoreError(f"{self.path}: corrupt LMDB database: {exc}") from None
@@ -54,7 +71,7 @@ class LmdbReader(Reader):
         self._env = env
         return meta
 
-    def _load(self, env, data):
+    def _load(self, env, data, found: Summary):
         _check_not_truncated(env, data, self.path)
         try:
             with env.begin() as txn:
@@ -66,17 +83,36 @@ class LmdbReader(Reader):
                 f"{self.path}: LMDB database without imgconv metadata (not an imgconv store, or unfinished)")
         meta = load_metadata(raw, self.path, FORMAT_NAME, FORMAT_VERSION)
         k = meta.get("records_per_value")
-        if not isinstance(k, int) or k < 1:
-            raise StoreError(f"{self.path}: invalid records_per_value {k!r} in the metadata")
+        if not isinstance(k, int) or not 1 <= k <= MAX_RECORDS_OPTION:
+            raise StoreError(f"{self.path}: invalid records_per_value {k!r} in the metadata "
+                             f"(1 .. {MAX_RECORDS_OPTION})")
         self._k = k
         self._verify = bool(self._options.get("verify", True))
+        self._record_version = record_version(meta["format_version"])
+        if meta.get("record_version", self._record_version) != self._record_version:
+            raise StoreError(f"{self.path}: the metadata says records of version {meta['record_version']!r} in a "
+                             f"store of format version {meta['format_version']}, whose records are version "
+                             f"{self._record_version}")
         if meta["shape"] != VARIABLE:
             try:
-                self._records = record.Gather(meta["shape"], np.uint8, verify=self._verify)
+                self._records = record.Gather(meta["shape"], np.uint8, verify=self._verify,
+                                              version=self._record_version)
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"{self.path}: invalid shape {meta['shape']!r} in the metadata: {exc}") from None
             self._record_size = self._records.record_size
+        _check_against_data(self.path, meta, found)
         return meta
+
+    @property
+    def checked(self) -> bool:
+        """True: every record carries its CRC32C (pixels, label and shape), checked on every read."""
+        return True
+
+    @property
+    def positions_checked(self) -> bool:
+        """Whether each record is checked at its image's index (format version 2 and later)."""
+        self._ensure_open()
+        return self._record_version >= 2
 
     def _close_handles(self) -> None:
         env, self._env = getattr(self, "_env", None), None
@@ -99,14 +135,30 @@ class LmdbReader(Reader):
     def _chunk_len(self, chunk):
         return min(self._k, len(self) - chunk * self._k)
 
-    def _offsets(self, value, chunk, slots):
-        """Start of the records at ``slots`` (int64 array or scalar) within chunk ``chunk``'s ``value``."""
-        if self.shape != VARIABLE:
-            return slots * self._record_size
-        table = value_offsets(memoryview(value), self._chunk_len(chunk))
-        if table is None:
+    def _bounds(self, value, chunk):
+        """The record boundaries of the varying-size value of chunk ``chunk`` (see ``value_offsets``)."""
+        bounds = value_offsets(memoryview(value), self._chunk_len(chunk))
+        if bounds is None:
             raise StoreError(f"{self.path}: chunk {chunk} has a corrupt offset table")
-        return table[slots]
+        return bounds
+
+    def _read_varying(self, value, bounds, i, chunk):
+        """Image ``i`` (``(image, label)``) from the varying-size ``value`` of its chunk, with ``bounds``."""
+        slot = i - chunk * self._k
+        span = record_span(bounds, slot)
+        if span is None:
+            raise StoreError(f"{self.path}: image {i} in chunk {chunk}: the offset table of the value puts its "
+                             f"record at bytes {bounds[slot]}..{bounds[slot + 1]} of {bounds[-1]}: the table is "
+                             "corrupt")
+        try:
+            image, label = record.unpack_record(value, span[0], verify=self._verify, position=i,
+                                                version=self._record_version)
+        except RecordError as exc:
+            raise StoreError(f"{self.path}: image {i} in chunk {chunk}: {exc}") from None
+        if span[0] + record.HEADER_SIZE + image.nbytes != span[1]:
+            raise StoreError(f"{self.path}: image {i} in chunk {chunk}: its record does not end where the offset "
+                             "table starts the next one: the table is corrupt")
+        return image, label
 
     def _read_one(self, i):
         try:
@@ -135,15 +187,12 @@ class LmdbReader(Reader):
             value = self._value(txn, chunk)
             if self.shape != VARIABLE:
                 return self._read_one_fixed(value, i, slot)
-            try:
-                return record.unpack_record(value, int(self._offsets(value, chunk, slot)), verify=self._verify)
-            except RecordError as exc:
-                raise StoreError(f"{self.path}: image {i} in chunk {chunk}: {exc}") from None
+            return self._read_varying(value, self._bounds(value, chunk), i, chunk)
 
     def _read_one_fixed(self, value, i, slot):
         offset = slot * self._record_size
         try:
-            return self._records.one(value, offset)
+            return self._records.one(value, offset, i)
         except RecordError:
             raise self._first_bad([value], [0], [offset], np.array([i])) from None
 
@@ -190,7 +239,7 @@ class LmdbReader(Reader):
         # kernel runs without the GIL: copy, checksum and the page faults of
         # a fresh ``out`` all scale).
         parts = split_for_threads(n, self._record_size)
-        args = (self._records, values, sources, offsets, out, labels)
+        args = (self._records, values, sources, offsets, out, labels, indices)
         if len(parts) == 1:
             bad = [_gather_part(*args, 0, n)]
         else:
@@ -204,13 +253,10 @@ class LmdbReader(Reader):
         return out, labels
 
     def _gather_variable(self, values, distinct, sources, slots, indices):
-        tables = [self._offsets(v, int(c), np.arange(self._chunk_len(int(c)))) for v, c in zip(values, distinct)]
+        tables = [self._bounds(v, int(c)) for v, c in zip(values, distinct)]
         images, labels = [], np.empty(indices.size, np.int64)
-        for n, (s, slot) in enumerate(zip(sources, slots)):
-            try:
-                image, labels[n] = record.unpack_record(values[s], int(tables[s][slot]), verify=self._verify)
-            except RecordError as exc:
-                raise StoreError(f"{self.path}: image {indices[n]} in chunk {distinct[s]}: {exc}") from None
+        for n, (s, i) in enumerate(zip(sources.tolist(), indices.tolist())):
+            image, labels[n] = self._read_varying(values[s], tables[s], i, int(distinct[s]))
             images.append(image)
         return images, labels
 
@@ -218,7 +264,8 @@ class LmdbReader(Reader):
         """The StoreError for the first record of a failed gather, found one by one (error path only)."""
         for n, (s, offset) in enumerate(zip(sources, offsets)):
             try:
-                image, _ = record.unpack_record(values[s], int(offset))
+                image, _ = record.unpack_record(values[s], int(offset), position=int(indices[n]),
+                                                version=self._record_version)
             except RecordError as exc:
                 return StoreError(f"{self.path}: image {indices[n]} in chunk {indices[n] // self._k}: {exc}")
             if image.shape != self.shape:
@@ -304,13 +351,42 @@ def _file_key(path: str) -> Tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _gather_part(records, values, sources, offsets, out, labels, a, b):
+def _gather_part(records, values, sources, offsets, out, labels, indices, a, b):
     """Gather records ``a .. b - 1`` (one kernel call, without the GIL); -1, or ``a`` when one of them is bad."""
     try:
-        records.into(values, sources[a:b], offsets[a:b], out[a:b], labels[a:b])
+        records.into(values, sources[a:b], offsets[a:b], out[a:b], labels[a:b], indices[a:b])
     except RecordError:
         return a
     return -1
+
+
+def _check_against_data(path: str, meta: Metadata, found: Summary) -> None:
+    """Refuse metadata that the chunks :func:`check_lmdb_file` found do not bear out (count, K, value sizes)."""
+    n, k = meta["count"], meta["records_per_value"]
+    chunks = -(-n // k)
+    if found.chunks != chunks:
+        raise StoreError(f"{path}: the metadata says {n} images in chunks of {k} ({chunks} chunks), data.mdb "
+                         f"holds {found.chunks} chunks: the store is corrupt")
+    if not chunks:
+        return
+    last = n - (chunks - 1) * k  # images in the last chunk
+    if meta["shape"] != VARIABLE:
+        size = record.HEADER_SIZE + int(np.prod(meta["shape"], dtype=object))
+        expected = f"chunks of {k} records of {size} bytes"
+        sound = (chunks == 1 or found.smallest == found.largest == k * size) and found.last == last * size
+    else:
+        expected = f"chunks of {k} records, each value at least its offset table and records of one pixel"
+        sound = (chunks == 1 or found.smallest >= _smallest_value(k)) and found.last >= _smallest_value(last)
+    if not sound:
+        sizes = (f"values of {found.smallest} .. {found.largest} bytes, the last of {found.last}" if chunks > 1
+                 else f"one value of {found.last} bytes")
+        raise StoreError(f"{path}: the metadata says {n} images in {expected}; data.mdb holds {sizes}: "
+                         "the store is corrupt")
+
+
+def _smallest_value(records: int) -> int:
+    """The bytes of the smallest varying-size value of ``records`` records: the table, records of one pixel."""
+    return TABLE_HEAD.size + records * (8 + record.HEADER_SIZE + 1)
 
 
 def _check_not_truncated(env, data, path):

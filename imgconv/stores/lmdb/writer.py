@@ -1,6 +1,9 @@
 """Writing an LMDB store (the layout is in :mod:`imgconv.stores.lmdb.layout`).
 
-Records are packed by the workers (``encode_batch``); this writer groups them
+Records are packed by the workers (``encode_batch``) at positions 0 .. N-1 of
+their batch; this writer, which alone knows where a batch lands, moves them to
+their indices in the store (a change of their checksums only,
+:func:`imgconv.record.reposition`), groups them
 into whole chunks of K records and commits the chunks in transactions of
 16 MiB, never per batch, so the file does not depend on how the images were
 split into batches. LMDB does not sync per transaction: a background
@@ -16,19 +19,22 @@ import lmdb
 import numpy as np
 
 from ... import _platform, _validate, record
-from ...errors import RecordError, StoreArgumentError, StoreError, StoreOptionError
+from ...errors import RecordError, StoreError, StoreOptionError
 from ..batch import VARIABLE, StoreShape
 from ..metadata import Metadata, dump_metadata
 from ..writer import Writer
 from .layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    MAX_RECORDS_OPTION,
     METADATA_KEY,
     EncodedRecords,
     chunk_key,
     default_records_per_value,
     encode_batch,
     first_records,
+    record_span,
+    record_version,
     value_offsets,
     value_with_table,
 )
@@ -38,7 +44,6 @@ INITIAL_MAP_SIZE = 64 * 1024 * 1024
 # hold this many bytes, never per batch: the file then does not depend on how
 # the images were split into batches.
 TXN_BYTES = 16 * 1024 * 1024
-MAX_RECORDS_OPTION = 1 << 20  # the largest records_per_value accepted
 
 
 class LmdbWriter(Writer):
@@ -93,6 +98,9 @@ class LmdbWriter(Writer):
     def _write(self, encoded: EncodedRecords) -> None:  # type: ignore[override]
         k = self._records_per_value()
         buffer, offsets = encoded.buffer, encoded.offsets
+        if not buffer.flags.writeable:
+            buffer = buffer.copy()
+        record.reposition(record.PackedRecords(buffer, offsets), 0, self.count)
         n = len(offsets) - 1
         first = 0
         if self._pending_count:
@@ -183,7 +191,7 @@ class LmdbWriter(Writer):
         """K, the record format version and the key and value layout."""
         return {
             "records_per_value": self._records_per_value(),
-            "record_version": record.VERSION,
+            "record_version": record_version(FORMAT_VERSION),
             "key": ">Q chunk number",
             "value": "offset table + records" if self.shape == VARIABLE else "records",
         }
@@ -238,30 +246,34 @@ class LmdbWriter(Writer):
             chunks = 0
             with self._env.begin(buffers=True) as txn:
                 for key, value in txn.cursor():
-                    if bytes(key) != chunk_key(chunks) or not self._chunk_intact(bytes(value)):
+                    if bytes(key) != chunk_key(chunks) or not self._chunk_intact(bytes(value), chunks):
                         break
                     chunks += 1
         except lmdb.Error as exc:
             raise StoreError(f"LMDB cannot open it: {exc}") from None
         return chunks * self.records_per_value
 
-    def _chunk_intact(self, value: bytes) -> bool:
-        """Whether ``value`` holds a whole chunk of records that decode with their checksums."""
+    def _chunk_intact(self, value: bytes, chunk: int) -> bool:
+        """Whether ``value`` holds chunk ``chunk`` whole: records that decode with their checksums at their indices."""
         k = self._records_per_value()
+        if self.shape == VARIABLE:
+            bounds = value_offsets(value, k)
+            if bounds is None:
+                return False
+            spans = [record_span(bounds, slot) for slot in range(k)]
+        else:
+            size = record.record_size(self.shape)
+            if len(value) != k * size:
+                return False
+            spans = [(slot * size, (slot + 1) * size) for slot in range(k)]
         try:
-            if self.shape == VARIABLE:
-                table = value_offsets(value, k)
-                if table is None:
+            for slot, span in enumerate(spans):
+                if span is None:
                     return False
-                offsets = table.tolist()
-            else:
-                size = record.record_size(self.shape)
-                if len(value) != k * size:
-                    return False
-                offsets = range(0, k * size, size)
-            for offset in offsets:
-                image, _ = record.unpack_record(value, int(offset))
-                if self.shape != VARIABLE and image.shape != self.shape:
+                image, _ = record.unpack_record(value, span[0], position=chunk * k + slot,
+                                                version=record_version(FORMAT_VERSION))
+                if (self.shape != VARIABLE and image.shape != self.shape) or \
+                        span[0] + record.HEADER_SIZE + image.nbytes != span[1]:
                     return False
         except RecordError:
             return False
