@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from . import _platform, _validate, stores
 from .errors import ConversionError, Interrupted, SourceError, WorkerDied
 from .load import DEFAULT_BATCH_SIZE, load
-from .pipeline.engine import WorkerContext, default_workers, local_engine
+from .pipeline.engine import WorkerContext, default_workers, local_engine, workers_worth_starting
 from .pipeline.plan import Job, job_fingerprint, plan_tasks, planned_jobs, streamed_jobs
 from .resume import ResumeSession
 from .sources import Source, open_source
@@ -62,7 +62,9 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
     suffix says (UnknownFormatError for a suffix no format has).
     ``workers`` processes do the CPU work (default: one per CPU; 0 runs
-    everything in this process). ``limit`` caps the number of images;
+    everything in this process): at most that many, and none where there is
+    no CPU work worth a process (a source read at memory speed, such as
+    NumPy files or an LMDB or HDF5 store, into an LMDB or HDF5 store). ``limit`` caps the number of images;
     ``shuffle`` writes them in a permutation drawn from ``seed``.
     ``store_options`` go to the store's writer (e.g. ``compress_level``,
     ``chunk_images``, ``compression``). ``progress(done, total)`` is called
@@ -175,11 +177,13 @@ class _Run:
             # This process reads and decodes the archive (its read-ahead
             # thread inflates it on another core): workers would only encode,
             # which pays for the trip to them only when encoding is heavy.
-            return streamed_jobs(self.src, self.batch_size, self.limit, first=position), (
-                workers if heavy_encoding else 0)
+            return (streamed_jobs(self.src, self.batch_size, self.limit, first=position),
+                    workers_worth_starting(workers, None, heavy_encoding))
         assert self.total is not None
         tasks = plan_tasks(self.total, self.batch_size, self.shuffle, self.seed, start=position)
-        return planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
+        # Workers where decoding the source or encoding the store is CPU work (see workers_worth_starting).
+        return planned_jobs(tasks), workers_worth_starting(workers, len(tasks),
+                                                           self.src.heavy_decoding or heavy_encoding)
 
 
 def _open(source: Any, source_options: Dict[str, Any]) -> Source:

@@ -147,6 +147,7 @@ class _FailingSource(Source):
     description = "a test source that fails"
     length = 8
     shape = (2, 2, 1)
+    heavy_decoding = True  # worth workers: the pool's handling of failures is what is tested
 
     def batches(self, batch_size, start=0, stop=None):
         start, stop = self._check_range(batch_size, start, stop)

@@ -40,7 +40,14 @@ class InProcessEngine(Engine):
         with _StopOnSignal():
             _remove_stale_handoffs()  # every run tidies what killed runs left, whatever its engine
             for job in jobs:
-                yield job.task, job.function(context, *job.args)
+                try:
+                    result = job.function(context, *job.args)
+                except ImgconvError:
+                    raise  # already says which file or record
+                except Exception as exc:
+                    # As from a worker: one error naming the images, whichever engine ran the job.
+                    raise job_failed(job.task, exc, "") from exc
+                yield job.task, result
 
 
 class ProcessPoolEngine(Engine):
@@ -186,10 +193,13 @@ def _task_result(task: Task, future: "Future[str]") -> Any:
     except (ImgconvError, BrokenProcessPool):
         raise  # already says which file or record, or handled by the engine
     except Exception as exc:
-        raise ConversionError(
-            f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise job_failed(task, exc, "a worker ") from exc
     return _received(path)
+
+
+def job_failed(task: Task, exc: BaseException, who: str) -> ConversionError:
+    """The error of a job that raised ``exc`` (not one of the package's errors): it names its images."""
+    return ConversionError(f"{who}failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}")
 
 
 def _start_pool(workers: int, context: WorkerContext, handoff: str) -> ProcessPoolExecutor:
