@@ -6,6 +6,7 @@ of P followed by L, so a changed label is caught like a changed pixel. LMDB
 records carry their own CRC32C (:mod:`imgconv.record`).
 """
 import functools
+import struct
 from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
@@ -30,6 +31,19 @@ def image_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Any
     if len(labels) <= _FEW:
         return direct_checksums(images, labels)
     return continue_over_labels(kernels.crc32c_images(images), labels)
+
+
+_LABEL = struct.Struct("<q")
+
+
+def image_checksum(image: np.ndarray, label: int) -> int:
+    """The checksum of one (H, W, C) uint8 ``image`` and its ``label``: :func:`image_checksums` of one.
+
+    Two kernel calls and no arrays built: the check of ``store[i]``.
+    """
+    impl = kernels.implementation()
+    pixels = impl.crc32c(np.ascontiguousarray(image).reshape(-1), 0)
+    return int(impl.crc32c(np.frombuffer(_LABEL.pack(label), np.uint8), pixels))
 
 
 def direct_checksums(images: Union[np.ndarray, Sequence[np.ndarray]], labels: Any) -> np.ndarray:

@@ -114,4 +114,4 @@ def first_records(value: bytes, n: int, shape: StoreShape) -> Tuple[np.ndarray, 
 
 def detect(path: str) -> bool:
     """True when ``path`` is a directory holding ``data.mdb``."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "data.mdb"))
+    return os.path.isfile(os.path.join(path, "data.mdb"))  # true only inside a directory
