@@ -193,7 +193,8 @@ def test_interruption_stops_cleanly(tmp_path, sample):
 
 def test_progress_reaches_the_total(tmp_path, sample):
     seen = []
-    convert(sample.binary_dir, tmp_path / "p.lmdb", workers=0, batch_size=100, progress=lambda d, t: seen.append((d, t)))
+    convert(sample.binary_dir, tmp_path / "p.lmdb", workers=0, batch_size=100,
+            progress=lambda d, t: seen.append((d, t)))
     train = sample.train
     assert seen == [(min(done, train), train) for done in range(100, train + 100, 100)]
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _validate
-from ..errors import SkippedImageWarning, SourceError, SourceOptionError
+from ..errors import SkippedImageWarning, SourceOptionError
 from ..options import Option
 
 # A batch: images (a uint8 (B, H, W, C) array, or a list of (H, W, C) arrays of
