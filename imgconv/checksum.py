@@ -20,6 +20,7 @@ what depends on the pixels, and the writer, which alone knows where each
 image lands, binds the position.
 """
 import functools
+import struct
 from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
@@ -51,6 +52,23 @@ def image_checksums(images: Images, labels: Any, positions: Any = None) -> np.nd
         return direct_checksums(images, labels, positions)
     crcs = continue_over_int64(kernels.crc32c_images(images), labels)
     return crcs if positions is None else continue_over_int64(crcs, positions)
+
+
+_INT64 = struct.Struct("<q")
+
+
+def image_checksum(image: np.ndarray, label: int, position: Any = None) -> int:
+    """The checksum of one (H, W, C) uint8 ``image``, its ``label`` and (unless None) its ``position``:
+    :func:`image_checksums` of one.
+
+    A few kernel calls and no arrays built: the check of ``store[i]``.
+    """
+    impl = kernels.implementation()
+    crc = impl.crc32c(np.ascontiguousarray(image).reshape(-1), 0)
+    crc = impl.crc32c(np.frombuffer(_INT64.pack(label), np.uint8), crc)
+    if position is not None:
+        crc = impl.crc32c(np.frombuffer(_INT64.pack(position), np.uint8), crc)
+    return int(crc)
 
 
 def direct_checksums(images: Images, labels: Any, positions: Any = None) -> np.ndarray:

@@ -147,11 +147,11 @@ def convert_options() -> tuple[Option, ...]:
 
 def _add_option(parser: argparse._ActionsContainer, option: Option, help_text: str) -> None:
     """Add ``option``'s flag; it is in the parsed arguments only when given (so "given" is known)."""
-    if option.default is not None and option.default is not False:
+    if option.default is not None and not option.switch:
         help_text += f" (default {option.show(option.default)})"
     if option.switch:
-        parser.add_argument(str(option.flag), dest=option.dest, action="store_true", default=argparse.SUPPRESS,
-                            help=help_text)
+        parser.add_argument(str(option.flag), dest=option.dest, action="store_const", const=option.switch_value,
+                            default=argparse.SUPPRESS, help=help_text)
     else:
         parser.add_argument(str(option.flag), dest=option.dest, type=_argparse_type(option.type),
                             choices=option.choices, metavar=option.metavar, default=argparse.SUPPRESS, help=help_text)
@@ -174,7 +174,9 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     for option in sources.source_options().values():
         if option.cli:
             _add_option(reading, option, _source_help(option))
-    writing = parser.add_argument_group("writing DEST (each option applies to one store format)")
+    writing = parser.add_argument_group("writing DEST (each option applies to one store format, or to all)")
+    for option in stores.WRITER_OPTIONS:
+        _add_option(writing, option, f"every format: {option.help}")
     for spec in stores.FORMATS.values():
         for option in spec.options:
             if option.cli:
@@ -188,7 +190,7 @@ def _given(args: argparse.Namespace, options: Iterable[Option]) -> dict[str, Any
 
 def _store_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
     """The writer options the flags ask for; UsageError for a flag of another format than DEST's."""
-    chosen = {}
+    chosen = _given(args, stores.WRITER_OPTIONS)
     for spec in stores.FORMATS.values():
         for name, value in _given(args, spec.options).items():
             if spec.name != fmt:
@@ -206,6 +208,7 @@ def _named_options(args: argparse.Namespace) -> dict[str, Option]:
     """
     named = {option.name: option for option in convert_options()}
     named.update(sources.source_options())
+    named.update((option.name, option) for option in stores.WRITER_OPTIONS)
     fmt = getattr(args, "store_format", None)
     for spec in stores.FORMATS.values():
         if fmt in (None, spec.name):

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from . import _platform, _validate, overlap, stores
 from .errors import ConversionError, Interrupted, SourceError, WorkerDied
 from .load import DEFAULT_BATCH_SIZE, load
-from .pipeline.engine import WorkerContext, default_workers, local_engine
+from .pipeline.engine import WorkerContext, default_workers, local_engine, workers_worth_starting
 from .pipeline.plan import (
     DEFAULT_BATCH_BYTES,
     Job,
@@ -75,7 +75,10 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     store to write; ``format`` ("png", "lmdb", "hdf5") defaults to what its
     suffix says (UnknownFormatError for a suffix no format has).
     ``workers`` processes do the CPU work (default: one per CPU; 0 runs
-    everything in this process). Workers take batches of at most
+    everything in this process): at most that many, and none where there is
+    no CPU work worth a process (a source read at memory speed, such as
+    NumPy files or an LMDB or HDF5 store, into an LMDB or HDF5 store).
+    Workers take batches of at most
     ``batch_size`` images holding at most ``batch_bytes`` bytes of decoded
     pixels (default 32 MiB; at least one image), sized from the images'
     shapes or headers before decoding, so that memory in flight is bounded
@@ -211,11 +214,13 @@ class _Run:
             # which pays for the trip to them only when encoding is heavy.
             jobs = streamed_jobs(self.src, self.batches.images, self.limit, first=position,
                                  batch_bytes=self.batches.bytes)
-            return jobs, workers if heavy_encoding else 0
+            return jobs, workers_worth_starting(workers, None, heavy_encoding)
         assert self.total is not None
         tasks = plan_tasks(self.total, self.batches.images, self.shuffle, self.seed, start=position,
                            nbytes=image_sizes(self.src, self.total), batch_bytes=self.batches.bytes)
-        return planned_jobs(tasks), (0 if len(tasks) <= 1 else min(workers, len(tasks)))
+        # Workers where decoding the source or encoding the store is CPU work (see workers_worth_starting).
+        return planned_jobs(tasks), workers_worth_starting(workers, len(tasks),
+                                                           self.src.heavy_decoding or heavy_encoding)
 
 
 def _open(source: Any, source_options: Dict[str, Any]) -> Source:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _validate
 from .errors import SourceError
-from .pipeline.engine import WorkerContext, default_workers, local_engine
+from .pipeline.engine import WorkerContext, default_workers, local_engine, workers_worth_starting
 from .pipeline.plan import (
     DEFAULT_BATCH_BYTES,
     Task,
@@ -37,7 +37,9 @@ def load(path: Any, *, workers: Any = None, batch_size: int = DEFAULT_BATCH_SIZE
     """Read a whole dataset or store into memory, decoding in a pool of worker processes.
 
     ``path`` is anything :func:`imgconv.open_source` reads (a PNG folder is
-    where the pool pays: decoding is the work). Returns ``(images, labels)``:
+    where the pool pays: decoding is the work; a source read at memory speed,
+    such as an LMDB or HDF5 store or NumPy files, is read in this process
+    whatever ``workers`` allows). Returns ``(images, labels)``:
     an (N, H, W, C) uint8 array, or a list for images of varying sizes, and
     (N,) int64 labels, in the source's order. ``workers=0`` reads in this
     process. Workers write images of one size straight into the returned
@@ -54,8 +56,9 @@ def load(path: Any, *, workers: Any = None, batch_size: int = DEFAULT_BATCH_SIZE
         if total is None:
             raise SourceError(f"{src.description}: the number of images is unknown, so the work cannot be planned")
         tasks = plan_tasks(total, batch_size, nbytes=image_sizes(src, total), batch_bytes=batch_bytes)
-        # An archive is read by this process anyway (a stream): workers would only copy.
-        workers = 0 if len(tasks) <= 1 or src.sequential else min(workers, len(tasks))
+        # Workers only where reading is decoding; an archive is read by this
+        # process anyway (a stream): workers would only copy.
+        workers = workers_worth_starting(workers, len(tasks), src.heavy_decoding and not src.sequential)
         return _Loading(src, total, batch_size, workers, batch_bytes).run(tasks)
 
 

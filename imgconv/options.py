@@ -14,8 +14,9 @@ declaration.
 
 ``type`` turns the command line's text into the value (raising ValueError
 with a message that says what was expected); ``bool`` declares a switch that
-takes no value. ``show`` is the inverse, a value as the command line writes
-it.
+takes no value: it turns the keyword on, or, for a keyword that defaults to
+True (``durable``, flag ``--no-sync``), off. ``show`` is the inverse, a value
+as the command line writes it.
 """
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ class Option:
     def switch(self) -> bool:
         """True for an option that takes no value on the command line (``type=bool``)."""
         return self.type is bool
+
+    @property
+    def switch_value(self) -> bool:
+        """The value a switch's flag gives the keyword: the opposite of its default (True unless that is True)."""
+        return self.default is not True
 
 
 def merge(groups: Iterable[Iterable[Option]]) -> dict[str, Option]:
@@ -157,6 +163,9 @@ _VALUE = r"""'[^']*'|"[^"]*"|\([^()]*\)|True|False|None|-?\d+|[A-Z][A-Z_]*\b"""
 
 def _as_flag(option: Option, text: str) -> str:
     """``name=text`` of a message as the command line writes it: ``--flag value``."""
+    if option.switch and text in ("True", "False"):
+        given = text == str(option.switch_value)
+        return str(option.flag) if given else f"no {option.flag}"
     if text in ("False", "None"):
         return f"no {option.flag}"
     if option.switch:

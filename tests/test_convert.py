@@ -161,6 +161,7 @@ class _FailingSource(Source):
     description = "a test source that fails"
     length = 8
     shape = (2, 2, 1)
+    heavy_decoding = True  # worth workers: the pool's handling of failures is what is tested
 
     def batches(self, batch_size, start=0, stop=None):
         start, stop = self._check_range(batch_size, start, stop)
@@ -212,7 +213,8 @@ def test_interruption_stops_cleanly(tmp_path, sample):
 
 def test_progress_reaches_the_total(tmp_path, sample):
     seen = []
-    convert(sample.binary_dir, tmp_path / "p.lmdb", workers=0, batch_size=100, progress=lambda d, t: seen.append((d, t)))
+    convert(sample.binary_dir, tmp_path / "p.lmdb", workers=0, batch_size=100,
+            progress=lambda d, t: seen.append((d, t)))
     train = sample.train
     assert seen == [(min(done, train), train) for done in range(100, train + 100, 100)]
 

@@ -76,11 +76,12 @@ def test_skipped_files_leave_no_gap(folder_with_bad_files, workers):
     np.testing.assert_array_equal(got_labels, expected_labels)
 
 
-def test_images_of_varying_sizes_come_back_as_a_list(tmp_path):
+@pytest.mark.parametrize("name", ["var.h5", "var"])  # read in this process; decoded by the pool
+def test_images_of_varying_sizes_come_back_as_a_list(tmp_path, name):
     sizes = [(5, 7), (9, 4), (6, 6), (3, 11), (8, 2)]
-    with imgconv.create(tmp_path / "var.h5") as writer:
+    with imgconv.create(tmp_path / name) as writer:
         writer.append([np.full((h, w, 3), i, np.uint8) for i, (h, w) in enumerate(sizes)], list(range(5)))
-    got, got_labels = load(tmp_path / "var.h5", workers=2, batch_size=2)
+    got, got_labels = load(tmp_path / name, workers=2, batch_size=2)
     assert isinstance(got, list) and [g.shape[:2] for g in got] == sizes
     assert all((g == i).all() for i, g in enumerate(got))
     np.testing.assert_array_equal(got_labels, np.arange(5))

@@ -189,17 +189,21 @@ def _classic_opener(reader_class: Callable[[str, int], Any]) -> OpenReaderFn:
 # --------------------------------------------------------------------------- imgconv
 
 
-def _imgconv_write(fmt: str) -> Callable[..., None]:
+def _imgconv_write(fmt: str, durable: bool = True) -> Callable[..., None]:
     def store(path: str, images: np.ndarray, labels: np.ndarray, env: Optional[Environment] = None) -> None:
-        with imgconv.create(path, fmt) as writer:
+        with imgconv.create(path, fmt, durable=durable) as writer:
             for start in range(0, len(images), WRITE_BATCH):
                 writer.append(images[start : start + WRITE_BATCH], labels[start : start + WRITE_BATCH])
 
     return store
 
 
-def _imgconv_png_store(path: str, images: np.ndarray, labels: np.ndarray, env: Environment) -> None:
-    imgconv.convert(env.npz, path, format="png", limit=len(images), workers=env.workers)
+def _imgconv_png_convert(durable: bool = True) -> StoreFn:
+    def store(path: str, images: np.ndarray, labels: np.ndarray, env: Environment) -> None:
+        imgconv.convert(env.npz, path, format="png", limit=len(images), workers=env.workers,
+                        store_options=None if durable else {"durable": False})
+
+    return store
 
 
 def _imgconv_png_read(path: str, count: int, env: Environment) -> Tuple[np.ndarray, np.ndarray]:
@@ -268,7 +272,7 @@ for _method in [
            store=_classic_png_store, store_one=_classic_png_store, read_all=_classic_png_read,
            open_reader=_classic_opener(classic.PngFilesReader)),
     Method("png", "png", "imgconv", "imgconv.convert / imgconv.load through the worker pool", "PNG",
-           store=_imgconv_png_store, store_one=_imgconv_write("png"), read_all=_imgconv_png_read,
+           store=_imgconv_png_convert(), store_one=_imgconv_write("png"), read_all=_imgconv_png_read,
            open_reader=StoreReader, baseline="classic-png"),
     Method("classic-lmdb", "lmdb", "classic", "a pickled object per key, one transaction", "LMDB", suffix=".lmdb",
            store=_classic_lmdb_store, store_one=_classic_lmdb_store, read_all=_classic_lmdb_read,
@@ -282,6 +286,20 @@ for _method in [
     Method("hdf5", "hdf5", "imgconv", "imgconv.create in batches (chunked) / open().read_all()", "HDF5", suffix=".h5",
            store=_imgconv_write("hdf5"), store_one=_imgconv_write("hdf5"), read_all=_imgconv_read_all,
            open_reader=StoreReader, baseline="classic-hdf5"),
+]:
+    register_method(_method)
+
+# The writes again without syncing to disk (durable=False, --no-sync): what the guarantee costs, beside it.
+for _method in [
+    Method("png-nosync", "png", "imgconv", "imgconv.convert / imgconv.create, durable=False (no sync)",
+           "PNG, no sync", store=_imgconv_png_convert(durable=False), store_one=_imgconv_write("png", durable=False),
+           baseline="classic-png"),
+    Method("lmdb-nosync", "lmdb", "imgconv", "imgconv.create in batches, durable=False (no sync)", "LMDB, no sync",
+           suffix=".lmdb", store=_imgconv_write("lmdb", durable=False), store_one=_imgconv_write("lmdb", durable=False),
+           baseline="classic-lmdb"),
+    Method("hdf5-nosync", "hdf5", "imgconv", "imgconv.create in batches, durable=False (no sync)", "HDF5, no sync",
+           suffix=".h5", store=_imgconv_write("hdf5", durable=False), store_one=_imgconv_write("hdf5", durable=False),
+           baseline="classic-hdf5"),
 ]:
     register_method(_method)
 

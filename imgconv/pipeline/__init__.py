@@ -7,7 +7,8 @@ batches of a stream) and says what a worker does with each (a :class:`Job`);
 two local engines, this process and an ordered-window pool of worker
 processes. A cluster engine (Dask) is another :class:`Engine` beside them.
 """
-from .engine import Engine, WorkerContext, default_workers, local_engine
+from .engine import Engine, WorkerContext, default_workers, local_engine, workers_worth_starting
 from .plan import Job, Task, plan_tasks
 
-__all__ = ["Engine", "Job", "Task", "WorkerContext", "default_workers", "local_engine", "plan_tasks"]
+__all__ = ["Engine", "Job", "Task", "WorkerContext", "default_workers", "local_engine", "plan_tasks",
+           "workers_worth_starting"]

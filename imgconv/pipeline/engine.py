@@ -60,6 +60,20 @@ class Engine(abc.ABC):
         """
 
 
+def workers_worth_starting(workers: int, tasks: Optional[int], heavy: bool) -> int:
+    """How many worker processes a run should start, at most ``workers`` (the caller's bound).
+
+    None when the work is light (``heavy`` False: nothing to decode or
+    encode, only copies and checksums at memory speed, which cost less than
+    starting a pool and sending every batch to a worker and back) or when
+    there is at most one task; else one per task at most. ``tasks`` None:
+    not known in advance (a stream). The output is the same either way.
+    """
+    if not heavy or workers <= 0 or (tasks is not None and tasks <= 1):
+        return 0
+    return workers if tasks is None else min(workers, tasks)
+
+
 def default_workers() -> int:
     """The number of worker processes used by default: the CPUs this process may run on."""
     return _platform.cpu_count()

@@ -50,7 +50,14 @@ class InProcessEngine(Engine):
         with _StopOnSignal():
             _remove_stale_handoffs()  # every run tidies what killed runs left, whatever its engine
             for job in jobs:
-                yield job.task, job.function(context, *job.args)
+                try:
+                    result = job.function(context, *job.args)
+                except ImgconvError:
+                    raise  # already says which file or record
+                except Exception as exc:
+                    # As from a worker: one error naming the images, whichever engine ran the job.
+                    raise job_failed(job.task, exc, "") from exc
+                yield job.task, result
 
 
 class ProcessPoolEngine(Engine):
@@ -262,9 +269,7 @@ def _task_result(task: Task, future: "Future[str]", watchdog: "_Watchdog", in_fl
     except (ImgconvError, BrokenProcessPool, HandoffFailed):
         raise  # already says which file or record, or handled by the engine
     except Exception as exc:
-        raise ConversionError(
-            f"a worker failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise job_failed(task, exc, "a worker ") from exc
     return _received(path)
 
 
@@ -313,6 +318,11 @@ class _Watchdog:
                            "Ctrl-C stops the conversion, keeping the images written for --resume.")
         return said + ("The conversion goes on (a slow batch, a slow disk?); Ctrl-C stops it, keeping the images "
                        "written for --resume.")
+
+
+def job_failed(task: Task, exc: BaseException, who: str) -> ConversionError:
+    """The error of a job that raised ``exc`` (not one of the package's errors): it names its images."""
+    return ConversionError(f"{who}failed on images {task.start}..{task.stop - 1}: {type(exc).__name__}: {exc}")
 
 
 def _start_pool(workers: int, context: WorkerContext, handoff: str) -> ProcessPoolExecutor:

@@ -93,6 +93,13 @@ class Source(abc.ABC):
         return None
 
     @property
+    def heavy_decoding(self) -> bool:
+        """Whether reading an image is CPU work worth a worker process (decoding compressed files,
+        resizing), rather than a pass at memory speed (copying arrays, checking checksums), which
+        costs less than sending the batch to a worker and back. False here."""
+        return False
+
+    @property
     def sequential(self) -> bool:
         """True when reading a subrange first costs a pass over the data before it.
 

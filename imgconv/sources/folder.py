@@ -474,6 +474,11 @@ class FolderSource(Source):
         return self._files
 
     @property
+    def heavy_decoding(self) -> bool:
+        """True: every image is a compressed file to decode (see :attr:`Source.heavy_decoding`)."""
+        return True
+
+    @property
     def description(self) -> str:
         """The folder, its labelling, the number of images and what is done to them."""
         if self.layout == "classes":

@@ -56,6 +56,11 @@ class StoreSource(Source):
         return None if self._store.variable else tuple(self._store.shape)
 
     @property
+    def heavy_decoding(self) -> bool:
+        """True for a PNG folder, whose images are decoded; LMDB and HDF5 are read at memory speed."""
+        return self._store.format_name == "png"
+
+    @property
     def label_names(self) -> list[str] | None:
         """The class names the store keeps, or None."""
         return self._store.label_names

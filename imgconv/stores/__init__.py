@@ -35,6 +35,12 @@ that select it in :func:`create`, and the ``options`` its writer takes,
 declared once (see :mod:`imgconv.options`; the command line's flags come
 from them)."""
 
+# The options every format's writer takes (the Writer base class's), declared once.
+WRITER_OPTIONS = (
+    Option("durable", type=bool, default=True, flag="--no-sync",
+           help="do not sync the store to disk before it is renamed into place: faster, most for small stores; "
+                "a crash of the machine (not of the process) may then lose it or leave it damaged"),
+)
 # The writers' options, declared once; each writer checks the values itself.
 PNG_OPTIONS = (
     Option("compress_level", type=whole_number(0, 9), default=png_folder.DEFAULT_COMPRESS_LEVEL, flag="--png-level",
@@ -101,7 +107,7 @@ def get_format(name: str) -> StoreFormat:
 
 def create(path: Any, format: Optional[str] = None, *, overwrite: bool = False,
            label_names: Optional[Sequence[str]] = None, source: Optional[str] = None, shape: Any = None,
-           **format_options: Any) -> Writer:
+           durable: bool = True, **format_options: Any) -> Writer:
     """A writer for a new store at ``path``.
 
     ``format`` is "png", "lmdb" or "hdf5"; by default the suffix decides
@@ -112,13 +118,17 @@ def create(path: Any, format: Optional[str] = None, *, overwrite: bool = False,
     ``label_names`` and ``source`` go into the metadata; ``shape`` fixes the
     image shape up front ((H, W), (H, W, C) or "variable"; by default the
     first batch decides: an array fixes the shape, a list means varying
-    sizes). ``format_options`` are the format's own (see its writer class).
+    sizes). ``durable=False`` skips syncing the store to disk before the
+    rename (an LMDB's data, the directory entry): faster, and safe against
+    the death of the process but not of the machine (LMDB's own
+    ``sync=False``). ``format_options`` are the format's own (see its writer class).
     Raises UnknownFormatError for an unknown format or suffix, StoreError when the
     target exists or cannot be written, TypeError for an unknown option,
     StoreArgumentError (a ValueError) for a bad option value.
     """
     spec = get_format(format if format is not None else format_for_path(path))
-    return spec.writer(path, overwrite=overwrite, label_names=label_names, source=source, shape=shape, **format_options)
+    return spec.writer(path, overwrite=overwrite, label_names=label_names, source=source, shape=shape,
+                       durable=durable, **format_options)
 
 
 def detect_format(path: Any) -> str:
@@ -133,6 +143,8 @@ def detect_format(path: Any) -> str:
     for spec in FORMATS.values():
         if spec.detect(path):
             return spec.name
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: no such file or directory")
     raise UnknownFormatError(f"{path}: not an imgconv store: {_describe(path)}")
 
 
@@ -188,6 +200,7 @@ def _describe(path):
 __all__ = [
     "FORMATS",
     "VARIABLE",
+    "WRITER_OPTIONS",
     "EncodedBatch",
     "Reader",
     "StoreFormat",

@@ -31,7 +31,7 @@ def check_target(path: str, overwrite: bool) -> None:
         raise StoreError(f"{path}: already exists; to replace it, pass overwrite=True")
 
 
-def commit(temporary: str, path: str, overwrite: bool) -> None:
+def commit(temporary: str, path: str, overwrite: bool, sync: bool = True) -> None:
     """Move the finished ``temporary`` output to ``path``.
 
     An existing ``path`` is refused unless ``overwrite`` (it may have appeared
@@ -42,6 +42,7 @@ def commit(temporary: str, path: str, overwrite: bool) -> None:
     renamed aside, the new one renamed in, and the old one put back if that
     fails or is interrupted. At every moment ``path`` is the old store or the
     new one; the old one is removed only once the new one is in place.
+    With ``sync`` the rename is made durable (the directory is synced).
     """
     if os.path.lexists(path) and not overwrite:
         raise StoreError(f"{path}: already exists (it appeared while the store was written); "
@@ -59,7 +60,8 @@ def commit(temporary: str, path: str, overwrite: bool) -> None:
     except OSError as exc:
         raise StoreError(f"{path}: cannot move the finished store into place ({exc}); "
                          f"it is kept at {temporary}") from None
-    _platform.fsync_dir(os.path.dirname(path) or ".")
+    if sync:
+        _platform.fsync_dir(os.path.dirname(path) or ".")
 
 
 def _rename_no_replace(source: str, target: str) -> None:

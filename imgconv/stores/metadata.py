@@ -6,7 +6,7 @@ Each format keeps the same dict in its own way (a JSON manifest, an LMDB value,
 HDF5 attributes) and checks it on open with :func:`check_metadata`.
 """
 import json
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Set
 
 from .. import kernels
 from .._version import __version__
@@ -61,19 +61,39 @@ def load_metadata(data: bytes, path: str, format_name: str, known_version: int) 
     Raises StoreError naming ``path`` when the JSON is malformed, belongs to
     another format, has a newer format version, or lacks a field.
     """
+    text = bytes(data)
     try:
-        meta = json.loads(bytes(data).decode("utf-8"))
+        meta = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path}: the store metadata is not valid JSON ({exc})") from None
-    return check_metadata(meta, path, format_name, known_version)
+    # A text whose checksum matched once matches again: a store opened over
+    # and over (a Dataset opening it per item) is not hashed every time.
+    known = text in _INTACT_TEXTS
+    meta = check_metadata(meta, path, format_name, known_version, checksum_known=known)
+    if not known:
+        if len(_INTACT_TEXTS) >= _MAX_REMEMBERED:
+            _INTACT_TEXTS.clear()
+        _INTACT_TEXTS.add(text)
+    return meta
 
 
-def check_metadata(meta: Any, path: str, format_name: str, known_version: int) -> Metadata:
-    """Check a metadata dict (see :func:`load_metadata`); returns it with ``shape`` as a tuple."""
+# Metadata texts (as stored) whose checksum was found intact in this process.
+_INTACT_TEXTS: Set[bytes] = set()
+_MAX_REMEMBERED = 1024
+
+
+def check_metadata(meta: Any, path: str, format_name: str, known_version: int, *,
+                   checksum_known: bool = False) -> Metadata:
+    """Check a metadata dict (see :func:`load_metadata`); returns it with ``shape`` as a tuple.
+
+    ``checksum_known``: the caller has already found this very metadata's
+    checksum intact, so it is not computed again.
+    """
     if not isinstance(meta, dict) or meta.get("format") != format_name:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise StoreError(f"{path}: metadata says format {found!r}, expected {format_name!r}")
-    _check_checksum(meta, path)
+    if not checksum_known:
+        _check_checksum(meta, path)
     missing = [k for k in ("format_version", "count", "shape", "dtype") if k not in meta]
     if missing:
         raise StoreError(f"{path}: the store metadata lacks {', '.join(missing)}")

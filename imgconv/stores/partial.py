@@ -35,6 +35,7 @@ class PartialOutput:
         self.path = partial_path(target)
         self.store = os.path.join(self.path, os.path.basename(target))
         self._fd: Optional[int] = None
+        self._made = False  # this object made the directory (so it is empty)
 
     @property
     def locked(self) -> bool:
@@ -48,8 +49,9 @@ class PartialOutput:
         while self._fd is None:
             try:
                 os.mkdir(self.path)
+                self._made = True
             except FileExistsError:
-                pass
+                self._made = False
             except OSError as exc:
                 raise StoreError(f"{self.target}: cannot create {self.path}: {exc.strerror or exc}") from None
             try:
@@ -87,12 +89,17 @@ class PartialOutput:
 
     def clear(self) -> None:
         """Empty the directory (locked by us) for a fresh start."""
+        if self._made:
+            return  # made by acquire(), locked since: nothing can be in it
         for name in os.listdir(self.path):
             remove_path(os.path.join(self.path, name))
 
     def remove(self) -> None:
         """Remove the directory and drop the lock."""
-        remove_path(self.path)
+        try:
+            os.rmdir(self.path)  # empty once the output is in place: one call
+        except OSError:
+            remove_path(self.path)
         self.release()
 
     def has_output(self) -> bool:

@@ -24,11 +24,13 @@ import csv
 import errno
 import io
 import os
+import re
 import stat
+import sys
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .. import _validate
 from .._platform import NotRegularFileError, file_kind, open_regular_file, remove_path
@@ -286,13 +288,18 @@ class PngFolderReader(Reader):
                 or ".." in labels_file.replace("\\", "/").split("/") or "\0" in labels_file):
             raise StoreError(f"{self.path}: {MANIFEST} names a labels_file outside the folder or not a file name: "
                              f"{labels_file!r}")
-        rows = _read_csv(os.path.join(self.path, labels_file))
-        header = [c.strip() for c in rows[0]] if rows else []
-        if header not in (HEADER, HEADER[:3]):
-            raise StoreError(f"{self.path}: {LABELS} must start with the header {','.join(HEADER)}")
-        if header != HEADER:
-            self._refuse_unchecked(meta["format_version"], labels_file)
-        self._paths, self._labels, self._checksums = _parse_indexed(rows[1:], self.path, LABELS, len(header) == 4)
+        labels_path = os.path.join(self.path, labels_file)
+        text = _read_text(labels_path)
+        parsed = _parse_as_written(text)
+        if parsed is None:  # not exactly as imgconv writes it: row by row, with the reasons
+            rows = _csv_rows(text, labels_path)
+            header = [c.strip() for c in rows[0]] if rows else []
+            if header not in (HEADER, HEADER[:3]):
+                raise StoreError(f"{self.path}: {LABELS} must start with the header {','.join(HEADER)}")
+            if header != HEADER:
+                self._refuse_unchecked(meta["format_version"], labels_file)
+            parsed = _parse_indexed(rows[1:], self.path, LABELS, len(header) == 4)
+        self._paths, self._labels, self._checksums = parsed
         _check_inside(self.path, self._paths)
         self._no_links = True
         if len(self._labels) != meta["count"]:
@@ -385,9 +392,7 @@ class PngFolderReader(Reader):
     def _decode(self, i, shape):
         path = os.path.join(self.path, self._paths[i])
         try:
-            with _open_png(path, self._no_links) as f, Image.open(f) as pil:
-                if pil.format != "PNG":
-                    raise StoreError(f"{path}: image {i} is {pil.format}, not PNG")
+            with _open_png(path, self._no_links) as f, _open_image(f, path, i) as pil:
                 if shape is not None and shape != VARIABLE and pil.size != (shape[1], shape[0]):
                     # Checked from the header, before decoding: a damaged or hostile file
                     # declaring a huge size is refused without allocating it.
@@ -431,17 +436,62 @@ def _open_png(path, no_links):
     return open_regular_file(path, follow_symlinks=not no_links)
 
 
+def _open_image(f, path, i):
+    """The PNG image in the open file ``f``; StoreError when it holds another format.
+
+    Only Pillow's PNG plugin is asked (what a store holds): trying the
+    others first is a good part of the cost of one small image.
+    """
+    try:
+        return Image.open(f, formats=_PNG_ONLY)
+    except UnidentifiedImageError:
+        f.seek(0)
+        with Image.open(f) as other:  # UnidentifiedImageError (an OSError) again when nothing reads it
+            raise StoreError(f"{path}: image {i} is {other.format}, not PNG") from None
+
+
+_PNG_ONLY = ("PNG",)
+
+
 def _check_inside(root, paths):
     """Refuse image paths whose folders resolve outside ``root`` (a symbolic link to elsewhere).
 
     One check per distinct folder, a few hundred for millions of images; the
     files themselves are opened without following links (:func:`_open_png`).
+    A folder reached through no symbolic link is inside (paths with ".." are
+    refused when the labels are read): one ``lstat`` per folder and parent,
+    and the real path is resolved only where a link is met.
     """
-    real_root = os.path.realpath(root)
-    for folder in sorted({os.path.dirname(p) for p in paths}):
+    real_root = None
+    linked: dict[str, bool] = {}  # folder -> whether a component of it is a symbolic link
+    for folder in sorted(set(map(_folder_of, paths))):
+        if not _through_link(root, folder, linked):
+            continue
+        if real_root is None:
+            real_root = os.path.realpath(root)
         real = os.path.realpath(os.path.join(root, folder))
         if real != real_root and not real.startswith(real_root + os.sep):
             raise StoreError(f"{root}: the folder {folder} of its images leads outside the store (to {real})")
+
+
+# The folder of a relative image path: os.path.dirname, without its cost where "/" is the only separator.
+_folder_of = (lambda path: path.rpartition("/")[0]) if os.sep == "/" and not os.altsep else os.path.dirname
+
+
+def _through_link(root, folder, linked):
+    """Whether ``folder`` (relative to ``root``) or one of its parents is a symbolic link (or cannot be
+    told: missing folders are left to the reads, which name the file); answers kept in ``linked``."""
+    if not folder or folder == ".":
+        return False
+    known = linked.get(folder)
+    if known is None:
+        parent = os.path.dirname(folder)
+        try:
+            link = stat.S_ISLNK(os.lstat(os.path.join(root, folder)).st_mode)
+        except OSError:
+            link = True  # let realpath say where it leads
+        known = linked[folder] = link or _through_link(root, parent, linked)
+    return known
 
 
 def _eight_bit(pil, path):
@@ -455,19 +505,61 @@ def _eight_bit(pil, path):
 
 
 def _read_csv(path):
+    return _csv_rows(_read_text(path), path)
+
+
+def _read_text(path):
+    """The labels file at ``path`` as text (UTF-8, line ends as they are)."""
     try:
-        with io.TextIOWrapper(open_regular_file(path), newline="", encoding="utf-8") as f:
-            sample = f.read(4096)
-            f.seek(0)
-            # The classic recipe writes space-separated rows; imgconv writes commas.
-            delimiter = "," if "," in sample else " "
-            return list(csv.reader(f, delimiter=delimiter))
+        with open_regular_file(path) as f:
+            return f.read().decode("utf-8")
     except FileNotFoundError:
         raise StoreError(f"{path}: the labels file is missing") from None
     except NotRegularFileError as exc:
         raise StoreError(f"{path}: the labels file is {exc.kind}, not a regular file; refused unopened") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: cannot read the labels CSV: {exc}") from None
+
+
+def _csv_rows(text, path=""):
+    """The rows of a labels CSV's ``text``."""
+    # The classic recipe writes space-separated rows; imgconv writes commas.
+    delimiter = "," if "," in text[:4096] else " "
+    try:
+        return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as exc:
+        raise StoreError(f"{path}: cannot read the labels CSV: {exc}") from None
+
+
+# A labels.csv exactly as imgconv writes it: the header, then rows "index,images/SSS/NNNNNN.png,label,crc32c".
+_WRITTEN_HEADER = ",".join(HEADER) + "\n"
+_WRITTEN_ROWS = re.compile(
+    r"(?:[0-9]++,images/[0-9]++/[0-9]++\.png,-?[0-9]++,[0-9a-fA-F]{8}\n)*+" if sys.version_info >= (3, 11)
+    else r"(?:[0-9]+,images/[0-9]+/[0-9]+\.png,-?[0-9]+,[0-9a-fA-F]{8}\n)*")  # possessive: 4x faster
+
+
+def _parse_as_written(text):
+    """Paths, labels and checksums of a labels CSV's ``text`` in imgconv's own form, all rows at once;
+    None when any row is not exactly in that form (then :func:`_parse_indexed` reads it row by row).
+
+    The same values as :func:`_parse_indexed` gives for such rows, in a fraction of its time.
+    """
+    if not text.startswith(_WRITTEN_HEADER):
+        return None
+    body = text[len(_WRITTEN_HEADER):]
+    if not _WRITTEN_ROWS.fullmatch(body):
+        return None
+    fields = body.replace("\n", ",").split(",")  # four per row, and "" after the last
+    n = len(fields) // 4
+    try:
+        indices = np.fromiter(map(int, fields[0:-1:4]), np.int64, n)
+        labels = np.fromiter(map(int, fields[2::4]), np.int64, n)
+    except OverflowError:
+        return None  # a label past 64 bits: the row-by-row reading says which
+    if not np.array_equal(indices, np.arange(n)):
+        return None  # an index out of order: the same
+    checksums = np.frombuffer(bytes.fromhex("".join(fields[3::4])), ">u4").astype(np.uint32)
+    return fields[1::4], labels, checksums
 
 
 def _is_int(text):

@@ -13,7 +13,7 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from .. import _validate, kernels
-from ..checksum import image_checksums
+from ..checksum import image_checksum, image_checksums
 from ..errors import StoreArgumentError, StoreError, StoreIndexError
 from .batch import VARIABLE, StoreShape, shape_text
 from .metadata import Metadata
@@ -42,6 +42,7 @@ class Reader(abc.ABC):
         self.path = os.path.abspath(os.fspath(path))
         self._options = options
         self._pid: Optional[int] = None  # the process the handles belong to
+        self._one_check: Any = None  # what store[i] checks against, once known (see _verify_one)
         self.metadata: Metadata = {}
         self._ensure_open()
 
@@ -68,10 +69,9 @@ class Reader(abc.ABC):
     def __getitem__(self, index: int) -> Tuple[np.ndarray, int]:
         """``(image (H, W, C) uint8, label int)`` of image ``index``; StoreIndexError when out of range."""
         i = self._check_index(index)
-        self._ensure_open()
-        image, label = self._read_one(i)
-        self._verify_pixels(np.array([i]), [image], np.array([label], np.int64))
-        return image, int(label)
+        if self._pid != os.getpid():
+            self._ensure_open()
+        return self._read_one_checked(i)
 
     def read_batch(self, indices: Any, out: Optional[np.ndarray] = None) -> ReadResult:
         """``(images, labels)`` for ``indices`` in the order given (repeats allowed).
@@ -171,6 +171,43 @@ class Reader(abc.ABC):
         self._verify_pixels(indices, result[0], result[1])
         return result
 
+    def _read_one_checked(self, i: int) -> Tuple[np.ndarray, int]:
+        """``store[i]`` on a checked index, the handles open: :meth:`_read_one`, then :meth:`_verify_one`.
+
+        The hot path of random access: one image, so no index or label
+        arrays are built for the check. A format whose reads check
+        themselves (LMDB's records) overrides it with one step.
+        """
+        image, label = self._read_one(i)
+        label = int(label)
+        self._verify_one(i, image, label)
+        return image, label
+
+    def _verify_one(self, i: int, image: np.ndarray, label: int) -> None:
+        """:meth:`_verify_pixels` for the one image ``i``."""
+        check = self._one_check
+        if check is None:
+            check = self._one_check = self._prepare_one_check()
+        if not check:
+            return
+        stored, version = check
+        if version >= 3:
+            computed = image_checksum(image, label, i)
+        elif version == 2:
+            computed = image_checksum(image, label)
+        else:
+            computed = kernels.crc32c(np.ascontiguousarray(image))
+        if computed != stored[i]:
+            raise StoreError(self._mismatch(i, version))
+
+    def _prepare_one_check(self):
+        """What :meth:`_verify_one` checks against, found once per opening: ``(checksums,
+        version)`` (see :meth:`_checksum_version`), or False when nothing is to be checked."""
+        if not self._options.get("verify", True):
+            return False
+        stored = self.checksums()
+        return False if stored is None else (stored, self._checksum_version())
+
     def _verify_pixels(self, indices, images, labels):
         """Raise StoreError for an image whose pixels or label do not match the store's checksum."""
         if not self._options.get("verify", True):
@@ -187,11 +224,11 @@ class Reader(abc.ABC):
             computed = kernels.crc32c_images(images)
         wrong = np.flatnonzero(computed != stored[indices])
         if wrong.size:
-            i = int(indices[wrong[0]])
-            covered = "pixels, label or position" if version >= 3 else "pixels or label" if version == 2 else "pixels"
-            raise StoreError(
-                f"{self.path}: image {i} does not match its stored checksum ({covered}): the store is corrupt"
-            )
+            raise StoreError(self._mismatch(int(indices[wrong[0]]), version))
+
+    def _mismatch(self, i: int, version: int) -> str:
+        covered = "pixels, label or position" if version >= 3 else "pixels or label" if version == 2 else "pixels"
+        return f"{self.path}: image {i} does not match its stored checksum ({covered}): the store is corrupt"
 
     def _checksum_version(self) -> int:
         """What :meth:`checksums` cover (:mod:`imgconv.checksum`): 3 the pixels, label and position,
@@ -208,6 +245,7 @@ class Reader(abc.ABC):
         if getattr(self, "_pid", None) == os.getpid():
             self._close_handles()
         self._pid = None
+        self._one_check = None
 
     def __enter__(self) -> "Reader":
         return self
@@ -240,6 +278,7 @@ class Reader(abc.ABC):
             # Opened in another process (we are a forked child): never touch
             # those handles here, open our own.
             self._forget_handles()
+        self._one_check = None
         self.metadata = self._open_handles()
         self._pid = pid
 

@@ -88,11 +88,14 @@ class Writer(abc.ABC):
 
     def __init__(self, path: PathLike, *, overwrite: bool = False,
                  label_names: Optional[Sequence[str]] = None, source: Optional[str] = None,
-                 shape: Any = None) -> None:
+                 shape: Any = None, durable: bool = True) -> None:
         self.path = os.path.abspath(os.fspath(path))
         remove_finished_partial(self.path)
         check_target(self.path, overwrite)
         self.overwrite = bool(overwrite)
+        # Sync the output to disk before the rename (the format's data where it
+        # syncs any, the directory entry): see create().
+        self.durable = bool(durable)
         self.label_names = None if label_names is None else [str(n) for n in label_names]
         self.source = None if source is None else str(source)
         self.shape: Optional[StoreShape] = store_shape(shape, f"{self.path}: ")
@@ -386,7 +389,7 @@ class Writer(abc.ABC):
 
     def _commit(self) -> None:
         try:
-            commit(self.temporary, self.path, self.overwrite)
+            commit(self.temporary, self.path, self.overwrite, sync=self.durable)
         except StoreError as exc:
             # The finished store is kept where the message says; out of the
             # partial output, which the next writer of path would take over.

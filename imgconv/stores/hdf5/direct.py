@@ -1,6 +1,5 @@
 """Reading images of an unfiltered chunked HDF5 dataset straight from the file (``preadv``)."""
-import os
-
+import h5py
 import numpy as np
 
 from ... import _platform
@@ -26,13 +25,18 @@ class DirectChunks:
         self.k = per_chunk
         self.image_bytes = image_bytes
 
-    @classmethod
-    def build(cls, path, fd, images, shape):
-        """A reader for ``images`` through ``fd`` (the file h5py has open); None when the layout forbids it."""
-        dcpl = images.id.get_create_plist()
-        if images.chunks is None or dcpl.get_nfilters() != 0 or images.chunks[1:] != tuple(shape):
+    @staticmethod
+    def layout(images, shape, file_size):
+        """``(chunk offsets, images per chunk, bytes per image)`` of the dataset ``images`` (a
+        low-level ``h5py.h5d.DatasetID``) in a file of ``file_size`` bytes; None when the layout
+        forbids direct reads."""
+        dcpl = images.get_create_plist()
+        if dcpl.get_layout() != h5py.h5d.CHUNKED or dcpl.get_nfilters() != 0:
             return None
-        k = images.chunks[0]
+        chunks = dcpl.get_chunk()
+        if chunks[1:] != tuple(shape):
+            return None
+        k = chunks[0]
         count = images.shape[0]
         n_chunks = -(-count // k)
         offsets = np.full(n_chunks, -1, np.int64)
@@ -42,13 +46,12 @@ class DirectChunks:
             offsets[info.chunk_offset[0] // k] = info.byte_offset
 
         try:
-            images.id.chunk_iter(visit)
+            images.chunk_iter(visit)
         except (AttributeError, RuntimeError, OSError):
             return None  # an HDF5 library without H5Dchunk_iter: h5py reads instead
-        size = os.fstat(fd).st_size
-        if n_chunks and (offsets.min() < 0 or offsets.max() + k * image_bytes > size):
+        if n_chunks and (offsets.min() < 0 or offsets.max() + k * image_bytes > file_size):
             return None  # missing or out-of-file chunks: let HDF5 report or fill them
-        return cls(path, fd, offsets, k, image_bytes)
+        return offsets, k, image_bytes
 
     def _read(self, view, offset, what):
         got = _platform.pread_exact(self.fd, view, offset)

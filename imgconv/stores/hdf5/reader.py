@@ -2,6 +2,13 @@
 from the file at the offsets HDF5 reports (:mod:`imgconv.stores.hdf5.direct`); large reads are
 split over threads, each reading and checking its part.
 
+The store is opened through h5py's low-level API (:mod:`imgconv.stores.hdf5.lowlevel`), and what
+opening it checks (the metadata, the chunk index of direct reads) is kept per file for the life of
+the process: a store is immutable once written, and one opened again and again (a Dataset opening
+it per item, to be safe across fork) is then opened at little more than HDF5's own cost. A file
+is the same while its device, inode, size, modification and change times are; any write to it
+changes the last, which no program can set.
+
 Before any data is read the file's datasets are checked to be what imgconv
 writes (:mod:`imgconv.stores.hdf5.structure`: no links, external storage,
 virtual datasets or foreign filters), and their sizes against the metadata.
@@ -9,10 +16,11 @@ A store without its ``/crc32c`` checksums is refused unless the reader is
 given ``allow_unchecked=True``, and never for the current format version,
 which always has them.
 """
+import copy
 import os
 import threading
 from concurrent.futures import wait
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -23,11 +31,39 @@ from ..batch import VARIABLE
 from ..metadata import Metadata, check_metadata
 from ..read_pool import split_for_threads, thread_pool
 from ..reader import Reader
+from . import lowlevel
 from .direct import DirectChunks
-from .layout import FORMAT_NAME, FORMAT_VERSION, KEY_NAMES, read_attr
+from .layout import FORMAT_NAME, FORMAT_VERSION, KEY_NAMES
 from .structure import check_datasets, has_member
 
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+
+FileKey = Tuple[int, int, int, int, int]
+
+
+class _Checked:
+    """What opening one file found, kept for the next opening of the same file in this process:
+    its checked metadata and, once built, its direct-read layout (``False``: none)."""
+
+    __slots__ = ("metadata", "direct")
+
+    def __init__(self, metadata: Metadata) -> None:
+        self.metadata = metadata
+        self.direct: Any = None
+
+
+# Files found sound in this process, by (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns).
+_CHECKED: Dict[FileKey, _Checked] = {}
+_MAX_REMEMBERED = 4096
+
+
+def _file_key(st: os.stat_result) -> FileKey:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def forget_checked_files() -> None:
+    """Forget which files were found sound: the next opening of every store checks it again."""
+    _CHECKED.clear()
 
 
 class Hdf5Reader(Reader):
@@ -45,23 +81,26 @@ class Hdf5Reader(Reader):
     def _open_handles(self) -> Metadata:
         cache = int(self._options.get("cache_bytes", DEFAULT_CACHE_BYTES))
         for _ in range(3):
-            f, fd = self._open_file(cache)
-            if f is not None:
+            fid, fd, key = self._open_file(cache)
+            if fid is not None:
                 break
             # The store was replaced between the two opens: open both again.
         else:
             raise StoreError(f"{self.path}: the file keeps changing while being opened (replaced again and again?)")
         try:
-            meta = self._load(f)
+            meta, datasets, checked = self._load(fid, key)
         except BaseException as exc:
-            f.close()
+            lowlevel.close_file(fid)
             if fd is not None:
                 os.close(fd)
             if isinstance(exc, (OSError, KeyError, ValueError, RuntimeError, TypeError)):
                 raise StoreError(f"{self.path}: cannot read the HDF5 structure (corrupt file?): {exc}") from None
             raise
-        self._file = f
+        self._fid = fid
         self._fd = fd
+        self._datasets = datasets  # low-level ids, by name
+        self._wrapped: Dict[str, h5py.Dataset] = {}  # high-level Datasets, made when a read needs one
+        self._checked = checked
         self._labels: Optional[np.ndarray] = None
         self._checksums = None
         self._tables: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
@@ -70,48 +109,54 @@ class Hdf5Reader(Reader):
         return meta
 
     def _open_file(self, cache):
-        """h5py's handle and a descriptor of the same file for direct reads.
+        """HDF5's handle (a low-level FileID) and a descriptor of the same file for direct reads.
 
-        Returns (file, fd), with fd None when h5py's driver does not tell
-        its descriptor (then no direct reads), or (None, None) when the path
-        changed between the two opens. Direct reads use chunk offsets h5py
-        reports, so they must read the very file h5py opened, not whatever is
-        at the path later (a store replaced with overwrite=True).
+        Returns (fid, fd, key), with fd None when h5py's driver does not tell
+        its descriptor (then no direct reads), or (None, None, None) when
+        the path changed between the two opens; ``key`` identifies the file
+        (None when unknown). Direct reads use chunk offsets h5py reports, so
+        they must read the very file h5py opened, not whatever is at the path
+        later (a store replaced with overwrite=True).
         """
         try:
             fd = _platform.open_regular(self.path)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot open: {exc}") from None
         try:
-            f = h5py.File(self.path, "r", rdcc_nbytes=cache, rdcc_nslots=10007)
+            fid = lowlevel.open_file(self.path, cache)
         except OSError as exc:
             os.close(fd)
             raise StoreError(f"{self.path}: cannot open as HDF5 (truncated or corrupt?): {exc}") from None
         if not _platform.CAN_PREAD:
             os.close(fd)
-            return f, None  # no reads at an offset here: h5py reads everything
+            return fid, None, None  # no reads at an offset here: h5py reads everything
         try:
-            theirs = os.fstat(f.id.get_vfd_handle())
+            theirs = os.fstat(fid.get_vfd_handle())
             ours = os.fstat(fd)
         except (OSError, ValueError, TypeError, AttributeError):
             os.close(fd)
-            return f, None
+            return fid, None, None
         if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-            f.close()
+            lowlevel.close_file(fid)
             os.close(fd)
-            return None, None
-        return f, fd
+            return None, None, None
+        return fid, fd, _file_key(ours)
 
-    def _load(self, f):
-        if f.attrs.get("imgconv_format") is None:
-            raise StoreError(
-                f"{self.path}: an HDF5 file without imgconv metadata (not an imgconv store, or unfinished)")
-        meta = {KEY_NAMES.get(k, k): read_attr(v) for k, v in f.attrs.items()}
-        meta = check_metadata(meta, self.path, FORMAT_NAME, FORMAT_VERSION)
+    def _load(self, fid, key):
+        """The checked metadata, the datasets (low-level ids by name) and the file's :class:`_Checked`."""
+        checked = None if key is None else _CHECKED.get(key)
+        if checked is not None:
+            meta = copy.deepcopy(checked.metadata)  # the caller may change its copy
+        else:
+            attrs = lowlevel.read_attributes(fid)
+            if attrs.get("imgconv_format") is None:
+                raise StoreError(
+                    f"{self.path}: an HDF5 file without imgconv metadata (not an imgconv store, or unfinished)")
+            meta = check_metadata({KEY_NAMES.get(k, k): v for k, v in attrs.items()}, self.path, FORMAT_NAME,
+                                  FORMAT_VERSION)
         n = meta["count"]
         names = ["pixels", "offsets", "shapes", "labels"] if meta["shape"] == VARIABLE else ["images", "labels"]
-        self._has_checksums = has_member(f, "crc32c")
-        if self._has_checksums:
+        if has_member(fid, "crc32c"):
             names.append("crc32c")
         elif meta["format_version"] >= FORMAT_VERSION or not self._options.get("allow_unchecked", False):
             raise StoreError(
@@ -120,29 +165,32 @@ class Hdf5Reader(Reader):
                    if meta["format_version"] >= FORMAT_VERSION else
                    f" (format version {meta['format_version']}); to read it unchecked anyway, open it with "
                    "imgconv.open(path, allow_unchecked=True)"))
-        datasets = check_datasets(f, self.path, names)
+        datasets: Dict[str, Any] = check_datasets(fid, self.path, names)
         sizes = {"images": (n, *meta["shape"]) if meta["shape"] != VARIABLE else None, "labels": (n,),
                  "crc32c": (n,), "offsets": (n,), "shapes": (n, 3)}
         for name, ds in datasets.items():
             if sizes.get(name) is not None and ds.shape != sizes[name]:
                 raise StoreError(f"{self.path}: /{name} has shape {ds.shape}, the metadata says {sizes[name]} "
                                  f"({n} images)")
-        if meta["shape"] != VARIABLE:
-            self._images = datasets["images"]
-        else:
-            self._pixels, self._offsets, self._shapes = datasets["pixels"], datasets["offsets"], datasets["shapes"]
-            if len(self._pixels.shape) != 1:
-                raise StoreError(f"{self.path}: /pixels has shape {self._pixels.shape}, not one dimension")
-        return meta
+        if meta["shape"] == VARIABLE and len(datasets["pixels"].shape) != 1:
+            raise StoreError(f"{self.path}: /pixels has shape {datasets['pixels'].shape}, not one dimension")
+        if checked is None:
+            checked = _Checked(copy.deepcopy(meta))
+            if key is not None:
+                if len(_CHECKED) >= _MAX_REMEMBERED:
+                    _CHECKED.clear()
+                _CHECKED[key] = checked
+        return meta, datasets, checked
 
     def _close_handles(self) -> None:
-        f, self._file = getattr(self, "_file", None), None
+        fid, self._fid = getattr(self, "_fid", None), None
         fd, self._fd = getattr(self, "_fd", None), None
+        self._datasets, self._wrapped = {}, {}
         self._direct_reader = None
         if fd is not None:
             os.close(fd)
-        if f is not None:
-            f.close()
+        if fid is not None:
+            lowlevel.close_file(fid)
 
     def _forget_handles(self) -> None:
         # The parent's HDF5 file id is not used in the child. Its descriptor
@@ -154,14 +202,26 @@ class Hdf5Reader(Reader):
                 os.close(fd)
             except OSError:
                 pass
-        self._file = None
+        self._fid = None
+        self._datasets, self._wrapped = {}, {}
         self._direct_reader = None
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """The high-level h5py Dataset ``name`` (for reads through HDF5's selections), made once per opening."""
+        wrapped = self._wrapped.get(name)
+        if wrapped is None:
+            wrapped = self._wrapped[name] = h5py.Dataset(self._datasets[name])
+        return wrapped
 
     def labels(self) -> np.ndarray:
         """All labels as an (N,) int64 array (read once, then kept)."""
         self._ensure_open()
+        return self._loaded_labels()
+
+    def _loaded_labels(self) -> np.ndarray:
+        """:meth:`labels` with the handles known to be open."""
         if self._labels is None:
-            self._labels = self._guard(lambda: self._file["labels"][...].astype(np.int64, copy=False), "labels")
+            self._labels = self._guard(lambda: lowlevel.read_whole(self._datasets["labels"], np.int64), "labels")
         assert self._labels is not None
         return self._labels
 
@@ -173,8 +233,8 @@ class Hdf5Reader(Reader):
         2: over the label only; version 1: of the pixels only.
         """
         self._ensure_open()
-        if self._checksums is None and self._has_checksums:
-            self._checksums = self._guard(lambda: self._file["crc32c"][...], "/crc32c")
+        if self._checksums is None and "crc32c" in self._datasets:
+            self._checksums = self._guard(lambda: lowlevel.read_whole(self._datasets["crc32c"], np.uint32), "/crc32c")
         return self._checksums
 
     def _checksum_version(self):
@@ -185,7 +245,7 @@ class Hdf5Reader(Reader):
         if not self.variable:
             return super().shapes()
         self._ensure_open()
-        return self._guard(lambda: self._shapes[...].astype(np.int64), "/shapes")
+        return self._guard(lambda: lowlevel.read_whole(self._datasets["shapes"], np.int64), "/shapes")
 
     def _guard(self, read, what):
         try:
@@ -201,8 +261,8 @@ class Hdf5Reader(Reader):
         if direct is not None:
             image = np.empty(self.shape, np.uint8)
             direct.read_image(i, image)
-            return image, self.labels()[i]
-        return self._guard(lambda: self._images[i], f"image {i}"), self.labels()[i]
+            return image, self._loaded_labels()[i]
+        return self._guard(lambda: self._dataset("images")[i], f"image {i}"), self._loaded_labels()[i]
 
     def _read_many(self, indices, out):
         if self.variable:
@@ -221,8 +281,8 @@ class Hdf5Reader(Reader):
         breaks = np.flatnonzero(np.diff(distinct) != 1) + 1
         for a, b in zip(np.concatenate([[0], breaks]).tolist(), np.concatenate([breaks, [distinct.size]]).tolist()):
             first = int(distinct[a])
-            self._guard(lambda first=first, a=a, b=b: self._images.read_direct(into, np.s_[first : first + b - a],
-                                                                                np.s_[a:b]),
+            source, target = np.s_[first : first + b - a], np.s_[a:b]
+            self._guard(lambda source=source, target=target: self._dataset("images").read_direct(into, source, target),
                         f"images {first}..{first + b - a - 1}")
         if into is not out or not np.array_equal(distinct, indices):
             np.take(into, inverse.reshape(-1), axis=0, out=out)
@@ -237,7 +297,8 @@ class Hdf5Reader(Reader):
         if direct is not None:
             direct.read_range(start, stop, out)
         else:
-            self._guard(lambda: self._images.read_direct(out, np.s_[start:stop]), f"images {start}..{stop - 1}")
+            self._guard(lambda: self._dataset("images").read_direct(out, np.s_[start:stop]),
+                        f"images {start}..{stop - 1}")
         return out, self.labels()[start:stop].copy()
 
     def _read_range_checked(self, start, stop, out):
@@ -247,6 +308,7 @@ class Hdf5Reader(Reader):
         parts = [(0, stop - start)] if direct is None else split_for_threads(stop - start, int(np.prod(self.shape)))
         if len(parts) == 1:
             return super()._read_range_checked(start, stop, out)
+        assert direct is not None  # split over threads only for direct reads
         if out is None:
             out = np.empty((stop - start, *self.shape), np.uint8)
         labels = self.labels()[start:stop].copy()
@@ -269,21 +331,30 @@ class Hdf5Reader(Reader):
                 if self._fd is None:
                     self._direct_reader = False
                 elif self._direct_reader is None:
-                    try:
-                        built = DirectChunks.build(self.path, self._fd, self._images, self.shape)
-                        self._direct_reader = built or False
-                    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-                        raise StoreError(f"{self.path}: cannot read the chunk index of /images (corrupt file?): "
-                                         f"{exc}") from None
+                    self._direct_reader = self._build_direct() or False
         return self._direct_reader or None
+
+    def _build_direct(self):
+        """A :class:`DirectChunks` on this opening's descriptor, from the chunk index of /images
+        (read once per file: kept with what else was found when it was opened)."""
+        checked = self._checked
+        if checked.direct is None:
+            try:
+                layout = DirectChunks.layout(self._datasets["images"], self.shape, os.fstat(self._fd).st_size)
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                raise StoreError(f"{self.path}: cannot read the chunk index of /images (corrupt file?): "
+                                 f"{exc}") from None
+            checked.direct = layout or False
+        return DirectChunks(self.path, self._fd, *checked.direct) if checked.direct else None
 
     def _read_variable(self, indices):
         if self._tables is None:
             # Offsets and shapes (16 + 24 bytes per image) are read, and checked, once per process.
-            offsets = self._guard(lambda: self._offsets[...].astype(np.int64), "/offsets")
-            shapes = self._guard(lambda: self._shapes[...].astype(np.int64), "/shapes")
-            self._tables = (offsets, shapes, _sound_entries(offsets, shapes, self._pixels.shape[0]))
+            offsets = self._guard(lambda: lowlevel.read_whole(self._datasets["offsets"], np.int64), "/offsets")
+            shapes = self._guard(lambda: lowlevel.read_whole(self._datasets["shapes"], np.int64), "/shapes")
+            self._tables = (offsets, shapes, _sound_entries(offsets, shapes, self._datasets["pixels"].shape[0]))
         offset_table, shape_table, sound = self._tables
+        pixels = self._dataset("pixels")
         images = []
         for i in indices.tolist():
             if not sound[i]:
@@ -292,7 +363,7 @@ class Hdf5Reader(Reader):
             shape = tuple(int(v) for v in shape_table[i])
             start = int(offset_table[i])
             size = shape[0] * shape[1] * shape[2]
-            flat = self._guard(lambda start=start, size=size: self._pixels[start : start + size], f"image {i}")
+            flat = self._guard(lambda start=start, size=size: pixels[start : start + size], f"image {i}")
             if flat.size != size:
                 raise StoreError(f"{self.path}: image {i} runs past the end of /pixels: the file is corrupt")
             images.append(flat.reshape(shape))

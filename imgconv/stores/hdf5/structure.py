@@ -16,12 +16,13 @@ Links are inspected without being followed (``H5Lget_info``): asking
 whether an external link exists, as ``name in file`` does, would open the
 file it names.
 """
-from typing import Dict, Iterable
+from typing import Any, Dict, Iterable
 
 import h5py
 import numpy as np
 
 from ...errors import StoreError
+from .lowlevel import open_dataset
 
 # The pixel datasets may be compressed (the writer's compression option); nothing else is filtered.
 PIXEL_DATASETS = ("images", "pixels")
@@ -34,35 +35,37 @@ DTYPES = {"images": ("u", 1), "pixels": ("u", 1), "labels": ("i", 8), "crc32c": 
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "a soft link", h5py.h5l.TYPE_EXTERNAL: "an external link"}
 
 
-def has_member(f: h5py.File, name: str) -> bool:
-    """Whether the root group of ``f`` has a link called ``name`` (not followed: see the module docstring)."""
-    return bool(f.id.links.exists(name.encode("utf-8")))
+def has_member(group: Any, name: str) -> bool:
+    """Whether the group ``group`` (a low-level id: ``h5py.h5g.GroupID`` or ``h5py.h5f.FileID``) has a
+    link called ``name`` (not followed: see the module docstring)."""
+    return bool(group.links.exists(name.encode("utf-8")))
 
 
-def check_datasets(f: h5py.File, path: str, names: Iterable[str]) -> Dict[str, h5py.Dataset]:
-    """The datasets ``names`` of ``f``, each checked (see the module docstring); StoreError naming ``path``.
+def check_datasets(group: Any, path: str, names: Iterable[str]) -> Dict[str, Any]:
+    """The datasets ``names`` of ``group`` (a low-level id), each checked (see the module docstring), as
+    ``h5py.h5d.DatasetID`` by name; StoreError naming ``path``.
 
     Every name must be present: the caller leaves out what may be missing.
     """
     found = {}
     for name in names:
-        if not has_member(f, name):
+        if not has_member(group, name):
             raise StoreError(f"{path}: the dataset /{name} is missing")
-        link = f.id.links.get_info(name.encode("utf-8")).type
+        link = group.links.get_info(name.encode("utf-8")).type
         if link != h5py.h5l.TYPE_HARD:
             kind = _LINK_KINDS.get(link, f"a link of type {link}")
             raise StoreError(f"{path}: /{name} is {kind}, not a dataset of the file; an imgconv store holds its "
                              "data itself (refused before reading: a link can lead outside the store)")
-        item = f.get(name)
-        if not isinstance(item, h5py.Dataset):
+        item = open_dataset(group, name)
+        if item is None:
             raise StoreError(f"{path}: /{name} is not a dataset")
         _check_storage(item, name, path)
         found[name] = item
     return found
 
 
-def _check_storage(ds: h5py.Dataset, name: str, path: str) -> None:
-    dcpl = ds.id.get_create_plist()
+def _check_storage(ds: Any, name: str, path: str) -> None:
+    dcpl = ds.get_create_plist()
     layout = dcpl.get_layout()
     if layout == h5py.h5d.VIRTUAL:
         raise StoreError(f"{path}: /{name} is a virtual dataset (mapped from other datasets or files); an imgconv "

@@ -21,6 +21,7 @@ from ...errors import StoreError, StoreOptionError
 from ..batch import VARIABLE
 from ..metadata import Metadata
 from ..writer import Writer
+from . import lowlevel
 from .layout import (
     ATTR_NAMES,
     CHUNK_TARGET_BYTES,
@@ -74,6 +75,7 @@ class Hdf5Writer(Writer):
         self._datasets: Dict[str, Any] = {}
         self._carry: List[np.ndarray] = []  # images of the chunk being filled, copied (fewer than a chunk)
         self._images_written = 0  # /images holds this many (ahead of the labels by less than a unit)
+        self._images_extent = 0  # the length of /images (grown a write unit at a time)
         # (labels, checksums) not yet written: fewer than a unit past _written
         self._pending_labels: List[Tuple[np.ndarray, np.ndarray]] = []
         self._written = 0
@@ -86,35 +88,41 @@ class Hdf5Writer(Writer):
         """The picklable encode step: :func:`~imgconv.stores.hdf5.layout.encode_batch`."""
         return encode_batch
 
-    def _filters(self):
-        return {"compression": self.compression, "compression_opts": self.compression_level}
-
     def _start(self):
+        # Through h5py's low-level API (the same HDF5 calls as its File and
+        # create_dataset, without their Python): most of the cost of a small store.
         try:
             # v110: the extensible-array chunk index (faster appends and
             # lookups than the v1 B-tree), readable by HDF5 1.10 and later.
-            self._file = h5py.File(self.temporary, "w", libver=("v110", "v110"))
+            self._file = lowlevel.create_file(self.temporary, (h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110))
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot create the HDF5 file: {exc}") from None
         f = self._file
-        f.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(LABEL_CHUNK,))
-        f.create_dataset("crc32c", (0,), np.uint32, maxshape=(None,), chunks=(LABEL_CHUNK,))
+        self._images_extent = 0
+        filters = (self.compression, self.compression_level)
+        # One handle per dataset for the whole write: closing one flushes it
+        # (a failure there could only be reported as "Exception ignored").
+        d = self._datasets = {}
+        d["labels"] = lowlevel.create_dataset(f, "labels", (0,), np.int64, (None,), (LABEL_CHUNK,))
+        d["crc32c"] = lowlevel.create_dataset(f, "crc32c", (0,), np.uint32, (None,), (LABEL_CHUNK,))
         if self.shape == VARIABLE:
-            f.create_dataset("pixels", (0,), np.uint8, maxshape=(None,), chunks=(PIXEL_CHUNK_BYTES,), **self._filters())
-            f.create_dataset("offsets", (0,), np.int64, maxshape=(None,), chunks=(LABEL_CHUNK,))
-            f.create_dataset("shapes", (0, 3), np.int64, maxshape=(None, 3), chunks=(LABEL_CHUNK, 3))
+            d["pixels"] = lowlevel.create_dataset(f, "pixels", (0,), np.uint8, (None,), (PIXEL_CHUNK_BYTES,), *filters)
+            d["offsets"] = lowlevel.create_dataset(f, "offsets", (0,), np.int64, (None,), (LABEL_CHUNK,))
+            d["shapes"] = lowlevel.create_dataset(f, "shapes", (0, 3), np.int64, (None, 3), (LABEL_CHUNK, 3))
             self._unit = 1
         else:
             if self.chunk_images is None:
                 self.chunk_images = max(1, round(CHUNK_TARGET_BYTES / int(np.prod(self.shape))))
             chunks = (self.chunk_images, *self.shape)
-            f.create_dataset("images", (0, *self.shape), np.uint8, maxshape=(None, *self.shape), chunks=chunks,
-                             **self._filters())
+            d["images"] = lowlevel.create_dataset(f, "images", (0, *self.shape), np.uint8, (None, *self.shape),
+                                                  chunks, *filters)
         self._set_unit()
-        # One handle per dataset for the whole write: h5py opens a new HDF5
-        # object on every f[name], and closing one flushes it (a failure there
-        # could only be reported as "Exception ignored").
-        self._datasets = {name: f[name] for name in f}
+        # Opened afresh in name order, as the writer always has: HDF5 lays out
+        # its metadata in the order the objects are opened, and so the files
+        # stay byte for byte what earlier versions wrote.
+        for dataset in d.values():
+            dataset.close()
+        self._datasets = {name: lowlevel.open_dataset(f, name) for name in sorted(d)}
 
     def _set_unit(self):
         if self.shape == VARIABLE:
@@ -161,17 +169,18 @@ class Hdf5Writer(Writer):
         """Write the images of one chunk (or, at the end or after a resume, part of one) at ``_images_written``."""
         start, stop = self._images_written, self._images_written + len(images)
         ds = self._datasets["images"]
-        if ds.shape[0] < stop:
+        if self._images_extent < stop:
             # Grown a write unit at a time (the sequence of calls, and so the
             # file, does not depend on batch sizes); cut to size at the end.
-            ds.resize(-(-stop // self._unit) * self._unit, axis=0)
+            self._images_extent = -(-stop // self._unit) * self._unit
+            lowlevel.resize(ds, self._images_extent)
         if self.compression is None and start % self.chunk_images == 0 and len(images) == self.chunk_images:
             # A whole chunk goes to the file as it is, past h5py's selection
             # machinery and HDF5's chunk cache (a third of the time of a slice
             # assignment for CIFAR images).
-            ds.id.write_direct_chunk((start, 0, 0, 0), np.ascontiguousarray(images))
+            ds.write_direct_chunk((start, 0, 0, 0), np.ascontiguousarray(images))
         else:
-            ds[start:stop] = images
+            lowlevel.write_rows(ds, start, images)
         self._images_written = stop
 
     def _write_labels(self, final):
@@ -192,12 +201,12 @@ class Hdf5Writer(Writer):
             self._write_chunk(np.concatenate(self._carry))
             self._carry = []
         self._write_labels(final=True)
-        self._datasets["images"].resize(self._written, axis=0)
+        lowlevel.resize(self._datasets["images"], self._written)
 
     def _append(self, name, data, start):
         ds = self._datasets[name]
-        ds.resize(start + len(data), axis=0)
-        ds[start : start + len(data)] = data
+        lowlevel.resize(ds, start + len(data))
+        lowlevel.write_rows(ds, start, data)
 
     def _write_variable(self, encoded, checksums):
         pixels = encoded.pixels if encoded.variable else encoded.images.reshape(-1)
@@ -227,10 +236,10 @@ class Hdf5Writer(Writer):
             for key, value in meta.items():
                 value = attr_value(value)
                 if value is not None:
-                    self._file.attrs[ATTR_NAMES.get(key, key)] = value
-            self._file.flush()
+                    lowlevel.write_attribute(self._file, ATTR_NAMES.get(key, key), value)
+            h5py.h5f.flush(self._file)
             self._datasets = {}
-            self._file.close()
+            lowlevel.close_file(self._file)
         except (OSError, ValueError, RuntimeError) as exc:
             # The file is left open: the caller aborts, and _abort closes it.
             self._discard_output()
@@ -257,7 +266,7 @@ class Hdf5Writer(Writer):
             return
         for _ in range(2):
             try:
-                f.close()
+                lowlevel.close_file(f)
                 return
             except (OSError, ValueError, RuntimeError):
                 continue
@@ -272,7 +281,7 @@ class Hdf5Writer(Writer):
     def _durable_count(self) -> int:
         if self._file is not None and self._written != self._flushed:
             try:
-                self._file.flush()
+                h5py.h5f.flush(self._file)
             except (OSError, RuntimeError) as exc:
                 raise StoreError(f"{self.path}: writing the HDF5 file failed: {_one_line(exc)}") from None
             self._flushed = self._written
@@ -281,21 +290,24 @@ class Hdf5Writer(Writer):
     def _reopen(self, state: Mapping[str, Any]) -> int:
         if state.get("chunk_images"):
             self.chunk_images = int(state["chunk_images"])
-        self._file = open_unfinished(self.temporary)
+        self._file = open_unfinished(self.temporary).id
         try:
-            self._datasets = {name: self._file[name] for name in self._file}
+            found = h5py.Group(self._file)
+            self._datasets = {name: found[name].id for name in found}
             wanted = {"labels", "crc32c"} | ({"pixels", "offsets", "shapes"} if self.shape == VARIABLE else {"images"})
             if set(self._datasets) != wanted:
                 raise StoreError(f"it holds the datasets {sorted(self._datasets)}, expected {sorted(wanted)}")
             self._set_unit()
-            count = min(len(ds) for name, ds in self._datasets.items() if name != "pixels")
+            count = min(ds.shape[0] for name, ds in self._datasets.items() if name != "pixels")
+            if "images" in self._datasets:
+                self._images_extent = self._datasets["images"].shape[0]
             return self._intact_prefix(count)
         except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise StoreError(f"HDF5 cannot read it: {exc}") from None
 
     def _intact_prefix(self, count: int) -> int:
         """How many of the first ``count`` images match their checksums, in order."""
-        d = self._datasets
+        d = {name: h5py.Dataset(dsid) for name, dsid in self._datasets.items()}
         for start in range(0, count, 4096):
             stop = min(start + 4096, count)
             labels, stored = d["labels"][start:stop], d["crc32c"][start:stop]
@@ -315,15 +327,17 @@ class Hdf5Writer(Writer):
         return count
 
     def _truncate(self, count: int) -> None:
-        d = self._datasets
+        d = {name: h5py.Dataset(dsid) for name, dsid in self._datasets.items()}
         for name, ds in d.items():
             if name != "pixels":
                 ds.resize(count, axis=0)
+        if "images" in d:
+            self._images_extent = count
         if self.shape == VARIABLE:
             end = int(d["offsets"][count - 1] + np.prod(d["shapes"][count - 1])) if count else 0
             d["pixels"].resize(end, axis=0)
             self._pixels_written = end
-        self._file.flush()
+        h5py.h5f.flush(self._file)
         self._written = self._flushed = self._images_written = count
         self._carry, self._pending_labels = [], []
 
@@ -333,7 +347,7 @@ class Hdf5Writer(Writer):
         self._datasets = {}
         if f is not None:
             try:
-                f.close()
+                lowlevel.close_file(f)
             except (OSError, ValueError, RuntimeError):
                 return 0
         return self._written

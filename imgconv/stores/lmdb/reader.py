@@ -10,15 +10,17 @@ metadata (number of chunks, value sizes), so that a count or
 record is checked at its image's index (format version 2): a record read
 for another image fails its checksum.
 """
+import functools
 import itertools
 import os
+import stat
 from concurrent.futures import wait
 from typing import Any, Dict, List, Tuple
 
 import lmdb
 import numpy as np
 
-from ... import _platform, record
+from ... import _platform, kernels, record
 from ...errors import RecordError, StoreError
 from ..batch import VARIABLE, shape_text
 from ..metadata import Metadata, load_metadata
@@ -27,6 +29,7 @@ from ..reader import Reader
 from .layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    KEY_STRUCT,
     MAX_RECORDS_OPTION,
     METADATA_KEY,
     TABLE_HEAD,
@@ -36,6 +39,8 @@ from .layout import (
     value_offsets,
 )
 from .pagecheck import Summary, check_lmdb_file
+
+_KEY_PACK = KEY_STRUCT.pack  # chunk_key without the call
 
 
 class LmdbReader(Reader):
@@ -54,14 +59,21 @@ class LmdbReader(Reader):
 
     def _open_handles(self) -> Metadata:
         data = os.path.join(self.path, "data.mdb")
-        if not os.path.lexists(data):
+        try:
+            st = os.stat(data)  # one stat for the checks below: a store is opened again and again
+        except OSError:
+            st = None
+        if st is None and not os.path.lexists(data):
             raise StoreError(f"{self.path}: not an imgconv LMDB store (no data.mdb inside)")
         # liblmdb trusts the file: a damaged page could make it read past the end (SIGBUS),
-        # a damaged key or page number another value than the one asked for.
-        found = check_lmdb_file(data, self.path)
-        env = _shared_env(self.path, bool(self._options.get("readahead", False)))
+        # a damaged key or page number another value than the one asked for. A data.mdb that is
+        # not a regular file is refused by name there, unopened.
+        regular = st is not None and stat.S_ISREG(st.st_mode)
+        found = check_lmdb_file(data, self.path, st if regular else None)
+        assert st is not None
+        env = _shared_env(self.path, bool(self._options.get("readahead", False)), (st.st_dev, st.st_ino))
         try:
-            meta = self._load(env, data, found)
+            meta = self._load(env, st.st_size, found)
         except lmdb.Error as exc:
             _release_env(env)
             raise StoreError(f"{self.path}: corrupt LMDB database: {exc}") from None
@@ -71,8 +83,8 @@ class LmdbReader(Reader):
         self._env = env
         return meta
 
-    def _load(self, env, data, found: Summary):
-        _check_not_truncated(env, data, self.path)
+    def _load(self, env, size, found: Summary):
+        _check_not_truncated(env, size, self.path)
         try:
             with env.begin() as txn:
                 raw = txn.get(METADATA_KEY)
@@ -93,10 +105,10 @@ class LmdbReader(Reader):
             raise StoreError(f"{self.path}: the metadata says records of version {meta['record_version']!r} in a "
                              f"store of format version {meta['format_version']}, whose records are version "
                              f"{self._record_version}")
+        self._records = None
         if meta["shape"] != VARIABLE:
             try:
-                self._records = record.Gather(meta["shape"], np.uint8, verify=self._verify,
-                                              version=self._record_version)
+                self._records = _gather(meta["shape"], self._verify, kernels.implementation(), self._record_version)
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"{self.path}: invalid shape {meta['shape']!r} in the metadata: {exc}") from None
             self._record_size = self._records.record_size
@@ -166,6 +178,27 @@ class LmdbReader(Reader):
         except lmdb.Error as exc:
             raise self._lmdb_error(exc, f"image {i}") from None
 
+    def _read_one_checked(self, i):
+        # store[i]: the record's own CRC32C is checked as it is decoded, so
+        # there is nothing left for the base class to check; one step, no
+        # layers (the hot path of a Dataset's __getitem__).
+        records = self._records
+        if records is None:
+            return super()._read_one_checked(i)
+        chunk, slot = divmod(i, self._k)
+        try:
+            with self._env.begin(buffers=True) as txn:
+                value = txn.get(_KEY_PACK(chunk))
+                if value is None:
+                    self._value(txn, chunk)  # raises: the chunk is missing
+                offset = slot * self._record_size
+                try:
+                    return records.one(value, offset, i)
+                except RecordError:
+                    raise self._first_bad([value], [0], [offset], np.array([i])) from None
+        except lmdb.Error as exc:
+            raise self._lmdb_error(exc, f"image {i}") from None
+
     def _read_many(self, indices, out):
         try:
             return self._read_many_in_txn(indices, out)
@@ -191,8 +224,10 @@ class LmdbReader(Reader):
 
     def _read_one_fixed(self, value, i, slot):
         offset = slot * self._record_size
+        records = self._records
+        assert records is not None  # a store of one image shape
         try:
-            return self._records.one(value, offset, i)
+            return records.one(value, offset, i)
         except RecordError:
             raise self._first_bad([value], [0], [offset], np.array([i])) from None
 
@@ -303,16 +338,16 @@ class _Environments:
 _ENVS = _platform.PerProcess(_Environments, discard=_Environments.close_inherited)
 
 
-def _shared_env(path: str, readahead: bool) -> Any:
+def _shared_env(path: str, readahead: bool, key: Tuple[int, int]) -> Any:
     """The environment of the store at ``path`` for this process, shared by its readers.
 
-    LMDB allows one environment per file per process, so a reader asking for
-    another ``readahead`` than the one that opened the file shares that one's
-    setting (readahead is advice to the OS about cold reads, never about results).
+    ``key`` is (st_dev, st_ino) of its data.mdb. LMDB allows one environment
+    per file per process, so a reader asking for another ``readahead`` than
+    the one that opened the file shares that one's setting (readahead is
+    advice to the OS about cold reads, never about results).
     """
     envs = _ENVS.get()
     with envs.lock:
-        key = _file_key(path)
         entry = envs.entries.get(key)
         if entry is None:
             try:
@@ -342,13 +377,12 @@ def _release_env(env: Any) -> None:
                 return
 
 
-def _file_key(path: str) -> Tuple[int, int]:
-    data = os.path.join(path, "data.mdb")
-    try:
-        st = os.stat(data)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read data.mdb: {exc}") from None
-    return st.st_dev, st.st_ino
+@functools.lru_cache(maxsize=64)
+def _gather(shape: Tuple[int, int, int], verify: bool, kernel: Any, version: int) -> record.Gather:
+    """The record.Gather of ``shape`` and record ``version``, shared by the readers of this process (a
+    Gather holds no mutable state); ``kernel``, the kernels in use, is part of the key: a switch of them
+    is followed."""
+    return record.Gather(shape, np.uint8, verify=verify, version=version)
 
 
 def _gather_part(records, values, sources, offsets, out, labels, indices, a, b):
@@ -389,11 +423,10 @@ def _smallest_value(records: int) -> int:
     return TABLE_HEAD.size + records * (8 + record.HEADER_SIZE + 1)
 
 
-def _check_not_truncated(env, data, path):
+def _check_not_truncated(env, have, path):
     # A truncated data.mdb would be mapped past its end and reading there
     # kills the process with SIGBUS; refuse it up front instead.
     need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    have = os.path.getsize(data)
     if have < need:
         raise StoreError(f"{path}: data.mdb is truncated: {have} bytes, the database needs {need}")
 

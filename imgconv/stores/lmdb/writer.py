@@ -8,7 +8,8 @@ into whole chunks of K records and commits the chunks in transactions of
 16 MiB, never per batch, so the file does not depend on how the images were
 split into batches. LMDB does not sync per transaction: a background
 :class:`_Flusher` writes committed pages to disk while the next ones are
-packed, and the writer syncs the rest before the rename.
+packed, and the writer syncs the rest before the rename (unless
+``durable=False``: then nothing is synced, as LMDB's own ``sync=False``).
 """
 import errno
 import os
@@ -85,7 +86,7 @@ class LmdbWriter(Writer):
         # LMDB does not sync per transaction: a background flusher (below)
         # writes committed pages to disk while the next ones are packed, and
         # _finish syncs the rest before the rename. A crash before then
-        # leaves only the temporary directory.
+        # leaves only the temporary directory. Not durable: nothing synced.
         try:
             self._env = lmdb.open(
                 self.temporary, map_size=self.map_size, subdir=True, sync=False, metasync=False,
@@ -93,7 +94,7 @@ class LmdbWriter(Writer):
             )
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: cannot create the LMDB database: {exc}") from None
-        self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb"))
+        self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb")) if self.durable else None
 
     def _write(self, encoded: EncodedRecords) -> None:  # type: ignore[override]
         k = self._records_per_value()
@@ -142,8 +143,9 @@ class LmdbWriter(Writer):
             return value_with_table(data, offsets[first : stop + 1] - offsets[first])
         return data
 
-    def _put(self, values, extra=()):
-        """Put ``values`` as the next chunks (and ``extra`` key/values) in one transaction."""
+    def _put(self, values, extra=(), flush=True):
+        """Put ``values`` as the next chunks (and ``extra`` key/values) in one transaction;
+        with ``flush``, have the flusher write it to disk meanwhile."""
         needed = sum(len(v) for v in values) + sum(len(v) for _, v in extra)
         try:
             self._reserve(needed)
@@ -162,7 +164,8 @@ class LmdbWriter(Writer):
         except lmdb.Error as exc:
             raise StoreError(f"{self.path}: LMDB failed while writing: {exc}{_space_note(self.temporary)}") from None
         self._chunk += len(values)
-        self._flusher.request()
+        if flush and self._flusher is not None:
+            self._flusher.request()
 
     def _reserve(self, needed):
         info = self._env.info()
@@ -202,10 +205,11 @@ class LmdbWriter(Writer):
             last.append(self._pending_value())
         self._ready, self._ready_bytes = [], 0
         try:
-            self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))])
-            assert self._flusher is not None
-            self._flusher.stop()
-            self._env.sync(True)
+            # Synced here, not by the flusher: a store of one transaction starts no thread.
+            self._put(last, extra=[(METADATA_KEY, dump_metadata(meta))], flush=False)
+            if self._flusher is not None:
+                self._flusher.stop()
+                self._env.sync(True)
         except (lmdb.Error, OSError) as exc:
             raise StoreError(f"{self.path}: LMDB failed while finishing the store: {exc}") from None
         finally:
@@ -240,7 +244,7 @@ class LmdbWriter(Writer):
         try:
             self._env = lmdb.open(self.temporary, map_size=max(self.map_size, 2 * os.path.getsize(data)), subdir=True,
                                   sync=False, metasync=False, readahead=False, max_dbs=0)
-            self._flusher = _Flusher(data)
+            self._flusher = _Flusher(data) if self.durable else None
             if self.records_per_value is None:
                 return 0
             chunks = 0

@@ -1,0 +1,99 @@
+"""The fixed costs cut for small stores keep every result: no sync on request, no pool where nothing
+is decoded, store[i] checked in one step, HDF5 and PNG folder openings that remember or skip work."""
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import imgconv
+from imgconv.errors import StoreError
+from imgconv.load import load
+from imgconv.pipeline import pool, workers_worth_starting
+from imgconv.stores import png_folder
+
+IMAGES = np.random.default_rng(3).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+LABELS = np.arange(12, dtype=np.int64) % 5
+
+
+@pytest.mark.parametrize("fmt", ["png", "lmdb", "hdf5"])
+def test_a_store_written_without_sync_reads_back_the_same(tmp_path, fmt, monkeypatch):
+    synced = []
+    monkeypatch.setattr(imgconv._platform, "fsync_dir", lambda path: synced.append(path))
+    with imgconv.create(tmp_path / f"s-{fmt}", fmt, durable=False) as writer:
+        writer.append(IMAGES, LABELS)
+    assert synced == []  # the rename is not synced
+    with imgconv.open(tmp_path / f"s-{fmt}") as store:
+        images, labels = store.read_all()
+    np.testing.assert_array_equal(images, IMAGES)
+    np.testing.assert_array_equal(labels, LABELS)
+
+
+def test_no_sync_is_a_flag_of_convert(tmp_path):
+    np.save(tmp_path / "images.npy", IMAGES)
+    np.save(tmp_path / "labels.npy", LABELS)
+    done = subprocess.run([sys.executable, "-m", "imgconv", "convert", tmp_path / "images.npy", tmp_path / "s.lmdb",
+                           "--no-sync"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with imgconv.open(tmp_path / "s.lmdb") as store:
+        np.testing.assert_array_equal(store.read_all()[0], IMAGES)
+
+
+def test_workers_are_started_only_for_heavy_work():
+    assert workers_worth_starting(2, 10, heavy=False) == 0
+    assert workers_worth_starting(2, 1, heavy=True) == 0
+    assert workers_worth_starting(4, 3, heavy=True) == 3
+    assert workers_worth_starting(2, None, heavy=True) == 2
+    assert workers_worth_starting(0, 10, heavy=True) == 0
+
+
+@pytest.mark.parametrize("name", ["s.lmdb", "s.h5"])
+def test_loading_a_store_starts_no_pool(tmp_path, name, monkeypatch):
+    with imgconv.create(tmp_path / name) as writer:
+        writer.append(IMAGES, LABELS)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started to copy a store")
+
+    monkeypatch.setattr(pool.ProcessPoolEngine, "run", no_pool)
+    images, labels = load(tmp_path / name, workers=2, batch_size=4)
+    np.testing.assert_array_equal(images, IMAGES)
+    np.testing.assert_array_equal(labels, LABELS)
+    imgconv.convert(tmp_path / name, tmp_path / "copy.lmdb", workers=2, batch_size=4)
+
+
+@pytest.mark.parametrize("fmt", ["png", "lmdb", "hdf5"])
+def test_store_item_is_checked(tmp_path, fmt):
+    with imgconv.create(tmp_path / f"s-{fmt}", fmt) as writer:
+        writer.append(IMAGES, LABELS)
+    with imgconv.open(tmp_path / f"s-{fmt}") as store:
+        for i in (0, 7, 11):
+            image, label = store[i]
+            np.testing.assert_array_equal(image, IMAGES[i])
+            assert label == LABELS[i] and type(label) is int
+
+
+def test_an_hdf5_store_changed_after_an_opening_is_checked_again(tmp_path):
+    path = tmp_path / "s.h5"
+    with imgconv.create(path) as writer:
+        writer.append(IMAGES, LABELS)
+    with imgconv.open(path) as store:
+        assert store[3][1] == LABELS[3]
+    with h5py.File(path, "r+") as f:
+        f.attrs["count"] = 11  # no longer what the metadata checksum covers
+    with pytest.raises(StoreError, match="s.h5"):
+        imgconv.open(path)
+
+
+def test_the_fast_labels_parse_gives_what_the_row_by_row_parse_gives():
+    rows = [["0", "images/000/000000.png", "3", "0a0b0c0d"], ["1", "images/000/000001.png", "-2", "FFFFFFFF"]]
+    text = ",".join(png_folder.HEADER) + "\n" + "".join(",".join(r) + "\n" for r in rows)
+    paths, labels, checksums = png_folder._parse_as_written(text)
+    want_paths, want_labels, want_checksums = png_folder._parse_indexed(rows, "x", "labels.csv", True)
+    assert list(paths) == list(want_paths)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_array_equal(checksums, want_checksums)
+    # Anything else is left to the row-by-row parse, which explains what is wrong.
+    assert png_folder._parse_as_written(text.replace("\n1,", "\n5,")) is None
+    assert png_folder._parse_as_written(text + "2,images/../x.png,1,00000000\n") is None
