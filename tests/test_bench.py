@@ -25,6 +25,11 @@ PLOTS = ["store_time.png", "store_time_log.png", "read_time.png", "read_time_log
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
+def _default_methods():
+    """The methods a run measures when none are named (the opt-in groups' left out)."""
+    return [m.name for m in METHODS.values() if m.default]
+
+
 def _dirs(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -50,7 +55,7 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     assert results["parameters"]["tmp"]["type"] != "unknown"
     rows = results["rows"]
     found = {(r["experiment"], r["method"], r["images"]) for r in rows}
-    for method in METHODS:
+    for method in _default_methods():
         for experiment in ("store-one", "read-one"):
             assert (experiment, method, 1) in found
         for experiment in ("store-many", "read-many", "random-batch", "random-one", "disk"):
@@ -219,7 +224,7 @@ def test_any_source_is_measured_repeated_up_to_the_largest_cutoff(tmp_path, caps
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "20 images of 8x6x3, repeated 3 times to reach 50" in results["parameters"]["input"]
     assert {(r["method"], r["images"]) for r in results["rows"] if r["experiment"] == "read-many"} == {
-        (m, n) for m in METHODS for n in (10, 50)}
+        (m, n) for m in _default_methods() for n in (10, 50)}
 
 
 def test_a_cifar_binary_version_cannot_time_the_classic_conversion(tmp_path, capsys):
@@ -458,13 +463,13 @@ def _plugged(harness):
 
 @pytest.fixture
 def plugged(monkeypatch):
-    """A peer-like method (opt-in group "peers", measured against lmdb) and an alone experiment, registered."""
+    """A peer-like method (opt-in group "plugged", measured against lmdb) and an alone experiment, registered."""
     method = Method("npz-peer", "npz", "peer", "np.savez / np.load", "NPZ", store=_npz_store, read_all=_npz_read,
-                    open_reader=_NpzReader, suffix=".npz", baseline="lmdb", group="peers",
+                    open_reader=_NpzReader, suffix=".npz", baseline="lmdb", group="plugged",
                     versions=lambda: {"npz-peer": "1.0"})
     missing = Method("missing-peer", "nothing", "peer", "needs a module that is not there", "None",
                      store=_npz_store, read_all=_npz_read, requires=("imgconv_no_such_module",),
-                     install="pip install nothing", group="peers")
+                     install="pip install nothing", group="plugged")
     monkeypatch.setitem(METHODS, method.name, method)
     monkeypatch.setitem(METHODS, missing.name, missing)
     exp = Experiment("plugged", "a plugged-in experiment", "alone", _plugged, sides=("slow", "fast"))
@@ -476,7 +481,7 @@ def test_a_plugged_in_method_and_experiment_appear_in_the_table_and_json(tmp_pat
     mine = tmp_path / "targets.toml"
     mine.write_text("[[target]]\nwhat = 'the plugged experiment, fast against slow'\nexperiment = 'plugged'\n"
                     "method = 'fast'\nbaseline = 'slow'\nimages = 5\nmeasure = 'speedup'\nat_least = 1.5\n")
-    status = cli.main(["bench", "--peers", "--methods", "lmdb", "--experiments", "read-many", "disk", "plugged",
+    status = cli.main(["bench", "--plugged", "--methods", "lmdb", "--experiments", "read-many", "disk", "plugged",
                        "--cutoffs", "10", "--repeat", "1", "--settle", "5", "--targets", str(mine), "--no-plots",
                        *_dirs(tmp_path)])
     out = capsys.readouterr().out
@@ -489,8 +494,8 @@ def test_a_plugged_in_method_and_experiment_appear_in_the_table_and_json(tmp_pat
     assert rows[("disk", "npz-peer")]["bytes"] > 0
     assert rows[("plugged", "fast")]["note"] == "plugged" and rows[("plugged", "fast")]["speedup"] > 1
     assert results["methods"]["npz-peer"] == {"family": "peer", "format": "npz", "label": "NPZ",
-                                              "title": "np.savez / np.load", "baseline": "lmdb", "group": "peers",
-                                              "skipped": None}
+                                              "title": "np.savez / np.load", "baseline": "lmdb", "group": "plugged",
+                                              "doc": "", "skipped": None}
     assert results["methods"]["missing-peer"]["skipped"] == ("imgconv_no_such_module is not installed "
                                                              "(pip install nothing)")
     assert results["versions"]["npz-peer"] == "1.0" and results["parameters"]["plugged"] == {"quick": False}
@@ -512,12 +517,12 @@ def test_an_opt_in_group_gets_its_flag_only_when_registered(plugged, monkeypatch
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    assert "--peers" in parser.format_help() and "npz-peer" in parser.format_help()
+    assert "--plugged" in parser.format_help() and "npz-peer" in parser.format_help()
     monkeypatch.delitem(METHODS, "npz-peer")
     monkeypatch.delitem(METHODS, "missing-peer")
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    assert "--peers" not in parser.format_help()
+    assert "--plugged" not in parser.format_help()
 
 
 def test_registries_refuse_duplicates_and_unknown_baselines():
