@@ -42,6 +42,7 @@ PLUGINS = (
     "imgconv.bench.methods",
     "imgconv.bench.experiments",
     "imgconv.bench.loader_bench",
+    "imgconv.bench.peers",
 )
 DEFAULT_OUT = "bench-results"
 CIFAR_COUNT, QUICK_CIFAR_COUNT = 60_000, 3_000
