@@ -28,7 +28,7 @@ import numpy as np
 
 import imgconv
 
-from ..errors import BenchCheckError  # noqa: F401 - harness and memory import it from here
+from ..errors import BenchCheckError
 from . import classic
 
 WRITE_BATCH = 1024
@@ -208,19 +208,28 @@ def _imgconv_png_store(path: str, images: np.ndarray, labels: np.ndarray, env: E
     imgconv.convert(env.npz, path, format="png", limit=len(images), workers=env.workers)
 
 
+def _one_size(got: Tuple[Any, np.ndarray], path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``got`` as arrays: images of several sizes (a list) are not what the harness wrote, and fail the run."""
+    images, labels = got
+    if not isinstance(images, np.ndarray):
+        raise BenchCheckError(f"{path}: read back as images of several sizes, one size was written: the run fails")
+    return images, labels
+
+
 def _imgconv_png_read(path: str, count: int, env: Environment) -> Tuple[np.ndarray, np.ndarray]:
-    return imgconv.load(path, workers=env.workers)
+    return _one_size(imgconv.load(path, workers=env.workers), path)
 
 
 def _imgconv_read_all(path: str, count: int, env: Optional[Environment] = None) -> Tuple[np.ndarray, np.ndarray]:
     with imgconv.open(path) as store:
-        return store.read_all()
+        return _one_size(store.read_all(), path)
 
 
 class StoreReader:
     """An imgconv store opened for random reads: ``store[i]`` and ``store.read_batch``."""
 
     def __init__(self, path: str, count: int):
+        self._path = path
         self._store = imgconv.open(path)
 
     def read_one(self, index: int) -> Tuple[np.ndarray, int]:
@@ -229,7 +238,7 @@ class StoreReader:
 
     def read_batch(self, indices: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
         """``(images, labels)`` for ``indices`` in one call."""
-        return self._store.read_batch(indices)
+        return _one_size(self._store.read_batch(indices), self._path)
 
     def close(self) -> None:
         """Close the store."""

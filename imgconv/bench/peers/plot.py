@@ -24,6 +24,7 @@ def plot_peers(results: Mapping[str, Any], out: str) -> List[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     count = rows[0]["images"]
     methods = results["methods"]
@@ -33,6 +34,7 @@ def plot_peers(results: Mapping[str, Any], out: str) -> List[str]:
     for ax, figure in zip(axes, FIGURES):
         if LOG[figure.unit]:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the labels of the minor ticks overlap
         for y, name in enumerate(names):
             value = values.get(name, {}).get(figure)
             if value is None:

@@ -37,7 +37,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ...errors import ImgconvError
-from ..memory import TreeMemorySampler, _time_max_rss_kb
+from ..memory import TreeMemorySampler, _time_max_rss_kb, process_stats
 from ..methods import BenchCheckError
 
 # A child's time limit: this much, plus this much per image; several times the slowest writer's figures on a
@@ -71,20 +71,7 @@ def _shm_entries() -> Set[str]:
 
 def group_members(pgid: int) -> List[int]:
     """The live (not zombie) processes of process group ``pgid``, from /proc."""
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: the fields follow the last ")".
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(name))
-    return members
+    return [pid for pid, fields in process_stats() if int(fields[2]) == pgid and fields[0] != b"Z"]
 
 
 def _wait_gone(pgid: int, seconds: float) -> bool:
