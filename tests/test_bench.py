@@ -26,6 +26,11 @@ PLOTS = ["store_time.png", "store_time_log.png", "read_time.png", "read_time_log
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
+def _default_methods():
+    """The methods a run measures when none are named (the opt-in groups' left out)."""
+    return [m.name for m in METHODS.values() if m.default]
+
+
 def _dirs(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -51,7 +56,8 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     assert results["parameters"]["tmp"]["type"] != "unknown"
     rows = results["rows"]
     found = {(r["experiment"], r["method"], r["images"]) for r in rows}
-    for name, method in METHODS.items():
+    for name in _default_methods():
+        method = METHODS[name]
         # Every experiment the method can run (the no-sync methods only write).
         runs = [e for e in ("store-one", "read-one", "store-many", "read-many", "random-batch", "random-one", "disk")
                 if all(getattr(method, need) is not None for need in harness.EXPERIMENTS[e].needs)]
@@ -228,7 +234,7 @@ def test_any_source_is_measured_repeated_up_to_the_largest_cutoff(tmp_path, caps
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "20 images of 8x6x3, repeated 3 times to reach 50" in results["parameters"]["input"]
     assert {(r["method"], r["images"]) for r in results["rows"] if r["experiment"] == "read-many"} == {
-        (name, n) for name, m in METHODS.items() if m.read_all is not None for n in (10, 50)}
+        (name, n) for name in _default_methods() if METHODS[name].read_all is not None for n in (10, 50)}
 
 
 def test_a_cifar_binary_version_cannot_time_the_classic_conversion(tmp_path, capsys):
@@ -473,13 +479,13 @@ def _plugged(harness):
 
 @pytest.fixture
 def plugged(monkeypatch):
-    """A peer-like method (opt-in group "peers", measured against lmdb) and an alone experiment, registered."""
+    """A peer-like method (opt-in group "plugged", measured against lmdb) and an alone experiment, registered."""
     method = Method("npz-peer", "npz", "peer", "np.savez / np.load", "NPZ", store=_npz_store, read_all=_npz_read,
-                    open_reader=_NpzReader, suffix=".npz", baseline="lmdb", group="peers",
+                    open_reader=_NpzReader, suffix=".npz", baseline="lmdb", group="plugged",
                     versions=lambda: {"npz-peer": "1.0"})
     missing = Method("missing-peer", "nothing", "peer", "needs a module that is not there", "None",
                      store=_npz_store, read_all=_npz_read, requires=("imgconv_no_such_module",),
-                     install="pip install nothing", group="peers")
+                     install="pip install nothing", group="plugged")
     monkeypatch.setitem(METHODS, method.name, method)
     monkeypatch.setitem(METHODS, missing.name, missing)
     exp = Experiment("plugged", "a plugged-in experiment", "alone", _plugged, sides=("slow", "fast"))
@@ -491,7 +497,7 @@ def test_a_plugged_in_method_and_experiment_appear_in_the_table_and_json(tmp_pat
     mine = tmp_path / "targets.toml"
     mine.write_text("[[target]]\nwhat = 'the plugged experiment, fast against slow'\nexperiment = 'plugged'\n"
                     "method = 'fast'\nbaseline = 'slow'\nimages = 5\nmeasure = 'speedup'\nat_least = 1.5\n")
-    status = cli.main(["bench", "--peers", "--methods", "lmdb", "--experiments", "read-many", "disk", "plugged",
+    status = cli.main(["bench", "--plugged", "--methods", "lmdb", "--experiments", "read-many", "disk", "plugged",
                        "--cutoffs", "10", "--repeat", "1", "--settle", "5", "--targets", str(mine), "--no-plots",
                        *_dirs(tmp_path)])
     out = capsys.readouterr().out
@@ -504,8 +510,8 @@ def test_a_plugged_in_method_and_experiment_appear_in_the_table_and_json(tmp_pat
     assert rows[("disk", "npz-peer")]["bytes"] > 0
     assert rows[("plugged", "fast")]["note"] == "plugged" and rows[("plugged", "fast")]["speedup"] > 1
     assert results["methods"]["npz-peer"] == {"family": "peer", "format": "npz", "label": "NPZ",
-                                              "title": "np.savez / np.load", "baseline": "lmdb", "group": "peers",
-                                              "skipped": None}
+                                              "title": "np.savez / np.load", "baseline": "lmdb", "group": "plugged",
+                                              "doc": "", "skipped": None}
     assert results["methods"]["missing-peer"]["skipped"] == ("imgconv_no_such_module is not installed "
                                                              "(pip install nothing)")
     assert results["versions"]["npz-peer"] == "1.0" and results["parameters"]["plugged"] == {"quick": False}
@@ -527,12 +533,12 @@ def test_an_opt_in_group_gets_its_flag_only_when_registered(plugged, monkeypatch
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    assert "--peers" in parser.format_help() and "npz-peer" in parser.format_help()
+    assert "--plugged" in parser.format_help() and "npz-peer" in parser.format_help()
     monkeypatch.delitem(METHODS, "npz-peer")
     monkeypatch.delitem(METHODS, "missing-peer")
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    assert "--peers" not in parser.format_help()
+    assert "--plugged" not in parser.format_help()
 
 
 def test_registries_refuse_duplicates_and_unknown_baselines():

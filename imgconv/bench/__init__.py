@@ -10,11 +10,13 @@ modules, from input to report:
 - ``harness``: measurement: the :class:`~.harness.Experiment` registry (``EXPERIMENTS``,
   ``register_experiment``), the grid over groups of methods and cutoffs, the warm-up and repeat policy;
 - ``experiments``: the built-in experiments (store, read, random access, disk, kernels, conversion, memory);
+- ``loader_bench``: the training loaders (opt-in plug-in); ``peers``: LitData, MosaicML streaming,
+  WebDataset and HF datasets beside imgconv's stores (``--peers``, opt-in plug-in);
 - ``targets`` and ``targets.toml``: the goal thresholds, as data, and how a run judges them;
 - ``kernel_bench``, ``memory``, ``studies``: the kernel comparisons, peak memory of a conversion, the layout studies;
 - ``report`` and ``plots``: the table, results.json and results.csv, and the matplotlib plots;
 - ``command``: the command's arguments and the run (``add_arguments``, ``run_bench``);
-- ``internals``: the two imgconv internals the harness uses beyond the public API.
+- ``internals``: the imgconv internals the harness uses beyond the public API.
 
 ``python -m imgconv.bench.kernel_bench`` and ``python -m imgconv.bench.sample_bench``
 run the kernel comparisons and the sample's own figures on their own.
@@ -25,7 +27,10 @@ A plug-in is a module of this package that registers methods and experiments
 when imported, named in ``command.PLUGINS`` (one line). It imports what it
 measures lazily (inside the functions), so that ``imgconv --help`` never needs
 it, and declares it in ``requires`` so that a missing package skips the
-method or experiment with a one-line reason instead of failing the run.
+method or experiment with a one-line reason instead of failing the run;
+``probe`` imports it when a run has chosen it, so that a package that is
+installed but broken (a torchvision built for another torch) is skipped
+with its import error too.
 
 **A method** (a way to store and read images)::
 
@@ -42,10 +47,16 @@ method or experiment with a one-line reason instead of failing the run.
         suffix="",                # how its paths end
         baseline="lmdb",          # its rows get speedup = lmdb time / its time, both run in the same rounds
         requires=("litdata",), install='pip install "imgconv[peers]"',
+        probe=probe,              # probe() -> None, or why it cannot run here; after requires is found
         group="peers",            # opt-in: --peers (or --methods peers) adds it
-        versions=lambda: {"litdata": __import__("litdata").__version__},
+        versions=versions,        # versions() -> {"litdata": "0.2.76", "torch": ...}, without importing
+        doc="https://...",        # the documentation it follows; results.json records it
         extras={},                # capabilities of plug-in experiments, by name
     ))
+
+(:mod:`imgconv.bench.peers` registers its five methods this way, with the
+helpers of :mod:`imgconv.bench.peers.common`: ``import_probe``,
+``versions_of``.)
 
 Each experiment runs the methods that have what it ``needs`` (``store``,
 ``read_all``, ``open_reader``, ``store_one``, or a name of ``extras``); every
@@ -58,7 +69,7 @@ run. ``disk`` measures whatever ``store`` wrote at ``path``.
 
     @experiment("loader", "one shuffled epoch, batches of 256", "alone",
                 requires=("torch",), install="pip install torch", default=True,
-                sides=("imgconv-lmdb", "torch-folder"), table=None)
+                sides=("imgconv-lmdb", "torch-folder"), table=None, plot=None, probe=None)
     def loader(harness: Harness) -> list[dict]:
         trials = {"torch-folder": Trial(run, setup=None, check=check, warmup=1, per=count),
                   "imgconv-lmdb": Trial(...)}
@@ -80,7 +91,10 @@ are the run's inputs, and ``harness.parameters[name]`` is recorded in
 results.json. ``sides`` lists the names an alone experiment measures that are
 not registered methods (so that targets may name them); ``table(results,
 title, rows) -> lines`` draws its block of the table (default: the pair table);
-``group`` makes it opt-in with the methods of the same group.
+``plot(results, out) -> file names`` draws its own plots into ``out``
+(matplotlib imported inside; called only when it is installed and plots are
+drawn); ``group`` makes it opt-in with the methods of the same group (the
+``--GROUP`` flag adds both).
 
 **A target** is a ``[[target]]`` entry of ``targets.toml`` (data, no code):
 ``what``, ``experiment``, ``method`` (and ``baseline`` when it is not the

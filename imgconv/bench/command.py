@@ -43,6 +43,7 @@ PLUGINS = (
     "imgconv.bench.methods",
     "imgconv.bench.experiments",
     "imgconv.bench.loader_bench",
+    "imgconv.bench.peers",
 )
 DEFAULT_OUT = "bench-results"
 CIFAR_COUNT, QUICK_CIFAR_COUNT = 60_000, 3_000
@@ -258,7 +259,7 @@ def _clear_cache(cache: str) -> int:
 
 def _methods_info(selected: Sequence[str], skipped: Mapping[str, str]) -> Dict[str, Dict[str, Any]]:
     return {name: {"family": m.family, "format": m.format, "label": m.label, "title": m.title,
-                   "baseline": m.baseline, "group": m.group, "skipped": skipped.get(name)}
+                   "baseline": m.baseline, "group": m.group, "doc": m.doc, "skipped": skipped.get(name)}
             for name, m in METHODS.items() if name in selected or name in skipped}
 
 
@@ -331,7 +332,7 @@ def run_bench(args: argparse.Namespace) -> int:
         f.write(text + "\n")
     written = ["results.json", "results.csv", "table.txt"]
     if not args.no_plots:
-        written += _plots(results, args.out)
+        written += _plots(results, args.out, experiments)
     paths = ", ".join(os.path.join(args.out, n) for n in written)
     print(escape_lines(f"\n{results['seconds']:.0f} s; wrote {paths}"))
     return 0
@@ -377,13 +378,18 @@ def _options(args: argparse.Namespace, experiments: Sequence[Experiment], images
     return options
 
 
-def _plots(results: Mapping[str, Any], out: str) -> List[str]:
+def _plots(results: Mapping[str, Any], out: str, experiments: Sequence[Experiment]) -> List[str]:
+    """The harness's plots, then those of each experiment that has its own (``Experiment.plot``)."""
     if importlib.util.find_spec("matplotlib") is None:
         print('no plots: matplotlib is not installed; to get them: pip install "imgconv[plot]"')
         return []
     from . import plots
 
-    return plots.plot_results(results, out)
+    written = plots.plot_results(results, out)
+    for exp in experiments:
+        if exp.plot is not None:
+            written += exp.plot(results, out)
+    return written
 
 
 def _image_set(args: argparse.Namespace, count: int, cache: str, workdir: str) -> inputs.ImageSet:

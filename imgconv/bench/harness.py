@@ -51,6 +51,7 @@ _WRITERS = {"one": "store_one", "cutoff": "store"}  # the capability that writes
 
 Row = Dict[str, Any]
 TableFn = Callable[[Mapping[str, Any], str, List[Row]], List[str]]
+PlotFn = Callable[[Mapping[str, Any], str], List[str]]
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,12 @@ class Experiment:
     name them). ``steps``: progress steps of an alone experiment (a number or
     ``steps(harness)``). ``table(results, title, rows)``: the lines of its
     block of the table, from results.json's contents and the experiment's rows
-    (default: :func:`~imgconv.bench.report.pair_table`).
+    (default: :func:`~imgconv.bench.report.pair_table`). ``plot(results,
+    out)``: draws the experiment's own plots into the directory ``out`` with
+    matplotlib (imported inside) and returns the file names written; called
+    when the run draws plots. ``probe()``: as a method's (see
+    :class:`~imgconv.bench.methods.Method`), why the experiment cannot run
+    here although ``requires`` is found, or None.
     """
 
     name: str
@@ -88,10 +94,12 @@ class Experiment:
     sides: Tuple[str, ...] = ()
     steps: Union[int, Callable[["Harness"], int]] = 1
     table: Optional[TableFn] = None
+    plot: Optional[PlotFn] = None
+    probe: Optional[Callable[[], Optional[str]]] = None
 
     def skip_reason(self) -> Optional[str]:
-        """Why the experiment cannot run here (a required module is missing), or None."""
-        return missing_modules(self.requires, self.install)
+        """Why the experiment cannot run here (a required module is missing, or its ``probe`` says why), or None."""
+        return missing_modules(self.requires, self.install) or (self.probe() if self.probe is not None else None)
 
 
 EXPERIMENTS: Dict[str, Experiment] = {}

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -42,9 +42,9 @@ SUFFIXES = {"png": "", "lmdb": ".lmdb", "hdf5": ".h5"}
 _STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 
 
-def _children_map() -> Dict[int, List[int]]:
-    """``{ppid: [pid, ...]}`` for every process visible in /proc."""
-    children: Dict[int, List[int]] = {}
+def process_stats() -> Iterator[Tuple[int, List[bytes]]]:
+    """``(pid, fields)`` of every process visible in /proc: the fields of ``/proc/PID/stat`` after the
+    command name (state, ppid, pgrp, ...)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -54,8 +54,14 @@ def _children_map() -> Dict[int, List[int]]:
         except OSError:
             continue
         # The command name may hold spaces and parentheses: fields follow the last ")".
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+        yield int(name), stat[stat.rindex(b")") + 2 :].split()
+
+
+def _children_map() -> Dict[int, List[int]]:
+    """``{ppid: [pid, ...]}`` for every process visible in /proc."""
+    children: Dict[int, List[int]] = {}
+    for pid, fields in process_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 

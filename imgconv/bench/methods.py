@@ -28,7 +28,7 @@ import numpy as np
 
 import imgconv
 
-from ..errors import BenchCheckError  # noqa: F401 - harness and memory import it from here
+from ..errors import BenchCheckError
 from . import classic
 
 WRITE_BATCH = 1024
@@ -83,9 +83,13 @@ class Method:
     ``baseline`` names the method this one's ratios are against (its rows get
     ``speedup`` = baseline time / this method's time, round by round).
     ``requires`` lists the modules it imports (it is skipped with a one-line
-    reason, saying ``install``, when one is missing); ``group`` makes it
-    opt-in (``--methods GROUP`` or the ``--GROUP`` flag); ``versions()``
-    returns the versions of what it measures, recorded in results.json.
+    reason, saying ``install``, when one is missing); ``probe()``, when given,
+    runs once before a run that chose the method, after ``requires`` is found:
+    it imports what the method measures and returns why it cannot run here
+    (a broken install), or None. ``group`` makes it opt-in (``--methods
+    GROUP`` or the ``--GROUP`` flag); ``versions()`` returns the versions of
+    what it measures, recorded in results.json; ``doc`` names the
+    documentation the method follows (recorded there too).
     """
 
     name: str
@@ -102,8 +106,10 @@ class Method:
     requires: Tuple[str, ...] = ()
     install: str = ""
     group: Optional[str] = None
-    versions: Optional[Callable[[], Dict[str, str]]] = None
+    versions: Optional[Callable[[], Mapping[str, Optional[str]]]] = None
     extras: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    probe: Optional[Callable[[], Optional[str]]] = None
+    doc: str = ""
 
     @property
     def default(self) -> bool:
@@ -120,8 +126,8 @@ class Method:
         return all(self.capability(name) is not None for name in needs)
 
     def skip_reason(self) -> Optional[str]:
-        """Why the method cannot run here (a required module is missing), or None."""
-        return missing_modules(self.requires, self.install)
+        """Why the method cannot run here (a required module is missing, or its ``probe`` says why), or None."""
+        return missing_modules(self.requires, self.install) or (self.probe() if self.probe is not None else None)
 
 
 _CAPABILITIES = ("store", "read_all", "open_reader", "store_one")
@@ -206,19 +212,28 @@ def _imgconv_png_convert(durable: bool = True) -> StoreFn:
     return store
 
 
+def _one_size(got: Tuple[Any, np.ndarray], path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``got`` as arrays: images of several sizes (a list) are not what the harness wrote, and fail the run."""
+    images, labels = got
+    if not isinstance(images, np.ndarray):
+        raise BenchCheckError(f"{path}: read back as images of several sizes, one size was written: the run fails")
+    return images, labels
+
+
 def _imgconv_png_read(path: str, count: int, env: Environment) -> Tuple[np.ndarray, np.ndarray]:
-    return imgconv.load(path, workers=env.workers)
+    return _one_size(imgconv.load(path, workers=env.workers), path)
 
 
 def _imgconv_read_all(path: str, count: int, env: Optional[Environment] = None) -> Tuple[np.ndarray, np.ndarray]:
     with imgconv.open(path) as store:
-        return store.read_all()
+        return _one_size(store.read_all(), path)
 
 
 class StoreReader:
     """An imgconv store opened for random reads: ``store[i]`` and ``store.read_batch``."""
 
     def __init__(self, path: str, count: int):
+        self._path = path
         self._store = imgconv.open(path)
 
     def read_one(self, index: int) -> Tuple[np.ndarray, int]:
@@ -227,7 +242,7 @@ class StoreReader:
 
     def read_batch(self, indices: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
         """``(images, labels)`` for ``indices`` in one call."""
-        return self._store.read_batch(indices)
+        return _one_size(self._store.read_batch(indices), self._path)
 
     def close(self) -> None:
         """Close the store."""
@@ -305,7 +320,8 @@ for _method in [
 
 
 def same_data(got: Tuple[Any, Any], images: np.ndarray, labels: np.ndarray) -> bool:
-    """True when ``got`` (images, labels) holds exactly ``images`` and ``labels``."""
+    """True when ``got`` (images, labels) holds exactly ``images`` and ``labels``, the images of their dtype."""
     got_images, got_labels = got
     return (isinstance(got_images, np.ndarray) and got_images.shape == images.shape
+            and got_images.dtype == images.dtype
             and np.array_equal(got_images, images) and np.array_equal(np.asarray(got_labels), labels))

@@ -221,11 +221,12 @@ def pair_lines(results: Results, rows: Rows) -> List[str]:
         if partner is not None:
             families.add((partner.get("family"), row.get("family")))
     left, right = ("classic", "imgconv") if families == {("classic", "imgconv")} else ("baseline", "measured")
-    out = [f"  {'format':<6} {'images':>9}  {left:>19}  {right:>19}  {'speed-up':>9}  {'spread (rounds)':<16} "
+    width = max([6, *(len(_label(results, row["method"])) for row in lines)])
+    out = [f"  {'format':<{width}} {'images':>9}  {left:>19}  {right:>19}  {'speed-up':>9}  {'spread (rounds)':<16} "
            f"{'target':<10} status"]
     for row in lines:
         ratio = "" if row.get("speedup") is None else f"{row['speedup']:.2f}x"
-        out.append(f"  {_label(results, row['method']):<6} {row['images']:>9,}  {_cell(partners[id(row)]):>19}  "
+        out.append(f"  {_label(results, row['method']):<{width}} {row['images']:>9,}  {_cell(partners[id(row)]):>19}  "
                    f"{_cell(row):>19}  {ratio:>9}  {spread_text(row.get('ratios') or ()):<16} "
                    f"{row.get('target', ''):<10} {row.get('status', '')}")
     return out
@@ -346,11 +347,14 @@ def targets_lines(results: Results) -> List[str]:
 
 
 def _legend(results: Results) -> str:
-    pairs = {(_family(results, row["baseline"]), row["family"]) for row in results["rows"]
-             if row.get("baseline") and row.get("family")}
+    paired = [row for row in results["rows"] if row.get("baseline") and row.get("family")]
+    pairs = {(_family(results, row["baseline"]), row["family"]) for row in paired}
+    peer_baselines = sorted({_label(results, row["baseline"]) for row in paired if row["family"] == "peer"})
+    peers = (f"; a peer's is imgconv's {' or '.join(peer_baselines)}: below 1, imgconv is faster"
+             if peer_baselines else "")
     what = ("classic time / imgconv time, same format (above 1: imgconv is faster)" if pairs <= {("classic", "imgconv")}
             else "baseline time / measured time (above 1: the measured method is faster; imgconv's baseline is the "
-                 "classic method of its format)")
+                 f"classic method of its format{peers})")
     return (f"speed-up = {what}; both run back to back in each round: the geometric mean of the rounds, and their "
             "spread: lowest-highest (rounds)")
 
