@@ -24,7 +24,7 @@ import importlib
 import os
 import sys
 import warnings
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -139,7 +139,7 @@ class CropFlipNormalize:
         self.size = self._size(size)
         self.flip = bool(flip)
         self.dtype = dtype
-        self._tables = {}
+        self._tables: Dict[int, np.ndarray] = {}
 
     @staticmethod
     def _size(size):

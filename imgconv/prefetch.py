@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -181,14 +181,14 @@ class BatchReader:
         self.batch_size = batch_size
         self.transform = transform
         self.keep = keep
-        self._pools = None
+        self._pools: Optional[Dict[str, BufferPool]] = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         state["_pools"] = None
         return state
 
-    def _pool(self, kind, shape, dtype):
+    def _pool(self, kind: str, shape: Tuple[int, ...], dtype: Any) -> BufferPool:
         if self._pools is None:
             self._pools = {}
         pool = self._pools.get(kind)
@@ -207,10 +207,11 @@ class BatchReader:
         if transform is None:
             return images, labels
         if takes_rng(transform):
+            augment: Any = transform  # a CropFlipNormalize, or a callable of the same kind
             out = None
-            if images.shape[0] == self.batch_size and hasattr(transform, "output_size"):
-                oh, ow = transform.output_size(images.shape[1], images.shape[2])
-                pool = self._pool("out", (images.shape[0], images.shape[3], oh, ow), transform.dtype)
+            if images.shape[0] == self.batch_size and hasattr(augment, "output_size"):
+                oh, ow = augment.output_size(images.shape[1], images.shape[2])
+                pool = self._pool("out", (images.shape[0], images.shape[3], oh, ow), augment.dtype)
                 out = pool.take()
                 pool.give_back(out)
             if out is None:
@@ -249,6 +250,8 @@ def worker_start(reader: BatchReader) -> None:
 
 def worker_read(seed: int, epoch: int, batch: PlannedBatch) -> Tuple[np.ndarray, np.ndarray]:
     """In a worker process: ``(images, labels)`` of ``batch`` as NumPy arrays (they cross by pickle)."""
+    if _WORKER_READER is None:
+        raise LoaderError("worker_read called in a process that worker_start did not initialise")
     images, labels = _WORKER_READER.read(seed, epoch, batch)
     return _as_array(images), labels
 

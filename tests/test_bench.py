@@ -81,11 +81,13 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     # Every target is set for more images than a quick run measures: none is judged, none is MISSED.
     assert "MISSED" not in done.stdout and "undecided" not in done.stdout
     judged = {t["what"]: t["status"] for t in results["targets"]}
-    default = [t for t in targets.load_targets() if t.experiment != "memory"]  # memory is opt-in
+    opt_in = ("memory", "loader")
+    default = [t for t in targets.load_targets() if t.experiment not in opt_in]
     assert judged == {**{t.what: targets.NOT_MEASURED for t in default},
-                      **{t.what: targets.NOT_RUN for t in targets.load_targets() if t.experiment == "memory"}}
+                      **{t.what: targets.NOT_RUN for t in targets.load_targets() if t.experiment in opt_in}}
     assert done.stdout.count("not measured at this size") == len(default)
-    assert "memory" not in done.stdout.split("targets:")[1]  # targets of experiments not run are not listed
+    listed = done.stdout.split("targets:")[1]  # targets of experiments not run are not listed
+    assert "memory" not in listed and "Loader" not in listed and "augmentations" not in listed
 
     with open(out / "results.csv", newline="") as f:
         lines = list(csv.DictReader(f))
@@ -374,6 +376,97 @@ def test_rounds_stop_at_the_round_limit():
     assert verdict.status == "undecided" and verdict.rounds == targets.MAX_ROUNDS
 
 
+def test_a_fallible_side_that_raises_is_retired_and_a_wrong_result_still_fails():
+    log = []
+    clock = FakeClock()
+
+    def timed(name, seconds):
+        def run():
+            log.append(name)
+            clock.now += seconds
+            return name
+
+        return run
+
+    def crashes():
+        log.append("peer")
+        raise OSError("could not unlink the shared memory file\n/torch_1: gone")
+
+    flaky_times = iter([1.5, 2.5])
+
+    def flaky():
+        log.append("flaky")
+        clock.now += next(flaky_times)  # the third run raises StopIteration: a crash
+
+    rounds = Rounds({"ours": Side(timed("ours", 1.0)), "peer": Side(crashes, fallible=True),
+                     "flaky": Side(flaky, fallible=True)}, clock=clock)
+    rounds.warm_up("peer", 1)
+    rounds.run(2)
+    assert rounds.failed == {"peer": "OSError: /torch_1: gone"} and rounds.warmups["peer"] == 0
+    assert log.count("peer") == 1 and rounds.times["ours"] == [1.0] * 2
+    assert rounds.ratios("flaky", "ours") == [1.5, 2.5] and rounds.ratios("peer", "ours") == []
+    verdict = targets.settle(_target(1.8), rounds, "flaky", "ours", budget=1e9)  # undecided; the rerun crashes
+    assert (verdict.status, verdict.settle_rounds) == ("undecided", 1) and rounds.failed["flaky"] == "StopIteration"
+    rounds.run(5)
+    assert log.count("flaky") == 3 and rounds.times["ours"] == [1.0] * 5
+    with pytest.raises(OSError):
+        Rounds({"ours": Side(crashes)}).round()  # not fallible: the run fails
+
+    def wrong(result):
+        raise methods.BenchCheckError("wrong pixels")
+
+    def wrong_inside():
+        raise methods.BenchCheckError("wrong labels")
+
+    with pytest.raises(methods.BenchCheckError, match="wrong pixels"):
+        Rounds({"peer": Side(timed("peer", 1.0), check=wrong, fallible=True)}, clock=clock).round()
+    with pytest.raises(methods.BenchCheckError, match="wrong labels"):
+        Rounds({"peer": Side(wrong_inside, fallible=True)}).round()
+
+
+def _sleeper(seconds, log, name):
+    def run():
+        log.append(name)
+        time.sleep(seconds)
+
+    return run
+
+
+def test_a_best_of_side_is_the_setting_with_the_lowest_median_and_is_settled_on_it(tmp_path):
+    images = inputs.ImageSet(np.zeros((5, 2, 2, 3), np.uint8), np.zeros(5, np.int64), None, "five")
+    target = targets.Target("fast against the slow ones, best", "plugged", "fast", 5, "speedup", ">=", 1.5,
+                            baseline="slow-best")
+    missing = targets.Target("fast against the missing ones", "plugged", "fast", 5, "speedup", ">=", 1.5,
+                             baseline="missing-best")
+    run = harness.Harness(images, [], [], [5], repeat=2, budget=10.0, workers=0, workdir=str(tmp_path),
+                          targets=[target, missing], settle_budget=5.0)
+    log = []
+    trials = {"slow-a": Trial(_sleeper(0.03, log, "slow-a"), fields={"title": "slow, setting a"}),
+              "slow-b": Trial(_sleeper(0.01, log, "slow-b"), fields={"title": "slow, setting b"}),
+              "missing-0": Trial.unavailable("nothing is not installed (pip install nothing)", {"title": "m0"}),
+              "missing-1": Trial.unavailable("nothing is not installed (pip install nothing)"),
+              "fast": Trial(_sleeper(0.001, log, "fast"))}
+    best = {"slow-best": ("slow-a", "slow-b"), "missing-best": ("missing-0", "missing-1")}
+    rows = run.side_by_side("plugged", 5, trials, [("slow-best", "fast"), ("missing-best", "fast")], best=best)
+    by_name = {row["method"]: row for row in rows}
+    assert [row["method"] for row in rows] == ["slow-a", "slow-b", "slow-best", "missing-0", "missing-1",
+                                               "missing-best", "fast"]
+    chosen = by_name["slow-best"]
+    assert (chosen["best_of"], chosen["chosen"], chosen["title"]) == (["slow-a", "slow-b"], "slow-b",
+                                                                      "slow, setting b")
+    assert chosen["times"] == by_name["slow-b"]["times"] and by_name["fast"]["speedup"] > 1.5
+    assert by_name["missing-0"]["skipped"] == "nothing is not installed (pip install nothing)"
+    assert by_name["missing-0"]["title"] == "m0" and by_name["missing-best"]["skipped"].startswith("nothing is")
+    assert "missing-0" not in log and "missing-1" not in log
+    [comparison] = run.comparisons  # the pair with nothing timed is not compared
+    assert comparison["sides"] == ["slow-b", "fast"] and comparison["baseline"] == "slow-best"
+    # One warm-up and two rounds of everything; the settling (if any) reran the chosen setting alone.
+    assert log.count("slow-a") == 3 and log.count("slow-b") == log.count("fast") == 3 + comparison["settle_rounds"]
+    found = targets.evaluate_targets([target, missing], run.rows + rows, run.comparisons, METHODS,
+                                     {("plugged", "fast")}, command._sides_not_timed(rows))
+    assert [t["status"] for t in found] == ["met", "skipped: nothing is not installed (pip install nothing)"]
+
+
 def test_judging_slowdowns_single_values_and_single_rounds():
     within = _target(3.0, "<=", "slowdown")
     assert targets.judge(within, [0.5, 0.5]).status == "met"  # imgconv takes twice the baseline's time
@@ -419,9 +512,9 @@ def test_memory_photos_must_be_count_width_height(value, capsys):
 def test_the_packaged_targets_name_registered_experiments_and_sides():
     found = targets.load_targets()
     targets.check_targets(found, EXPERIMENTS, METHODS)
-    assert len(found) == 21 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
+    assert len(found) == 31 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
     assert {t.experiment for t in found} == {"read-many", "store-many", "disk", "random-one", "kernels", "convert",
-                                             "memory"}
+                                             "memory", "loader"}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -349,11 +349,22 @@ def _finish(results: Dict[str, Any], harness: Optional[Harness], targets: Sequen
     results.setdefault("parameters", {}).update(harness.parameters if harness else {})
     ran = {(row["experiment"], row["method"]) for row in rows}
     results["targets"] = evaluate_targets(targets, rows, results["comparisons"], METHODS, ran,
-                                          {**skipped_methods, **skipped_experiments})
+                                          {**_sides_not_timed(rows), **skipped_methods, **skipped_experiments})
     results["seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report.write_json(os.path.join(out, "results.json"), results)
     report.write_csv(os.path.join(out, "results.csv"), rows)
+
+
+def _sides_not_timed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, str]:
+    """Why each side an experiment skipped (a package missing) or that failed (a peer's crash) has no time."""
+    found = {}
+    for row in rows:
+        if row.get("skipped"):
+            found[row["method"]] = row["skipped"]
+        elif row.get("failed"):
+            found[row["method"]] = f"failed: {row['failed']}"
+    return found
 
 
 def _check_cifar(args: argparse.Namespace, experiments: Sequence[Experiment]) -> None:

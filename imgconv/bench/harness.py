@@ -24,7 +24,7 @@ import functools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -138,7 +138,10 @@ class Trial(Side):
     ``close()`` runs once after every run (e.g. closes the reader the runs
     share); ``per``: operations per run, for ``per_image_us`` (None: not
     reported); ``repeat``: at least this many timed runs; ``warmup``: untimed
-    runs first (None: the harness's policy); ``fields``: extra row fields.
+    runs first (None: the harness's policy); ``fields``: extra row fields;
+    ``fallible``: a peer's side whose crash retires it instead of failing the
+    run (see :mod:`~imgconv.bench.timing`); ``skip_reason``: why the side
+    cannot run here (made by :meth:`unavailable`).
     """
 
     close: Optional[Callable[[], None]] = None
@@ -146,6 +149,28 @@ class Trial(Side):
     repeat: Optional[int] = None
     warmup: Optional[int] = None
     fields: Dict[str, Any] = field(default_factory=dict)
+    skip_reason: Optional[str] = None
+
+    @classmethod
+    def unavailable(cls, reason: str, fields: Optional[Mapping[str, Any]] = None) -> "Trial":
+        """A side that cannot run here (a package missing): never run; its row says ``skipped``: ``reason``."""
+
+        def never() -> None:
+            raise RuntimeError(f"a skipped side is never run ({reason})")
+
+        return cls(never, fields=dict(fields or {}), skip_reason=reason)
+
+
+def _in_order(rows: Mapping[str, Row], trials: Mapping[str, Trial], best: Mapping[str, Sequence[str]]) -> List[Row]:
+    """The rows in the trials' order, each best-of side's row right after the last of its settings."""
+    after: Dict[str, List[str]] = {}
+    for name, settings in best.items():
+        present = [s for s in settings if s in trials]
+        after.setdefault(present[-1] if present else "", []).append(name)
+    ordered = []
+    for name in [*trials, ""]:
+        ordered += [rows[n] for n in ([name] if name in rows else []) + after.get(name, [])]
+    return ordered
 
 
 def method_groups_of(methods: Sequence[Method]) -> List[List[Method]]:
@@ -305,49 +330,113 @@ class Harness:
         return 1 if previous is None or previous[1] * count / previous[0] < WARMUP_LIMIT else 0
 
     def side_by_side(self, experiment: str, count: int, trials: Mapping[str, Trial],
-                     pairs: Sequence[Tuple[str, str]] = ()) -> List[Row]:
+                     pairs: Sequence[Tuple[str, str]] = (), best: Optional[Mapping[str, Sequence[str]]] = None
+                     ) -> List[Row]:
         """Time ``trials`` (name -> :class:`Trial`) in rounds, settle the targets of ``pairs``; returns rows.
 
-        ``pairs`` lists ``(baseline, method)`` names of ``trials`` to compare:
-        each gets a record in ``comparisons`` (every round's ratio), and a
-        method in one pair gets ``speedup`` (the geometric mean of the rounds'
-        ``baseline time / method time``), ``baseline`` and ``ratios`` on its
-        row. A target set for ``experiment``, the pair and ``count`` is settled
-        before the rows are made. A name of a registered method gives its row
-        the method's format and family; rows of other names have none.
+        ``pairs`` lists ``(baseline, method)`` names of ``trials`` (or of
+        ``best``) to compare: each gets a record in ``comparisons`` (every
+        round's ratio), and a method in one pair gets ``speedup`` (the
+        geometric mean of the rounds' ``baseline time / method time``),
+        ``baseline`` and ``ratios`` on its row. A target set for
+        ``experiment``, the pair and ``count`` is settled before the rows are
+        made. A name of a registered method gives its row the method's format
+        and family; rows of other names have none (unless the trial's
+        ``fields`` give them).
+
+        ``best`` names sides that are the best of several settings, e.g.
+        ``{"litdata-best": ("litdata-0w", "litdata-2w")}``: once the rounds are
+        done, the setting with the lowest median stands for it (its row gets
+        ``best_of`` and ``chosen``, and the chosen setting's times), and a
+        target on it is settled by rerunning that setting. The median, not the
+        fastest setting of each round: a user picks a setting once and keeps
+        it, and the per-round minimum of noisy sides is biased low.
+
+        A trial made by :meth:`Trial.unavailable` is not run: its row says
+        ``skipped`` and why; a fallible trial that failed gets ``failed``. A
+        best-of side with no setting timed is skipped with its settings'
+        reasons, and a pair with a side not timed is not compared (its targets
+        say why, from these rows).
         """
-        rounds = Rounds(trials)
-        for name, trial in trials.items():
+        timed = {name: trial for name, trial in trials.items() if trial.skip_reason is None}
+        rounds = Rounds(timed)
+        for name, trial in timed.items():
             rounds.warm_up(name, self._warmup((experiment, name), count, trial.warmup))
-        rounds.run({name: max(self.repeat, trial.repeat or 0) for name, trial in trials.items()}, self.budget)
+        rounds.run({name: max(self.repeat, trial.repeat or 0) for name, trial in timed.items()}, self.budget)
+        measured = {name for name in timed if rounds.times[name]}
+        chosen, unmeasured = self._choose_best(best or {}, rounds, measured, trials)
+        side = {**{name: name for name in measured}, **chosen}  # pair name -> the trial timed for it
+        pairs = [(baseline, method) for baseline, method in pairs if baseline in side and method in side]
         settled: Dict[Tuple[str, str], Tuple[int, float]] = {}
         for baseline, method in pairs:
             for target in self._targets_for(experiment, baseline, method, count):
                 self.note(f"settling: {target.what}")
-                verdict = settle(target, rounds, baseline, method, self.settle_budget)
+                verdict = settle(target, rounds, side[baseline], side[method], self.settle_budget)
                 added, seconds = settled.get((baseline, method), (0, 0.0))
                 settled[(baseline, method)] = (added + verdict.settle_rounds, seconds + verdict.settle_seconds)
-        for name in trials:
+        for name in measured:
             self._previous[(experiment, name)] = (count, rounds.median(name))
-        rows = {}
-        for name, trial in trials.items():
-            timed = Measurement(rounds.median(name), rounds.times[name], rounds.warmups[name], None)
-            extra = dict(trial.fields)
-            if trial.per:
-                extra["per_image_us"] = timed.median / trial.per * 1e6
-            rows[name] = self.row(experiment, METHODS.get(name, name), count, timed, **extra)
+        rows = self._side_rows(experiment, count, trials, rounds, measured)
+        for name, setting in chosen.items():
+            rows[name] = {**rows[setting], "method": name, "best_of": list((best or {})[name]), "chosen": setting}
+        for name, reason in unmeasured.items():
+            rows[name] = self.row(experiment, name, count, skipped=reason, best_of=list((best or {})[name]))
         single = [method for _, method in pairs]
         for baseline, method in pairs:
-            ratios = rounds.ratios(baseline, method)
-            speedup = geometric_mean(ratios) if ratios else rounds.median(baseline) / rounds.median(method)
+            ratios = rounds.ratios(side[baseline], side[method])
+            speedup = (geometric_mean(ratios) if ratios
+                       else rounds.median(side[baseline]) / rounds.median(side[method]))
             added, seconds = settled.get((baseline, method), (0, 0.0))
             self.comparisons.append({"experiment": experiment, "images": count, "method": method,
                                      "baseline": baseline, "speedup": speedup, "ratios": ratios,
-                                     "settle_rounds": added, "settle_seconds": seconds})
+                                     "settle_rounds": added, "settle_seconds": seconds,
+                                     "sides": [side[baseline], side[method]]})
             if single.count(method) == 1:
-                rows[method].update(baseline=baseline, speedup=speedup, baseline_seconds=rounds.median(baseline),
-                                    ratios=ratios)
-        return list(rows.values())
+                rows[method].update(baseline=baseline, speedup=speedup,
+                                    baseline_seconds=rounds.median(side[baseline]), ratios=ratios)
+        return _in_order(rows, trials, best or {})
+
+    @staticmethod
+    def _choose_best(best: Mapping[str, Sequence[str]], rounds: Rounds, measured: Iterable[str],
+                     trials: Mapping[str, Trial]) -> Tuple[Dict[str, str], Dict[str, str]]:
+        """``(chosen, unmeasured)``: the setting with the lowest median of each best-of side, and why
+        those with no setting timed have none (their settings' reasons, one line)."""
+        chosen: Dict[str, str] = {}
+        unmeasured: Dict[str, str] = {}
+        measured = set(measured)
+        for name, settings in best.items():
+            timed = [s for s in settings if s in measured]
+            if timed:
+                chosen[name] = min(timed, key=rounds.median)
+                continue
+            reasons = []
+            for s in settings:
+                reason = trials[s].skip_reason if s in trials else "not measured"
+                reason = reason or f"failed: {rounds.failed.get(s, 'no run')}"
+                if reason not in reasons:
+                    reasons.append(reason)
+            unmeasured[name] = "; ".join(reasons)
+        return chosen, unmeasured
+
+    def _side_rows(self, experiment: str, count: int, trials: Mapping[str, Trial], rounds: Rounds,
+                   measured: Iterable[str]) -> Dict[str, Row]:
+        """A row per trial: timed (median, runs, per-image time), skipped or failed (with why)."""
+        rows: Dict[str, Row] = {}
+        measured = set(measured)
+        for name, trial in trials.items():
+            method = METHODS.get(name, name)
+            if trial.skip_reason is not None:
+                rows[name] = self.row(experiment, method, count, **trial.fields, skipped=trial.skip_reason)
+            elif name not in measured:
+                rows[name] = self.row(experiment, method, count, **trial.fields,
+                                      failed=rounds.failed.get(name, "no run"))
+            else:
+                timed = Measurement(rounds.median(name), rounds.times[name], rounds.warmups[name], None)
+                extra = dict(trial.fields)
+                if trial.per:
+                    extra["per_image_us"] = timed.median / trial.per * 1e6
+                rows[name] = self.row(experiment, method, count, timed, **extra)
+        return rows
 
     def _targets_for(self, experiment: str, baseline: str, method: str, count: int) -> List[Target]:
         wanted = (experiment, method, count, baseline)

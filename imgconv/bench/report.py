@@ -307,6 +307,56 @@ def study_table(results: Results, title: str, rows: Rows) -> List[str]:
     return lines
 
 
+def _side_label(row: Mapping[str, Any]) -> str:
+    if row.get("best_of"):
+        return f"= {row['method']}: " + (row.get("chosen") or f"best of {', '.join(row['best_of'])}")
+    title = row.get("title")
+    return f"{row['method']:<{SIDE_NAME_WIDTH}} {title}" if title else row["method"]
+
+
+SIDE_NAME_WIDTH = 28  # the names of the sides of sides_table, before their titles
+
+
+def _ratio_text(speedup: float) -> str:
+    return f"{speedup:.2f}x" if speedup >= 1 else f"{speedup:.2f}x ({1 / speedup:.2f}x the time)"
+
+
+def sides_table(results: Results, title: str, rows: Rows) -> List[str]:
+    """The block of an alone experiment with many sides (one row each) and the comparisons between them.
+
+    Each side (its name and ``title``): its median, its fastest and slowest
+    run, the number of runs; a best-of side (``best_of``, right after its
+    settings) names the setting it took (``chosen``); a side ``skipped``
+    or ``failed`` says why; a row with neither times nor those shows its
+    ``summary``. Then every comparison of the experiment: the geometric mean
+    of its rounds' ratios (baseline time / side time) and their spread.
+    """
+    width = max([4, *(len(_side_label(row)) for row in rows)])
+    lines = [title, f"  {'side':<{width}} {'median':>9}  {'fastest-slowest':>19}  runs"]
+    for row in rows:
+        label = _side_label(row)
+        if row.get("skipped"):
+            lines.append(f"  {label:<{width}} skipped: {row['skipped']}")
+        elif row.get("failed"):
+            lines.append(f"  {label:<{width}} failed: {row['failed']}")
+        elif row.get("times"):
+            times = row["times"]
+            spread = f"{seconds_text(min(times))}-{seconds_text(max(times))}" if len(times) > 1 else ""
+            lines.append(f"  {label:<{width}} {seconds_text(row['seconds']):>9}  {spread:>19}  {len(times)}")
+        elif row.get("summary"):
+            lines.append(f"  {label:<{width}} {row['summary']}")
+    experiment = rows[0]["experiment"] if rows else None
+    comparisons = [c for c in results.get("comparisons", []) if c["experiment"] == experiment]
+    if comparisons:
+        names = max(len(f"{c['method']} against {c['baseline']}") for c in comparisons)
+        lines.append("  comparisons: baseline time / side time, geometric mean of the rounds, lowest-highest "
+                     "(rounds)")
+        for c in comparisons:
+            pair = f"{c['method']} against {c['baseline']}"
+            lines.append(f"  {pair:<{names}}  {_ratio_text(c['speedup']):<22} {spread_text(c['ratios'])}")
+    return lines
+
+
 def _value_text(value: float, unit: str) -> str:
     return f"{value:.0f}{unit}" if abs(value) >= 100 else f"{value:.2f}{unit}"
 

@@ -233,7 +233,8 @@ def judge(target: Target, ratios: Sequence[float] = (), value: Optional[float] =
 
 def settle(target: Target, rounds: Rounds, baseline: str, method: str, budget: float) -> Verdict:
     """Judge ``target`` on the paired rounds of ``baseline`` and ``method``, rerunning both, alternately,
-    one round at a time, while it is undecided and the ``budget`` (seconds) and :data:`MAX_ROUNDS` allow.
+    one round at a time, while it is undecided and the ``budget`` (seconds) and :data:`MAX_ROUNDS` allow
+    (and neither side has failed: see :attr:`~imgconv.bench.timing.Rounds.failed`).
 
     The rounds' own clock measures the budget (so tests can fake it); a round
     is started only while less than ``budget`` seconds have gone by.
@@ -242,7 +243,7 @@ def settle(target: Target, rounds: Rounds, baseline: str, method: str, budget: f
     added = 0
     verdict = judge(target, rounds.ratios(baseline, method))
     while (verdict.status == UNDECIDED and rounds.clock() - started < budget
-           and len(rounds.ratios(baseline, method)) < MAX_ROUNDS):
+           and len(rounds.ratios(baseline, method)) < MAX_ROUNDS and not {baseline, method} & set(rounds.failed)):
         rounds.round([baseline, method])
         added += 1
         verdict = judge(target, rounds.ratios(baseline, method))

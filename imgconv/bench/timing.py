@@ -5,6 +5,12 @@ things (*sides*) in turn: each round runs every side once, back to back, so
 that two sides compared by a ratio see the machine in the same state, and the
 ratio has one value per round (its spread). Both take a ``clock`` so that
 tests can drive them with fake timings.
+
+A side marked ``fallible`` (a peer's loader, whose crash is the peer's own
+and should not end a run that measures many things) is retired from the
+rounds when its ``run`` raises, and :attr:`Rounds.failed` says why; a wrong
+result (its ``check`` raising, or :class:`~imgconv.errors.BenchCheckError`
+from anywhere) always propagates.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from ..errors import BenchCheckError
 
 Clock = Callable[[], float]
 
@@ -69,11 +77,20 @@ def median_seconds(run: Callable[[], Any], repeat: int = 5, warmup: int = 1,
 @dataclass
 class Side:
     """One thing :class:`Rounds` times: ``run()`` is timed; ``setup()`` runs untimed before it;
-    ``check(result)`` runs untimed after every run and raises when the result is wrong."""
+    ``check(result)`` runs untimed after every run and raises when the result is wrong.
+    ``fallible``: an exception from ``setup`` or ``run`` (other than BenchCheckError) retires the
+    side instead of propagating (see the module docstring)."""
 
     run: Callable[[], Any]
     setup: Optional[Callable[[], None]] = None
     check: Optional[Callable[[Any], None]] = None
+    fallible: bool = False
+
+
+def failure_text(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one line: its type and the last line of its message, at most ``limit`` characters."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[-1] if message else ''}".rstrip(": ")[:limit]
 
 
 class Rounds:
@@ -83,6 +100,7 @@ class Rounds:
     them. ``times[name]`` holds every timed run of a side, ``rounds`` the
     seconds of each side that ran in each round; :meth:`ratios` pairs two
     sides round by round. Results are checked as they come and not kept.
+    ``failed[name]`` says why a fallible side was retired (one line).
     """
 
     def __init__(self, sides: Mapping[str, Side], clock: Clock = time.perf_counter):
@@ -91,14 +109,24 @@ class Rounds:
         self.times: Dict[str, List[float]] = {name: [] for name in self.sides}
         self.warmups: Dict[str, int] = dict.fromkeys(self.sides, 0)
         self.rounds: List[Dict[str, float]] = []
+        self.failed: Dict[str, str] = {}
 
-    def _once(self, name: str) -> float:
+    def _once(self, name: str) -> Optional[float]:
+        """Seconds of one checked run of side ``name``; None when the fallible side failed (now retired)."""
         side = self.sides[name]
-        if side.setup is not None:
-            side.setup()
-        start = self.clock()
-        result = side.run()
-        elapsed = self.clock() - start
+        try:
+            if side.setup is not None:
+                side.setup()
+            start = self.clock()
+            result = side.run()
+            elapsed = self.clock() - start
+        except BenchCheckError:
+            raise
+        except Exception as exc:
+            if not side.fallible:
+                raise
+            self.failed[name] = failure_text(exc)
+            return None
         if side.check is not None:
             side.check(result)
         return elapsed
@@ -106,13 +134,20 @@ class Rounds:
     def warm_up(self, name: str, runs: int) -> None:
         """``runs`` untimed runs of side ``name`` (each after its setup, each checked)."""
         for _ in range(runs):
-            self._once(name)
-        self.warmups[name] += runs
+            if name in self.failed or self._once(name) is None:
+                return
+            self.warmups[name] += 1
 
     def round(self, names: Optional[Iterable[str]] = None) -> Dict[str, float]:
-        """One timed run of each side of ``names`` (default: all), in the sides' order; returns their seconds."""
-        chosen = set(self.sides if names is None else names)
-        seconds = {name: self._once(name) for name in self.sides if name in chosen}
+        """One timed run of each side of ``names`` (default: all, failed sides left out), in the sides' order;
+        returns their seconds."""
+        chosen = set(self.sides if names is None else names) - set(self.failed)
+        seconds = {}
+        for name in self.sides:
+            if name in chosen:
+                elapsed = self._once(name)
+                if elapsed is not None:
+                    seconds[name] = elapsed
         for name, elapsed in seconds.items():
             self.times[name].append(elapsed)
         self.rounds.append(seconds)
@@ -129,7 +164,8 @@ class Rounds:
 
         def wants(name: str) -> bool:
             times = self.times[name]
-            return len(times) < wanted[name] and (budget is None or not times or sum(times) < budget)
+            return (name not in self.failed and len(times) < wanted[name]
+                    and (budget is None or not times or sum(times) < budget))
 
         while True:
             names = [name for name in self.sides if wants(name)]

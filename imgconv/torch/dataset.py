@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections.abc
 import os
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -141,7 +141,8 @@ class BatchSampler(Sampler):
     def __init__(self, data: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  pad: bool = True, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
         self._data = data
-        self._options = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, pad=pad)
+        self._options: Dict[str, Any] = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                             pad=pad)
         self._rank, self._world_size = rank, world_size
         self.plan()  # checks the arguments now
         self._epoch = 0
@@ -150,7 +151,7 @@ class BatchSampler(Sampler):
         self._pass_complete = False
 
     def _length(self) -> int:
-        return self._data if isinstance(self._data, (int, np.integer)) else len(self._data)
+        return int(self._data) if isinstance(self._data, (int, np.integer)) else len(self._data)
 
     def plan(self) -> EpochPlan:
         """The :class:`~imgconv.epochs.EpochPlan` of this rank (ranks resolved now)."""

@@ -119,7 +119,7 @@ class Loader:
         self._rank, self._world_size = rank, world_size
         if (rank is None) != (world_size is None):
             resolve_ranks(rank, world_size)  # raises the error
-        if rank is not None:
+        if rank is not None and world_size is not None:
             EpochPlan(0, 1, rank=rank, world_size=world_size)  # checks them now
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
@@ -131,7 +131,7 @@ class Loader:
         self._progress: Optional[Tuple[int, int, int]] = None  # (epoch, start, batches received)
         self._live: Optional[weakref.ref] = None
         self._pool: Optional[ProcessPoolExecutor] = None
-        self._pool_pid = None
+        self._pool_pid: Optional[int] = None
 
     # configuration ----------------------------------------------------------
 
@@ -287,8 +287,8 @@ class Loader:
             images, labels = images.pin_memory(), labels.pin_memory()
         return images, labels
 
-    def _received(self, iterator, count):
-        if self._live is not None and self._live() is iterator:
+    def _received(self, iterator: "_EpochIterator", count: int) -> None:
+        if self._live is not None and self._live() is iterator and self._progress is not None:
             epoch, start, _ = self._progress
             self._progress = (epoch, start, count)
 
@@ -320,9 +320,8 @@ class Loader:
     def __enter__(self) -> "Loader":
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
-        return False
 
     def __del__(self):
         try:
