@@ -232,7 +232,7 @@ def _as_int(text):
 def _csv_labels(csv_path, files):
     """Labels of ``files`` from the CSV at ``csv_path``: ``(int64 array, names or None)``."""
     rows = _csv_rows(csv_path)
-    index = {}
+    index: dict[str, int] = {}
     for i, name in enumerate(files):
         index.setdefault(name, i)
         index.setdefault(os.path.splitext(name)[0], i)
@@ -241,7 +241,8 @@ def _csv_labels(csv_path, files):
         # A row with an integer label is data even when it names no image: it must not vanish unreported.
         if first[0].strip() not in index and (len(first) < 2 or _as_int(first[1].strip()) is None):
             rows = rows[1:]  # a header
-    found, lines = {}, {}
+    found: dict[int, str] = {}
+    lines: dict[int, int] = {}
     for number, row in rows:
         if len(row) < 2:
             raise SourceError(f"{csv_path}: row {number} has {len(row)} column(s); expected image,label")
@@ -545,6 +546,28 @@ class FolderSource(Source):
         (width, height), = sizes
         return height, width, MODES[self.mode]
 
+    def image_shapes(self) -> np.ndarray:
+        """The (H, W, C) each image will have once decoded, as an (N, 3) int64 array, without decoding.
+
+        From the file headers (or the ``resize``); under ``on_error="skip"``
+        a file whose header cannot be read is (0, 0, C).
+        """
+        channels = MODES[self.mode]
+        if self.resize is not None:
+            return np.tile(np.array([self.resize[1], self.resize[0], channels], np.int64), (self.length, 1))
+        shapes = np.zeros((self.length, 3), np.int64)
+        shapes[:, 2] = channels
+        for i, name in enumerate(self._file_list()):
+            path = os.path.join(self.path, name)
+            try:
+                width, height = _header_size(path, self.max_pixels)
+            except SourceError:
+                if self.on_error == "fail":
+                    raise
+                continue
+            shapes[i, :2] = (height, width)
+        return shapes
+
     def _fail_or_skip(self, path, exc):
         """Raise ``exc`` under "fail"; under "skip" record the file (once) and return its SkippedFile."""
         if self.on_error == "fail":
@@ -588,7 +611,7 @@ class FolderSource(Source):
         return images, labels
 
     def _iterate(self, batch_size, start, stop, shape):
-        skipped = []
+        skipped: list[SkippedFile] = []
         try:
             for first in range(start, stop, batch_size):
                 # Every batch covers its index range, even when all of it was skipped (then empty).
@@ -597,7 +620,7 @@ class FolderSource(Source):
             warn_skipped(skipped, self.description)
 
     def _gather(self, unique):
-        skipped = []
+        skipped: list[SkippedFile] = []
         try:
             return self._decode_indices(unique, self._shape_of(unique), skipped)
         finally:
