@@ -116,8 +116,7 @@ class _ShardedRun:
                  shuffle: bool, seed: int, format_name: str, store_options: Dict[str, Any]) -> None:
         self.src = src
         self.members: Any = getattr(src, "members", None)
-        # Several inputs without a size: one shard each. Else the size given, or the default.
-        self.size = size if size is not None or (self.members is not None and not shuffle) else DEFAULT_SHARD_SIZE
+        self.size = DEFAULT_SHARD_SIZE if size is None else size
         self.batch_size = batch_size
         self.limit = limit
         self.shuffle = shuffle
@@ -141,7 +140,7 @@ class _ShardedRun:
         self.format_version = template.format_version
         self.heavy_encoding = template.heavy_encoding
         self.encoder = template.encoder()
-        self.shard_size = {} if self.size is None else self.size.as_json()  # {}: one shard per input
+        self.shard_size = self.size.as_json()
         self.resumed = 0
         self.kept: Dict[int, Any] = {}
 

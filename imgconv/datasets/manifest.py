@@ -91,7 +91,7 @@ def make_manifest(*, format_name: str, format_version: int, shape: StoreShape,
         "label_names": None if label_names is None else [str(n) for n in label_names],
         "source": None if source is None else str(source),
         "options": options,
-        "shard_size": dict(shard_size),  # {"images": N}, {"bytes": B}, or {}: one shard per input
+        "shard_size": dict(shard_size),  # {"images": N} or {"bytes": B}
         "shards": [{"path": e.path, "count": int(e.count), "bytes": int(e.bytes),
                     "metadata_crc32c": int(e.metadata_crc32c)} for e in shards],
     }

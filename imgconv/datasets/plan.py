@@ -11,7 +11,7 @@ A source of several inputs (:class:`~imgconv.sources.multi.MultiSource`: a
 list or glob of archives or folders) is cut input by input, a shard never
 spanning two: each input is a partition a worker can read on its own. An
 input read as a stream (an archive) is one shard whole; the others are cut
-by the shard size. Without a shard size each input is one shard.
+by the shard size.
 """
 import re
 from collections import namedtuple
@@ -135,20 +135,17 @@ Plan.__doc__ = """A shard plan: ``shards`` (a list, or None for a single stream 
 the images planned (None: not known before the stream is read)."""
 
 
-def plan_shards(src: Any, size: Optional[ShardSize], limit: Optional[int], shuffle: bool, seed: int,
-                streamed: bool) -> Plan:
+def plan_shards(src: Any, size: ShardSize, limit: Optional[int], shuffle: bool, seed: int, streamed: bool) -> Plan:
     """The shards of converting ``src`` (``limit`` images at most, shuffled with ``seed``).
 
-    ``size`` None: each input of a source of several inputs is one shard;
-    any other source is cut by :data:`DEFAULT_SHARD_SIZE`. ``streamed``: the
-    source is read once, as a stream, without counting it first (a single
-    archive): its shards are cut every ``per_shard`` images as they arrive. Raises SourceError when a byte size cannot be turned into
+    ``streamed``: the source is read once, as a stream, without counting it
+    first (a single archive): its shards are cut every ``per_shard`` images
+    as they arrive. Raises SourceError when a byte size cannot be turned into
     shards (images of varying sizes in a stream).
     """
     members = getattr(src, "members", None)
     if members is not None and not shuffle:
         return _plan_members(src, size, limit)
-    size = DEFAULT_SHARD_SIZE if size is None else size
     if streamed:
         shape = src.shape
         if size.images is None and shape is None:
@@ -163,8 +160,8 @@ def plan_shards(src: Any, size: Optional[ShardSize], limit: Optional[int], shuff
     return Plan(shards, None, total)
 
 
-def _plan_members(src: Any, size: Optional[ShardSize], limit: Optional[int]) -> Plan:
-    """Shards input by input: a stream (or, without a size, any input) one shard; others cut by ``size``."""
+def _plan_members(src: Any, size: ShardSize, limit: Optional[int]) -> Plan:
+    """Shards input by input: a stream one shard whole, the others cut by ``size``."""
     shards: List[Shard] = []
     left = limit
     counted = limit is not None  # a limit needs every input's length, streams included
@@ -177,7 +174,7 @@ def _plan_members(src: Any, size: Optional[ShardSize], limit: Optional[int]) -> 
         length = member.length if left is None else min(member.length, left)
         if left is not None:
             left -= length
-        cuts = [0, length] if size is None or member.sequential else _bounds(member, size, length, None)
+        cuts = [0, length] if member.sequential else _bounds(member, size, length, None)
         for a, b in zip(cuts, cuts[1:]):
             shards.append(Shard(len(shards), a, b, None, m))
     sizes = [s.size for s in shards]

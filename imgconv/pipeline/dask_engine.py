@@ -44,6 +44,9 @@ SCHEDULER = Option("scheduler", metavar="ADDRESS",
 
 ProgressCallback = Callable[[int, int], None]
 
+# How long to try to reach a scheduler given by address (one starting up may take a few seconds).
+CONNECT_TIMEOUT = "20s"
+
 
 def require_distributed() -> Any:
     """The ``distributed`` module; OptionError (a usage error) saying how to install it when it is missing."""
@@ -67,7 +70,7 @@ def connect(client: Any = None, scheduler: Optional[str] = None, workers: Option
         return
     if scheduler is not None:
         try:
-            made = distributed.Client(scheduler, timeout="20s", set_as_default=False)
+            made = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ConversionError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         try:
