@@ -72,11 +72,13 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     # Every target is set for more images than a quick run measures: none is judged, none is MISSED.
     assert "MISSED" not in done.stdout and "undecided" not in done.stdout
     judged = {t["what"]: t["status"] for t in results["targets"]}
-    default = [t for t in targets.load_targets() if t.experiment != "memory"]  # memory is opt-in
+    opt_in = ("memory", "scale")
+    default = [t for t in targets.load_targets() if t.experiment not in opt_in]
     assert judged == {**{t.what: targets.NOT_MEASURED for t in default},
-                      **{t.what: targets.NOT_RUN for t in targets.load_targets() if t.experiment == "memory"}}
+                      **{t.what: targets.NOT_RUN for t in targets.load_targets() if t.experiment in opt_in}}
     assert done.stdout.count("not measured at this size") == len(default)
-    assert "memory" not in done.stdout.split("targets:")[1]  # targets of experiments not run are not listed
+    listed = done.stdout.split("targets:")[1]
+    assert "memory" not in listed and "Dask" not in listed  # targets of experiments not run are not listed
 
     with open(out / "results.csv", newline="") as f:
         lines = list(csv.DictReader(f))
@@ -392,15 +394,46 @@ def test_targets_are_judged_only_at_the_size_they_are_set_for():
     assert [(row["target"], row["status"]) for row in rows] == [(">= 20x", "MISSED"), ("<= 1.05x", "met")]
 
 
+def test_opt_in_scale_experiment_runs_small(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    status = cli.main(["bench", "--experiments", "scale", "--cutoffs", "40", "--scale-sizes", "40", "--repeat", "1",
+                       "--settle", "0", "--no-plots", "--workers", "2", *_dirs(tmp_path)])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "a Dask LocalCluster against the local pool" in text and "shards of 4 images" in text
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["parameters"]["scale"] == {"workers": 2, "shard_images": 4, "sizes": [40]}
+    rows = {r["method"]: r for r in results["rows"] if r["experiment"] == "scale"}
+    assert set(rows) == set(EXPERIMENTS["scale"].sides) and all(r["images"] == 40 for r in rows.values())
+    for fmt in ("lmdb", "hdf5", "png"):
+        assert rows[f"dask-{fmt}"]["baseline"] == f"local-{fmt}" and rows[f"dask-{fmt}"]["speedup"] > 0
+        assert rows[f"dask-worker-{fmt}"]["worker_peak_anon_mb"] > 0 and "growth" not in rows[f"dask-worker-{fmt}"]
+        model = rows[f"model-{fmt}"]
+        assert (model["shards"], model["small_shards"]) == (10, 40) and model["busy"] > 0 and model["driver_s"] > 0
+    for fmt in ("lmdb", "hdf5"):
+        for how in ("batches", "all"):
+            assert rows[f"dataset-{fmt}-{how}"]["baseline"] == f"store-{fmt}-{how}"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_scale_growth_is_the_larger_size_against_the_smaller():
+    from imgconv.bench import scale
+
+    rows = [{"method": "dask-worker-lmdb", "images": n, "worker_peak_anon_mb": mb}
+            for n, mb in ((10, 50.0), (100, 60.0))]
+    scale._growth(rows)
+    assert "growth" not in rows[0] and rows[1]["growth"] == pytest.approx(1.2)
+
+
 # --------------------------------------------------------------------------- targets as data
 
 
 def test_the_packaged_targets_name_registered_experiments_and_sides():
     found = targets.load_targets()
     targets.check_targets(found, EXPERIMENTS, METHODS)
-    assert len(found) == 21 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
+    assert len(found) == 38 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
     assert {t.experiment for t in found} == {"read-many", "store-many", "disk", "random-one", "kernels", "convert",
-                                             "memory"}
+                                             "memory", "scale"}
 
 
 @pytest.mark.parametrize("text, message", [
