@@ -69,9 +69,17 @@ def inputs(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("fmt, suffix", FORMATS)
-@pytest.mark.parametrize("kind", ["cifar-python", "cifar-binary", "cifar-archive", "npy", "npz", "folder", "store",
-                                  "dataset", "archives", "folders-glob"])
+KINDS = ["cifar-python", "cifar-binary", "cifar-archive", "npy", "npz", "folder", "store", "dataset", "archives",
+         "folders-glob"]
+# The default suite converts one input of each way in (partitions read by the workers, several inputs as one,
+# a single archive streamed from the driver) into each format; the whole matrix runs with -m slow.
+QUICK = {("npy", "lmdb"), ("folders-glob", "hdf5"), ("cifar-archive", "png"), ("archives", "lmdb")}
+MATRIX = [pytest.param(kind, fmt, suffix, id=f"{kind}-{fmt}",
+                       marks=() if (kind, fmt) in QUICK else pytest.mark.slow)
+          for kind in KINDS for fmt, suffix in FORMATS]
+
+
+@pytest.mark.parametrize("kind, fmt, suffix", MATRIX)
 def test_each_source_kind_into_each_format_equals_the_dataset_written_here(tmp_path, client, inputs, kind, fmt,
                                                                              suffix):
     source, options, size = inputs[kind]

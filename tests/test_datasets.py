@@ -388,9 +388,9 @@ def test_cli_writes_a_sharded_dataset(tmp_path, sample, capsys):
 
 
 def test_killed_conversion_resumes_keeping_the_finished_shards(tmp_path, sample):
-    big = write_sample(tmp_path / "big", count=3000, seed=1, archives=False)
+    big = write_sample(tmp_path / "big", count=1500, seed=1, archives=False)
     command = [sys.executable, "-m", "imgconv", "convert", big.python_dir, str(tmp_path / "k"), "--split", "all",
-               "--shard-size", "250", "--workers", "2", "--png-level", "1", "--quiet"]
+               "--shard-size", "125", "--workers", "2", "--png-level", "1", "--quiet"]
     journal = tmp_path / ".k.imgconv-partial" / "journal.jsonl"
     process = subprocess.Popen(command, start_new_session=True)
     try:
@@ -401,11 +401,11 @@ def test_killed_conversion_resumes_keeping_the_finished_shards(tmp_path, sample)
     _wait_unlocked(journal.parent)
     finished = len(journal.read_text().splitlines()) - 1
     assert 2 <= finished < 12 and not (tmp_path / "k").exists()
-    options = dict(split="all", shard_size=250, workers=2, store_options={"compress_level": 1})
+    options = dict(split="all", shard_size=125, workers=2, store_options={"compress_level": 1})
     with pytest.raises(StoreError, match="pass resume=True to continue it"):
         imgconv.convert(big.python_dir, tmp_path / "k", **options)
     resumed = imgconv.convert(big.python_dir, tmp_path / "k", resume=True, **options)
-    assert resumed.resumed == 250 * finished and resumed.count == 3000
+    assert resumed.resumed == 125 * finished and resumed.count == 1500
     fresh = imgconv.convert(big.python_dir, tmp_path / "fresh", **options)
     assert tree_digest(resumed.path) == tree_digest(fresh.path)
 
