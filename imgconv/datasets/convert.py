@@ -17,7 +17,7 @@
   read in parts (a single archive, read as one stream) is converted here when
   encoding is light (LMDB, HDF5: the trip to the workers would cost more
   than the work) and streamed to the workers shard by shard when it is heavy
-  (PNG); BENCHMARKS.md has the measurements.
+  (PNG); BENCHMARKS.md ("Scaling") gives the costs behind the choice.
 """
 import json
 import os
