@@ -36,7 +36,7 @@ import imgconv
 
 from .harness import Harness, Row, Trial, experiment
 from .internals import remove_path
-from .memory import spot_check, write_tiled_npy
+from .memory import spot_check, status_kb, write_tiled_npy
 from .methods import BenchCheckError
 
 FORMATS = (("lmdb", ".lmdb"), ("hdf5", ".h5"), ("png", ""))
@@ -275,16 +275,8 @@ def _task_figures(tasks: List[Dict[str, Any]], wall: float, written: int, worker
 
 def _rss_mb(pid: int) -> Tuple[float, float]:
     """(VmRSS, RssAnon) of process ``pid`` in MB; zeros for a process gone."""
-    found = {"VmRSS": 0, "RssAnon": 0}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in found:
-                    found[key] = int(rest.split()[0])
-    except OSError:
-        pass
-    return found["VmRSS"] / 1024, found["RssAnon"] / 1024
+    found = status_kb(pid)
+    return found.get("VmRSS", 0) / 1024, found.get("RssAnon", 0) / 1024
 
 
 class _PeakSampler:
