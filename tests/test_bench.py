@@ -416,6 +416,16 @@ def test_opt_in_scale_experiment_runs_small(tmp_path, capsys):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_scaling_model_splits_shard_and_image_costs():
+    from imgconv.bench.scale import scaling_model
+
+    def tasks_time(shards, per_shard=0.2, per_image=3e-4, workers=2, count=10_000):
+        return (shards * per_shard + count * per_image) / workers
+
+    per_shard, per_image = scaling_model(2, 10_000, (10, tasks_time(10)), (100, tasks_time(100)))
+    assert per_shard == pytest.approx(0.2) and per_image == pytest.approx(3e-4)
+
+
 def test_scale_growth_is_the_larger_size_against_the_smaller():
     from imgconv.bench import scale
 

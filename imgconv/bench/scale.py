@@ -14,11 +14,14 @@ harness's images repeated in a ``.npy`` and shards of ``SHARD_IMAGES`` images
 * **worker memory**: the peak resident memory of the Dask workers during the
   conversions at each size (sampled from ``/proc`` every 20 ms; the same
   workers at both sizes), and its growth from the smaller size to the larger;
-* **the scaling model**: from the task stream of two Dask conversions per
-  format at the smaller size, one with shards of a tenth of it and one with
-  shards of a hundredth, the time per shard (a fixed part and a part per
-  image), the driver's time outside the tasks, and the bytes written per
-  second.
+* **the scaling model** (:func:`scaling_model`): from the task stream of
+  two Dask conversions per format at the smaller size, one with shards of a
+  tenth of it and one with shards of a hundredth, what a shard costs a worker
+  whatever its size and what an image costs, the driver's time outside the
+  tasks, and the bytes written per second.
+
+The workers first convert a few hundred images to each format (untimed), so
+that their memory is measured with the stores' libraries loaded.
 
 The plug-in contract (:mod:`imgconv.bench`) registers it; it needs
 ``dask[distributed]`` (``pip install "imgconv[dask]"``).
@@ -44,6 +47,7 @@ READ_FORMATS = ("lmdb", "hdf5")
 SHARD_IMAGES = 10_000
 MIN_SHARDS = 10  # at the largest size, so that the cluster's workers share the work
 READ_BATCH = 256
+WARM_UP_IMAGES = 512
 READ_BATCHES, QUICK_READ_BATCHES = 64, 8
 SIDES = tuple(f"{engine}-{fmt}" for fmt, _ in FORMATS for engine in ("local", "dask")) + tuple(
     f"{kind}-{fmt}-{how}" for fmt in READ_FORMATS for how in ("batches", "all") for kind in ("store", "dataset")
@@ -69,11 +73,11 @@ def scale_table(results: Any, title: str, rows: List[Row]) -> List[str]:
     lines = [f"{title}: {params.get('workers', '?')} workers, shards of {params.get('shard_images', '?'):,} images"
              if isinstance(params.get("shard_images"), int) else title]
     pairs = [row for row in rows if row.get("baseline")]
-    lines.append(f"  {'measured':<22} {'images':>9}  {'baseline':>10}  {'measured':>10}  {'ratio':>7}  "
+    lines.append(f"  {'measured':<22} {'images':>9}  {'baseline':>10}  {'measured':>10}  {'slower':>7}  "
                  f"{'target':<10} status")
     for row in pairs:
         lines.append(f"  {row['method']:<22} {row['images']:>9,}  {row['baseline_seconds']:>9.3f}s  "
-                     f"{row['seconds']:>9.3f}s  {row['speedup']:>6.2f}x  {row.get('target', ''):<10} "
+                     f"{row['seconds']:>9.3f}s  {1 / row['speedup']:>6.2f}x  {row.get('target', ''):<10} "
                      f"{row.get('status', '')}   (against {row['baseline']})")
     for row in rows:
         if row["method"].startswith("dask-worker-"):
@@ -84,12 +88,12 @@ def scale_table(results: Any, title: str, rows: List[Row]) -> List[str]:
                          f"{row.get('status', '')}")
     for row in rows:
         if row["method"].startswith("model-"):
-            lines.append(f"  {row['method']:<22} {row['images']:>9,}  {row['shards']} tasks of "
-                         f"{row['task_mean_s']:.2f} s: {row['per_shard_fixed_ms']:.0f} ms + "
-                         f"{row['per_image_us']:.1f} us/image; driver "
-                         f"{row['driver_s']:.2f} s; workers busy {row['busy']:.0%}; {row['write_mb_s']:.0f} MB/s "
-                         f"written ({row['small_shards']} tasks of {row['small_shard_images']:,}: "
-                         f"{row['small_wall_s']:.2f} s)")
+            lines.append(f"  {row['method']:<22} {row['images']:>9,}  {row['per_shard_ms']:.0f} ms per shard + "
+                         f"{row['per_image_us']:.0f} us per image per worker; driver {row['driver_s']:.2f} s; "
+                         f"{row['shards']} shards of {row['shard_images']:,}: {row['seconds']:.2f} s (tasks "
+                         f"{row['task_mean_s']:.2f} s each, workers busy {row['busy']:.0%}, {row['write_mb_s']:.0f} "
+                         f"MB/s written), {row['small_shards']} of {row['small_shard_images']:,}: "
+                         f"{row['small_wall_s']:.2f} s")
     return lines
 
 
@@ -113,6 +117,7 @@ def scale_experiment(harness: Harness) -> List[Row]:
     try:
         with distributed.Client(cluster, set_as_default=False) as client:
             run = _ScaleRun(harness, client, tile, workers, shard)
+            run.warm_up()
             for count in sizes:
                 source = os.path.join(harness.workdir, f"scale-{count}.npy")
                 write_tiled_npy(source, tile, count)
@@ -147,6 +152,20 @@ class _ScaleRun:
 
     def _path(self, name: str) -> str:
         return os.path.join(self.harness.workdir, name)
+
+    def warm_up(self) -> None:
+        """A small conversion to each format on the cluster first: the workers import the stores' libraries
+        and size their allocators before any memory is measured (else the first size looks smaller)."""
+        source, count = self._path("scale-warm-up.npy"), min(len(self.tile), WARM_UP_IMAGES)
+        write_tiled_npy(source, self.tile, count)
+        try:
+            for fmt, suffix in FORMATS:
+                dest = self._path(f"scale-warm-up{suffix}")
+                imgconv.convert(source, dest, format=fmt, shard_size=max(1, count // (2 * self.workers)),
+                                engine="dask", client=self.client)
+                remove_path(dest)
+        finally:
+            os.unlink(source)
 
     def conversion(self, source: str, count: int, fmt: str, suffix: str) -> List[Row]:
         """The local pool against the cluster, writing the same sharded dataset; the workers' peak memory."""
@@ -241,16 +260,34 @@ class _ScaleRun:
             finally:
                 remove_path(dest)
         big, small = found[images_big], found[images_small]
-        # Task time = fixed + per_image * images: two shard sizes give both.
-        per_image = (big["task_mean_s"] - small["task_mean_s"]) / max(1, images_big - images_small)
-        fixed = big["task_mean_s"] - per_image * images_big
+        shard_s, image_s = scaling_model(self.workers, count, (big["tasks"], big["wall_s"] - big["driver_s"]),
+                                         (small["tasks"], small["wall_s"] - small["driver_s"]))
         return self.harness.row("scale", f"model-{fmt}", count, seconds=big["wall_s"], shard_images=images_big,
-                                shards=big["tasks"], task_mean_s=big["task_mean_s"], per_image_us=per_image * 1e6,
-                                per_shard_fixed_ms=fixed * 1e3, driver_s=big["driver_s"],
-                                small_shards=small["tasks"], small_shard_images=images_small,
-                                small_wall_s=small["wall_s"],
+                                shards=big["tasks"], task_mean_s=big["task_mean_s"], per_image_us=image_s * 1e6,
+                                per_shard_ms=shard_s * 1e3, driver_s=big["driver_s"], small_shards=small["tasks"],
+                                small_shard_images=images_small, small_wall_s=small["wall_s"],
                                 small_driver_s=small["driver_s"], busy=big["busy"], write_mb_s=big["write_mb_s"],
                                 bytes=big["bytes"])
+
+
+def scaling_model(workers: int, count: int, big: Tuple[float, float],
+                  small: Tuple[float, float]) -> Tuple[float, float]:
+    """(seconds per shard, seconds per image) of one worker, from two conversions of ``count`` images.
+
+    ``big`` and ``small`` are (shards, seconds the tasks took from the first
+    start to the last end) of a run with few large shards and one with many
+    small ones. The model: ``tasks_time = (shards * per_shard + count *
+    per_image) / workers``; the per-shard part holds everything a shard costs
+    whatever its size (scheduling, the round trip to the driver, creating,
+    committing and reading back a store), the per-image part the reading,
+    encoding and writing.
+    """
+    (shards_big, seconds_big), (shards_small, seconds_small) = big, small
+    if shards_small == shards_big:
+        return 0.0, seconds_big * workers / max(1, count)
+    per_shard = (seconds_small - seconds_big) * workers / (shards_small - shards_big)
+    per_image = (seconds_big * workers - shards_big * per_shard) / max(1, count)
+    return per_shard, per_image
 
 
 def _task_figures(tasks: List[Dict[str, Any]], wall: float, written: int, workers: int) -> Dict[str, float]:
