@@ -28,6 +28,7 @@ from . import sources, stores
 from ._terminal import escape_for_terminal
 from ._version import __version__
 from .convert import DEFAULT_BATCH_SIZE, Interrupted, convert, default_workers
+from .datasets.convert import sharded_options
 from .errors import ImgconvError, OptionError, StalledWorkersWarning, UnknownFormatError, UsageError
 from .options import Option, byte_size, seconds, show_byte_size, speak_flags, whole_number
 from .pipeline.plan import DEFAULT_BATCH_BYTES
@@ -111,6 +112,8 @@ CONVERT_EXAMPLE = """examples:
   python -m imgconv convert photos/ photos.h5 --resize 64x64 --resize-policy crop --workers 2
   python -m imgconv convert data/cifar-10-batches-py cifar-all --split all --png-level 1
   python -m imgconv convert data/cifar-10-python.tar.gz cifar-train.lmdb --resume   # after an interruption
+  python -m imgconv convert photos/ photos-shards --format lmdb --shard-size 256MB
+  python -m imgconv convert 'parts/*.tar.gz' all-shards.h5 --engine dask --scheduler tcp://head:8786
 
 An interrupted conversion (Ctrl-C, kill, a killed worker) leaves nothing at DEST; what it
 wrote stays in .DEST.imgconv-partial beside it until a run with --resume continues it or
@@ -141,7 +144,8 @@ def convert_options() -> tuple[Option, ...]:
                     "(a stopped or hung worker); only a report: the conversion goes on"),
         Option("resume", type=bool,
                help="continue the interrupted conversion to DEST (same SOURCE and options) from its last batch on "
-                    "disk; without one, convert from the start"),
+                    "disk (a sharded dataset: its finished shards); without one, convert from the start"),
+        *sharded_options(),
     )
 
 
@@ -164,8 +168,11 @@ def _source_help(option: Option) -> str:
 
 def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     _examples(parser, CONVERT_EXAMPLE)
-    parser.add_argument("source", help="a CIFAR directory or .tar.gz, an image folder, a .npy or .npz file, a store")
-    parser.add_argument("dest", help="the store to write: *.lmdb, *.h5/*.hdf5, or a directory for a PNG folder")
+    parser.add_argument("source", nargs="+",
+                        help="a CIFAR directory or .tar.gz, an image folder, a .npy or .npz file, a store or sharded "
+                             "dataset; several (or a quoted glob such as 'parts/*.tar.gz') are read one after another")
+    parser.add_argument("dest", help="the store to write: *.lmdb, *.h5/*.hdf5, or a directory for a PNG folder "
+                                     "(with --shard-size or --engine dask: the directory of a sharded dataset)")
     conversion = parser.add_argument_group("conversion")
     for option in convert_options():
         _add_option(conversion, option, option.help)
@@ -267,7 +274,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", SkippedImageWarning)
         warnings.simplefilter("always", StalledWorkersWarning)
         warnings.showwarning = _warning_line(args)
-        result = convert(args.source, args.dest, progress=progress, store_options=store_options,
+        source = args.source[0] if len(args.source) == 1 else args.source
+        result = convert(source, args.dest, progress=progress, store_options=store_options,
                          **_given(args, convert_options()), **_given(args, sources.source_options().values()))
     if result.restart_reason:
         _say(args, result.restart_reason)
@@ -298,7 +306,8 @@ def _warning_line(args: argparse.Namespace) -> Callable[..., None]:
 
 
 def _add_store_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="an imgconv store: PNG folder, *.lmdb or *.h5 (or a classic PNG folder)")
+    parser.add_argument("store", help="an imgconv store: PNG folder, *.lmdb or *.h5 (or a classic PNG folder), or "
+                                      "a sharded dataset")
 
 
 def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -317,7 +326,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "shape_range" in info:
         ranges = info["shape_range"]
         shape += f" (heights {ranges['height']}, widths {ranges['width']}, channels {ranges['channels']})"
-    _print(f"{info['path']}: {info['format']} store (format version {info['format_version']}), "
+    kind = (f"sharded dataset of {info['shards']} {info['format']} shards" if "shards" in info
+            else f"{info['format']} store")
+    _print(f"{info['path']}: {kind} (format version {info['format_version']}), "
            f"written by imgconv {info['imgconv_version'] or 'unknown (classic layout)'}")
     _print(f"  images:  {info['count']} of {shape} {info['dtype']}")
     allocated = "unknown" if info["allocated_bytes"] is None else _human_bytes(info["allocated_bytes"])

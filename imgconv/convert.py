@@ -66,7 +66,8 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
             batch_size: int = DEFAULT_BATCH_SIZE, batch_bytes: int = DEFAULT_BATCH_BYTES, limit: Optional[int] = None,
             shuffle: bool = False, seed: int = 0, overwrite: bool = False, resume: bool = False,
             progress: Optional[Progress] = None, store_options: Optional[Dict[str, Any]] = None,
-            stall_seconds: Optional[float] = None, **source_options: Any) -> ConvertResult:
+            stall_seconds: Optional[float] = None, shard_size: Any = None, engine: str = "local",
+            client: Any = None, scheduler: Optional[str] = None, **source_options: Any) -> ConvertResult:
     """Convert a dataset into a store, streaming batches through a pool of worker processes.
 
     ``source`` is a path (opened with :func:`imgconv.open_source` and
@@ -109,6 +110,16 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
     over, saying why in the result's ``restart_reason``. Other failures
     (bad input, disk full) remove the partial output.
 
+    ``shard_size`` (a number of images, or of bytes of pixels such as
+    ``"256MB"``) writes a sharded dataset instead: a directory of stores of
+    the format, and a manifest ``dataset.json`` written last
+    (:mod:`imgconv.datasets`); ``resume=True`` then keeps the shards an
+    interrupted run finished and writes the others. ``engine="dask"``
+    writes one on a ``dask.distributed`` cluster, one task per shard: the
+    ``client`` given, or one connected to the ``scheduler`` address, or a
+    ``LocalCluster`` of ``workers`` processes (``pip install "imgconv[dask]"``).
+    The shards are the same bytes whatever the engine and the workers.
+
     Returns a :class:`ConvertResult`. Raises ValueError/TypeError for bad
     arguments (OverlapError, a ValueError, when ``dest`` is the source,
     holds it or a file it reads, or lies inside it: checked with symbolic
@@ -126,6 +137,13 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
         stall_seconds = _validate.positive_number("stall_seconds", stall_seconds)
     format = stores.format_for_path(dest) if format is None else format  # a mistyped suffix fails before any reading
     overlap.check_paths(overlap.source_path(source), dest)
+    if shard_size is not None or engine != "local" or client is not None or scheduler is not None:
+        from .datasets.convert import convert_sharded
+
+        return convert_sharded(source, dest, format=format, workers=workers, batch_size=batch_size, limit=limit,
+                               shuffle=shuffle, seed=seed, overwrite=overwrite, resume=resume, progress=progress,
+                               store_options=store_options, shard_size=shard_size, engine=engine, client=client,
+                               scheduler=scheduler, source_options=source_options, open_source=_open)
     src = _open(source, source_options)
     session = None
     try:

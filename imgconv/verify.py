@@ -20,6 +20,9 @@ import numpy as np
 
 from . import _validate, stores
 from ._platform import disk_usage
+from .datasets.manifest import is_dataset
+from .datasets.reader import DatasetReader, dataset_facts
+from .datasets.verify import verify_dataset
 from .errors import ImgconvError
 
 VerifyReport = namedtuple("VerifyReport", "path format count checked bad problems seconds unlisted",
@@ -41,6 +44,10 @@ def verify(path: Any, *, batch_size: int = 1024, progress: Optional[Callable[[in
            max_listed: int = MAX_LISTED) -> VerifyReport:
     """Read and check every image of the store at ``path``; returns a :class:`VerifyReport`.
 
+    A sharded dataset is checked shard by shard, in parallel, after its
+    manifest (:func:`imgconv.datasets.verify.verify_dataset`); bad images
+    are named by their index in the dataset.
+
     Batches are read whole; a batch that fails is read again image by image,
     so that every bad image is named, not just the first (up to
     ``max_listed`` of them, the rest counted, so that the report of a store
@@ -51,6 +58,8 @@ def verify(path: Any, *, batch_size: int = 1024, progress: Optional[Callable[[in
     """
     batch_size = _validate.positive_int("batch_size", batch_size)
     max_listed = _validate.integer("max_listed", max_listed, minimum=0)
+    if is_dataset(path):
+        return verify_dataset(path, batch_size, progress)  # its shards in parallel
     started = time.perf_counter()
     with stores.open(path) as store:
         count = len(store)
@@ -141,6 +150,8 @@ def info(path: Any) -> Dict[str, Any]:
         }
         if store.variable:
             facts["shape_range"] = _shape_range(store.shapes())
+        if isinstance(store, DatasetReader):
+            facts.update(dataset_facts(store))
         return facts
 
 

@@ -81,13 +81,13 @@ def test_quick_run_reports_every_method_cutoff_and_experiment(tmp_path):
     # Every target is set for more images than a quick run measures: none is judged, none is MISSED.
     assert "MISSED" not in done.stdout and "undecided" not in done.stdout
     judged = {t["what"]: t["status"] for t in results["targets"]}
-    opt_in = ("memory", "loader")
+    opt_in = ("memory", "loader", "scale")
     default = [t for t in targets.load_targets() if t.experiment not in opt_in]
     assert judged == {**{t.what: targets.NOT_MEASURED for t in default},
                       **{t.what: targets.NOT_RUN for t in targets.load_targets() if t.experiment in opt_in}}
     assert done.stdout.count("not measured at this size") == len(default)
     listed = done.stdout.split("targets:")[1]  # targets of experiments not run are not listed
-    assert "memory" not in listed and "Loader" not in listed and "augmentations" not in listed
+    assert "memory" not in listed and "Loader" not in listed and "augmentations" not in listed and "Dask" not in listed
 
     with open(out / "results.csv", newline="") as f:
         lines = list(csv.DictReader(f))
@@ -506,15 +506,56 @@ def test_memory_photos_must_be_count_width_height(value, capsys):
     assert "argument --memory-photos" in capsys.readouterr().err
 
 
+def test_opt_in_scale_experiment_runs_small(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    status = cli.main(["bench", "--experiments", "scale", "--cutoffs", "40", "--scale-sizes", "40", "--repeat", "1",
+                       "--settle", "0", "--no-plots", "--workers", "2", *_dirs(tmp_path)])
+    assert status == 0
+    text = capsys.readouterr().out
+    assert "a Dask LocalCluster against the local pool" in text and "shards of 4 images" in text
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["parameters"]["scale"] == {"workers": 2, "shard_images": 4, "sizes": [40]}
+    rows = {r["method"]: r for r in results["rows"] if r["experiment"] == "scale"}
+    assert set(rows) == set(EXPERIMENTS["scale"].sides) and all(r["images"] == 40 for r in rows.values())
+    for fmt in ("lmdb", "hdf5", "png"):
+        assert rows[f"dask-{fmt}"]["baseline"] == f"local-{fmt}" and rows[f"dask-{fmt}"]["speedup"] > 0
+        assert rows[f"dask-worker-{fmt}"]["worker_peak_anon_mb"] > 0 and "growth" not in rows[f"dask-worker-{fmt}"]
+        model = rows[f"model-{fmt}"]
+        assert (model["shards"], model["small_shards"]) == (10, 40) and model["busy"] > 0 and model["driver_s"] > 0
+    for fmt in ("lmdb", "hdf5"):
+        for how in ("batches", "all"):
+            assert rows[f"dataset-{fmt}-{how}"]["baseline"] == f"store-{fmt}-{how}"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_scaling_model_splits_shard_and_image_costs():
+    from imgconv.bench.scale import scaling_model
+
+    def tasks_time(shards, per_shard=0.2, per_image=3e-4, workers=2, count=10_000):
+        return (shards * per_shard + count * per_image) / workers
+
+    per_shard, per_image = scaling_model(2, 10_000, (10, tasks_time(10)), (100, tasks_time(100)))
+    assert per_shard == pytest.approx(0.2) and per_image == pytest.approx(3e-4)
+
+
+def test_scale_growth_is_the_larger_size_against_the_smaller():
+    from imgconv.bench import scale
+
+    rows = [{"method": "dask-worker-lmdb", "images": n, "worker_peak_anon_mb": mb}
+            for n, mb in ((10, 50.0), (100, 60.0))]
+    scale._growth(rows)
+    assert "growth" not in rows[0] and rows[1]["growth"] == pytest.approx(1.2)
+
+
 # --------------------------------------------------------------------------- targets as data
 
 
 def test_the_packaged_targets_name_registered_experiments_and_sides():
     found = targets.load_targets()
     targets.check_targets(found, EXPERIMENTS, METHODS)
-    assert len(found) == 31 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
+    assert len(found) == 48 and all(t.images in (50_000, 100_000, 1_000_000) for t in found)
     assert {t.experiment for t in found} == {"read-many", "store-many", "disk", "random-one", "kernels", "convert",
-                                             "memory", "loader"}
+                                             "memory", "loader", "scale"}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -44,6 +44,7 @@ PLUGINS = (
     "imgconv.bench.experiments",
     "imgconv.bench.loader_bench",
     "imgconv.bench.peers",
+    "imgconv.bench.scale",
 )
 DEFAULT_OUT = "bench-results"
 CIFAR_COUNT, QUICK_CIFAR_COUNT = 60_000, 3_000
@@ -154,6 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--source", metavar="PATH", help="any source imgconv reads (images of one size)")
     parser.add_argument("--cutoffs", type=_cutoffs, default=None,
                         help="numbers of images, e.g. 10,100,1000 (default 10,100,1000,10000,100000)")
+    parser.add_argument("--scale-sizes", type=_cutoffs, default=None, metavar="N,N",
+                        help="numbers of images of the opt-in scale experiment (default: a tenth of the largest "
+                             "cutoff and the largest cutoff; 100000,1000000 for its 1M targets)")
     parser.add_argument("--methods", nargs="+", type=_names(list(METHODS), method_groups()), default=None,
                         metavar="NAME", help="methods to run (default all), e.g. lmdb classic-lmdb")
     parser.add_argument("--experiments", nargs="+",
@@ -378,8 +382,9 @@ def _check_cifar(args: argparse.Namespace, experiments: Sequence[Experiment]) ->
 def _options(args: argparse.Namespace, experiments: Sequence[Experiment], images: inputs.ImageSet,
              cache: str) -> Dict[str, Any]:
     """What particular experiments need: the CIFAR-10 archive of ``convert`` and its training images, the photos
-    of ``memory``."""
-    options: Dict[str, Any] = {"cache": cache, "memory_photos": args.memory_photos}
+    of ``memory``, the sizes of ``scale``."""
+    options: Dict[str, Any] = {"cache": cache, "memory_photos": args.memory_photos,
+                               "scale_sizes": getattr(args, "scale_sizes", None)}
     if any(e.name == "convert" for e in experiments):
         options["cifar"] = args.cifar
         if args.cifar is None:

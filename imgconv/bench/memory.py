@@ -75,7 +75,7 @@ def _descendants(pid: int) -> List[int]:
     return found
 
 
-def _status_kb(pid: int) -> Dict[str, int]:
+def status_kb(pid: int) -> Dict[str, int]:
     """The memory fields of /proc/PID/status in kB (empty for a process that is gone)."""
     values = {}
     try:
@@ -122,7 +122,7 @@ class TreeMemorySampler:
         pids = _descendants(self.root)
         if not pids:
             return
-        statuses = [_status_kb(pid) for pid in pids]
+        statuses = [status_kb(pid) for pid in pids]
         for key in _STATUS_FIELDS:
             self.peak[key] = max(self.peak[key], sum(s.get(key, 0) for s in statuses))
             self.parent_peak[key] = max(self.parent_peak[key], statuses[0].get(key, 0))

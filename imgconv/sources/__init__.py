@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, NamedTuple
 
 from .._moved import forward
 from .._platform import file_kind, special_file
 from ..errors import SourceError, SourceOptionError
 from ..options import Option, merge
-from . import cifar, folder, numpy_files, store
+from . import cifar, folder, multi, numpy_files, store
 from .base import SkippedFile, SkippedImageWarning, Source, open_input
 from .cifar import CifarSource
 from .folder import FolderSource
+from .multi import MultiSource
 from .numpy_files import NumpySource
 from .store import StoreSource
 
@@ -71,12 +72,15 @@ def kinds_taking(name: str, kinds: Iterable[SourceKind] | None = None) -> list[S
 OPTION_DEFAULTS = {name: option.default for name, option in source_options().items()}
 
 
-def open_source(path: str | os.PathLike[str], **options: Any) -> Source:
+def open_source(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], **options: Any) -> Source:
     """Open the dataset at ``path`` with the source kind that fits what is there.
 
-    ``path`` is an imgconv store (PNG folder, LMDB, HDF5), a CIFAR batch
-    directory (or its parent, or an official ``.tar.gz``), a
-    ``.npy``/``.npz`` file, or a folder of images. Options
+    ``path`` is an imgconv store (PNG folder, LMDB, HDF5, sharded dataset),
+    a CIFAR batch directory (or its parent, or an official ``.tar.gz``), a
+    ``.npy``/``.npz`` file, or a folder of images; or several of them, as a
+    list of paths or a glob pattern (``"parts/*.tar.gz"``), read one after
+    another as one dataset (a :class:`MultiSource`, each opened with the
+    same options). Options
     (see each kind): ``split``, ``label_kind`` (CIFAR); ``split``,
     ``images_key``, ``labels_key`` (NumPy); ``mode``, ``resize``,
     ``resize_policy``, ``on_error``, ``labels_csv``, ``max_pixels`` (folders). An option left
@@ -92,7 +96,10 @@ def open_source(path: str | os.PathLike[str], **options: Any) -> Source:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"open_source() got unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    path = os.fspath(path)
+    if isinstance(path, (list, tuple)) or multi.is_pattern(path):
+        paths = multi.expand(path)
+        return open_source(paths[0], **options) if len(paths) == 1 else MultiSource(paths, open_source, **options)
+    path = os.fspath(path)  # type: ignore[arg-type]  # a list is dealt with above
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such file or directory")
     special = special_file(path)
@@ -177,6 +184,7 @@ __all__ = [
     "SOURCE_KINDS",
     "CifarSource",
     "FolderSource",
+    "MultiSource",
     "NumpySource",
     "SourceKind",
     "SkippedFile",

@@ -557,6 +557,23 @@ class FolderSource(Source):
         for name in self._file_list():
             yield os.path.join(self.path, name)
 
+    def image_shapes(self) -> np.ndarray:
+        """The (H, W, C) each image will have once decoded, as an (N, 3) int64 array, without decoding.
+
+        From the file headers (or the ``resize``); under ``on_error="skip"``
+        a file whose header cannot be read is (0, 0, C).
+        """
+        channels = MODES[self.mode]
+        if self.resize is not None:
+            return np.tile(np.array([self.resize[1], self.resize[0], channels], np.int64), (self.length, 1))
+        shapes = np.zeros((self.length, 3), np.int64)
+        shapes[:, 2] = channels
+        for i in range(self.length):
+            size = self._header_size_of(i)
+            if size is not None:
+                shapes[i, :2] = (size[1], size[0])
+        return shapes
+
     def _fail_or_skip(self, path, exc):
         """Raise ``exc`` under "fail"; under "skip" record the file (once) and return its SkippedFile."""
         if self.on_error == "fail":

@@ -1,7 +1,7 @@
 """imgconv stores as sources: convert one store into another, or read one through the pool.
 
-Any store :func:`imgconv.open` reads (an imgconv PNG folder, LMDB or HDF5, or
-a classic ``0.png ... N-1.png`` folder) is a source with random access: a
+Any store :func:`imgconv.open` reads (an imgconv PNG folder, LMDB or HDF5, a
+sharded dataset, or a classic ``0.png ... N-1.png`` folder) is a source with random access: a
 range or any list of indices is one ``read_batch``. Checked first in the
 registry, so a PNG folder written by imgconv is read as a store (with its
 labels and checksums), not as a folder of loose images.
@@ -15,13 +15,17 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import stores
+from ..datasets import manifest as dataset
 from ..errors import StoreError, UnknownFormatError
 from ..stores.reader import Reader
 from .base import Batch, Source
 
 
 def detect(path: str) -> bool:
-    """True when ``path`` holds a store :func:`imgconv.open` can read."""
+    """True when ``path`` holds a store :func:`imgconv.open` can read, or a sharded dataset (finished
+    or not: an unfinished one is then refused with its own message, not read as a folder of images)."""
+    if dataset.is_dataset(path) or dataset.unfinished_shards(path):
+        return True
     try:
         stores.detect_format(path)
     except (UnknownFormatError, StoreError):
@@ -53,7 +57,8 @@ class StoreSource(Source):
     @property
     def shape(self) -> tuple[int, int, int] | None:
         """The store's image shape, None for a store of varying sizes."""
-        return None if self._store.variable else tuple(self._store.shape)
+        shape = self._store.shape
+        return None if isinstance(shape, str) else (int(shape[0]), int(shape[1]), int(shape[2]))
 
     @property
     def heavy_decoding(self) -> bool:
@@ -87,3 +92,7 @@ class StoreSource(Source):
     def take(self, indices: npt.ArrayLike) -> Batch:
         """The images at ``indices`` (any order, repeats allowed) in one read."""
         return self._store.read_batch(np.asarray(indices, np.int64))
+
+    def image_shapes(self) -> np.ndarray:
+        """The (H, W, C) of every image as an (N, 3) int64 array (see :meth:`imgconv.stores.Reader.shapes`)."""
+        return self._store.shapes()

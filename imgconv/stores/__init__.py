@@ -151,12 +151,20 @@ def detect_format(path: Any) -> str:
 def open(path: Any, format: Optional[str] = None, **options: Any) -> Reader:  # noqa: A001 - the public name
     """Open the store at ``path`` for reading; the format is detected unless given.
 
+    A sharded dataset (a directory with ``dataset.json``, see
+    :mod:`imgconv.datasets`) opens as one store over all its shards.
     ``options`` go to the format's reader (e.g. ``readahead`` for LMDB,
     ``cache_bytes`` for HDF5). Raises UnknownFormatError when ``path`` is not a
     store and StoreError when it is damaged or unfinished.
     """
     if format is not None:
         refuse_special(os.fspath(path))
+
+    from ..datasets import manifest as dataset  # the dataset builds on this package: imported when used
+
+    if dataset.is_dataset(path):
+        return _open_dataset(path, format, options)
+    dataset.refuse_unfinished(path)
     spec = get_format(format if format is not None else detect_format(path))
     return spec.reader(path, **options)
 
@@ -166,6 +174,17 @@ def refuse_special(path: str) -> None:
     special = _platform.special_file(path)
     if special is not None:
         raise StoreError(f"{path}: {special}, not a store (imgconv stores are regular files and directories)")
+
+
+def _open_dataset(path: Any, format: Optional[str], options: Any) -> Reader:
+    """A sharded dataset (:mod:`imgconv.datasets`) opened as one store; ``format`` must be its shards'."""
+    from ..datasets.reader import DatasetReader
+
+    reader = DatasetReader(path, **options)
+    if format is not None and format != reader.format_name:
+        get_format(format)
+        raise StoreError(f"{reader.path}: a sharded dataset of {reader.format_name} shards, not {format}")
+    return reader
 
 
 def _describe(path):
@@ -184,7 +203,7 @@ def _describe(path):
             return "an empty directory"
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         return (f"a directory of {len(names)} entries ({shown}) with no manifest.json, "
-                "no data.mdb and no 0.png plus labels CSV")
+                "no dataset.json, no data.mdb and no 0.png plus labels CSV")
     try:
         # Never a FIFO, socket or device: opening one to quote its first bytes would block, or worse.
         with _platform.open_regular_file(path) as f:
