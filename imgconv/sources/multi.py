@@ -87,6 +87,16 @@ class MultiSource(Source):
         return any(member.sequential for member in self.members)
 
     @property
+    def heavy_decoding(self) -> bool:
+        """True when any input is decoded (image files): see :attr:`Source.heavy_decoding`."""
+        return any(member.heavy_decoding for member in self.members)
+
+    def input_files(self) -> Iterator[str]:
+        """Every input's files, input by input (see :meth:`Source.input_files`)."""
+        for member in self.members:
+            yield from member.input_files()
+
+    @property
     def length(self) -> int | None:
         """The images of every input (counting an archive reads it)."""
         return _total([member.length for member in self.members])
