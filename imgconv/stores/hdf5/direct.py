@@ -1,8 +1,13 @@
-"""Reading images of an unfiltered chunked HDF5 dataset straight from the file (``preadv``)."""
+"""Reading images of an unfiltered chunked HDF5 dataset straight from the file: ``preadv`` for runs
+of images, a read-only map of the file for random batches."""
+import mmap
+import os
+from typing import Optional
+
 import h5py
 import numpy as np
 
-from ... import _platform
+from ... import _platform, kernels
 from ...errors import StoreError
 
 
@@ -16,6 +21,16 @@ class DirectChunks:
     system call, and a full read copies whole runs of adjacent chunks at once.
     Only used when every chunk is allocated and inside the file, so it returns
     exactly what h5py would.
+
+    A random batch (:meth:`gather`) is copied from a read-only map of the
+    file made on first use, in one kernel call: one call instead of a system
+    call per image. The map is of the reader's descriptor, so of the very
+    file HDF5 opened; a forked child's reader opens the file again and maps
+    it again. Every image's bytes are checked to lie inside the map before
+    they are copied, and the reader checks what was copied against the
+    stored checksums (pixels, label and position), as it does every read.
+    The map is a Python ``mmap`` that the arrays viewing it keep alive, so a
+    reader closed while another thread gathers cannot unmap it under it.
     """
 
     def __init__(self, path, fd, offsets, per_chunk, image_bytes):
@@ -24,6 +39,7 @@ class DirectChunks:
         self.offsets = offsets
         self.k = per_chunk
         self.image_bytes = image_bytes
+        self._map: Optional[np.ndarray] = None
 
     @staticmethod
     def layout(images, shape, file_size):
@@ -76,3 +92,30 @@ class DirectChunks:
             offset = int(offsets[a]) + (lo - (first + a) * self.k) * self.image_bytes
             self._read(flat[(lo - start) * self.image_bytes : (hi - start) * self.image_bytes], offset,
                        f"images {lo}..{hi - 1}")
+
+    def _mapped(self) -> np.ndarray:
+        """The file, mapped read-only as a uint8 array (made on first use; a race makes it twice, harmlessly)."""
+        data = self._map
+        if data is None:
+            try:
+                size = os.fstat(self.fd).st_size
+                mapping = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ) if size else b""
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{self.path}: cannot map the file: {exc}") from None
+            if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+                mapping.madvise(mmap.MADV_RANDOM)  # random batches: no reading ahead around each image
+            data = self._map = np.frombuffer(mapping, np.uint8)
+        return data
+
+    def gather(self, indices: np.ndarray, out: np.ndarray, crcs: Optional[np.ndarray] = None) -> None:
+        """Copy images ``indices`` (int64) into ``out`` ((N, H, W, C) uint8) from the map of the file,
+        in one kernel call without the GIL; with ``crcs`` ((N,) uint32) the CRC32C of each image's
+        pixels too. StoreError for an image that lies past the end of the file."""
+        chunks, slots = np.divmod(indices, self.k)
+        offsets = self.offsets[chunks]
+        offsets += slots * self.image_bytes
+        data = self._mapped()
+        bad = kernels.gather_rows(data, offsets, out.reshape(indices.size, self.image_bytes), crcs)
+        if bad >= 0:
+            raise StoreError(f"{self.path}: image {indices[bad]} ends early at byte {data.size}: the file is "
+                             "truncated")

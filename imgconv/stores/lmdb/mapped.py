@@ -1,0 +1,116 @@
+"""Random reads of an LMDB store of one image shape in one kernel call: where each chunk's value lies
+in data.mdb, found once, and the file mapped read-only by this process.
+
+A batch read the plain way asks LMDB for the value of every chunk it touches
+(``txn.get``) and hands the kernel one buffer per value: at 63 CIFAR records
+per value a shuffled batch of 256 touches some 240 values, and those lookups
+and buffer exports cost more than the copy. Instead, the value of every
+chunk is looked up once per process and file (:func:`map_values`): LMDB
+returns it as a buffer inside its own map of data.mdb, whose distance from
+the map's start (``Environment.info()["map_addr"]``; liblmdb maps the file
+from byte 0) is the value's offset in the file. data.mdb is mapped once
+more, read-only, by this module, and record i is then at byte
+``starts[i // k] + (i % k) * record_size`` of that map: a batch is one call
+of :meth:`imgconv.record.Gather.into` over that one buffer.
+
+Why this is safe:
+
+- The store is immutable: imgconv never writes a store after its commit, and
+  the reader opens it read-only without a lock table. Offsets found once stay
+  true for the life of the file; the map is of the very file the environment
+  opened (same device and inode, checked).
+- The kernel checks every record's bounds against the map (nothing is read
+  outside it, whatever the offsets say), its header, and its CRC32C, which
+  (record version 2) ends with the image's index: a record found at a wrong
+  offset fails like a damaged one. Nothing is trusted that is not checked
+  again on every read.
+- Offsets are taken only when every value is where :mod:`.pagecheck` found
+  it sound: each chunk present, of exactly its records' size, inside the
+  file. Otherwise (and for stores of varying image sizes) there is no map
+  and the reader asks LMDB value by value, which names what is wrong; so
+  does a batch in which the kernel finds a bad record.
+- The map is a Python ``mmap`` whose buffer the arrays viewing it keep
+  alive: closing a reader while another thread still gathers from it cannot
+  unmap it under that thread. A forked child drops it with the environment
+  and maps the file again.
+"""
+import mmap
+import os
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from ... import _platform
+from .layout import KEY_STRUCT
+
+
+class MappedValues:
+    """data.mdb mapped read-only (``data``, a uint8 array) and where each chunk's value starts in it."""
+
+    __slots__ = ("data", "starts", "k", "record_size")
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, k: int, record_size: int) -> None:
+        self.data = data
+        self.starts = starts
+        self.k = k
+        self.record_size = record_size
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """The byte offset in :attr:`data` of the record of each image in ``indices`` (an int64 array)."""
+        chunks, slots = np.divmod(indices, self.k)
+        offsets: np.ndarray = self.starts[chunks]
+        offsets += slots * self.record_size
+        return offsets
+
+
+def map_values(env: Any, data_path: str, file_key: Tuple[int, int], count: int, k: int, record_size: int,
+               readahead: bool) -> Optional[MappedValues]:
+    """The :class:`MappedValues` of the store whose environment is ``env``, or None when its values
+    are not all where a store of ``count`` records of ``record_size`` bytes, ``k`` per value, has them.
+
+    ``data_path`` is its data.mdb and ``file_key`` the (st_dev, st_ino) the
+    environment was opened on. ``readahead`` False advises the OS of random
+    access, as liblmdb does for its own map. Raises lmdb.Error or OSError
+    as the environment or the file do.
+    """
+    chunks = -(-count // k)
+    if not chunks:
+        return None
+    fd = _platform.open_regular(data_path)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != file_key or st.st_size == 0:
+            return None  # another file at the path now: leave the reads to the environment's
+        mapping = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    if not readahead and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+    starts = _value_offsets(env, chunks, count, k, record_size, st.st_size)
+    if starts is None:
+        mapping.close()
+        return None
+    return MappedValues(np.frombuffer(mapping, np.uint8), starts, k, record_size)
+
+
+def _value_offsets(env: Any, chunks: int, count: int, k: int, record_size: int,
+                   size: int) -> Optional[np.ndarray]:
+    """The offset in data.mdb of the value of each of ``chunks`` chunks, or None when one is missing,
+    of another size than its records', or not inside the file's ``size`` bytes."""
+    starts = np.empty(chunks, np.int64)
+    lengths = np.empty(chunks, np.int64)
+    with env.begin(buffers=True) as txn:
+        base = env.info()["map_addr"]
+        get, pack = txn.get, KEY_STRUCT.pack
+        for chunk in range(chunks):
+            value = get(pack(chunk))
+            if value is None:
+                return None
+            # The buffer's address in LMDB's map, taken while the transaction holds it.
+            starts[chunk] = np.frombuffer(value, np.uint8).ctypes.data - base
+            lengths[chunk] = len(value)
+    expected = np.full(chunks, k * record_size, np.int64)
+    expected[-1] = (count - (chunks - 1) * k) * record_size
+    if not ((lengths == expected).all() and (starts >= 0).all() and (starts + lengths <= size).all()):
+        return None
+    return starts
