@@ -85,6 +85,7 @@ class LmdbReader(Reader):
             _release_env(env)
             raise
         self._env = env
+        self._value_starts = found.starts
         self._mapped: Any = None  # MappedValues, False (none), or None: not looked for yet
         return meta
 
@@ -236,7 +237,7 @@ class LmdbReader(Reader):
             if self._records is not None:
                 try:
                     mapped = _shared_mapped(self._env, os.path.join(self.path, "data.mdb"), self._file_key,
-                                            len(self), self._k, self._record_size,
+                                            self._value_starts, len(self), self._k, self._record_size,
                                             bool(self._options.get("readahead", False))) or False
                 except lmdb.Error as exc:
                     raise self._lmdb_error(exc, "the chunks' values") from None
@@ -435,17 +436,17 @@ def _run_parts(n: int, item_bytes: int, part: Any, *args: Any) -> List[int]:
     return [future.result() for future in futures]
 
 
-def _shared_mapped(env: Any, data_path: str, key: Tuple[int, int], count: int, k: int, record_size: int,
-                   readahead: bool) -> Optional[MappedValues]:
+def _shared_mapped(env: Any, data_path: str, key: Tuple[int, int], starts: Any, count: int, k: int,
+                   record_size: int, readahead: bool) -> Optional[MappedValues]:
     """The :class:`MappedValues` of ``env`` (see :func:`map_values`), found once per environment and
     kept with it: readers of one store in one process share it, as they share the environment."""
     envs = _ENVS.get()
     with envs.lock:
         entry = envs.entries.get(key)
         if entry is None or entry[0] is not env:
-            return map_values(env, data_path, key, count, k, record_size, readahead)
+            return map_values(env, data_path, key, starts, count, k, record_size, readahead)
         if entry[2] is None:
-            entry[2] = map_values(env, data_path, key, count, k, record_size, readahead) or False
+            entry[2] = map_values(env, data_path, key, starts, count, k, record_size, readahead) or False
         return entry[2] or None
 
 
