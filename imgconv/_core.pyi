@@ -33,6 +33,7 @@ def gather_rows(
     offsets: NDArray[np.int64],
     rows: NDArray[np.uint8],
     crcs: NDArray[np.uint32] | None = ...,
+    tails: NDArray[np.int64] | None = ...,
 ) -> int: ...
 def pack_uniform(
     headers: NDArray[np.uint8],

@@ -222,12 +222,14 @@ def unpack_one(buffer, offset, expected, payload, verify, position=None):
     return status, int(label[0])
 
 
-def gather_rows(data, offsets, rows, crcs=None):
-    """Copy row i of ``rows`` from ``offsets[i]`` of ``data``, CRC32C of each into ``crcs`` (see _core);
-    returns the index of the first row outside ``data``, or -1."""
+def gather_rows(data, offsets, rows, crcs=None, tails=None):
+    """Copy row i of ``rows`` from ``offsets[i]`` of ``data``, the CRC32C of each (continued over its
+    ``tails`` row) into ``crcs`` (see _core); returns the index of the first row outside ``data``, or -1."""
     n, p = rows.shape
     if offsets.shape[0] < n or (crcs is not None and crcs.shape[0] < n):
         raise ValueError("gather_rows: offsets or crcs is shorter than rows")
+    if tails is not None and (crcs is None or tails.shape[0] < n):
+        raise ValueError("gather_rows: tails needs crcs, and a row of tails for every row")
     data = np.frombuffer(data, np.uint8)
     offsets = np.asarray(offsets[:n], np.int64)
     outside = np.flatnonzero((offsets < 0) | (offsets > data.size - p))
@@ -235,5 +237,8 @@ def gather_rows(data, offsets, rows, crcs=None):
     if end and p:
         rows[:end] = np.lib.stride_tricks.sliding_window_view(data, p)[offsets[:end]]
     if crcs is not None:
-        crcs[:end] = _crc_of_rows(rows[:end])
+        crc = _crc_of_rows(rows[:end])
+        if tails is not None:
+            crc = _crc_of_rows(np.ascontiguousarray(tails[:end], "<i8").view(np.uint8).reshape(end, -1), crc)
+        crcs[:end] = crc
     return end if outside.size else -1

@@ -41,6 +41,26 @@ def test_gather_rows_copies_and_checksums_rows_in_both_backends(backend, p):
     assert np.array_equal(plain, rows)
 
 
+def test_gather_rows_continues_the_checksums_over_the_tails(backend):
+    from imgconv.checksum import image_checksums
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (30, 4, 5, 3), dtype=np.uint8)
+    data = images.reshape(-1)
+    labels = rng.integers(-(2**63), 2**63 - 1, 30, dtype=np.int64)
+    indices = rng.permutation(30)
+    offsets = indices * 60
+    rows, crcs = np.zeros((30, 60), np.uint8), np.zeros(30, np.uint32)
+    assert kernels.gather_rows(data, offsets, rows, crcs, np.stack([labels, indices], 1)) == -1
+    assert np.array_equal(rows, data.reshape(30, 60)[indices])
+    assert np.array_equal(crcs, image_checksums(images[indices], labels, indices))
+    assert kernels.gather_rows(data, offsets, rows, crcs, labels[:, None]) == -1
+    assert np.array_equal(crcs, image_checksums(images[indices], labels))
+    with pytest.raises(ValueError, match="tails"):
+        kernels.gather_rows(data, offsets, rows, None, labels[:, None])
+    with pytest.raises(ValueError, match="tails"):
+        kernels.gather_rows(data, offsets, rows, crcs, labels)
+
+
 @pytest.mark.parametrize("bad_offset", [-1, 20_000 - 63, 20_000, 2**62])
 def test_gather_rows_stops_at_the_first_row_outside_the_data(backend, bad_offset):
     data = np.arange(20_000, dtype=np.uint32).view(np.uint8)[:20_000].copy()
@@ -58,10 +78,11 @@ def test_gather_rows_compiled_equals_the_numpy_reference():
     data = rng.integers(0, 256, 50_000, dtype=np.uint8)
     offsets = rng.integers(-50, data.size, 500).astype(np.int64)
     offsets[offsets > data.size - 100] = 3  # all inside but the negative ones
+    tails = rng.integers(-(2**63), 2**63 - 1, (500, 2), dtype=np.int64)
     results = []
     for impl in (core, _pure):
         rows, crcs = np.zeros((500, 100), np.uint8), np.zeros(500, np.uint32)
-        results.append((impl.gather_rows(data, offsets, rows, crcs), rows, crcs))
+        results.append((impl.gather_rows(data, offsets, rows, crcs, tails), rows, crcs))
     (bad_c, rows_c, crcs_c), (bad_p, rows_p, crcs_p) = results
     assert bad_c == bad_p == int(np.flatnonzero(offsets < 0)[0])
     assert np.array_equal(rows_c[:bad_c], rows_p[:bad_p]) and np.array_equal(crcs_c[:bad_c], crcs_p[:bad_p])

@@ -107,15 +107,17 @@ class DirectChunks:
             data = self._map = np.frombuffer(mapping, np.uint8)
         return data
 
-    def gather(self, indices: np.ndarray, out: np.ndarray, crcs: Optional[np.ndarray] = None) -> None:
+    def gather(self, indices: np.ndarray, out: np.ndarray, crcs: Optional[np.ndarray] = None,
+               tails: Optional[np.ndarray] = None) -> None:
         """Copy images ``indices`` (int64) into ``out`` ((N, H, W, C) uint8) from the map of the file,
         in one kernel call without the GIL; with ``crcs`` ((N,) uint32) the CRC32C of each image's
-        pixels too. StoreError for an image that lies past the end of the file."""
+        pixels too, continued over its row of ``tails`` (:func:`imgconv.kernels.gather_rows`).
+        StoreError for an image that lies past the end of the file."""
         chunks, slots = np.divmod(indices, self.k)
         offsets = self.offsets[chunks]
         offsets += slots * self.image_bytes
         data = self._mapped()
-        bad = kernels.gather_rows(data, offsets, out.reshape(indices.size, self.image_bytes), crcs)
+        bad = kernels.gather_rows(data, offsets, out.reshape(indices.size, self.image_bytes), crcs, tails)
         if bad >= 0:
             raise StoreError(f"{self.path}: image {indices[bad]} ends early at byte {data.size}: the file is "
                              "truncated")

@@ -26,7 +26,6 @@ import h5py
 import numpy as np
 
 from ... import _platform
-from ...checksum import continue_over_int64
 from ...errors import StoreError
 from ..batch import VARIABLE
 from ..metadata import Metadata, check_metadata
@@ -272,7 +271,7 @@ class Hdf5Reader(Reader):
             out = np.empty((indices.size, *self.shape), np.uint8)
         direct = self._direct()
         if direct is not None:
-            self._gather(direct, indices, out, None)
+            self._gather(direct, indices, out)
             return out, self._loaded_labels()[indices]
         distinct, inverse = np.unique(indices, return_inverse=True)
         into = out if distinct.size == indices.size else np.empty((distinct.size, *self.shape), np.uint8)
@@ -303,8 +302,8 @@ class Hdf5Reader(Reader):
 
     def _read_many_checked(self, indices, out):
         # A random batch of a directly readable store: copied from the map of
-        # the file with the CRC32C of each image's pixels taken as it is
-        # copied, then continued over the labels and positions, vectorised.
+        # the file with each image's checksum (imgconv.checksum) computed as
+        # it is copied: its pixels' CRC32C continued over its label and index.
         direct = None if self.variable else self._direct()
         check = self._checks()
         if direct is None or not check:
@@ -314,24 +313,21 @@ class Hdf5Reader(Reader):
             out = np.empty((indices.size, *self.shape), np.uint8)
         labels = self._loaded_labels()[indices]
         crcs = np.empty(indices.size, np.uint32)
-        self._gather(direct, indices, out, crcs)
-        if version >= 2:
-            crcs = continue_over_int64(crcs, labels)
-        if version >= 3:
-            crcs = continue_over_int64(crcs, indices)
+        tails = np.stack([labels, indices], axis=1) if version >= 3 else labels[:, None] if version == 2 else None
+        self._gather(direct, indices, out, crcs, tails)
         wrong = np.flatnonzero(crcs != stored[indices])
         if wrong.size:
             raise StoreError(self._mismatch(int(indices[wrong[0]]), version))
         return out, labels
 
-    def _gather(self, direct, indices, out, crcs):
+    def _gather(self, direct, indices, out, crcs=None, tails=None):
         """:meth:`DirectChunks.gather` of ``indices``, split over threads for a large read."""
         parts = split_for_threads(indices.size, direct.image_bytes)
         if len(parts) == 1:
-            direct.gather(indices, out, crcs)
+            direct.gather(indices, out, crcs, tails)
             return
-        futures = [thread_pool().submit(direct.gather, indices[a:b], out[a:b], None if crcs is None else crcs[a:b])
-                   for a, b in parts]
+        futures = [thread_pool().submit(direct.gather, indices[a:b], out[a:b], None if crcs is None else crcs[a:b],
+                                        None if tails is None else tails[a:b]) for a, b in parts]
         wait(futures)
         for future in futures:
             future.result()  # the first part's error first
