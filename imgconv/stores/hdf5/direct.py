@@ -23,10 +23,10 @@ class DirectChunks:
     exactly what h5py would.
 
     A random batch (:meth:`gather`) is copied from a read-only map of the
-    file made on first use, in one kernel call: one call instead of a system
-    call per image. The map is of the reader's descriptor, so of the very
-    file HDF5 opened; a forked child's reader opens the file again and maps
-    it again. Every image's bytes are checked to lie inside the map before
+    file, in one kernel call: one call instead of a system call per image.
+    The map is made with this object, of the reader's descriptor while it is
+    open, so of the very file HDF5 opened; a forked child's reader opens the
+    file again and maps it again. Every image's bytes are checked to lie inside the map before
     they are copied, and the reader checks what was copied against the
     stored checksums (pixels, label and position), as it does every read.
     The map is a Python ``mmap`` that the arrays viewing it keep alive, so a
@@ -39,7 +39,7 @@ class DirectChunks:
         self.offsets = offsets
         self.k = per_chunk
         self.image_bytes = image_bytes
-        self._map: Optional[np.ndarray] = None
+        self.data = _map_file(path, fd)
 
     @staticmethod
     def layout(images, shape, file_size):
@@ -93,20 +93,6 @@ class DirectChunks:
             self._read(flat[(lo - start) * self.image_bytes : (hi - start) * self.image_bytes], offset,
                        f"images {lo}..{hi - 1}")
 
-    def _mapped(self) -> np.ndarray:
-        """The file, mapped read-only as a uint8 array (made on first use; a race makes it twice, harmlessly)."""
-        data = self._map
-        if data is None:
-            try:
-                size = os.fstat(self.fd).st_size
-                mapping = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ) if size else b""
-            except (OSError, ValueError) as exc:
-                raise StoreError(f"{self.path}: cannot map the file: {exc}") from None
-            if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-                mapping.madvise(mmap.MADV_RANDOM)  # random batches: no reading ahead around each image
-            data = self._map = np.frombuffer(mapping, np.uint8)
-        return data
-
     def gather(self, indices: np.ndarray, out: np.ndarray, crcs: Optional[np.ndarray] = None,
                tails: Optional[np.ndarray] = None) -> None:
         """Copy images ``indices`` (int64) into ``out`` ((N, H, W, C) uint8) from the map of the file,
@@ -116,8 +102,22 @@ class DirectChunks:
         chunks, slots = np.divmod(indices, self.k)
         offsets = self.offsets[chunks]
         offsets += slots * self.image_bytes
-        data = self._mapped()
+        data = self.data
         bad = kernels.gather_rows(data, offsets, out.reshape(indices.size, self.image_bytes), crcs, tails)
         if bad >= 0:
             raise StoreError(f"{self.path}: image {indices[bad]} ends early at byte {data.size}: the file is "
                              "truncated")
+
+
+def _map_file(path: str, fd: int) -> np.ndarray:
+    """The file open at ``fd``, mapped read-only, as a uint8 array (the array keeps the map alive)."""
+    try:
+        size = os.fstat(fd).st_size
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot map the file: {exc}") from None
+    if mapping is None:
+        return np.zeros(0, np.uint8)
+    if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)  # random batches: no reading ahead around each image
+    return np.frombuffer(mapping, np.uint8)

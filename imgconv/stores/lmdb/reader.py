@@ -17,7 +17,7 @@ import itertools
 import os
 import stat
 from concurrent.futures import wait
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import lmdb
 import numpy as np
@@ -423,7 +423,7 @@ def _gather(shape: Tuple[int, int, int], verify: bool, kernel: Any, version: int
     return record.Gather(shape, np.uint8, verify=verify, version=version)
 
 
-def _run_parts(n: int, item_bytes: int, part: Any, *args: Any) -> List[int]:
+def _run_parts(n: int, item_bytes: int, part: Callable[..., int], *args: Any) -> List[int]:
     """``part(*args, a, b)`` over the parts of ``0 .. n - 1`` that reading ``n`` items of
     ``item_bytes`` is split into, in the thread pool when more than one; their results in order."""
     parts = split_for_threads(n, item_bytes)
