@@ -185,6 +185,32 @@ def test_lmdb_large_batches_from_the_map_split_over_threads(tmp_path, monkeypatc
         assert np.array_equal(got, images[indices]) and np.array_equal(got_labels, labels[indices])
 
 
+def test_lmdb_single_images_from_the_map_equal_the_per_value_reads(tmp_path, backend):
+    path, images, labels = _lmdb_store(tmp_path, shape=(9, 9, 3))
+    _flip_pixel(path, images, 8)
+    with stores.open(path) as store:
+        store.read_batch([0])  # finds the map, which store[i] then uses
+        assert isinstance(store._mapped, MappedValues)
+        for i in (0, 4, 5, 22):
+            image, label = store[i]
+            assert np.array_equal(image, images[i]) and label == labels[i]
+        with pytest.raises(StoreError, match="image 8 in chunk 1: .*checksum"):
+            store[8]
+
+
+def test_hdf5_single_images_from_the_map_are_checked(tmp_path):
+    images = make_images(N, (9, 9, 3))
+    path = write(target(tmp_path, "hdf5"), images, np.arange(N) * 7, chunk_images=K)
+    _flip_hdf5_pixel(path, images, 21)
+    with stores.open(path) as store:
+        for i in (0, 4, 5, 22):
+            image, label = store[i]
+            assert store._direct() is not None
+            assert np.array_equal(image, images[i]) and label == 7 * i and image.flags.writeable
+        with pytest.raises(StoreError, match="image 21 does not match"):
+            store[21]
+
+
 def test_lmdb_store_of_varying_sizes_keeps_the_per_value_reads(tmp_path):
     images = varying_images(N)
     path = write(target(tmp_path, "lmdb"), images, np.arange(N))

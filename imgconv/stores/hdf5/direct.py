@@ -1,5 +1,5 @@
 """Reading images of an unfiltered chunked HDF5 dataset straight from the file: ``preadv`` for runs
-of images, a read-only map of the file for random batches."""
+of images, a read-only map of the file for random batches and single images."""
 import mmap
 import os
 from typing import Optional
@@ -16,21 +16,22 @@ class DirectChunks:
 
     An uncompressed chunk is stored as its (k, H, W, C) array in C order at a
     file offset HDF5 reports (``chunk_iter``), so image i lies at
-    ``chunk_offset[i // k] + (i % k) * image_bytes``. Reading there with
-    ``preadv`` skips h5py's selection machinery: a single image costs one
-    system call, and a full read copies whole runs of adjacent chunks at once.
-    Only used when every chunk is allocated and inside the file, so it returns
-    exactly what h5py would.
+    ``chunk_offset[i // k] + (i % k) * image_bytes``. Reading there skips
+    h5py's selection machinery. Only used when every chunk is allocated and
+    inside the file, so it returns exactly what h5py would.
 
-    A random batch (:meth:`gather`) is copied from a read-only map of the
-    file, in one kernel call: one call instead of a system call per image.
-    The map is made with this object, of the reader's descriptor while it is
-    open, so of the very file HDF5 opened; a forked child's reader opens the
-    file again and maps it again. Every image's bytes are checked to lie inside the map before
-    they are copied, and the reader checks what was copied against the
-    stored checksums (pixels, label and position), as it does every read.
-    The map is a Python ``mmap`` that the arrays viewing it keep alive, so a
-    reader closed while another thread gathers cannot unmap it under it.
+    A full read (:meth:`read_range`) copies whole runs of adjacent chunks
+    with ``preadv``. A random batch (:meth:`gather`) is copied from a
+    read-only map of the file in one kernel call, instead of a system call
+    per image; one image (:meth:`read_image`) is a slice of the map. The map
+    is made with this object, of the reader's descriptor while it is open,
+    so of the very file HDF5 opened; a forked child's reader opens the file
+    again and maps it again. Every image's bytes are checked to lie inside
+    the map before they are copied, and the reader checks what was copied
+    against the stored checksums (pixels, label and position), as it does
+    every read. The map is a Python ``mmap`` that the arrays viewing it keep
+    alive, so a reader closed while another thread gathers cannot unmap it
+    under it.
     """
 
     def __init__(self, path, fd, offsets, per_chunk, image_bytes):
@@ -75,9 +76,11 @@ class DirectChunks:
             raise StoreError(f"{self.path}: {what} ends early at byte {offset + got}: the file is truncated")
 
     def read_image(self, i, out):
-        """Read image ``i`` into ``out`` (an (H, W, C) uint8 array)."""
+        """Copy image ``i`` into ``out`` (an (H, W, C) uint8 array) from the map of the file."""
         offset = int(self.offsets[i // self.k]) + (i % self.k) * self.image_bytes
-        self._read(memoryview(out).cast("B"), offset, f"image {i}")
+        if offset + self.image_bytes > self.data.size:
+            raise StoreError(f"{self.path}: image {i} ends early at byte {self.data.size}: the file is truncated")
+        out.reshape(-1)[:] = self.data[offset : offset + self.image_bytes]
 
     def read_range(self, start, stop, out):
         """Read images ``start .. stop - 1`` into ``out``, one read per run of adjacent chunks."""

@@ -194,6 +194,14 @@ class LmdbReader(Reader):
         if records is None:
             return super()._read_one_checked(i)
         chunk, slot = divmod(i, self._k)
+        mapped = self._mapped
+        if mapped:
+            # The map a batch read found: no LMDB lookup. A bad record is
+            # read again below, where it is named as it always was.
+            try:
+                return records.one(mapped.data, int(mapped.starts[chunk]) + slot * self._record_size, i)
+            except RecordError:
+                pass
         try:
             with self._env.begin(buffers=True) as txn:
                 value = txn.get(_KEY_PACK(chunk))
