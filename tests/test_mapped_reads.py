@@ -187,7 +187,7 @@ def test_lmdb_large_batches_from_the_map_split_over_threads(tmp_path, monkeypatc
 
 def test_lmdb_single_images_from_the_map_equal_the_per_value_reads(tmp_path, backend):
     path, images, labels = _lmdb_store(tmp_path, shape=(9, 9, 3))
-    _flip_pixel(path, images, 8)
+    _flip_pixel(os.path.join(path, "data.mdb"), images, 8)
     with stores.open(path) as store:
         store.read_batch([0])  # finds the map, which store[i] then uses
         assert isinstance(store._mapped, MappedValues)
@@ -201,7 +201,7 @@ def test_lmdb_single_images_from_the_map_equal_the_per_value_reads(tmp_path, bac
 def test_hdf5_single_images_from_the_map_are_checked(tmp_path):
     images = make_images(N, (9, 9, 3))
     path = write(target(tmp_path, "hdf5"), images, np.arange(N) * 7, chunk_images=K)
-    _flip_hdf5_pixel(path, images, 21)
+    _flip_pixel(path, images, 21)
     with stores.open(path) as store:
         for i in (0, 4, 5, 22):
             image, label = store[i]
@@ -220,21 +220,35 @@ def test_lmdb_store_of_varying_sizes_keeps_the_per_value_reads(tmp_path):
         assert all(np.array_equal(a, b.reshape(a.shape)) for a, b in zip(got, [images[4], images[0], images[4]]))
 
 
-def _flip_pixel(path, images, i):
-    """Flip a pixel byte of image ``i`` where it lies in data.mdb (found by its bytes)."""
-    data_path = os.path.join(path, "data.mdb")
-    with open(data_path, "rb") as f:
+def _flip_pixel(file_path, images, i):
+    """Flip a pixel byte of image ``i`` where it lies in the file (found by its bytes)."""
+    with open(file_path, "rb") as f:
         raw = f.read()
     at = raw.find(images[i].tobytes())
     assert at > 0 and raw.find(images[i].tobytes(), at + 1) < 0
-    with open(data_path, "r+b") as f:
+    with open(file_path, "r+b") as f:
         f.seek(at + 2)
         f.write(bytes([raw[at + 2] ^ 0x10]))
 
 
+def _in_a_forked_child(check):
+    """Whether ``check()`` is true in a forked child (False when it raises)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            ok = bool(check())
+        except BaseException:
+            ok = False
+        os.write(write_end, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return os.read(read_end, 1) == b"1"
+
+
 def test_lmdb_a_damaged_record_read_from_the_map_is_named_as_before(tmp_path, backend):
     path, images, _ = _lmdb_store(tmp_path, shape=(9, 9, 3))
-    _flip_pixel(path, images, 17)
+    _flip_pixel(os.path.join(path, "data.mdb"), images, 17)
     with stores.open(path) as store:
         assert np.array_equal(store.read_batch([1, 2])[0], images[[1, 2]])
         assert isinstance(store._mapped, MappedValues)
@@ -254,19 +268,13 @@ def test_lmdb_map_is_made_again_in_a_forked_child(tmp_path):
     store = stores.open(path)
     store.read_batch([0])
     parent_map = store._mapped
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            got, got_labels = store.read_batch([22, 1, 1])
-            ok = (np.array_equal(got, images[[22, 1, 1]]) and np.array_equal(got_labels, labels[[22, 1, 1]])
-                  and isinstance(store._mapped, MappedValues) and store._mapped is not parent_map)
-        except BaseException:
-            ok = False
-        os.write(write_end, b"1" if ok else b"0")
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert os.read(read_end, 1) == b"1"
+
+    def check():
+        got, got_labels = store.read_batch([22, 1, 1])
+        return (np.array_equal(got, images[[22, 1, 1]]) and np.array_equal(got_labels, labels[[22, 1, 1]])
+                and isinstance(store._mapped, MappedValues) and store._mapped is not parent_map)
+
+    assert _in_a_forked_child(check)
     assert np.array_equal(store.read_batch([5])[0], images[[5]])
     store.close()
 
@@ -340,20 +348,10 @@ def test_hdf5_compressed_store_keeps_reading_through_h5py(tmp_path):
         assert np.array_equal(got, images[CASES[1]]) and np.array_equal(got_labels, labels[CASES[1]])
 
 
-def _flip_hdf5_pixel(path, images, i):
-    with open(path, "rb") as f:
-        raw = f.read()
-    at = raw.find(images[i].tobytes())
-    assert at > 0 and raw.find(images[i].tobytes(), at + 1) < 0
-    with open(path, "r+b") as f:
-        f.seek(at + 5)
-        f.write(bytes([raw[at + 5] ^ 1]))
-
-
 def test_hdf5_a_damaged_image_read_from_the_map_is_named(tmp_path, backend):
     images = make_images(N, (9, 9, 3))
     path = write(target(tmp_path, "hdf5"), images, np.arange(N), chunk_images=K)
-    _flip_hdf5_pixel(path, images, 21)
+    _flip_pixel(path, images, 21)
     with stores.open(path) as store:
         assert np.array_equal(store.read_batch([20, 22])[0], images[[20, 22]])
         with pytest.raises(StoreError, match=r"image 21 does not match its stored checksum"):
@@ -381,18 +379,12 @@ def test_hdf5_map_is_made_again_in_a_forked_child(tmp_path):
     store = stores.open(path)
     store.read_batch([0])
     parent = store._direct()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            got, got_labels = store.read_batch([22, 1, 1])
-            ok = (np.array_equal(got, images[[22, 1, 1]]) and np.array_equal(got_labels, labels[[22, 1, 1]])
-                  and store._direct() is not parent and store._direct().data is not parent.data)
-        except BaseException:
-            ok = False
-        os.write(write_end, b"1" if ok else b"0")
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert os.read(read_end, 1) == b"1"
+
+    def check():
+        got, got_labels = store.read_batch([22, 1, 1])
+        return (np.array_equal(got, images[[22, 1, 1]]) and np.array_equal(got_labels, labels[[22, 1, 1]])
+                and store._direct() is not parent and store._direct().data is not parent.data)
+
+    assert _in_a_forked_child(check)
     assert np.array_equal(store.read_batch([5])[0], images[[5]])
     store.close()
