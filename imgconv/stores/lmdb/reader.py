@@ -53,7 +53,8 @@ class LmdbReader(Reader):
     each page touched; off suits random access to stores larger than memory
     (FORMAT.md has the measurements). LMDB allows one environment per file
     and process, so readers of one store in one process share the setting
-    of the first. ``verify`` (default True): check each
+    of the first (and so does the map random batches are read from, see
+    :mod:`.mapped`). ``verify`` (default True): check each
     record's CRC32C, and so its index; False skips it (headers, bounds and
     the keys are still checked).
     """
