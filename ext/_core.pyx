@@ -31,8 +31,8 @@ cdef extern from "interleave.h" nogil:
 __all__ = [
     "CRC32C_IMPL", "CRC32C_IMPLS", "CRC_MISMATCH", "CRC_OFFSET", "HEADER_MISMATCH", "HEADER_SIZE",
     "INTERLEAVE_IMPL", "INTERLEAVE_IMPLS", "LABEL_OFFSET", "LENGTH_OFFSET", "OK", "TRUNCATED",
-    "chw_to_hwc_into", "crc32c", "crc32c_rows", "pack_uniform", "select_crc32c", "select_interleave",
-    "unpack_one", "unpack_records",
+    "chw_to_hwc_into", "crc32c", "crc32c_rows", "gather_rows", "pack_uniform", "select_crc32c",
+    "select_interleave", "unpack_one", "unpack_records",
 ]
 
 imgconv_crc32c_init()
@@ -346,3 +346,48 @@ def unpack_one(const uint8_t[::1] buffer, int64_t offset, const uint8_t[::1] exp
         with nogil:
             status = _unpack_record(src, buffer.shape[0], offset, &expected[0], dst, p, verify, &label, at)
     return status, label
+
+
+def gather_rows(const uint8_t[::1] data, const int64_t[::1] offsets, uint8_t[:, ::1] rows,
+                uint32_t[::1] crcs=None, const int64_t[:, ::1] tails=None):
+    """Copy row i of ``rows`` (N, P) from bytes ``offsets[i] .. offsets[i] + P - 1`` of ``data``.
+
+    With ``crcs`` (N,), also write the CRC32C of each row there, computed as
+    it is copied, and continued over ``tails[i, 0], tails[i, 1], ...`` (each
+    as 8 little-endian bytes) when ``tails`` (N, M) is given. Returns the
+    index of the first row whose bytes do not lie inside ``data`` (the rows
+    before it are written), or -1.
+    """
+    cdef Py_ssize_t n = rows.shape[0]
+    cdef Py_ssize_t p = rows.shape[1]
+    cdef Py_ssize_t length = data.shape[0]
+    cdef Py_ssize_t m = 0
+    cdef Py_ssize_t i, j, bad = -1
+    cdef int64_t at
+    cdef uint32_t value
+    cdef const uint8_t *src = &data[0] if length else NULL
+    cdef uint32_t *crc = NULL
+    if offsets.shape[0] < n or (crcs is not None and crcs.shape[0] < n):
+        raise ValueError("gather_rows: offsets or crcs is shorter than rows")
+    if tails is not None:
+        if crcs is None or tails.shape[0] < n:
+            raise ValueError("gather_rows: tails needs crcs, and a row of tails for every row")
+        m = tails.shape[1]
+    if n == 0:
+        return -1
+    if crcs is not None:
+        crc = &crcs[0]
+    with nogil:
+        for i in range(n):
+            at = offsets[i]
+            if at < 0 or at > length - p:
+                bad = i
+                break
+            if crc != NULL:
+                value = imgconv_crc32c_copy(0, src + at, &rows[i, 0], p) if p else 0
+                for j in range(m):
+                    value = _crc_position(value, tails[i, j])
+                crc[i] = value
+            elif p:
+                memcpy(&rows[i, 0], src + at, p)
+    return bad

@@ -10,8 +10,8 @@ import numpy as np
 __all__ = [
     "CRC32C_IMPL", "CRC32C_IMPLS", "CRC_MISMATCH", "CRC_OFFSET", "HEADER_MISMATCH", "HEADER_SIZE",
     "INTERLEAVE_IMPL", "INTERLEAVE_IMPLS", "LABEL_OFFSET", "LENGTH_OFFSET", "OK", "TRUNCATED",
-    "chw_to_hwc_into", "crc32c", "crc32c_rows", "pack_uniform", "select_crc32c", "select_interleave",
-    "unpack_one", "unpack_records",
+    "chw_to_hwc_into", "crc32c", "crc32c_rows", "gather_rows", "pack_uniform", "select_crc32c",
+    "select_interleave", "unpack_one", "unpack_records",
 ]
 
 # Status codes of unpack_records and unpack_one.
@@ -220,3 +220,25 @@ def unpack_one(buffer, offset, expected, payload, verify, position=None):
     _, status = unpack_records([buffer], np.zeros(1, np.int64), np.array([offset], np.int64), expected,
                                  payload.reshape(1, -1), label, verify, positions)
     return status, int(label[0])
+
+
+def gather_rows(data, offsets, rows, crcs=None, tails=None):
+    """Copy row i of ``rows`` from ``offsets[i]`` of ``data``, the CRC32C of each (continued over its
+    ``tails`` row) into ``crcs`` (see _core); returns the index of the first row outside ``data``, or -1."""
+    n, p = rows.shape
+    if offsets.shape[0] < n or (crcs is not None and crcs.shape[0] < n):
+        raise ValueError("gather_rows: offsets or crcs is shorter than rows")
+    if tails is not None and (crcs is None or tails.shape[0] < n):
+        raise ValueError("gather_rows: tails needs crcs, and a row of tails for every row")
+    data = np.frombuffer(data, np.uint8)
+    offsets = np.asarray(offsets[:n], np.int64)
+    outside = np.flatnonzero((offsets < 0) | (offsets > data.size - p))
+    end = int(outside[0]) if outside.size else n
+    if end and p:
+        rows[:end] = np.lib.stride_tricks.sliding_window_view(data, p)[offsets[:end]]
+    if crcs is not None:
+        crc = _crc_of_rows(rows[:end])
+        if tails is not None:
+            crc = _crc_of_rows(np.ascontiguousarray(tails[:end], "<i8").view(np.uint8).reshape(end, -1), crc)
+        crcs[:end] = crc
+    return end if outside.size else -1

@@ -204,3 +204,43 @@ def crc32c_images(images: NDArray[Any] | Sequence[NDArray[Any]]) -> NDArray[np.u
         _impl.crc32c_rows(rows, out)
         return out
     return np.array([crc32c(np.ascontiguousarray(image)) for image in images], np.uint32)
+
+
+def gather_rows(data: Any, offsets: Any, rows: NDArray[np.uint8], crcs: NDArray[np.uint32] | None = None,
+                tails: Any = None) -> int:
+    """Copy row i of ``rows`` from bytes ``offsets[i] ..`` of ``data``, in one call without the GIL.
+
+    ``data`` is bytes-like or a C-contiguous array (a read-only file map is
+    one); ``offsets`` holds N integers; ``rows`` is a writeable C-contiguous
+    (N, P) uint8 array that must not overlap ``data``. With ``crcs``, a
+    writeable contiguous (N,) uint32 array, the CRC32C of each row is written
+    there too, computed as it is copied, and continued over the integers of
+    its row of ``tails`` ((N, M) integers, each taken as 8 little-endian
+    bytes) when given: a store's image checksum continues over the label and
+    the position (:mod:`imgconv.checksum`). Returns the index of the first
+    row whose bytes do not lie inside ``data`` (the rows before it are
+    written), or -1. TypeError or ValueError for unfit arguments.
+    """
+    _require_uint8("rows", rows)
+    if rows.ndim != 2 or not rows.flags.c_contiguous or not rows.flags.writeable:
+        raise ValueError("rows must be a writeable C-contiguous (N, P) array")
+    n = rows.shape[0]
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    if offsets.shape != (n,):
+        raise ValueError(f"offsets must hold {n} integers, got shape {offsets.shape}")
+    source = as_bytes(data, "data")
+    if crcs is not None:
+        if (not isinstance(crcs, np.ndarray) or crcs.dtype != np.uint32 or crcs.shape != (n,)
+                or not crcs.flags.c_contiguous or not crcs.flags.writeable):
+            raise ValueError(f"crcs must be a writeable contiguous uint32 array of shape ({n},)")
+        if np.may_share_memory(crcs, rows) or np.may_share_memory(crcs, source):
+            raise ValueError("crcs must not overlap rows or data")
+    if tails is not None:
+        if crcs is None:
+            raise ValueError("tails continue the checksums: they need crcs")
+        tails = np.ascontiguousarray(tails, np.int64)
+        if tails.ndim != 2 or tails.shape[0] != n:
+            raise ValueError(f"tails must be an (N, M) array of integers with N = {n}, got shape {tails.shape}")
+    if np.may_share_memory(source, rows):
+        raise ValueError("rows must not overlap data")
+    return int(_impl.gather_rows(source, offsets, rows, crcs, tails))

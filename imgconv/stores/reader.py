@@ -90,7 +90,7 @@ class Reader(abc.ABC):
         out = self._check_out(out, idx.size)
         if idx.size == 0:
             return self._empty() if out is None else (out, np.empty(0, np.int64))
-        return self._verified(idx, self._read_many(idx, out))
+        return self._read_many_checked(idx, out)
 
     def batches(self, batch_size: int = 1024, start: int = 0, stop: Optional[int] = None) -> Iterator[ReadResult]:
         """Yield ``(images, labels)`` of consecutive images in order, ``batch_size`` at a time.
@@ -167,6 +167,13 @@ class Reader(abc.ABC):
         """
         return self._verified(np.arange(start, stop), self._read_range(start, stop, out))
 
+    def _read_many_checked(self, indices, out):
+        """Images ``indices`` read (``_read_many``) and checked against their checksums.
+
+        A format may do both at once.
+        """
+        return self._verified(indices, self._read_many(indices, out))
+
     def _verified(self, indices, result):
         self._verify_pixels(indices, result[0], result[1])
         return result
@@ -185,9 +192,7 @@ class Reader(abc.ABC):
 
     def _verify_one(self, i: int, image: np.ndarray, label: int) -> None:
         """:meth:`_verify_pixels` for the one image ``i``."""
-        check = self._one_check
-        if check is None:
-            check = self._one_check = self._prepare_one_check()
+        check = self._checks()
         if not check:
             return
         stored, version = check
@@ -199,6 +204,13 @@ class Reader(abc.ABC):
             computed = kernels.crc32c(np.ascontiguousarray(image))
         if computed != stored[i]:
             raise StoreError(self._mismatch(i, version))
+
+    def _checks(self):
+        """:meth:`_prepare_one_check`, found once per opening."""
+        check = self._one_check
+        if check is None:
+            check = self._one_check = self._prepare_one_check()
+        return check
 
     def _prepare_one_check(self):
         """What :meth:`_verify_one` checks against, found once per opening: ``(checksums,

@@ -271,9 +271,8 @@ class Hdf5Reader(Reader):
             out = np.empty((indices.size, *self.shape), np.uint8)
         direct = self._direct()
         if direct is not None:
-            for n, i in enumerate(indices.tolist()):
-                direct.read_image(i, out[n])
-            return out, self.labels()[indices]
+            self._gather(direct, indices, out)
+            return out, self._loaded_labels()[indices]
         distinct, inverse = np.unique(indices, return_inverse=True)
         into = out if distinct.size == indices.size else np.empty((distinct.size, *self.shape), np.uint8)
         # h5py wants increasing indices: read the distinct ones, runs of
@@ -300,6 +299,38 @@ class Hdf5Reader(Reader):
             self._guard(lambda: self._dataset("images").read_direct(out, np.s_[start:stop]),
                         f"images {start}..{stop - 1}")
         return out, self.labels()[start:stop].copy()
+
+    def _read_many_checked(self, indices, out):
+        # A random batch of a directly readable store: copied from the map of
+        # the file with each image's checksum (imgconv.checksum) computed as
+        # it is copied: its pixels' CRC32C continued over its label and index.
+        direct = None if self.variable else self._direct()
+        check = self._checks()
+        if direct is None or not check:
+            return super()._read_many_checked(indices, out)
+        stored, version = check
+        if out is None:
+            out = np.empty((indices.size, *self.shape), np.uint8)
+        labels = self._loaded_labels()[indices]
+        crcs = np.empty(indices.size, np.uint32)
+        tails = np.stack([labels, indices], axis=1) if version >= 3 else labels[:, None] if version == 2 else None
+        self._gather(direct, indices, out, crcs, tails)
+        wrong = np.flatnonzero(crcs != stored[indices])
+        if wrong.size:
+            raise StoreError(self._mismatch(int(indices[wrong[0]]), version))
+        return out, labels
+
+    def _gather(self, direct, indices, out, crcs=None, tails=None):
+        """:meth:`DirectChunks.gather` of ``indices``, split over threads for a large read."""
+        parts = split_for_threads(indices.size, direct.image_bytes)
+        if len(parts) == 1:
+            direct.gather(indices, out, crcs, tails)
+            return
+        futures = [thread_pool().submit(direct.gather, indices[a:b], out[a:b], None if crcs is None else crcs[a:b],
+                                        None if tails is None else tails[a:b]) for a, b in parts]
+        wait(futures)
+        for future in futures:
+            future.result()  # the first part's error first
 
     def _read_range_checked(self, start, stop, out):
         # A large direct read is split over threads, each reading its part

@@ -26,7 +26,9 @@ page is used twice: the runs of overflow pages of the values are disjoint
 from each other and from the tree pages (a value pointed at another's pages
 would otherwise read that value). What it finds is returned as a
 :class:`Summary` (the number of chunks and the sizes of their values),
-which the reader compares with the metadata.
+which the reader compares with the metadata, and with it where each chunk's
+value lies in the file (what a lookup of its key reads; the reader's map of
+the file gathers from there: :mod:`.mapped`).
 
 Cost: one read per branch or leaf page, a few hundred for a store of
 millions of images, and a few operations per value; overflow pages (the
@@ -74,7 +76,9 @@ class Summary(NamedTuple):
     ``chunks``: the chunk keys are 0 .. chunks - 1; ``metadata``: whether
     the metadata key follows them; ``smallest`` and ``largest``: the sizes of
     the values of chunks 0 .. chunks - 2 (0 when there are fewer than two
-    chunks); ``last``: the size of the last chunk's value (0 when none).
+    chunks); ``last``: the size of the last chunk's value (0 when none);
+    ``starts``: the byte offset in the file of each chunk's value, in chunk
+    order (in its overflow pages, or in its leaf page for a small value).
     """
 
     chunks: int
@@ -82,6 +86,7 @@ class Summary(NamedTuple):
     smallest: int
     largest: int
     last: int
+    starts: "array[int]"
 
 
 # Files found sound in this process: (st_dev, st_ino, st_size, st_mtime_ns) -> what was found.
@@ -164,7 +169,7 @@ def _check(fd: int, size: int) -> Summary:
     if root == P_INVALID:
         if entries:
             raise _Corrupt(f"main database has {entries} entries and no root page")
-        return Summary(0, False, 0, 0, 0)
+        return Summary(0, False, 0, 0, 0, array("q"))
     walk = _Walk(psize, last)
     walk.run(fd, root, min(depth, MAX_DEPTH))
     return walk.summary()
@@ -182,6 +187,7 @@ class _Walk:
         self.smallest: Optional[int] = None
         self.largest = 0
         self.last_size = 0
+        self.starts = array("q")  # where each chunk's value lies in the file
 
     def run(self, fd: int, root: int, depth: int) -> None:
         # Depth first, children in order, so that leaves come in key order.
@@ -198,13 +204,14 @@ class _Walk:
             page = _read(fd, pgno * self.psize, self.psize, f"page {pgno}")
             nodes = _check_page(page, pgno, self.psize, self.last, is_leaf=level == depth)
             if level == depth:
-                for key, dsize, overflow in nodes:
-                    self._leaf_entry(pgno, key, dsize, overflow, low, high)
+                for key, dsize, overflow, at in nodes:
+                    start = pgno * self.psize + at if overflow is None else overflow * self.psize + PAGE_HEADER_SIZE
+                    self._leaf_entry(pgno, key, dsize, overflow, start, low, high)
                 continue
             children = _branch_children(nodes, pgno, low, high)
             pending.extend((child, level + 1, lo, hi) for child, lo, hi in reversed(children))
 
-    def _leaf_entry(self, pgno: int, key: bytes, dsize: int, overflow: Optional[int],
+    def _leaf_entry(self, pgno: int, key: bytes, dsize: int, overflow: Optional[int], start: int,
                     low: Optional[bytes], high: Optional[bytes]) -> None:
         if (low is not None and key < low) or (high is not None and key >= high):
             raise _Corrupt(f"page {pgno} holds key {key.hex()} outside the range its branch key gives it: "
@@ -215,6 +222,7 @@ class _Walk:
                 self.largest = max(self.largest, self.last_size)
             self.chunks += 1
             self.last_size = dsize
+            self.starts.append(start)
         elif key == METADATA_KEY and not self.metadata:
             self.metadata = True
         else:
@@ -239,31 +247,32 @@ class _Walk:
             at = bisect.bisect_right(starts, pgno) - 1
             if at >= 0 and pgno < ends[at]:
                 raise _Corrupt(f"has a value on pages {starts[at]}..{ends[at] - 1}, which hold its tree page {pgno}")
-        return Summary(self.chunks, self.metadata, self.smallest or 0, self.largest, self.last_size)
+        return Summary(self.chunks, self.metadata, self.smallest or 0, self.largest, self.last_size, self.starts)
 
 
-def _branch_children(nodes: List[Tuple[bytes, int, Optional[int]]], pgno: int, low: Optional[bytes],
+def _branch_children(nodes: List[Tuple[bytes, int, Optional[int], int]], pgno: int, low: Optional[bytes],
                      high: Optional[bytes]) -> List[Tuple[int, Optional[bytes], Optional[bytes]]]:
     """``(child, low, high)`` of each node of a branch page: the key range a search sends to that child.
 
     The first node's key is not used (its child holds what is below the
     second key); the others must increase, within the page's own range.
     """
-    keys = [key for key, _, _ in nodes]
+    keys = [key for key, _, _, _ in nodes]
     for k in range(1, len(keys)):
         if (k > 1 and keys[k] <= keys[k - 1]) or (low is not None and keys[k] <= low) or \
                 (high is not None and keys[k] >= high):
             raise _Corrupt(f"branch page {pgno} has key {k} {keys[k].hex()} out of order")
     bounds = [low, *keys[1:], high]
-    return [(child, bounds[k], bounds[k + 1]) for k, (_, child, _) in enumerate(nodes)]
+    return [(child, bounds[k], bounds[k + 1]) for k, (_, child, _, _) in enumerate(nodes)]
 
 
 def _check_page(page: bytes, pgno: int, psize: int, last: int,
-                is_leaf: bool) -> List[Tuple[bytes, int, Optional[int]]]:
+                is_leaf: bool) -> List[Tuple[bytes, int, Optional[int], int]]:
     """Check one branch or leaf page; returns its nodes in order.
 
-    A leaf node as ``(key, value size, first overflow page or None)``, a
-    branch node as ``(key, child page, None)``.
+    A leaf node as ``(key, value size, first overflow page or None, offset
+    in the page of a value without overflow pages, else 0)``, a branch node
+    as ``(key, child page, None, 0)``.
     """
     number, _, flags, lower, upper = PAGE_HEADER.unpack_from(page)
     want = P_LEAF if is_leaf else P_BRANCH
@@ -276,7 +285,7 @@ def _check_page(page: bytes, pgno: int, psize: int, last: int,
     if count < 2 and not is_leaf:
         # liblmdb asserts (aborts the process) on a branch page of fewer than two keys.
         raise _Corrupt(f"branch page {pgno} holds {count} keys")
-    nodes: List[Tuple[bytes, int, Optional[int]]] = []
+    nodes: List[Tuple[bytes, int, Optional[int], int]] = []
     for k in range(count):
         (offset,) = struct.unpack_from("<H", page, PAGE_HEADER_SIZE + 2 * k)
         if offset < upper or offset + NODE_SIZE > psize:
@@ -295,13 +304,13 @@ def _check_page(page: bytes, pgno: int, psize: int, last: int,
                 if not 2 <= first or first + pages - 1 > last:
                     raise _Corrupt(f"page {pgno} node {k}: a value of {dsize} bytes on pages {first}.."
                                    f"{first + pages - 1}, outside pages 2..{last}")
-                nodes.append((page[offset + NODE_SIZE : end], dsize, first))
+                nodes.append((page[offset + NODE_SIZE : end], dsize, first, 0))
             elif end + dsize > psize:
                 raise _Corrupt(f"page {pgno} node {k}: a {ksize}-byte key and {dsize}-byte value run past its page")
             else:
-                nodes.append((page[offset + NODE_SIZE : end], dsize, None))
+                nodes.append((page[offset + NODE_SIZE : end], dsize, None, end))
         else:
             if end > psize:
                 raise _Corrupt(f"page {pgno} node {k}: a {ksize}-byte key runs past its page")
-            nodes.append((page[offset + NODE_SIZE : end], lo | hi << 16 | node_flags << 32, None))
+            nodes.append((page[offset + NODE_SIZE : end], lo | hi << 16 | node_flags << 32, None, 0))
     return nodes

@@ -1,5 +1,7 @@
 """Reading an LMDB store: one shared read-only environment per file and process, records gathered
-straight from LMDB's map by the compiled kernel, large reads split over threads.
+straight from LMDB's map by the compiled kernel, large reads split over threads; random reads of
+a store of one image shape in one kernel call over data.mdb mapped once more
+(:mod:`imgconv.stores.lmdb.mapped`).
 
 Before liblmdb maps a file, its page structure and keys are checked
 (:mod:`imgconv.stores.lmdb.pagecheck`): liblmdb trusts the file, and a damaged
@@ -15,7 +17,7 @@ import itertools
 import os
 import stat
 from concurrent.futures import wait
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import lmdb
 import numpy as np
@@ -38,6 +40,7 @@ from .layout import (
     record_version,
     value_offsets,
 )
+from .mapped import MappedValues, map_values
 from .pagecheck import Summary, check_lmdb_file
 
 _KEY_PACK = KEY_STRUCT.pack  # chunk_key without the call
@@ -50,7 +53,8 @@ class LmdbReader(Reader):
     each page touched; off suits random access to stores larger than memory
     (FORMAT.md has the measurements). LMDB allows one environment per file
     and process, so readers of one store in one process share the setting
-    of the first. ``verify`` (default True): check each
+    of the first (and so does the map random batches are read from, see
+    :mod:`.mapped`). ``verify`` (default True): check each
     record's CRC32C, and so its index; False skips it (headers, bounds and
     the keys are still checked).
     """
@@ -71,7 +75,8 @@ class LmdbReader(Reader):
         regular = st is not None and stat.S_ISREG(st.st_mode)
         found = check_lmdb_file(data, self.path, st if regular else None)
         assert st is not None
-        env = _shared_env(self.path, bool(self._options.get("readahead", False)), (st.st_dev, st.st_ino))
+        self._file_key = (st.st_dev, st.st_ino)
+        env = _shared_env(self.path, bool(self._options.get("readahead", False)), self._file_key)
         try:
             meta = self._load(env, st.st_size, found)
         except lmdb.Error as exc:
@@ -81,6 +86,8 @@ class LmdbReader(Reader):
             _release_env(env)
             raise
         self._env = env
+        self._value_starts = found.starts
+        self._mapped: Any = None  # MappedValues, False (none), or None: not looked for yet
         return meta
 
     def _load(self, env, size, found: Summary):
@@ -127,6 +134,7 @@ class LmdbReader(Reader):
         return self._record_version >= 2
 
     def _close_handles(self) -> None:
+        self._mapped = None
         env, self._env = getattr(self, "_env", None), None
         if env is not None:
             _release_env(env)
@@ -134,6 +142,7 @@ class LmdbReader(Reader):
     def _forget_handles(self) -> None:
         # The environment belongs to the parent; LMDB forbids using it after fork.
         self._env = None
+        self._mapped = None
 
     # reading ----------------------------------------------------------------
 
@@ -186,6 +195,14 @@ class LmdbReader(Reader):
         if records is None:
             return super()._read_one_checked(i)
         chunk, slot = divmod(i, self._k)
+        mapped = self._mapped
+        if mapped:
+            # The map a batch read found: no LMDB lookup. A bad record is
+            # read again below, where it is named as it always was.
+            try:
+                return records.one(mapped.data, int(mapped.starts[chunk]) + slot * self._record_size, i)
+            except RecordError:
+                pass
         try:
             with self._env.begin(buffers=True) as txn:
                 value = txn.get(_KEY_PACK(chunk))
@@ -200,6 +217,12 @@ class LmdbReader(Reader):
             raise self._lmdb_error(exc, f"image {i}") from None
 
     def _read_many(self, indices, out):
+        mapped = self._mapped_values()
+        if mapped is not None:
+            result = self._gather_mapped(mapped, indices, out)
+            if result is not None:
+                return result
+            # A bad record: read the batch again value by value, which names it as it always has.
         try:
             return self._read_many_in_txn(indices, out)
         except lmdb.Error as exc:
@@ -213,6 +236,36 @@ class LmdbReader(Reader):
 
     def _lmdb_error(self, exc, what):
         return StoreError(f"{self.path}: reading {what} failed, the LMDB database is corrupt: {exc}")
+
+    def _mapped_values(self) -> Optional[MappedValues]:
+        """This process's :class:`MappedValues` of the store, or None for a store without (see
+        :mod:`.mapped`); found on the first read that wants it, then shared with the environment."""
+        mapped = self._mapped
+        if mapped is None:
+            mapped = False
+            if self._records is not None:
+                try:
+                    mapped = _shared_mapped(self._env, os.path.join(self.path, "data.mdb"), self._file_key,
+                                            self._value_starts, len(self), self._k, self._record_size,
+                                            bool(self._options.get("readahead", False))) or False
+                except lmdb.Error as exc:
+                    raise self._lmdb_error(exc, "the chunks' values") from None
+                except OSError as exc:
+                    raise StoreError(f"{self.path}: cannot map data.mdb: {exc}") from None
+            self._mapped = mapped
+        return mapped or None
+
+    def _gather_mapped(self, mapped: MappedValues, indices, out):
+        """``(out, labels)`` of ``indices`` gathered from the map in one kernel call (threads for a
+        large read); None when a record is bad."""
+        n = indices.size
+        if out is None:
+            out = np.empty((n, *self.shape), np.uint8)
+        labels = np.empty(n, np.int64)
+        buffers, sources, offsets = [mapped.data], np.zeros(n, np.int64), mapped.offsets(indices)
+        bad = _run_parts(n, self._record_size, _gather_part, self._records, buffers, sources, offsets, out, labels,
+                         indices)
+        return None if any(b >= 0 for b in bad) else (out, labels)
 
     def _read_one_in_txn(self, i):
         chunk, slot = divmod(i, self._k)
@@ -273,16 +326,8 @@ class LmdbReader(Reader):
         # CIFAR images, a third of a whole read. Large reads are split over threads (the
         # kernel runs without the GIL: copy, checksum and the page faults of
         # a fresh ``out`` all scale).
-        parts = split_for_threads(n, self._record_size)
-        args = (self._records, values, sources, offsets, out, labels, indices)
-        if len(parts) == 1:
-            bad = [_gather_part(*args, 0, n)]
-        else:
-            futures = [thread_pool().submit(_gather_part, *args, a, b) for a, b in parts]
-            # Every thread must be done before the caller leaves the
-            # transaction, whose buffers they read, even when one failed.
-            wait(futures)
-            bad = [future.result() for future in futures]
+        bad = _run_parts(n, self._record_size, _gather_part, self._records, values, sources, offsets, out, labels,
+                         indices)
         if any(b >= 0 for b in bad):
             raise self._first_bad(values, sources, offsets, indices)
         return out, labels
@@ -313,11 +358,13 @@ class LmdbReader(Reader):
 
 
 class _Environments:
-    """This process's open environments: {(st_dev, st_ino) of data.mdb: [env, users]}.
+    """This process's open environments: {(st_dev, st_ino) of data.mdb: [env, users, mapped]}.
 
     LMDB allows one Environment per database file per process, so readers of
     the same store share one. Keyed by file, not path: a store replaced at the
     same path (overwrite=True) is a new file and gets a new environment.
+    ``mapped`` is the :class:`MappedValues` of the file, once found (False:
+    none; None: not looked for yet).
     """
 
     def __init__(self) -> None:
@@ -330,7 +377,7 @@ class _Environments:
         # exist. Closing them here only unmaps this process's copy and closes
         # its descriptors: they are read-only and lock-free, so no lock or
         # reader slot is shared with the parent.
-        for env, _ in self.entries.values():
+        for env, *_ in self.entries.values():
             env.close()
         self.entries.clear()
 
@@ -358,7 +405,7 @@ def _shared_env(path: str, readahead: bool, key: Tuple[int, int]) -> Any:
                 env = lmdb.open(path, readonly=True, lock=False, subdir=True, max_dbs=0, readahead=readahead)
             except lmdb.Error as exc:
                 raise StoreError(f"{path}: not a readable LMDB database: {exc}") from None
-            entry = envs.entries[key] = [env, 0]
+            entry = envs.entries[key] = [env, 0, None]
         entry[1] += 1
         return entry[0]
 
@@ -383,6 +430,33 @@ def _gather(shape: Tuple[int, int, int], verify: bool, kernel: Any, version: int
     Gather holds no mutable state); ``kernel``, the kernels in use, is part of the key: a switch of them
     is followed."""
     return record.Gather(shape, np.uint8, verify=verify, version=version)
+
+
+def _run_parts(n: int, item_bytes: int, part: Callable[..., int], *args: Any) -> List[int]:
+    """``part(*args, a, b)`` over the parts of ``0 .. n - 1`` that reading ``n`` items of
+    ``item_bytes`` is split into, in the thread pool when more than one; their results in order."""
+    parts = split_for_threads(n, item_bytes)
+    if len(parts) == 1:
+        return [part(*args, 0, n)]
+    futures = [thread_pool().submit(part, *args, a, b) for a, b in parts]
+    # Every thread must be done before the caller goes on (and leaves the
+    # transaction whose buffers they read), even when one failed.
+    wait(futures)
+    return [future.result() for future in futures]
+
+
+def _shared_mapped(env: Any, data_path: str, key: Tuple[int, int], starts: Any, count: int, k: int,
+                   record_size: int, readahead: bool) -> Optional[MappedValues]:
+    """The :class:`MappedValues` of ``env`` (see :func:`map_values`), found once per environment and
+    kept with it: readers of one store in one process share it, as they share the environment."""
+    envs = _ENVS.get()
+    with envs.lock:
+        entry = envs.entries.get(key)
+        if entry is None or entry[0] is not env:
+            return map_values(env, data_path, key, starts, count, k, record_size, readahead)
+        if entry[2] is None:
+            entry[2] = map_values(env, data_path, key, starts, count, k, record_size, readahead) or False
+        return entry[2] or None
 
 
 def _gather_part(records, values, sources, offsets, out, labels, indices, a, b):
