@@ -432,6 +432,18 @@ def test_resume_of_another_job_is_refused(tmp_path, sample):
     assert result.resumed == 0 and result.count == 300
 
 
+def test_resume_after_an_input_file_changed_is_refused_naming_it(tmp_path):
+    source = write_sample(tmp_path / "in", count=300, seed=5, archives=False)
+    dest = tmp_path / "r.lmdb"
+    _interrupt_after_shards(source.python_dir, dest, 1)
+    batch = os.path.join(source.python_dir, "data_batch_1")
+    os.utime(batch, ns=(time.time_ns(), os.stat(batch).st_mtime_ns + 10**9))  # rewritten since
+    with pytest.raises(StoreError, match=r"input changed since: 1 file modified \(.*data_batch_1\)"):
+        imgconv.convert(source.python_dir, dest, split="all", shard_size=100, resume=True, workers=0)
+    result = imgconv.convert(source.python_dir, dest, split="all", shard_size=100, resume=True, overwrite=True)
+    assert result.resumed == 0 and result.count == 300
+
+
 def _interrupt_after_shards(source, dest, shards):
     """Convert ``source`` into ``dest`` in shards of 100, interrupted (as by SIGINT) after ``shards`` shards."""
     seen = []

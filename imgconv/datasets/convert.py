@@ -24,10 +24,11 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import _platform, kernels, stores
+from .. import _platform, kernels, overlap, stores
 from ..errors import ConversionError, Interrupted, OptionError, SourceError, WorkerDied
 from ..pipeline.engine import WorkerContext, local_engine
 from ..pipeline.plan import Job, Task, encode_only, job_fingerprint
+from ..resume.inputs import InputFiles
 from ..sources import Source
 from ..sources.base import SkippedFile
 from .output import (
@@ -69,9 +70,11 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
     src = open_source(source, source_options)
     output: Optional[DatasetOutput] = None
     try:
+        overlap.check_files(src.input_files(), dest)
+        inputs = InputFiles.of(src.input_files())
         run = _ShardedRun(src, dest, size, batch_size, limit, shuffle, seed, format, store_options or {})
         output = DatasetOutput(dest, format, overwrite)
-        output.begin(run.header(source, source_options), resume, run.expected)
+        output.begin(run.header(source_options, inputs), resume, run.expected, inputs)
         spec = run.spec(output.directory)
         if engine == "dask":
             from ..pipeline.dask_engine import connect
@@ -146,16 +149,17 @@ class _ShardedRun:
 
     # planning ----------------------------------------------------------------
 
-    def header(self, source: Any, source_options: Dict[str, Any]) -> Dict[str, Any]:
-        """The journal header: the job, the format and options, the shard plan."""
+    def header(self, source_options: Dict[str, Any], inputs: InputFiles) -> Dict[str, Any]:
+        """The journal header: the job (with the fingerprint of its input files), the format and options, the plan."""
         if self.plan.shards is None:
             plan: Dict[str, Any] = {"per_shard": self.plan.per_shard}
         else:
             cuts = [[s.start, s.stop, s.member] for s in self.plan.shards]
             text = json.dumps(cuts, separators=(",", ":")).encode()
             plan = {"shards": len(cuts), "crc32c": int(kernels.crc32c(text))}
-        job = job_fingerprint(source, self.src, self.plan.total if self.plan.total is not None else self.limit,
+        job = job_fingerprint(self.src, self.plan.total if self.plan.total is not None else self.limit,
                               self.shuffle, self.seed, source_options, self.streamed)
+        job["inputs"] = inputs.summary()
         return journal_header(format_name=self.format_name, format_version=self.format_version,
                               options=self.options, shape=self.shape, shard_size=self.shard_size, plan=plan, job=job)
 

@@ -25,8 +25,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from .. import _platform, stores
 from .._version import __version__
 from ..errors import StoreError
+from ..resume.inputs import InputFiles
 from ..resume.journal import JOURNAL_VERSION, Journal
-from ..resume.session import differences
+from ..resume.session import what_differs
 from ..stores.atomic import check_target, commit
 from ..stores.batch import VARIABLE, StoreShape
 from ..stores.metadata import METADATA_CHECKSUM
@@ -189,11 +190,14 @@ class DatasetOutput:
         self._prepared = False
         self._closed = False
 
-    def begin(self, header: Dict[str, Any], resume: bool, expected: Any) -> Dict[int, Dict[str, Any]]:
+    def begin(self, header: Dict[str, Any], resume: bool, expected: Any,
+              inputs: Optional[InputFiles] = None) -> Dict[int, Dict[str, Any]]:
         """Lock the partial output; keep (``resume``) or discard what an earlier run of the job left.
 
         ``expected(number)`` is the :class:`Shard` the plan has under that
-        number (None when it has none). Returns the journal entries of the
+        number (None when it has none); ``inputs`` the fingerprint of the
+        files the source reads (kept beside the journal, so that a resume
+        refused because they changed names them). Returns the journal entries of the
         shards kept, by number. Raises StoreError when another process writes
         the dataset, when ``resume`` meets another job (unless overwriting),
         and when an earlier run of this job left shards and neither
@@ -204,7 +208,7 @@ class DatasetOutput:
             old_header, entries = self.journal.read()
             kept: Dict[int, Dict[str, Any]] = {}
             if resume and old_header is not None:
-                kept = self._continue(old_header, header, entries, expected)
+                kept = self._continue(old_header, header, entries, expected, inputs)
             elif old_header == header and entries and os.path.isdir(self.directory) and not self.overwrite:
                 raise StoreError(
                     f"{self.path}: an interrupted conversion left {len(entries)} finished shard(s) in "
@@ -216,6 +220,8 @@ class DatasetOutput:
             else:
                 self._remove_strays(kept)
             self.journal.start(header, list(kept.values()))
+            if inputs is not None:
+                inputs.save(self.partial.path)
         except OSError as exc:
             self.partial.release()
             raise StoreError(f"{self.path}: cannot prepare the partial output {self.partial.path}: {exc}") from None
@@ -281,13 +287,12 @@ class DatasetOutput:
         self.partial.remove()
 
     def _continue(self, old: Dict[str, Any], header: Dict[str, Any], entries: List[Dict[str, Any]],
-                  expected: Any) -> Dict[int, Dict[str, Any]]:
+                  expected: Any, inputs: Optional[InputFiles]) -> Dict[int, Dict[str, Any]]:
         if old != header:
             if self.overwrite:
                 return {}
-            raise StoreError(
-                f"{self.path}: cannot resume: the interrupted conversion in {self.partial.path} was made with a "
-                f"different {', '.join(differences(old, header))}; pass overwrite=True to discard it and start over")
+            raise StoreError(f"{self.path}: cannot resume: {what_differs(old, header, inputs, self.partial.path)}; "
+                             "pass overwrite=True to discard it and start over")
         kept: Dict[int, Dict[str, Any]] = {}
         for entry in entries:
             shard = expected(entry.get("shard"))
