@@ -273,6 +273,14 @@ def test_info_and_cli_describe_a_dataset(datasets, capsys):
     assert cli.main(["verify", datasets["lmdb"]]) == 0
 
 
+@pytest.mark.parametrize("fmt", [fmt for fmt, _ in FORMATS])
+def test_info_says_a_dataset_checks_what_its_shards_check(datasets, fmt, capsys):
+    facts = imgconv.info(datasets[fmt])
+    assert facts["checksums"] is True and facts["positions_checked"] is True
+    assert cli.main(["info", datasets[fmt]]) == 0
+    assert "checks:  every image against its CRC32C, at its index" in capsys.readouterr().out
+
+
 def test_each_shard_opens_on_its_own(datasets):
     for k in range(8):
         with imgconv.open(os.path.join(datasets["hdf5"], f"shard-{k:05d}.h5")) as shard:

@@ -152,6 +152,16 @@ class DatasetReader(Reader):
             return super().shapes()
         return np.concatenate([self.open_shard(k).shapes() for k in range(len(self._readers))])
 
+    @property
+    def checked(self) -> bool:
+        """Whether every shard keeps a checksum of every image, checked on every read (opens every shard)."""
+        return all(self.open_shard(k).checked for k in range(len(self._readers)))
+
+    @property
+    def positions_checked(self) -> bool:
+        """Whether every shard checks each image at its index (opens every shard)."""
+        return all(self.open_shard(k).positions_checked for k in range(len(self._readers)))
+
     def check_layout(self) -> List[str]:
         """Dataset-wide problems: shards missing, extra, different from what the manifest says, or
         with problems of their own (each named by its path in the dataset)."""
