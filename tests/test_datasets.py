@@ -191,6 +191,18 @@ def test_dataset_without_manifest_is_refused(datasets, tmp_path):
     assert cli.main(["info", str(copy)]) == 1
 
 
+def test_manifest_that_is_a_fifo_is_refused_unopened(datasets, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.lmdb"
+    shutil.copytree(datasets["lmdb"], copy)
+    os.remove(copy / MANIFEST)
+    os.mkfifo(copy / MANIFEST)  # opened for reading, it would wait for a writer forever
+    for action in (lambda: imgconv.open(copy), lambda: imgconv.verify(copy), lambda: imgconv.info(copy)):
+        with pytest.raises(StoreError, match=r"cannot read the dataset manifest dataset.json: a FIFO"):
+            action()
+
+
 def test_damaged_manifest_is_refused(datasets, tmp_path):
     import shutil
 

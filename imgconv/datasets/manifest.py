@@ -46,9 +46,12 @@ def shard_name(number: int, suffix: str) -> str:
 
 
 def is_dataset(path: Any) -> bool:
-    """True when ``path`` is a directory holding a dataset manifest (finished or not, sound or not)."""
+    """True when ``path`` is a directory holding a dataset manifest (finished or not, sound or not).
+
+    Anything named like the manifest counts (a FIFO too): reading it says what is wrong.
+    """
     path = os.fspath(path)
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
+    return os.path.isdir(path) and os.path.lexists(os.path.join(path, MANIFEST))
 
 
 def unfinished_shards(path: Any) -> List[str]:
@@ -125,7 +128,7 @@ def read_manifest(path: str) -> Dict[str, Any]:
     """
     where = os.path.join(path, MANIFEST)
     try:
-        with open(where, "rb") as f:
+        with _platform.open_regular_file(where) as f:  # a FIFO there would block a plain open
             manifest = json.loads(f.read().decode("utf-8"))
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the dataset manifest {MANIFEST}: {exc.strerror or exc}") from None
