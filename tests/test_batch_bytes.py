@@ -87,6 +87,43 @@ def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers):
     assert all(np.array_equal(a, b) for a, b in zip(images, stored))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sharded_conversion_goes_in_batches_bounded_in_bytes(tmp_path, workers):
+    shapes = [(300, 200), (40, 30), (40, 30), (600, 400), (40, 30), (300, 200), (300, 200), (40, 30)] * 3
+    root = _photos(tmp_path / "src", shapes)
+    held, progress = _task_sizes(len(shapes))
+    result = convert(str(root), str(tmp_path / "out.h5"), workers=workers, batch_bytes=400_000, shard_size=10,
+                     progress=progress)
+    held = [count for count in held if count]  # a shard's end says nothing new
+    assert result.count == len(shapes) and sum(held) == len(shapes)
+    position = 0
+    for count in held:
+        batch = shapes[position : position + count]
+        assert count == 1 or sum(w * h * 3 for w, h in batch) <= 400_000, (held, position)
+        position += count
+    assert max(held) > 1
+
+
+def test_a_shard_written_on_a_worker_is_read_in_batches_bounded_in_bytes(tmp_path):
+    from imgconv.datasets.plan import Shard, shard_batches
+
+    shapes = [(300, 200), (40, 30), (40, 30), (600, 400), (40, 30), (300, 200), (300, 200), (40, 30)]
+    source = imgconv.open_source(str(_photos(tmp_path / "src", shapes)))
+    for shard in (Shard(0, 0, 8), Shard(0, 0, 8, np.arange(8)[::-1].copy())):
+        batches = [images for images, _ in shard_batches(source, shard, 1024, 400_000)]
+        assert sum(len(images) for images in batches) == 8
+        assert all(len(images) == 1 or sum(image.nbytes for image in images) <= 400_000 for images in batches)
+        assert len(batches) > 1
+
+
+def test_an_archive_into_shards_is_cut_to_the_bytes_as_it_streams(tmp_path):
+    sample = write_sample(tmp_path / "data", count=300, seed=1)
+    held, progress = _task_sizes(300)
+    convert(sample.python_archive, str(tmp_path / "out.lmdb"), split="all", workers=0, batch_bytes=10 * 3072,
+            shard_size=100, progress=progress)
+    assert [count for count in held if count] == [10] * 30
+
+
 def test_an_archive_is_cut_to_the_bytes_as_it_streams(tmp_path):
     sample = write_sample(tmp_path / "data", count=300, seed=1)
     held, progress = _task_sizes(300)

@@ -51,11 +51,13 @@ class ShardSpec:
     ``directory`` is the dataset directory being built; shards are written
     by the store ``format`` with the writer ``options``, all with the same
     ``shape`` (an (H, W, C) or VARIABLE), ``label_names`` and a source
-    description made from ``source``.
+    description made from ``source``; a worker reads a shard in batches of
+    ``batch_size`` images and ``batch_bytes`` bytes of decoded pixels at most.
     """
 
     def __init__(self, directory: str, format_name: str, options: Mapping[str, Any], shape: StoreShape,
-                 label_names: Optional[List[str]], source: str, batch_size: int) -> None:
+                 label_names: Optional[List[str]], source: str, batch_size: int,
+                 batch_bytes: Optional[int] = None) -> None:
         self.directory = directory
         self.format_name = format_name
         self.options = dict(options)
@@ -63,6 +65,7 @@ class ShardSpec:
         self.label_names = label_names
         self.source = source
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         spec = stores.get_format(format_name)
         self.suffix = spec.suffixes[0] if spec.suffixes else ""
 
@@ -128,7 +131,8 @@ def write_shard(context: Any, shard: Shard) -> ShardDone:
 
     spec: ShardSpec = context.output
     source = context.source
-    return _write_batches(spec, shard, source, shard_batches(source, shard, spec.batch_size), report)
+    return _write_batches(spec, shard, source, shard_batches(source, shard, spec.batch_size, spec.batch_bytes),
+                          report)
 
 
 def write_shard_from_batches(context: Any, shard: Shard, batches: List[Tuple[Any, Any]]) -> ShardDone:
