@@ -124,6 +124,17 @@ def test_an_archive_into_shards_is_cut_to_the_bytes_as_it_streams(tmp_path):
     assert [count for count in held if count] == [10] * 30
 
 
+def test_several_inputs_of_varying_sizes_say_their_images_bytes(tmp_path):
+    for name, side in (("part-a", 8), ("part-b", 64)):
+        folder = tmp_path / name / "c"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.zeros((side, side + i, 3), np.uint8)).save(folder / f"{i}.png")
+    source = imgconv.open_source(str(tmp_path / "part-*"))
+    assert source.shape is None
+    assert source.image_nbytes(np.array([5, 0, 7])).tolist() == [64 * 65 * 3, 8 * 8 * 3, 64 * 67 * 3]
+
+
 def test_an_archive_is_cut_to_the_bytes_as_it_streams(tmp_path):
     sample = write_sample(tmp_path / "data", count=300, seed=1)
     held, progress = _task_sizes(300)

@@ -127,6 +127,24 @@ class MultiSource(Source):
         """The files the inputs skipped in this process (``on_error="skip"``)."""
         return [item for member in self.members for item in getattr(member, "skipped", ())]
 
+    def input_files(self) -> Iterator[str]:
+        """The files each input reads, input after input (what a resume checks has not changed)."""
+        for member in self.members:
+            yield from member.input_files()
+
+    def image_nbytes(self, indices: np.ndarray) -> np.ndarray | None:
+        """The decoded bytes of the images at ``indices``, from the inputs that hold them (None: unknown)."""
+        if self.shape is not None:
+            return super().image_nbytes(indices)
+        unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+        found = np.empty(unique.size, np.int64)
+        for m, out, local in group_by_part(self._counts(), unique):
+            sizes = self.members[m].image_nbytes(local)
+            if sizes is None:
+                return None
+            found[out] = sizes
+        return found[inverse.reshape(-1)]
+
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Images ``start .. stop - 1`` across the inputs (see :meth:`Source.batches`)."""
         start, stop = self._check_range(batch_size, start, stop)
