@@ -407,6 +407,21 @@ def test_cli_writes_a_sharded_dataset(tmp_path, sample, capsys):
 # --------------------------------------------------------------------------- resuming
 
 
+def test_stall_seconds_reach_the_workers_of_a_sharded_conversion(tmp_path, sample, monkeypatch):
+    import imgconv.datasets.convert as sharded
+
+    asked = []
+
+    def engine(workers, window=None, stall_seconds=None):
+        asked.append(stall_seconds)
+        return real(workers, window, stall_seconds)
+
+    real = sharded.local_engine
+    monkeypatch.setattr(sharded, "local_engine", engine)
+    imgconv.convert(sample.python_dir, tmp_path / "s", split="all", shard_size=100, workers=2, stall_seconds=7)
+    assert asked == [7]
+
+
 def test_killed_conversion_resumes_keeping_the_finished_shards(tmp_path, sample):
     big = write_sample(tmp_path / "big", count=1500, seed=1, archives=False)
     command = [sys.executable, "-m", "imgconv", "convert", big.python_dir, str(tmp_path / "k"), "--split", "all",

@@ -65,7 +65,7 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
                     shuffle: bool, seed: int, overwrite: bool, resume: bool, progress: Any,
                     store_options: Optional[Dict[str, Any]], shard_size: Any, engine: str, client: Any,
                     scheduler: Optional[str], source_options: Dict[str, Any], open_source: Any,
-                    batch_bytes: Optional[int] = None) -> Any:
+                    batch_bytes: Optional[int] = None, stall_seconds: Optional[float] = None) -> Any:
     """Convert ``source`` into the sharded dataset ``dest`` (see :func:`imgconv.convert` and the module docstring).
 
     ``open_source(source, source_options)`` opens the source (a path with
@@ -93,7 +93,7 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
             with connect(client, scheduler, workers) as cluster:
                 run.on_cluster(cluster, output, spec, progress)
         else:
-            run.locally(output, spec, workers, progress)
+            run.locally(output, spec, workers, progress, stall_seconds)
         run.finish(output)
     except (Interrupted, WorkerDied) as exc:
         raise _kept_for_resume(exc, output) from None
@@ -197,8 +197,10 @@ class _ShardedRun:
 
     # writing here --------------------------------------------------------------
 
-    def locally(self, output: DatasetOutput, spec: ShardSpec, workers: int, progress: Any) -> None:
-        """Write the shards in this process, the pipeline's workers reading and encoding for it."""
+    def locally(self, output: DatasetOutput, spec: ShardSpec, workers: int, progress: Any,
+                stall_seconds: Optional[float] = None) -> None:
+        """Write the shards in this process, the pipeline's workers reading and encoding for it (reported
+        when they return nothing for ``stall_seconds``)."""
         todo = self._todo(output)
         counter = _Progress(progress, self._total(), self.resumed)
         routes: Dict[int, Shard] = {}
@@ -212,7 +214,8 @@ class _ShardedRun:
             workers = min(workers, sum(-(-(shard.size or self.batch_size) // self.batch_size) for shard in todo))
         writing = _ShardWriting(output, spec, self.src, counter)
         context = WorkerContext(self.src, self.encoder)
-        results = local_engine(workers).run(context, jobs, f"converting {self.description}")
+        results = local_engine(workers, stall_seconds=stall_seconds).run(context, jobs,
+                                                                         f"converting {self.description}")
         try:
             for task, (encoded, skipped) in results:
                 writing.write(routes.pop(task.number), encoded, skipped)
