@@ -264,6 +264,22 @@ def test_verify_names_a_damaged_image_by_its_index_in_the_dataset(datasets, tmp_
     assert f"image {5 * 128 + 17}: in {shard} (its image 17)" in capsys.readouterr().out
 
 
+def test_verify_of_a_dataset_lists_at_most_max_listed_and_counts_the_rest(datasets, tmp_path, capsys):
+    import shutil
+
+    from factories import change_label
+
+    copy = tmp_path / "copy.h5"
+    shutil.copytree(datasets["hdf5"], copy)
+    for shard, base in (("shard-00002.h5", 256), ("shard-00005.h5", 640)):
+        for index in range(4):
+            change_label(str(copy / shard), "hdf5", index, (base + index + 1) % 7)  # labels are i % 7
+    report = imgconv.verify(copy, max_listed=3)
+    assert [index for index, _ in report.bad] == [256, 257, 258] and report.unlisted == 5
+    full = imgconv.verify(copy)
+    assert [index for index, _ in full.bad] == [256, 257, 258, 259, 640, 641, 642, 643] and full.unlisted == 0
+
+
 def test_verify_reports_missing_and_extra_shards(datasets, tmp_path):
     import shutil
 
