@@ -280,6 +280,20 @@ def test_verify_of_a_dataset_lists_at_most_max_listed_and_counts_the_rest(datase
     assert [index for index, _ in full.bad] == [256, 257, 258, 259, 640, 641, 642, 643] and full.unlisted == 0
 
 
+def test_a_shard_that_is_a_fifo_is_named_as_one(datasets, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.lmdb"
+    shutil.copytree(datasets["lmdb"], copy)
+    shutil.rmtree(copy / "shard-00001.lmdb")
+    os.mkfifo(copy / "shard-00001.lmdb")
+    report = imgconv.verify(copy)
+    assert report.problems == ["shard-00001.lmdb: cannot be opened: a FIFO (named pipe), not a store "
+                               "(imgconv stores are regular files and directories)"]
+    with imgconv.open(copy) as dataset, pytest.raises(StoreError, match=r"shard-00001.lmdb: a FIFO \(named pipe\)"):
+        dataset[200]
+
+
 def test_verify_reports_missing_and_extra_shards(datasets, tmp_path):
     import shutil
 

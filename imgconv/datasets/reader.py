@@ -224,19 +224,21 @@ class DatasetReader(Reader):
 
     def _shard_reader(self, k: int) -> Reader:
         """A new reader of shard ``k``, unchecked (for the checks themselves)."""
-        from ..stores import get_format
+        from ..stores import get_format, refuse_special
 
+        refuse_special(self.shard_path(k))  # a FIFO is no shard: said as such, never opened
         return get_format(self.format_name).reader(self.shard_path(k), **self._options)
 
     def _open_checked(self, k: int) -> Reader:
         """Open shard ``k`` and check it is the one the manifest describes."""
-        from ..stores import get_format
+        from ..stores import get_format, refuse_special
 
         entry = self.metadata["shards"][k]
         path = os.path.join(self.path, entry.path)
         if not os.path.lexists(path):
             raise StoreError(f"{path}: shard {k} of the dataset {self.path} is missing (images "
                              f"{self._bounds[k]}..{self._bounds[k + 1] - 1})")
+        refuse_special(path)  # a FIFO is no shard: said as such, never opened
         reader = get_format(self.format_name).reader(path, **self._options)
         found = _mismatch(reader, entry, self.shape)
         if found:
