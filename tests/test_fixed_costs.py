@@ -48,6 +48,46 @@ def test_workers_are_started_only_for_heavy_work():
     assert workers_worth_starting(0, 10, heavy=True) == 0
 
 
+def _started_workers(monkeypatch, module):
+    """The ``workers`` each local engine of ``module`` is asked for, as a list that fills as they are."""
+    asked = []
+    real = module.local_engine
+
+    def engine(workers, *args, **kwargs):
+        asked.append(workers)
+        return real(workers, *args, **kwargs)
+
+    monkeypatch.setattr(module, "local_engine", engine)
+    return asked
+
+
+def test_a_sharded_conversion_starts_workers_only_for_heavy_work(tmp_path, monkeypatch):
+    import imgconv.datasets.convert as sharded
+
+    asked = _started_workers(monkeypatch, sharded)
+    np.save(tmp_path / "images.npy", IMAGES)
+    imgconv.convert(tmp_path / "images.npy", tmp_path / "s.lmdb", workers=2, batch_size=4, shard_size=4)
+    imgconv.convert(tmp_path / "images.npy", tmp_path / "s", workers=2, batch_size=4, shard_size=4)
+    assert asked == [0, 2]  # arrays into LMDB: copies; into PNG: encoding
+
+
+def test_several_image_folders_are_decoded_by_workers(tmp_path, monkeypatch):
+    import importlib
+
+    from PIL import Image
+
+    converting = importlib.import_module("imgconv.convert")  # the module, not the function of its name
+
+    for part in ("a", "b"):
+        for i in range(6):
+            (tmp_path / f"part-{part}" / "c").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(IMAGES[i]).save(tmp_path / f"part-{part}" / "c" / f"{i}.png")
+    assert imgconv.open_source(str(tmp_path / "part-*")).heavy_decoding
+    asked = _started_workers(monkeypatch, converting)
+    imgconv.convert(str(tmp_path / "part-*"), tmp_path / "s.lmdb", workers=2, batch_size=4)
+    assert asked == [2]
+
+
 @pytest.mark.parametrize("name", ["s.lmdb", "s.h5"])
 def test_loading_a_store_starts_no_pool(tmp_path, name, monkeypatch):
     with imgconv.create(tmp_path / name) as writer:

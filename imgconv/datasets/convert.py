@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .. import _platform, kernels, overlap, stores
 from ..errors import ConversionError, Interrupted, OptionError, SourceError, WorkerDied
-from ..pipeline.engine import WorkerContext, local_engine
+from ..pipeline.engine import WorkerContext, local_engine, workers_worth_starting
 from ..pipeline.plan import Job, Task, encode_only, job_fingerprint, stream_batches
 from ..resume.inputs import InputFiles
 from ..sources import Source
@@ -206,12 +206,13 @@ class _ShardedRun:
         routes: Dict[int, Shard] = {}
         if self.plan.shards is None:
             jobs = self._stream_jobs(routes, self.plan.per_shard)
-            workers = workers if self.heavy_encoding else 0
+            workers = workers_worth_starting(workers, None, self.heavy_encoding)
         else:
             jobs = self._planned_jobs(todo, routes)
+            # Workers read the shards not streamed here: worth it where decoding them or encoding is CPU work.
             reads = any(not self._streams(shard) for shard in todo)
-            workers = workers if reads or self.heavy_encoding else 0
-            workers = min(workers, sum(-(-(shard.size or self.batch_size) // self.batch_size) for shard in todo))
+            tasks = sum(-(-(shard.size or self.batch_size) // self.batch_size) for shard in todo)  # at least
+            workers = workers_worth_starting(workers, tasks, self.heavy_encoding or (reads and self.src.heavy_decoding))
         writing = _ShardWriting(output, spec, self.src, counter)
         context = WorkerContext(self.src, self.encoder)
         results = local_engine(workers, stall_seconds=stall_seconds).run(context, jobs,

@@ -87,6 +87,11 @@ class MultiSource(Source):
         return any(member.sequential for member in self.members)
 
     @property
+    def heavy_decoding(self) -> bool:
+        """True when an input's images are decoded (image folders, PNG stores): worth worker processes."""
+        return any(member.heavy_decoding for member in self.members)
+
+    @property
     def length(self) -> int | None:
         """The images of every input (counting an archive reads it)."""
         return _total([member.length for member in self.members])
