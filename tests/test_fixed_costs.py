@@ -30,6 +30,18 @@ def test_a_store_written_without_sync_reads_back_the_same(tmp_path, fmt, monkeyp
     np.testing.assert_array_equal(labels, LABELS)
 
 
+def test_a_sharded_dataset_written_without_sync_syncs_nothing(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(imgconv._platform, "fsync_dir", lambda path: synced.append(path))
+    monkeypatch.setattr(imgconv.datasets.manifest.os, "fsync", lambda fd: synced.append(fd))
+    np.save(tmp_path / "images.npy", IMAGES)
+    imgconv.convert(tmp_path / "images.npy", tmp_path / "s.lmdb", workers=0, shard_size=5,
+                    store_options={"durable": False})
+    assert synced == []
+    with imgconv.open(tmp_path / "s.lmdb") as store:
+        np.testing.assert_array_equal(store.read_all()[0], IMAGES)
+
+
 def test_no_sync_is_a_flag_of_convert(tmp_path):
     np.save(tmp_path / "images.npy", IMAGES)
     np.save(tmp_path / "labels.npy", LABELS)

@@ -84,7 +84,7 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
         inputs = InputFiles.of(src.input_files())
         run = _ShardedRun(src, dest, size, batch_size, limit, shuffle, seed, format, store_options or {},
                           batch_bytes)
-        output = DatasetOutput(dest, format, overwrite)
+        output = DatasetOutput(dest, format, overwrite, durable=bool((store_options or {}).get("durable", True)))
         output.begin(run.header(source_options, inputs), resume, run.expected, inputs)
         spec = run.spec(output.directory)
         if engine == "dask":

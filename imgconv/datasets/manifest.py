@@ -102,8 +102,9 @@ def make_manifest(*, format_name: str, format_version: int, shape: StoreShape,
     return manifest
 
 
-def write_manifest(directory: str, manifest: Dict[str, Any]) -> None:
-    """Write ``manifest`` into ``directory`` as its last file: to a temporary name, synced, then renamed."""
+def write_manifest(directory: str, manifest: Dict[str, Any], sync: bool = True) -> None:
+    """Write ``manifest`` into ``directory`` as its last file: to a temporary name, synced (unless not
+    ``sync``: a conversion with ``durable=False``), then renamed."""
     data = json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8")
     final = os.path.join(directory, MANIFEST)
     temporary = final + ".tmp"
@@ -112,11 +113,13 @@ def write_manifest(directory: str, manifest: Dict[str, Any]) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, final)
-    _platform.fsync_dir(directory)
+    if sync:
+        _platform.fsync_dir(directory)
 
 
 def read_manifest(path: str) -> Dict[str, Any]:

@@ -179,8 +179,9 @@ class DatasetOutput:
     keeps the work for a resume, ``abort`` removes it.
     """
 
-    def __init__(self, path: Any, format_name: str, overwrite: bool) -> None:
+    def __init__(self, path: Any, format_name: str, overwrite: bool, durable: bool = True) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        self.durable = durable  # False: the manifest and the rename into place are not synced, like the shards
         stores.get_format(format_name)
         remove_finished_partial(self.path)
         check_target(self.path, overwrite)
@@ -256,8 +257,8 @@ class DatasetOutput:
                                  label_names=label_names, source=source, options=options, shard_size=shard_size,
                                  shards=entries)
         try:
-            write_manifest(self.directory, manifest)
-            commit(self.directory, self.path, self.overwrite)
+            write_manifest(self.directory, manifest, sync=self.durable)
+            commit(self.directory, self.path, self.overwrite, sync=self.durable)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot finish the dataset: {exc}") from None
         self._closed = True
