@@ -68,12 +68,15 @@ def _task_sizes(total_images):
     return sizes, progress
 
 
+@pytest.mark.parametrize("shard_size", [None, 10])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers):
+def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers, shard_size):
     shapes = [(300, 200), (40, 30), (40, 30), (600, 400), (40, 30), (300, 200), (300, 200), (40, 30)] * 3
     root = _photos(tmp_path / "src", shapes)
     held, progress = _task_sizes(len(shapes))
-    result = convert(str(root), str(tmp_path / "out.h5"), workers=workers, batch_bytes=400_000, progress=progress)
+    result = convert(str(root), str(tmp_path / "out.h5"), workers=workers, batch_bytes=400_000, progress=progress,
+                     shard_size=shard_size)
+    held = [count for count in held if count]  # the end of a shard says nothing new
     assert result.count == len(shapes) and sum(held) == len(shapes)
     position = 0
     for count in held:
@@ -85,23 +88,6 @@ def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers):
     with imgconv.open(result.path) as store:
         stored = store.read_batch(range(len(shapes)))[0]
     assert all(np.array_equal(a, b) for a, b in zip(images, stored))
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_sharded_conversion_goes_in_batches_bounded_in_bytes(tmp_path, workers):
-    shapes = [(300, 200), (40, 30), (40, 30), (600, 400), (40, 30), (300, 200), (300, 200), (40, 30)] * 3
-    root = _photos(tmp_path / "src", shapes)
-    held, progress = _task_sizes(len(shapes))
-    result = convert(str(root), str(tmp_path / "out.h5"), workers=workers, batch_bytes=400_000, shard_size=10,
-                     progress=progress)
-    held = [count for count in held if count]  # a shard's end says nothing new
-    assert result.count == len(shapes) and sum(held) == len(shapes)
-    position = 0
-    for count in held:
-        batch = shapes[position : position + count]
-        assert count == 1 or sum(w * h * 3 for w, h in batch) <= 400_000, (held, position)
-        position += count
-    assert max(held) > 1
 
 
 def test_a_shard_written_on_a_worker_is_read_in_batches_bounded_in_bytes(tmp_path):
