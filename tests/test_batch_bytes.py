@@ -150,14 +150,15 @@ CONVERT = textwrap.dedent("""
     import resource, sys
     from imgconv.convert import convert
 
-    def rss_kb():
+    def status_kb(name):
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            return next(int(line.split()[1]) for line in f if line.startswith(name + ":"))
 
-    base = rss_kb()
+    base = status_kb("VmRSS")
     convert(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), batch_bytes=int(sys.argv[4]))
-    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the RSS of the process
+    # that started this one (pytest, hundreds of MB once torch is imported).
+    print(base, status_kb("VmHWM"), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """)
 
 
