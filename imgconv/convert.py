@@ -143,7 +143,8 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
         return convert_sharded(source, dest, format=format, workers=workers, batch_size=batch_size, limit=limit,
                                shuffle=shuffle, seed=seed, overwrite=overwrite, resume=resume, progress=progress,
                                store_options=store_options, shard_size=shard_size, engine=engine, client=client,
-                               scheduler=scheduler, source_options=source_options, open_source=_open)
+                               scheduler=scheduler, source_options=source_options, open_source=_open,
+                               batch_bytes=batch_bytes, stall_seconds=stall_seconds)
     src = _open(source, source_options)
     session = None
     try:

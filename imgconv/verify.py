@@ -59,7 +59,7 @@ def verify(path: Any, *, batch_size: int = 1024, progress: Optional[Callable[[in
     batch_size = _validate.positive_int("batch_size", batch_size)
     max_listed = _validate.integer("max_listed", max_listed, minimum=0)
     if is_dataset(path):
-        return verify_dataset(path, batch_size, progress)  # its shards in parallel
+        return verify_dataset(path, batch_size, progress, max_listed=max_listed)  # its shards in parallel
     started = time.perf_counter()
     with stores.open(path) as store:
         count = len(store)

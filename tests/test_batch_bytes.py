@@ -68,12 +68,15 @@ def _task_sizes(total_images):
     return sizes, progress
 
 
+@pytest.mark.parametrize("shard_size", [None, 10])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers):
+def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers, shard_size):
     shapes = [(300, 200), (40, 30), (40, 30), (600, 400), (40, 30), (300, 200), (300, 200), (40, 30)] * 3
     root = _photos(tmp_path / "src", shapes)
     held, progress = _task_sizes(len(shapes))
-    result = convert(str(root), str(tmp_path / "out.h5"), workers=workers, batch_bytes=400_000, progress=progress)
+    result = convert(str(root), str(tmp_path / "out.h5"), workers=workers, batch_bytes=400_000, progress=progress,
+                     shard_size=shard_size)
+    held = [count for count in held if count]  # the end of a shard says nothing new
     assert result.count == len(shapes) and sum(held) == len(shapes)
     position = 0
     for count in held:
@@ -85,6 +88,37 @@ def test_a_folder_of_photos_goes_in_batches_bounded_in_bytes(tmp_path, workers):
     with imgconv.open(result.path) as store:
         stored = store.read_batch(range(len(shapes)))[0]
     assert all(np.array_equal(a, b) for a, b in zip(images, stored))
+
+
+def test_a_shard_written_on_a_worker_is_read_in_batches_bounded_in_bytes(tmp_path):
+    from imgconv.datasets.plan import Shard, shard_batches
+
+    shapes = [(300, 200), (40, 30), (40, 30), (600, 400), (40, 30), (300, 200), (300, 200), (40, 30)]
+    source = imgconv.open_source(str(_photos(tmp_path / "src", shapes)))
+    for shard in (Shard(0, 0, 8), Shard(0, 0, 8, np.arange(8)[::-1].copy())):
+        batches = [images for images, _ in shard_batches(source, shard, 1024, 400_000)]
+        assert sum(len(images) for images in batches) == 8
+        assert all(len(images) == 1 or sum(image.nbytes for image in images) <= 400_000 for images in batches)
+        assert len(batches) > 1
+
+
+def test_an_archive_into_shards_is_cut_to_the_bytes_as_it_streams(tmp_path):
+    sample = write_sample(tmp_path / "data", count=300, seed=1)
+    held, progress = _task_sizes(300)
+    convert(sample.python_archive, str(tmp_path / "out.lmdb"), split="all", workers=0, batch_bytes=10 * 3072,
+            shard_size=100, progress=progress)
+    assert [count for count in held if count] == [10] * 30
+
+
+def test_several_inputs_of_varying_sizes_say_their_images_bytes(tmp_path):
+    for name, side in (("part-a", 8), ("part-b", 64)):
+        folder = tmp_path / name / "c"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.zeros((side, side + i, 3), np.uint8)).save(folder / f"{i}.png")
+    source = imgconv.open_source(str(tmp_path / "part-*"))
+    assert source.shape is None
+    assert source.image_nbytes(np.array([5, 0, 7])).tolist() == [64 * 65 * 3, 8 * 8 * 3, 64 * 67 * 3]
 
 
 def test_an_archive_is_cut_to_the_bytes_as_it_streams(tmp_path):
@@ -116,14 +150,14 @@ CONVERT = textwrap.dedent("""
     import resource, sys
     from imgconv.convert import convert
 
-    def status_kb(field):
+    def status_kb(name):
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+            return next(int(line.split()[1]) for line in f if line.startswith(name + ":"))
 
     base = status_kb("VmRSS")
     convert(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), batch_bytes=int(sys.argv[4]))
-    # VmHWM, not ru_maxrss: Linux keeps in ru_maxrss the peak of the process image exec replaced
-    # (the test runner's, forked to start this one).
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the RSS of the process
+    # that started this one (pytest, hundreds of MB once torch is imported).
     print(base, status_kb("VmHWM"), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """)
 

@@ -191,6 +191,18 @@ def test_dataset_without_manifest_is_refused(datasets, tmp_path):
     assert cli.main(["info", str(copy)]) == 1
 
 
+def test_manifest_that_is_a_fifo_is_refused_unopened(datasets, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.lmdb"
+    shutil.copytree(datasets["lmdb"], copy)
+    os.remove(copy / MANIFEST)
+    os.mkfifo(copy / MANIFEST)  # opened for reading, it would wait for a writer forever
+    for action in (lambda: imgconv.open(copy), lambda: imgconv.verify(copy), lambda: imgconv.info(copy)):
+        with pytest.raises(StoreError, match=r"cannot read the dataset manifest dataset.json: a FIFO"):
+            action()
+
+
 def test_damaged_manifest_is_refused(datasets, tmp_path):
     import shutil
 
@@ -252,6 +264,36 @@ def test_verify_names_a_damaged_image_by_its_index_in_the_dataset(datasets, tmp_
     assert f"image {5 * 128 + 17}: in {shard} (its image 17)" in capsys.readouterr().out
 
 
+def test_verify_of_a_dataset_lists_at_most_max_listed_and_counts_the_rest(datasets, tmp_path, capsys):
+    import shutil
+
+    from factories import change_label
+
+    copy = tmp_path / "copy.h5"
+    shutil.copytree(datasets["hdf5"], copy)
+    for shard, base in (("shard-00002.h5", 256), ("shard-00005.h5", 640)):
+        for index in range(4):
+            change_label(str(copy / shard), "hdf5", index, (base + index + 1) % 7)  # labels are i % 7
+    report = imgconv.verify(copy, max_listed=3)
+    assert [index for index, _ in report.bad] == [256, 257, 258] and report.unlisted == 5
+    full = imgconv.verify(copy)
+    assert [index for index, _ in full.bad] == [256, 257, 258, 259, 640, 641, 642, 643] and full.unlisted == 0
+
+
+def test_a_shard_that_is_a_fifo_is_named_as_one(datasets, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.lmdb"
+    shutil.copytree(datasets["lmdb"], copy)
+    shutil.rmtree(copy / "shard-00001.lmdb")
+    os.mkfifo(copy / "shard-00001.lmdb")
+    report = imgconv.verify(copy)
+    assert report.problems == ["shard-00001.lmdb: cannot be opened: a FIFO (named pipe), not a store "
+                               "(imgconv stores are regular files and directories)"]
+    with imgconv.open(copy) as dataset, pytest.raises(StoreError, match=r"shard-00001.lmdb: a FIFO \(named pipe\)"):
+        dataset[200]
+
+
 def test_verify_reports_missing_and_extra_shards(datasets, tmp_path):
     import shutil
 
@@ -271,6 +313,14 @@ def test_info_and_cli_describe_a_dataset(datasets, capsys):
     assert cli.main(["info", datasets["png"]]) == 0
     assert "sharded dataset of 8 png shards" in capsys.readouterr().out
     assert cli.main(["verify", datasets["lmdb"]]) == 0
+
+
+@pytest.mark.parametrize("fmt", [fmt for fmt, _ in FORMATS])
+def test_info_says_a_dataset_checks_what_its_shards_check(datasets, fmt, capsys):
+    facts = imgconv.info(datasets[fmt])
+    assert facts["checksums"] is True and facts["positions_checked"] is True
+    assert cli.main(["info", datasets[fmt]]) == 0
+    assert "checks:  every image against its CRC32C, at its index" in capsys.readouterr().out
 
 
 def test_each_shard_opens_on_its_own(datasets):
@@ -387,6 +437,21 @@ def test_cli_writes_a_sharded_dataset(tmp_path, sample, capsys):
 # --------------------------------------------------------------------------- resuming
 
 
+def test_stall_seconds_reach_the_workers_of_a_sharded_conversion(tmp_path, sample, monkeypatch):
+    import imgconv.datasets.convert as sharded
+
+    asked = []
+
+    def engine(workers, window=None, stall_seconds=None):
+        asked.append(stall_seconds)
+        return real(workers, window, stall_seconds)
+
+    real = sharded.local_engine
+    monkeypatch.setattr(sharded, "local_engine", engine)
+    imgconv.convert(sample.python_dir, tmp_path / "s", split="all", shard_size=100, workers=2, stall_seconds=7)
+    assert asked == [7]
+
+
 def test_killed_conversion_resumes_keeping_the_finished_shards(tmp_path, sample):
     big = write_sample(tmp_path / "big", count=1500, seed=1, archives=False)
     command = [sys.executable, "-m", "imgconv", "convert", big.python_dir, str(tmp_path / "k"), "--split", "all",
@@ -429,6 +494,18 @@ def test_resume_of_another_job_is_refused(tmp_path, sample):
     with pytest.raises(StoreError, match="different .*shard_size"):
         imgconv.convert(sample.python_dir, dest, split="all", shard_size=99, resume=True)
     result = imgconv.convert(sample.python_dir, dest, split="all", shard_size=99, resume=True, overwrite=True)
+    assert result.resumed == 0 and result.count == 300
+
+
+def test_resume_after_an_input_file_changed_is_refused_naming_it(tmp_path):
+    source = write_sample(tmp_path / "in", count=300, seed=5, archives=False)
+    dest = tmp_path / "r.lmdb"
+    _interrupt_after_shards(source.python_dir, dest, 1)
+    batch = os.path.join(source.python_dir, "data_batch_1")
+    os.utime(batch, ns=(time.time_ns(), os.stat(batch).st_mtime_ns + 10**9))  # rewritten since
+    with pytest.raises(StoreError, match=r"input changed since: 1 file modified \(.*data_batch_1\)"):
+        imgconv.convert(source.python_dir, dest, split="all", shard_size=100, resume=True, workers=0)
+    result = imgconv.convert(source.python_dir, dest, split="all", shard_size=100, resume=True, overwrite=True)
     assert result.resumed == 0 and result.count == 300
 
 

@@ -30,6 +30,18 @@ def test_a_store_written_without_sync_reads_back_the_same(tmp_path, fmt, monkeyp
     np.testing.assert_array_equal(labels, LABELS)
 
 
+def test_a_sharded_dataset_written_without_sync_syncs_nothing(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(imgconv._platform, "fsync_dir", lambda path: synced.append(path))
+    monkeypatch.setattr(imgconv.datasets.manifest.os, "fsync", lambda fd: synced.append(fd))
+    np.save(tmp_path / "images.npy", IMAGES)
+    imgconv.convert(tmp_path / "images.npy", tmp_path / "s.lmdb", workers=0, shard_size=5,
+                    store_options={"durable": False})
+    assert synced == []
+    with imgconv.open(tmp_path / "s.lmdb") as store:
+        np.testing.assert_array_equal(store.read_all()[0], IMAGES)
+
+
 def test_no_sync_is_a_flag_of_convert(tmp_path):
     np.save(tmp_path / "images.npy", IMAGES)
     np.save(tmp_path / "labels.npy", LABELS)
@@ -46,6 +58,46 @@ def test_workers_are_started_only_for_heavy_work():
     assert workers_worth_starting(4, 3, heavy=True) == 3
     assert workers_worth_starting(2, None, heavy=True) == 2
     assert workers_worth_starting(0, 10, heavy=True) == 0
+
+
+def _started_workers(monkeypatch, module):
+    """The ``workers`` each local engine of ``module`` is asked for, as a list that fills as they are."""
+    asked = []
+    real = module.local_engine
+
+    def engine(workers, *args, **kwargs):
+        asked.append(workers)
+        return real(workers, *args, **kwargs)
+
+    monkeypatch.setattr(module, "local_engine", engine)
+    return asked
+
+
+def test_a_sharded_conversion_starts_workers_only_for_heavy_work(tmp_path, monkeypatch):
+    import imgconv.datasets.convert as sharded
+
+    asked = _started_workers(monkeypatch, sharded)
+    np.save(tmp_path / "images.npy", IMAGES)
+    imgconv.convert(tmp_path / "images.npy", tmp_path / "s.lmdb", workers=2, batch_size=4, shard_size=4)
+    imgconv.convert(tmp_path / "images.npy", tmp_path / "s", workers=2, batch_size=4, shard_size=4)
+    assert asked == [0, 2]  # arrays into LMDB: copies; into PNG: encoding
+
+
+def test_several_image_folders_are_decoded_by_workers(tmp_path, monkeypatch):
+    import importlib
+
+    from PIL import Image
+
+    converting = importlib.import_module("imgconv.convert")  # the module, not the function of its name
+
+    for part in ("a", "b"):
+        for i in range(6):
+            (tmp_path / f"part-{part}" / "c").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(IMAGES[i]).save(tmp_path / f"part-{part}" / "c" / f"{i}.png")
+    assert imgconv.open_source(str(tmp_path / "part-*")).heavy_decoding
+    asked = _started_workers(monkeypatch, converting)
+    imgconv.convert(str(tmp_path / "part-*"), tmp_path / "s.lmdb", workers=2, batch_size=4)
+    assert asked == [2]
 
 
 @pytest.mark.parametrize("name", ["s.lmdb", "s.h5"])

@@ -62,11 +62,13 @@ def npz(tmp_path_factory):
     return str(path)
 
 
+# Both conversions write PNG folders: encoding PNG is the CPU work that starts a worker pool (arrays into
+# LMDB or HDF5 are copies, converted without one, so without hand-off directories to compare).
 def _start_first(tmp_path, npz):
     script = tmp_path / "first.py"
     script.write_text(FIRST)
     started, go = tmp_path / "started", tmp_path / "go"
-    first = subprocess.Popen([sys.executable, str(script), npz, str(tmp_path / "first-png"), str(started), str(go)],
+    first = subprocess.Popen([sys.executable, str(script), npz, str(tmp_path / "first"), str(started), str(go)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(1200):
         if started.exists() or first.poll() is not None:
@@ -82,7 +84,7 @@ def _first_finishes_intact(first, go, tmp_path, shared):
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0 and out.strip() == str(COUNT), err
     assert handoffs, "the first conversion's hand-off directory was there while the second ran"
-    report = verify_store(str(tmp_path / "first-png"))
+    report = verify_store(str(tmp_path / "first"))
     assert report.count == COUNT and not report.bad and not report.problems
 
 
@@ -91,7 +93,7 @@ def test_a_conversion_whose_pid_is_not_visible_keeps_its_hand_off_directory(tmp_
     try:
         # As seen from another PID namespace: no process of the first is visible.
         monkeypatch.setattr(_platform, "process_exists", lambda pid: False)
-        second = convert(npz, str(tmp_path / "second-png"), workers=2, batch_size=500)
+        second = convert(npz, str(tmp_path / "second"), workers=2, batch_size=500)
         assert second.count == COUNT
     finally:
         _first_finishes_intact(first, go, tmp_path, shared)
@@ -106,7 +108,7 @@ def test_a_conversion_in_another_pid_namespace_leaves_the_first_intact(tmp_path,
     first, go = _start_first(tmp_path, npz)
     try:
         second = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "imgconv",
-                                 "convert", npz, str(tmp_path / "second-png"), "--workers", "2", "--quiet"],
+                                 "convert", npz, str(tmp_path / "second"), "--workers", "2", "--quiet"],
                                 capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(shared)})
         assert second.returncode == 0, second.stderr
     finally:

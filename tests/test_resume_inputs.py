@@ -46,6 +46,17 @@ def test_a_file_removed_and_another_added_in_a_class_folder_is_named(tmp_path):
     assert os.path.isdir(tmp_path / ".out.imgconv-partial")  # refused: left as it was
 
 
+def test_a_file_changed_in_one_of_several_inputs_is_named(tmp_path):
+    _folder(tmp_path / "part-a", 30)
+    _folder(tmp_path / "part-b", 30)
+    pattern, dest = str(tmp_path / "part-*"), str(tmp_path / "out")
+    _interrupted(pattern, dest, 20, workers=0, batch_size=10)
+    changed = tmp_path / "part-b" / "class0" / "003.png"
+    os.utime(changed, ns=(os.stat(changed).st_atime_ns, os.stat(changed).st_mtime_ns + 10**9))
+    with pytest.raises(StoreError, match=r"input changed since: 1 file modified \(.*part-b/class0/003\.png\)"):
+        convert(pattern, dest, workers=0, batch_size=10, resume=True)
+
+
 def test_a_file_replaced_by_a_copy_with_the_same_size_and_time_is_noticed(tmp_path):
     root = _folder(tmp_path / "photos")
     dest = str(tmp_path / "out")

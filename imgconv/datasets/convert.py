@@ -24,10 +24,10 @@ import os
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .. import _platform, kernels, stores
+from .. import _platform, kernels, overlap, stores
 from ..errors import ConversionError, Interrupted, OptionError, SourceError, WorkerDied
-from ..pipeline.engine import WorkerContext, local_engine
-from ..pipeline.plan import Job, Task, encode_only, job_fingerprint
+from ..pipeline.engine import WorkerContext, local_engine, workers_worth_starting
+from ..pipeline.plan import Job, Task, encode_only, job_fingerprint, stream_batches
 from ..resume.inputs import InputFiles
 from ..sources import Source
 from ..sources.base import SkippedFile
@@ -40,7 +40,16 @@ from .output import (
     write_shard,
     write_shard_from_batches,
 )
-from .plan import DEFAULT_SHARD_SIZE, SHARD_SIZE, Plan, Shard, ShardSize, parse_shard_size, plan_shards
+from .plan import (
+    DEFAULT_SHARD_SIZE,
+    SHARD_SIZE,
+    Plan,
+    Shard,
+    ShardSize,
+    parse_shard_size,
+    plan_shards,
+    shard_parts,
+)
 
 ENGINES = ("local", "dask")
 
@@ -55,7 +64,8 @@ def sharded_options() -> Tuple[Any, ...]:
 def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_size: int, limit: Optional[int],
                     shuffle: bool, seed: int, overwrite: bool, resume: bool, progress: Any,
                     store_options: Optional[Dict[str, Any]], shard_size: Any, engine: str, client: Any,
-                    scheduler: Optional[str], source_options: Dict[str, Any], open_source: Any) -> Any:
+                    scheduler: Optional[str], source_options: Dict[str, Any], open_source: Any,
+                    batch_bytes: Optional[int] = None, stall_seconds: Optional[float] = None) -> Any:
     """Convert ``source`` into the sharded dataset ``dest`` (see :func:`imgconv.convert` and the module docstring).
 
     ``open_source(source, source_options)`` opens the source (a path with
@@ -70,9 +80,12 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
     src = open_source(source, source_options)
     output: Optional[DatasetOutput] = None
     try:
-        run = _ShardedRun(src, dest, size, batch_size, limit, shuffle, seed, format, store_options or {})
-        output = DatasetOutput(dest, format, overwrite)
-        output.begin(run.header(source_options), resume, run.expected)
+        overlap.check_files(src.input_files(), dest)
+        inputs = InputFiles.of(src.input_files())
+        run = _ShardedRun(src, dest, size, batch_size, limit, shuffle, seed, format, store_options or {},
+                          batch_bytes)
+        output = DatasetOutput(dest, format, overwrite, durable=bool((store_options or {}).get("durable", True)))
+        output.begin(run.header(source_options, inputs), resume, run.expected, inputs)
         spec = run.spec(output.directory)
         if engine == "dask":
             from ..pipeline.dask_engine import connect
@@ -80,7 +93,7 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
             with connect(client, scheduler, workers) as cluster:
                 run.on_cluster(cluster, output, spec, progress)
         else:
-            run.locally(output, spec, workers, progress)
+            run.locally(output, spec, workers, progress, stall_seconds)
         run.finish(output)
     except (Interrupted, WorkerDied) as exc:
         raise _kept_for_resume(exc, output) from None
@@ -114,11 +127,13 @@ class _ShardedRun:
     """One sharded conversion: the plan, the shards kept and done, and how they are written."""
 
     def __init__(self, src: Source, dest: Any, size: Optional[ShardSize], batch_size: int, limit: Optional[int],
-                 shuffle: bool, seed: int, format_name: str, store_options: Dict[str, Any]) -> None:
+                 shuffle: bool, seed: int, format_name: str, store_options: Dict[str, Any],
+                 batch_bytes: Optional[int] = None) -> None:
         self.src = src
         self.members: Any = getattr(src, "members", None)
         self.size = DEFAULT_SHARD_SIZE if size is None else size
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.limit = limit
         self.shuffle = shuffle
         self.seed = seed
@@ -147,8 +162,8 @@ class _ShardedRun:
 
     # planning ----------------------------------------------------------------
 
-    def header(self, source_options: Dict[str, Any]) -> Dict[str, Any]:
-        """The journal header: the job, the format and options, the shard plan."""
+    def header(self, source_options: Dict[str, Any], inputs: InputFiles) -> Dict[str, Any]:
+        """The journal header: the job (with the fingerprint of its input files), the format and options, the plan."""
         if self.plan.shards is None:
             plan: Dict[str, Any] = {"per_shard": self.plan.per_shard}
         else:
@@ -157,8 +172,7 @@ class _ShardedRun:
             plan = {"shards": len(cuts), "crc32c": int(kernels.crc32c(text))}
         job = job_fingerprint(self.src, self.plan.total if self.plan.total is not None else self.limit,
                               self.shuffle, self.seed, source_options, self.streamed)
-        # Every file the source reads (path, size, time, inode): a changed input is not resumed.
-        job["inputs"] = InputFiles.of(self.src.input_files()).summary()
+        job["inputs"] = inputs.summary()
         return journal_header(format_name=self.format_name, format_version=self.format_version,
                               options=self.options, shape=self.shape, shard_size=self.shard_size, plan=plan, job=job)
 
@@ -174,7 +188,7 @@ class _ShardedRun:
     def spec(self, directory: str) -> ShardSpec:
         """What every shard's writer is given."""
         return ShardSpec(directory, self.format_name, self.store_options, self.shape, self.label_names,
-                         self.description, self.batch_size)
+                         self.description, self.batch_size, self.batch_bytes)
 
     def _todo(self, output: DatasetOutput) -> List[Shard]:
         self.kept = dict(output.done)
@@ -183,22 +197,26 @@ class _ShardedRun:
 
     # writing here --------------------------------------------------------------
 
-    def locally(self, output: DatasetOutput, spec: ShardSpec, workers: int, progress: Any) -> None:
-        """Write the shards in this process, the pipeline's workers reading and encoding for it."""
+    def locally(self, output: DatasetOutput, spec: ShardSpec, workers: int, progress: Any,
+                stall_seconds: Optional[float] = None) -> None:
+        """Write the shards in this process, the pipeline's workers reading and encoding for it (reported
+        when they return nothing for ``stall_seconds``)."""
         todo = self._todo(output)
         counter = _Progress(progress, self._total(), self.resumed)
         routes: Dict[int, Shard] = {}
         if self.plan.shards is None:
             jobs = self._stream_jobs(routes, self.plan.per_shard)
-            workers = workers if self.heavy_encoding else 0
+            workers = workers_worth_starting(workers, None, self.heavy_encoding)
         else:
             jobs = self._planned_jobs(todo, routes)
+            # Workers read the shards not streamed here: worth it where decoding them or encoding is CPU work.
             reads = any(not self._streams(shard) for shard in todo)
-            workers = workers if reads or self.heavy_encoding else 0
-            workers = min(workers, sum(-(-(shard.size or self.batch_size) // self.batch_size) for shard in todo))
+            tasks = sum(-(-(shard.size or self.batch_size) // self.batch_size) for shard in todo)  # at least
+            workers = workers_worth_starting(workers, tasks, self.heavy_encoding or (reads and self.src.heavy_decoding))
         writing = _ShardWriting(output, spec, self.src, counter)
         context = WorkerContext(self.src, self.encoder)
-        results = local_engine(workers).run(context, jobs, f"converting {self.description}")
+        results = local_engine(workers, stall_seconds=stall_seconds).run(context, jobs,
+                                                                         f"converting {self.description}")
         try:
             for task, (encoded, skipped) in results:
                 writing.write(routes.pop(task.number), encoded, skipped)
@@ -216,14 +234,12 @@ class _ShardedRun:
         for shard in todo:
             if self._streams(shard):
                 member = self.src if shard.member is None else self.members[shard.member]
-                for images, labels in member.stream(self.batch_size, shard.stop):
+                for images, labels in stream_batches(member, self.batch_size, shard.stop, self.batch_bytes):
                     routes[number] = shard
                     yield Job(Task(number, 0, len(labels), None), encode_only, (images, labels))
                     number += 1
                 continue
-            size = shard.size or 0
-            for first in range(0, max(size, 1), self.batch_size):
-                last = min(first + self.batch_size, size)
+            for first, last in shard_parts(self.src, shard, self.batch_size, self.batch_bytes):
                 routes[number] = shard
                 yield Job(Task(number, shard.start + first, shard.start + last, None), read_part, (shard, first, last))
                 number += 1
@@ -231,7 +247,8 @@ class _ShardedRun:
     def _stream_jobs(self, routes: Dict[int, Shard], per_shard: int) -> Iterator[Job]:
         """Jobs of a single stream read here, cut at shard boundaries; the shards kept are passed over."""
         number = 0
-        for shard, images, labels in self._stream_pieces(per_shard, self.src.stream(self.batch_size, self.limit)):
+        batches = stream_batches(self.src, self.batch_size, self.limit, self.batch_bytes)
+        for shard, images, labels in self._stream_pieces(per_shard, batches):
             routes[number] = shard
             yield Job(Task(number, 0, len(labels), None), encode_only, (images, labels))
             number += 1
@@ -293,8 +310,8 @@ class _ShardedRun:
         """Jobs of a single stream read here, one per shard, each carrying the shard's images."""
         gathered: List[Tuple[Any, Any]] = []
         current: Optional[Shard] = None
-        for shard, images, labels in self._stream_pieces(self.plan.per_shard,
-                                                         self.src.stream(self.batch_size, self.limit)):
+        batches = stream_batches(self.src, self.batch_size, self.limit, self.batch_bytes)
+        for shard, images, labels in self._stream_pieces(self.plan.per_shard, batches):
             if current is not None and shard.number != current.number:
                 shards[current.number] = current
                 yield Job(Task(current.number, current.start, current.start, None), write_shard_from_batches,

@@ -46,9 +46,12 @@ def shard_name(number: int, suffix: str) -> str:
 
 
 def is_dataset(path: Any) -> bool:
-    """True when ``path`` is a directory holding a dataset manifest (finished or not, sound or not)."""
+    """True when ``path`` is a directory holding a dataset manifest (finished or not, sound or not).
+
+    Anything named like the manifest counts (a FIFO too): reading it says what is wrong.
+    """
     path = os.fspath(path)
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))
+    return os.path.isdir(path) and os.path.lexists(os.path.join(path, MANIFEST))
 
 
 def unfinished_shards(path: Any) -> List[str]:
@@ -99,8 +102,9 @@ def make_manifest(*, format_name: str, format_version: int, shape: StoreShape,
     return manifest
 
 
-def write_manifest(directory: str, manifest: Dict[str, Any]) -> None:
-    """Write ``manifest`` into ``directory`` as its last file: to a temporary name, synced, then renamed."""
+def write_manifest(directory: str, manifest: Dict[str, Any], sync: bool = True) -> None:
+    """Write ``manifest`` into ``directory`` as its last file: to a temporary name, synced (unless not
+    ``sync``: a conversion with ``durable=False``), then renamed."""
     data = json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8")
     final = os.path.join(directory, MANIFEST)
     temporary = final + ".tmp"
@@ -109,11 +113,13 @@ def write_manifest(directory: str, manifest: Dict[str, Any]) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, final)
-    _platform.fsync_dir(directory)
+    if sync:
+        _platform.fsync_dir(directory)
 
 
 def read_manifest(path: str) -> Dict[str, Any]:
@@ -125,7 +131,7 @@ def read_manifest(path: str) -> Dict[str, Any]:
     """
     where = os.path.join(path, MANIFEST)
     try:
-        with open(where, "rb") as f:
+        with _platform.open_regular_file(where) as f:  # a FIFO there would block a plain open
             manifest = json.loads(f.read().decode("utf-8"))
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the dataset manifest {MANIFEST}: {exc.strerror or exc}") from None

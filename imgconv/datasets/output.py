@@ -25,8 +25,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from .. import _platform, stores
 from .._version import __version__
 from ..errors import StoreError
+from ..resume.inputs import InputFiles
 from ..resume.journal import JOURNAL_VERSION, Journal
-from ..resume.session import differences
+from ..resume.session import what_differs
 from ..stores.atomic import check_target, commit
 from ..stores.batch import VARIABLE, StoreShape
 from ..stores.metadata import METADATA_CHECKSUM
@@ -50,11 +51,13 @@ class ShardSpec:
     ``directory`` is the dataset directory being built; shards are written
     by the store ``format`` with the writer ``options``, all with the same
     ``shape`` (an (H, W, C) or VARIABLE), ``label_names`` and a source
-    description made from ``source``.
+    description made from ``source``; a worker reads a shard in batches of
+    ``batch_size`` images and ``batch_bytes`` bytes of decoded pixels at most.
     """
 
     def __init__(self, directory: str, format_name: str, options: Mapping[str, Any], shape: StoreShape,
-                 label_names: Optional[List[str]], source: str, batch_size: int) -> None:
+                 label_names: Optional[List[str]], source: str, batch_size: int,
+                 batch_bytes: Optional[int] = None) -> None:
         self.directory = directory
         self.format_name = format_name
         self.options = dict(options)
@@ -62,6 +65,7 @@ class ShardSpec:
         self.label_names = label_names
         self.source = source
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         spec = stores.get_format(format_name)
         self.suffix = spec.suffixes[0] if spec.suffixes else ""
 
@@ -127,7 +131,8 @@ def write_shard(context: Any, shard: Shard) -> ShardDone:
 
     spec: ShardSpec = context.output
     source = context.source
-    return _write_batches(spec, shard, source, shard_batches(source, shard, spec.batch_size), report)
+    return _write_batches(spec, shard, source, shard_batches(source, shard, spec.batch_size, spec.batch_bytes),
+                          report)
 
 
 def write_shard_from_batches(context: Any, shard: Shard, batches: List[Tuple[Any, Any]]) -> ShardDone:
@@ -174,8 +179,9 @@ class DatasetOutput:
     keeps the work for a resume, ``abort`` removes it.
     """
 
-    def __init__(self, path: Any, format_name: str, overwrite: bool) -> None:
+    def __init__(self, path: Any, format_name: str, overwrite: bool, durable: bool = True) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        self.durable = durable  # False: the manifest and the rename into place are not synced, like the shards
         stores.get_format(format_name)
         remove_finished_partial(self.path)
         check_target(self.path, overwrite)
@@ -189,11 +195,14 @@ class DatasetOutput:
         self._prepared = False
         self._closed = False
 
-    def begin(self, header: Dict[str, Any], resume: bool, expected: Any) -> Dict[int, Dict[str, Any]]:
+    def begin(self, header: Dict[str, Any], resume: bool, expected: Any,
+              inputs: Optional[InputFiles] = None) -> Dict[int, Dict[str, Any]]:
         """Lock the partial output; keep (``resume``) or discard what an earlier run of the job left.
 
         ``expected(number)`` is the :class:`Shard` the plan has under that
-        number (None when it has none). Returns the journal entries of the
+        number (None when it has none); ``inputs`` the fingerprint of the
+        files the source reads (kept beside the journal, so that a resume
+        refused because they changed names them). Returns the journal entries of the
         shards kept, by number. Raises StoreError when another process writes
         the dataset, when ``resume`` meets another job (unless overwriting),
         and when an earlier run of this job left shards and neither
@@ -204,7 +213,7 @@ class DatasetOutput:
             old_header, entries = self.journal.read()
             kept: Dict[int, Dict[str, Any]] = {}
             if resume and old_header is not None:
-                kept = self._continue(old_header, header, entries, expected)
+                kept = self._continue(old_header, header, entries, expected, inputs)
             elif old_header == header and entries and os.path.isdir(self.directory) and not self.overwrite:
                 raise StoreError(
                     f"{self.path}: an interrupted conversion left {len(entries)} finished shard(s) in "
@@ -216,6 +225,8 @@ class DatasetOutput:
             else:
                 self._remove_strays(kept)
             self.journal.start(header, list(kept.values()))
+            if inputs is not None:
+                inputs.save(self.partial.path)
         except OSError as exc:
             self.partial.release()
             raise StoreError(f"{self.path}: cannot prepare the partial output {self.partial.path}: {exc}") from None
@@ -246,8 +257,8 @@ class DatasetOutput:
                                  label_names=label_names, source=source, options=options, shard_size=shard_size,
                                  shards=entries)
         try:
-            write_manifest(self.directory, manifest)
-            commit(self.directory, self.path, self.overwrite)
+            write_manifest(self.directory, manifest, sync=self.durable)
+            commit(self.directory, self.path, self.overwrite, sync=self.durable)
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot finish the dataset: {exc}") from None
         self._closed = True
@@ -281,13 +292,12 @@ class DatasetOutput:
         self.partial.remove()
 
     def _continue(self, old: Dict[str, Any], header: Dict[str, Any], entries: List[Dict[str, Any]],
-                  expected: Any) -> Dict[int, Dict[str, Any]]:
+                  expected: Any, inputs: Optional[InputFiles]) -> Dict[int, Dict[str, Any]]:
         if old != header:
             if self.overwrite:
                 return {}
-            raise StoreError(
-                f"{self.path}: cannot resume: the interrupted conversion in {self.partial.path} was made with a "
-                f"different {', '.join(differences(old, header))}; pass overwrite=True to discard it and start over")
+            raise StoreError(f"{self.path}: cannot resume: {what_differs(old, header, inputs, self.partial.path)}; "
+                             "pass overwrite=True to discard it and start over")
         kept: Dict[int, Dict[str, Any]] = {}
         for entry in entries:
             shard = expected(entry.get("shard"))

@@ -15,12 +15,13 @@ by the shard size.
 """
 import re
 from collections import namedtuple
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import SourceError, SourceOptionError
 from ..options import Option
+from ..pipeline.plan import plan_tasks, stream_batches
 
 # Default when a sharded output is asked for without a size (--engine dask): about the
 # chunk size peers use (LitData, MosaicML MDS); 64 MB is ~21,000 CIFAR images.
@@ -219,13 +220,35 @@ def image_bytes(src: Any) -> np.ndarray:
                       "which this source does not say; give the shard size in images")
 
 
-def shard_batches(src: Any, shard: Shard, batch_size: int) -> Iterator[Any]:
-    """The batches of ``shard`` read from ``src``, in order (what a worker converting it reads)."""
+def shard_batches(src: Any, shard: Shard, batch_size: int, batch_bytes: Optional[int] = None) -> Iterator[Any]:
+    """The batches of ``shard`` read from ``src``, in order (what a worker converting it reads), each of
+    ``batch_size`` images and ``batch_bytes`` bytes of decoded pixels at most (one image at least)."""
     source = src if shard.member is None else src.members[shard.member]
     if shard.indices is not None:
-        for first in range(0, shard.indices.size, batch_size):
-            yield source.take(shard.indices[first : first + batch_size])
+        for first, last in shard_parts(src, shard, batch_size, batch_bytes):
+            yield source.take(shard.indices[first:last])
     elif shard.stop is None or (source.sequential and shard.start == 0):
-        yield from source.stream(batch_size, shard.stop)
+        yield from stream_batches(source, batch_size, shard.stop, batch_bytes)
     elif shard.stop > shard.start:
-        yield from source.batches(batch_size, shard.start, shard.stop)
+        for first, last in shard_parts(src, shard, batch_size, batch_bytes):
+            yield next(source.batches(last - first, shard.start + first, shard.start + last))
+
+
+def shard_parts(src: Any, shard: Shard, batch_size: int, batch_bytes: Optional[int]) -> List[Tuple[int, int]]:
+    """``(first, last)``: the parts of a planned shard read as one batch each, as offsets in the shard.
+
+    At most ``batch_size`` images and ``batch_bytes`` bytes of decoded
+    pixels each (sized from the images' shape or headers, without decoding;
+    one image at least). A shard of no images is one empty part.
+    """
+    size = shard.size or 0
+    if size == 0:
+        return [(0, 0)]
+    source = src if shard.member is None else src.members[shard.member]
+    if source.shape is not None:
+        nbytes: Any = int(np.prod(source.shape))
+    else:
+        positions = shard.indices if shard.indices is not None else np.arange(shard.start, shard.start + size,
+                                                                                 dtype=np.int64)
+        nbytes = source.image_nbytes(positions)
+    return [(task.start, task.stop) for task in plan_tasks(size, batch_size, nbytes=nbytes, batch_bytes=batch_bytes)]

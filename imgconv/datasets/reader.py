@@ -152,6 +152,16 @@ class DatasetReader(Reader):
             return super().shapes()
         return np.concatenate([self.open_shard(k).shapes() for k in range(len(self._readers))])
 
+    @property
+    def checked(self) -> bool:
+        """Whether every shard keeps a checksum of every image, checked on every read (opens every shard)."""
+        return all(self.open_shard(k).checked for k in range(len(self._readers)))
+
+    @property
+    def positions_checked(self) -> bool:
+        """Whether every shard checks each image at its index (opens every shard)."""
+        return all(self.open_shard(k).positions_checked for k in range(len(self._readers)))
+
     def check_layout(self) -> List[str]:
         """Dataset-wide problems: shards missing, extra, different from what the manifest says, or
         with problems of their own (each named by its path in the dataset)."""
@@ -214,19 +224,21 @@ class DatasetReader(Reader):
 
     def _shard_reader(self, k: int) -> Reader:
         """A new reader of shard ``k``, unchecked (for the checks themselves)."""
-        from ..stores import get_format
+        from ..stores import get_format, refuse_special
 
+        refuse_special(self.shard_path(k))  # a FIFO is no shard: said as such, never opened
         return get_format(self.format_name).reader(self.shard_path(k), **self._options)
 
     def _open_checked(self, k: int) -> Reader:
         """Open shard ``k`` and check it is the one the manifest describes."""
-        from ..stores import get_format
+        from ..stores import get_format, refuse_special
 
         entry = self.metadata["shards"][k]
         path = os.path.join(self.path, entry.path)
         if not os.path.lexists(path):
             raise StoreError(f"{path}: shard {k} of the dataset {self.path} is missing (images "
                              f"{self._bounds[k]}..{self._bounds[k + 1] - 1})")
+        refuse_special(path)  # a FIFO is no shard: said as such, never opened
         reader = get_format(self.format_name).reader(path, **self._options)
         found = _mismatch(reader, entry, self.shape)
         if found:

@@ -151,6 +151,18 @@ def streamed_jobs(source: Any, batch_size: int, limit: Optional[int], first: int
             yield Job(task, function, (piece_images, piece_labels))
 
 
+def stream_batches(source: Any, batch_size: int, limit: Optional[int],
+                   batch_bytes: Optional[int]) -> Iterator[Tuple[Any, np.ndarray]]:
+    """The batches of ``source.stream(...)`` cut to ``batch_size`` images and ``batch_bytes`` bytes at most.
+
+    As :func:`streamed_jobs` cuts them, for a writer reading a stream itself (a shard's).
+    """
+    shape = source.shape
+    asked = batch_size if shape is None else images_per_batch(int(np.prod(shape)), batch_size, batch_bytes)
+    for images, labels in source.stream(asked, limit):
+        yield from _pieces(images, labels, batch_bytes)
+
+
 def _pieces(images: Any, labels: np.ndarray, batch_bytes: Optional[int]) -> Iterator[Tuple[Any, np.ndarray]]:
     """``(images, labels)`` cut into consecutive pieces of ``batch_bytes`` bytes at most (one image at least)."""
     if batch_bytes is None or len(labels) == 0:

@@ -164,15 +164,7 @@ class ResumeSession:
 
     def _what_differs(self, header: Entry) -> str:
         """Why the interrupted conversion that wrote ``header`` is not this one, in words."""
-        names = differences(header, self.header)
-        said = []
-        if "job.inputs.sha256" in names and self.inputs is not None:
-            changes = self.inputs.changes_since(self.partial_path, (header.get("job") or {}).get("inputs"))
-            said.append(f"its input changed since: {changes}")
-            names = [name for name in names if not name.startswith("job.inputs.")]
-        if names:
-            said.append(f"it was made with a different {', '.join(names)}")
-        return f"the interrupted conversion in {self.partial_path} is another job: {'; '.join(said)}"
+        return what_differs(header, self.header, self.inputs, self.partial_path)
 
     def _refuse_other_version(self) -> None:
         version = self.journal.other_version()
@@ -212,6 +204,23 @@ def images_kept(checkpoints: List[Entry]) -> int:
     """The images a resume should find in the output: those of the last checkpoint it had stored."""
     stored = checkpoints[-1].get("stored", checkpoints[-1]["count"]) if checkpoints else 0
     return max([c["count"] for c in checkpoints if c["count"] <= stored], default=0)
+
+
+def what_differs(old: Entry, new: Entry, inputs: Optional[InputFiles], partial_path: str) -> str:
+    """Why the interrupted conversion in ``partial_path`` (journal header ``old``) is not the job ``new``, in words.
+
+    Changed input files are named from the list ``inputs`` compares with
+    the one kept in ``partial_path``.
+    """
+    names = differences(old, new)
+    said = []
+    if "job.inputs.sha256" in names and inputs is not None:
+        changes = inputs.changes_since(partial_path, (old.get("job") or {}).get("inputs"))
+        said.append(f"its input changed since: {changes}")
+        names = [name for name in names if not name.startswith("job.inputs.")]
+    if names:
+        said.append(f"it was made with a different {', '.join(names)}")
+    return f"the interrupted conversion in {partial_path} is another job: {'; '.join(said)}"
 
 
 def differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:

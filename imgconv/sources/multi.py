@@ -88,13 +88,8 @@ class MultiSource(Source):
 
     @property
     def heavy_decoding(self) -> bool:
-        """True when any input is decoded (image files): see :attr:`Source.heavy_decoding`."""
+        """True when an input's images are decoded (image folders, PNG stores): worth worker processes."""
         return any(member.heavy_decoding for member in self.members)
-
-    def input_files(self) -> Iterator[str]:
-        """Every input's files, input by input (see :meth:`Source.input_files`)."""
-        for member in self.members:
-            yield from member.input_files()
 
     @property
     def length(self) -> int | None:
@@ -136,6 +131,24 @@ class MultiSource(Source):
     def skipped(self) -> list[SkippedFile]:
         """The files the inputs skipped in this process (``on_error="skip"``)."""
         return [item for member in self.members for item in getattr(member, "skipped", ())]
+
+    def input_files(self) -> Iterator[str]:
+        """The files each input reads, input after input (what a resume checks has not changed)."""
+        for member in self.members:
+            yield from member.input_files()
+
+    def image_nbytes(self, indices: np.ndarray) -> np.ndarray | None:
+        """The decoded bytes of the images at ``indices``, from the inputs that hold them (None: unknown)."""
+        if self.shape is not None:
+            return super().image_nbytes(indices)
+        unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+        found = np.empty(unique.size, np.int64)
+        for m, out, local in group_by_part(self._counts(), unique):
+            sizes = self.members[m].image_nbytes(local)
+            if sizes is None:
+                return None
+            found[out] = sizes
+        return found[inverse.reshape(-1)]
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Images ``start .. stop - 1`` across the inputs (see :meth:`Source.batches`)."""
