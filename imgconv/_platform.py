@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import namedtuple
+from collections import deque, namedtuple
 from typing import Callable, Generic, Optional, Tuple, TypeVar
 
 try:
@@ -458,3 +458,76 @@ class PerProcess(Generic[T]):
         with self._lock:
             self._value = None
             self._pid = None
+
+
+# --------------------------------------------------------------------------- closing in the background
+
+# Descriptors waiting for the closing thread; past this many a close is done
+# at once, so that a loop of writers cannot run the process out of descriptors.
+MAX_PENDING_CLOSES = 64
+
+
+class _Closer:
+    """A daemon thread that closes descriptors handed to it, in order."""
+
+    def __init__(self) -> None:
+        self._fds: "deque[int]" = deque()  # appends and pops are atomic: no lock a fork could inherit held
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imgconv-close", daemon=True)
+        self._thread.start()
+
+    def close(self, fd: int) -> None:
+        if len(self._fds) >= MAX_PENDING_CLOSES:
+            _close_quietly(fd)
+            return
+        self._fds.append(fd)
+        self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._fds)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()  # before draining: a descriptor added meanwhile sets it again
+            self.close_all()
+
+    def close_all(self) -> None:
+        """Close every descriptor waiting (also what a forked child inherited: its thread is the parent's)."""
+        while self._fds:
+            _close_quietly(self._fds[0])
+            self._fds.popleft()  # after the close: pending() counts the one being closed
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+_CLOSER: PerProcess[_Closer] = PerProcess(_Closer, discard=_Closer.close_all)
+
+
+def close_in_background(fd: int) -> None:
+    """Close ``fd`` in a thread of this process (started on first use), so the caller does not wait for it.
+
+    For a descriptor that holds nothing anyone waits for, whose close can
+    wait on the disk: the last reference to a removed directory, whose inode
+    and block the filesystem frees then (on a filesystem mounted with
+    ``discard`` and no journal, such as the project's VM, that waits for the
+    device: BENCHMARKS.md, "Fixed costs"). A lock (``flock``) on it is
+    dropped when the close happens. Errors of the close are ignored.
+    """
+    _CLOSER.get().close(fd)
+
+
+def wait_for_background_closes(timeout: float = 10.0) -> bool:
+    """Wait until every descriptor handed to :func:`close_in_background` is closed; False on timeout."""
+    closer = _CLOSER.peek()
+    deadline = time.monotonic() + timeout
+    while closer is not None and closer.pending():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

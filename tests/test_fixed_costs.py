@@ -1,5 +1,6 @@
 """The fixed costs cut for small stores keep every result: no sync on request, no pool where nothing
 is decoded, store[i] checked in one step, HDF5 and PNG folder openings that remember or skip work."""
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,34 @@ def test_the_fast_labels_parse_gives_what_the_row_by_row_parse_gives():
     # Anything else is left to the row-by-row parse, which explains what is wrong.
     assert png_folder._parse_as_written(text.replace("\n1,", "\n5,")) is None
     assert png_folder._parse_as_written(text + "2,images/../x.png,1,00000000\n") is None
+
+
+@pytest.mark.parametrize("fmt", ["png", "lmdb", "hdf5"])
+def test_the_removed_partial_directory_is_closed_in_the_background(tmp_path, fmt, monkeypatch):
+    # Closing the last descriptor of a removed directory frees its block, which can wait on the disk:
+    # the writer hands it to the closing thread instead of waiting.
+    handed = []
+    monkeypatch.setattr(imgconv._platform, "close_in_background", lambda fd: handed.append(fd))
+    with imgconv.create(tmp_path / f"s-{fmt}", fmt) as writer:
+        writer.append(IMAGES, LABELS)
+    assert len(handed) == 1
+    os.close(handed[0])  # it was still open: this close is the only one
+    assert sorted(os.listdir(tmp_path)) == [f"s-{fmt}"]  # the partial directory is gone all the same
+
+
+def test_descriptors_closed_in_the_background_are_closed():
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+    for fd in fds:
+        imgconv._platform.close_in_background(fd)
+    assert imgconv._platform.wait_for_background_closes()
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_too_many_pending_closes_are_done_at_once(monkeypatch):
+    monkeypatch.setattr(imgconv._platform, "MAX_PENDING_CLOSES", 0)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    imgconv._platform.close_in_background(fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed before the call returned
