@@ -473,7 +473,10 @@ class _Closer:
 
     def __init__(self) -> None:
         self._fds: "deque[int]" = deque()  # appends and pops are atomic: no lock a fork could inherit held
-        self._wake = threading.Event()
+        # Released to wake the thread: a release never waits, where an Event's set
+        # waits for its condition's lock, held by the thread as it wakes.
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._thread = threading.Thread(target=self._run, name="imgconv-close", daemon=True)
         self._thread.start()
 
@@ -482,15 +485,17 @@ class _Closer:
             _close_quietly(fd)
             return
         self._fds.append(fd)
-        self._wake.set()
+        try:
+            self._wake.release()
+        except RuntimeError:
+            pass  # released already: the thread drains the queue when it wakes
 
     def pending(self) -> int:
         return len(self._fds)
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()  # before draining: a descriptor added meanwhile sets it again
+            self._wake.acquire()  # every descriptor appended is followed by a release
             self.close_all()
 
     def close_all(self) -> None:

@@ -29,19 +29,23 @@ class Closer:
     """Closes descriptors in a thread, as imgconv's writer closes the removed partial directory."""
 
     def __init__(self):
-        self.fds, self.wake = deque(), threading.Event()
+        self.fds, self.wake = deque(), threading.Lock()
+        self.wake.acquire()
         threading.Thread(target=self.run, daemon=True).start()
 
     def close(self, fd):
         self.fds.append(fd)
-        self.wake.set()
+        try:
+            self.wake.release()
+        except RuntimeError:
+            pass
 
     def run(self):
         while True:
-            self.wake.wait()
-            self.wake.clear()
+            self.wake.acquire()
             while self.fds:
-                os.close(self.fds.popleft())
+                os.close(self.fds[0])
+                self.fds.popleft()
 
     def drain(self):
         while self.fds:
