@@ -523,9 +523,15 @@ def close_in_background(fd: int) -> None:
     and block the filesystem frees then (on a filesystem mounted with
     ``discard`` and no journal, such as the project's VM, that waits for the
     device: BENCHMARKS.md, "Fixed costs"). A lock (``flock``) on it is
-    dropped when the close happens. Errors of the close are ignored.
+    dropped when the close happens. Errors of the close are ignored. Where no
+    thread can be started (at interpreter shutdown), ``fd`` is closed at once.
     """
-    _CLOSER.get().close(fd)
+    try:
+        closer = _CLOSER.get()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown", or no thread to be had
+        _close_quietly(fd)
+        return
+    closer.close(fd)
 
 
 def wait_for_background_closes(timeout: float = 10.0) -> bool:

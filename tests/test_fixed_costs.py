@@ -130,3 +130,15 @@ def test_too_many_pending_closes_are_done_at_once(monkeypatch):
     imgconv._platform.close_in_background(write_end)
     assert os.read(read_end, 1) == b""  # closed before the call returned (else: BlockingIOError)
     os.close(read_end)
+
+
+def test_a_close_is_done_at_once_where_no_thread_can_start(monkeypatch):
+    def no_thread():
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(imgconv._platform, "_CLOSER", imgconv._platform.PerProcess(no_thread))
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    imgconv._platform.close_in_background(write_end)
+    assert os.read(read_end, 1) == b""
+    os.close(read_end)
