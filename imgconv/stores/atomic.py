@@ -50,7 +50,7 @@ def commit(temporary: str, path: str, overwrite: bool, sync: bool = True) -> Non
                          f"the finished store is kept at {temporary}")
     try:
         if not exists:
-            _rename_no_replace(temporary, path)  # refuses a path that appeared since: FileExistsError
+            _rename_no_replace(temporary, path)  # renameat2 refuses a path that appeared since
         elif os.path.isdir(temporary) or (os.path.isdir(path) and not os.path.islink(path)):
             _swap_into_place(temporary, path)
         else:
