@@ -466,10 +466,13 @@ class PerProcess(Generic[T]):
 # Descriptors waiting for the closing thread; past this many a close is done
 # at once, so that a loop of writers cannot run the process out of descriptors.
 MAX_PENDING_CLOSES = 64
+# Seconds the closing thread waits for more work before it ends: a process
+# that forks its workers later (a conversion after a store) rarely has it then.
+CLOSER_IDLE_SECONDS = 1.0
 
 
 class _Closer:
-    """A daemon thread that closes descriptors handed to it, in order."""
+    """A daemon thread, started when needed and ended when idle, that closes descriptors handed to it."""
 
     def __init__(self) -> None:
         self._fds: "deque[int]" = deque()  # appends and pops are atomic: no lock a fork could inherit held
@@ -477,14 +480,19 @@ class _Closer:
         # waits for its condition's lock, held by the thread as it wakes.
         self._wake = threading.Lock()
         self._wake.acquire()
-        self._thread = threading.Thread(target=self._run, name="imgconv-close", daemon=True)
-        self._thread.start()
+        self._state = threading.Lock()  # guards _thread: whether a thread runs, started or ending
+        self._thread: Optional[threading.Thread] = None
 
     def close(self, fd: int) -> None:
         if len(self._fds) >= MAX_PENDING_CLOSES:
             _close_quietly(fd)
             return
-        self._fds.append(fd)
+        with self._state:  # the thread ends only with nothing waiting, under this lock
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="imgconv-close", daemon=True)
+                thread.start()  # RuntimeError where no thread can start (fd not taken)
+                self._thread = thread
+            self._fds.append(fd)
         try:
             self._wake.release()
         except RuntimeError:
@@ -495,7 +503,13 @@ class _Closer:
 
     def _run(self) -> None:
         while True:
-            self._wake.acquire()  # every descriptor appended is followed by a release
+            # Every descriptor appended is followed by a release.
+            if not self._wake.acquire(timeout=CLOSER_IDLE_SECONDS):
+                with self._state:
+                    if not self._fds:
+                        self._thread = None
+                        return
+                continue  # appended as the wait ended: its release comes (or came) next
             self.close_all()
 
     def close_all(self) -> None:
@@ -516,7 +530,10 @@ _CLOSER: PerProcess[_Closer] = PerProcess(_Closer, discard=_Closer.close_all)
 
 
 def close_in_background(fd: int) -> None:
-    """Close ``fd`` in a thread of this process (started on first use), so the caller does not wait for it.
+    """Close ``fd`` in a thread of this process, so the caller does not wait for it.
+
+    The thread starts when needed and ends after :data:`CLOSER_IDLE_SECONDS`
+    with nothing to close.
 
     For a descriptor that holds nothing anyone waits for, whose close can
     wait on the disk: the last reference to a removed directory, whose inode
@@ -527,11 +544,9 @@ def close_in_background(fd: int) -> None:
     thread can be started (at interpreter shutdown), ``fd`` is closed at once.
     """
     try:
-        closer = _CLOSER.get()
+        _CLOSER.get().close(fd)
     except RuntimeError:  # "can't create new thread at interpreter shutdown", or no thread to be had
         _close_quietly(fd)
-        return
-    closer.close(fd)
 
 
 def wait_for_background_closes(timeout: float = 10.0) -> bool:

@@ -3,6 +3,7 @@ is decoded, store[i] checked in one step, HDF5 and PNG folder openings that reme
 import os
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -133,12 +134,31 @@ def test_too_many_pending_closes_are_done_at_once(monkeypatch):
 
 
 def test_a_close_is_done_at_once_where_no_thread_can_start(monkeypatch):
-    def no_thread():
+    def no_thread(self):
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
-    monkeypatch.setattr(imgconv._platform, "_CLOSER", imgconv._platform.PerProcess(no_thread))
+    closer = imgconv._platform.PerProcess(imgconv._platform._Closer)
+    monkeypatch.setattr(imgconv._platform, "_CLOSER", closer)
+    monkeypatch.setattr(imgconv._platform.threading.Thread, "start", no_thread)
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     imgconv._platform.close_in_background(write_end)
     assert os.read(read_end, 1) == b""
+    assert closer.get().pending() == 0  # not left waiting for a thread that never came
     os.close(read_end)
+
+
+def test_the_closing_thread_ends_when_idle_and_comes_back(monkeypatch):
+    closer = imgconv._platform.PerProcess(imgconv._platform._Closer)
+    monkeypatch.setattr(imgconv._platform, "_CLOSER", closer)
+    monkeypatch.setattr(imgconv._platform, "CLOSER_IDLE_SECONDS", 0.05)
+    for _ in range(2):
+        read_end, write_end = os.pipe()
+        imgconv._platform.close_in_background(write_end)
+        assert imgconv._platform.wait_for_background_closes()
+        assert os.read(read_end, 1) == b""
+        os.close(read_end)
+        deadline = time.monotonic() + 10
+        while closer.get()._thread is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closer.get()._thread is None  # no thread left for a later fork to copy
