@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import namedtuple
+from collections import deque, namedtuple
 from typing import Callable, Generic, Optional, Tuple, TypeVar
 
 try:
@@ -459,3 +459,102 @@ class PerProcess(Generic[T]):
         with self._lock:
             self._value = None
             self._pid = None
+
+
+# --------------------------------------------------------------------------- closing in the background
+
+# Descriptors waiting for the closing thread; past this many a close is done
+# at once, so that a loop of writers cannot run the process out of descriptors.
+MAX_PENDING_CLOSES = 64
+# Seconds the closing thread waits for more work before it ends: a process
+# that forks its workers later (a conversion after a store) rarely has it then.
+CLOSER_IDLE_SECONDS = 1.0
+
+
+class _Closer:
+    """A daemon thread, started when needed and ended when idle, that closes descriptors handed to it."""
+
+    def __init__(self) -> None:
+        self._fds: "deque[int]" = deque()  # appends and pops are atomic: no lock a fork could inherit held
+        # Released to wake the thread: a release never waits, where an Event's set
+        # waits for its condition's lock, held by the thread as it wakes.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._state = threading.Lock()  # guards _thread: whether a thread runs, started or ending
+        self._thread: Optional[threading.Thread] = None
+
+    def close(self, fd: int) -> None:
+        if len(self._fds) >= MAX_PENDING_CLOSES:
+            _close_quietly(fd)
+            return
+        with self._state:  # the thread ends only with nothing waiting, under this lock
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="imgconv-close", daemon=True)
+                thread.start()  # RuntimeError where no thread can start (fd not taken)
+                self._thread = thread
+            self._fds.append(fd)
+        try:
+            self._wake.release()
+        except RuntimeError:
+            pass  # released already: the thread drains the queue when it wakes
+
+    def pending(self) -> int:
+        return len(self._fds)
+
+    def _run(self) -> None:
+        while True:
+            # Every descriptor appended is followed by a release.
+            if not self._wake.acquire(timeout=CLOSER_IDLE_SECONDS):
+                with self._state:
+                    if not self._fds:
+                        self._thread = None
+                        return
+                continue  # appended as the wait ended: its release comes (or came) next
+            self.close_all()
+
+    def close_all(self) -> None:
+        """Close every descriptor waiting (also what a forked child inherited: its thread is the parent's)."""
+        while self._fds:
+            _close_quietly(self._fds[0])
+            self._fds.popleft()  # after the close: pending() counts the one being closed
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+_CLOSER: PerProcess[_Closer] = PerProcess(_Closer, discard=_Closer.close_all)
+
+
+def close_in_background(fd: int) -> None:
+    """Close ``fd`` in a thread of this process, so the caller does not wait for it.
+
+    The thread starts when needed and ends after :data:`CLOSER_IDLE_SECONDS`
+    with nothing to close.
+
+    For a descriptor that holds nothing anyone waits for, whose close can
+    wait on the disk: the last reference to a removed directory, whose inode
+    and block the filesystem frees then (on a filesystem mounted with
+    ``discard`` and no journal, such as the project's VM, that waits for the
+    device: BENCHMARKS.md, "Fixed costs"). A lock (``flock``) on it is
+    dropped when the close happens. Errors of the close are ignored. Where no
+    thread can be started (at interpreter shutdown), ``fd`` is closed at once.
+    """
+    try:
+        _CLOSER.get().close(fd)
+    except RuntimeError:  # "can't create new thread at interpreter shutdown", or no thread to be had
+        _close_quietly(fd)
+
+
+def wait_for_background_closes(timeout: float = 10.0) -> bool:
+    """Wait until every descriptor handed to :func:`close_in_background` is closed; False on timeout."""
+    closer = _CLOSER.peek()
+    deadline = time.monotonic() + timeout
+    while closer is not None and closer.pending():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

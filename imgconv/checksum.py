@@ -82,6 +82,9 @@ def direct_checksums(images: Images, labels: Any, positions: Any = None) -> np.n
     return out
 
 
+_FEW = 8  # up to this many CRCs, continue_over_int64 calls the kernel per CRC
+
+
 def continue_over_int64(crcs: np.ndarray, values: Any) -> np.ndarray:
     """Continue each CRC32C in ``crcs`` over its value's 8 bytes (little-endian int64), all at once.
 
@@ -89,8 +92,14 @@ def continue_over_int64(crcs: np.ndarray, values: Any) -> np.ndarray:
     linear over GF(2), so both are XORs of per-byte tables (built once from
     ``kernels.crc32c``): a few vectorised table lookups instead of N calls.
     """
-    const, by_crc_byte, _ = _continuation_tables()
     crcs = np.asarray(crcs, np.uint32)
+    if crcs.ndim == 1 and len(crcs) <= _FEW:
+        value_bytes = _int64s(values).view(np.uint8)
+        if len(value_bytes) == 8 * len(crcs):
+            # A few kernel calls cost less than the tables' dozen array operations (a one-image store).
+            return np.array([kernels.crc32c(value_bytes[8 * j : 8 * j + 8], int(crc)) for j, crc in enumerate(crcs)],
+                            np.uint32)
+    const, by_crc_byte, _ = _continuation_tables()
     out = np.full(crcs.shape, const, np.uint32)
     for k in range(4):
         out ^= by_crc_byte[k][(crcs >> np.uint32(8 * k)) & np.uint32(0xFF)]

@@ -60,3 +60,15 @@ def test_suffix_change_moves_a_crc_from_one_ending_to_another(message, old, new)
     ending = kernels.crc32c(np.array([old], "<i8").view(np.uint8), kernels.crc32c(data))
     moved = ending ^ int(checksum.suffix_change(old, new)[0])
     assert moved == kernels.crc32c(np.array([new], "<i8").view(np.uint8), kernels.crc32c(data))
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 8, 9])
+def test_few_checksums_are_continued_by_the_kernel_as_the_tables_do(count, monkeypatch):
+    rng = np.random.default_rng(count)
+    crcs = rng.integers(0, 2**32, count, dtype=np.uint32)
+    values = rng.integers(-2**63, 2**63 - 1, count, dtype=np.int64)
+    got = checksum.continue_over_int64(crcs, values)
+    monkeypatch.setattr(checksum, "_FEW", -1)  # the tables only
+    assert got.dtype == np.uint32
+    assert got.tolist() == checksum.continue_over_int64(crcs, values).tolist()
+    assert got.tolist() == [kernels.crc32c(np.array(v, "<i8").tobytes(), int(c)) for c, v in zip(crcs, values)]

@@ -1,7 +1,9 @@
 """The fixed costs cut for small stores keep every result: no sync on request, no pool where nothing
 is decoded, store[i] checked in one step, HDF5 and PNG folder openings that remember or skip work."""
+import os
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -149,3 +151,66 @@ def test_the_fast_labels_parse_gives_what_the_row_by_row_parse_gives():
     # Anything else is left to the row-by-row parse, which explains what is wrong.
     assert png_folder._parse_as_written(text.replace("\n1,", "\n5,")) is None
     assert png_folder._parse_as_written(text + "2,images/../x.png,1,00000000\n") is None
+
+
+@pytest.mark.parametrize("fmt", ["png", "lmdb", "hdf5"])
+def test_the_removed_partial_directory_is_closed_in_the_background(tmp_path, fmt, monkeypatch):
+    # Closing the last descriptor of a removed directory frees its block, which can wait on the disk:
+    # the writer hands it to the closing thread instead of waiting.
+    handed = []
+    monkeypatch.setattr(imgconv._platform, "close_in_background", lambda fd: handed.append(fd))
+    with imgconv.create(tmp_path / f"s-{fmt}", fmt) as writer:
+        writer.append(IMAGES, LABELS)
+    assert len(handed) == 1
+    os.close(handed[0])  # it was still open: this close is the only one
+    assert sorted(os.listdir(tmp_path)) == [f"s-{fmt}"]  # the partial directory is gone all the same
+
+
+def test_descriptors_closed_in_the_background_are_closed():
+    pipes = [os.pipe() for _ in range(3)]
+    for _, write_end in pipes:
+        imgconv._platform.close_in_background(write_end)
+    assert imgconv._platform.wait_for_background_closes()
+    for read_end, _ in pipes:
+        assert os.read(read_end, 1) == b""  # end of file: the write end, its only copy, is closed
+        os.close(read_end)
+
+
+def test_too_many_pending_closes_are_done_at_once(monkeypatch):
+    monkeypatch.setattr(imgconv._platform, "MAX_PENDING_CLOSES", 0)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    imgconv._platform.close_in_background(write_end)
+    assert os.read(read_end, 1) == b""  # closed before the call returned (else: BlockingIOError)
+    os.close(read_end)
+
+
+def test_a_close_is_done_at_once_where_no_thread_can_start(monkeypatch):
+    def no_thread(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    closer = imgconv._platform.PerProcess(imgconv._platform._Closer)
+    monkeypatch.setattr(imgconv._platform, "_CLOSER", closer)
+    monkeypatch.setattr(imgconv._platform.threading.Thread, "start", no_thread)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    imgconv._platform.close_in_background(write_end)
+    assert os.read(read_end, 1) == b""
+    assert closer.get().pending() == 0  # not left waiting for a thread that never came
+    os.close(read_end)
+
+
+def test_the_closing_thread_ends_when_idle_and_comes_back(monkeypatch):
+    closer = imgconv._platform.PerProcess(imgconv._platform._Closer)
+    monkeypatch.setattr(imgconv._platform, "_CLOSER", closer)
+    monkeypatch.setattr(imgconv._platform, "CLOSER_IDLE_SECONDS", 0.05)
+    for _ in range(2):
+        read_end, write_end = os.pipe()
+        imgconv._platform.close_in_background(write_end)
+        assert imgconv._platform.wait_for_background_closes()
+        assert os.read(read_end, 1) == b""
+        os.close(read_end)
+        deadline = time.monotonic() + 10
+        while closer.get()._thread is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closer.get()._thread is None  # no thread left for a later fork to copy

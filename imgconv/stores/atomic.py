@@ -44,12 +44,13 @@ def commit(temporary: str, path: str, overwrite: bool, sync: bool = True) -> Non
     new one; the old one is removed only once the new one is in place.
     With ``sync`` the rename is made durable (the directory is synced).
     """
-    if os.path.lexists(path) and not overwrite:
+    exists = os.path.lexists(path)
+    if exists and not overwrite:
         raise StoreError(f"{path}: already exists (it appeared while the store was written); "
                          f"the finished store is kept at {temporary}")
     try:
-        if not os.path.lexists(path):
-            _rename_no_replace(temporary, path)
+        if not exists:
+            _rename_no_replace(temporary, path)  # renameat2 refuses a path that appeared since
         elif os.path.isdir(temporary) or (os.path.isdir(path) and not os.path.islink(path)):
             _swap_into_place(temporary, path)
         else:

@@ -100,7 +100,12 @@ class PartialOutput:
             os.rmdir(self.path)  # empty once the output is in place: one call
         except OSError:
             remove_path(self.path)
-        self.release()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            # The last reference to the removed directory: closing it frees its
+            # inode and block, which can wait on the disk; nobody waits for the
+            # lock of a directory no longer there (the next writer makes a new one).
+            _platform.close_in_background(fd)
 
     def has_output(self) -> bool:
         """True when an earlier writer left output here."""

@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -134,14 +134,15 @@ class PngFolderWriter(Writer):
                                                 error=StoreOptionError, where=f"{self.path}: ")
         self.options = {"compress_level": self.compress_level}
         self._csv_file: Any = None
-        self._shard = None
+        self._shard: Optional[int] = None
 
     def encoder(self) -> "_PngEncoder":
         """The picklable encode step: :func:`encode_batch` with this writer's level."""
         return _PngEncoder(self.compress_level)
 
     def _start(self):
-        os.makedirs(os.path.join(self.temporary, "images"))
+        os.mkdir(self.temporary)  # in the partial directory, made and emptied by the base class
+        os.mkdir(os.path.join(self.temporary, "images"))
         self._csv_file = open(os.path.join(self.temporary, LABELS), "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file, lineterminator="\n")
         self._csv.writerow(HEADER)
@@ -156,7 +157,10 @@ class PngFolderWriter(Writer):
             index = self.count + j
             shard = index // SHARD_SIZE
             if shard != self._shard:
-                os.makedirs(os.path.join(self.temporary, "images", f"{shard:03d}"), exist_ok=True)
+                try:
+                    os.mkdir(os.path.join(self.temporary, "images", f"{shard:03d}"))
+                except FileExistsError:
+                    pass  # a resumed writer's shard
                 self._shard = shard
             _write_file(os.path.join(self.temporary, image_path(index)), blob)
         # The workers' checksums end with the labels; the images' indices are known here.
