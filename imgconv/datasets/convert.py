@@ -28,6 +28,7 @@ from .. import _platform, kernels, stores
 from ..errors import ConversionError, Interrupted, OptionError, SourceError, WorkerDied
 from ..pipeline.engine import WorkerContext, local_engine
 from ..pipeline.plan import Job, Task, encode_only, job_fingerprint
+from ..resume.inputs import InputFiles
 from ..sources import Source
 from ..sources.base import SkippedFile
 from .output import (
@@ -71,7 +72,7 @@ def convert_sharded(source: Any, dest: Any, *, format: str, workers: int, batch_
     try:
         run = _ShardedRun(src, dest, size, batch_size, limit, shuffle, seed, format, store_options or {})
         output = DatasetOutput(dest, format, overwrite)
-        output.begin(run.header(source, source_options), resume, run.expected)
+        output.begin(run.header(source_options), resume, run.expected)
         spec = run.spec(output.directory)
         if engine == "dask":
             from ..pipeline.dask_engine import connect
@@ -146,16 +147,18 @@ class _ShardedRun:
 
     # planning ----------------------------------------------------------------
 
-    def header(self, source: Any, source_options: Dict[str, Any]) -> Dict[str, Any]:
-        """The journal header: the job, the format and options, the shard plan."""
+    def header(self, source_options: Dict[str, Any]) -> Dict[str, Any]:
+        """The journal header: the job (with its input files' fingerprint), the format and options, the shard plan."""
         if self.plan.shards is None:
             plan: Dict[str, Any] = {"per_shard": self.plan.per_shard}
         else:
             cuts = [[s.start, s.stop, s.member] for s in self.plan.shards]
             text = json.dumps(cuts, separators=(",", ":")).encode()
             plan = {"shards": len(cuts), "crc32c": int(kernels.crc32c(text))}
-        job = job_fingerprint(source, self.src, self.plan.total if self.plan.total is not None else self.limit,
+        job = job_fingerprint(self.src, self.plan.total if self.plan.total is not None else self.limit,
                               self.shuffle, self.seed, source_options, self.streamed)
+        # A resume must not mix shards of files since changed: each file read, stat'ed (count and digest).
+        job["inputs"] = InputFiles.of(self.src.input_files()).summary()
         return journal_header(format_name=self.format_name, format_version=self.format_version,
                               options=self.options, shape=self.shape, shard_size=self.shard_size, plan=plan, job=job)
 

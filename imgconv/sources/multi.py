@@ -127,6 +127,11 @@ class MultiSource(Source):
         """The files the inputs skipped in this process (``on_error="skip"``)."""
         return [item for member in self.members for item in getattr(member, "skipped", ())]
 
+    def input_files(self) -> Iterator[str]:
+        """The files each input reads, input by input (see :meth:`Source.input_files`)."""
+        for member in self.members:
+            yield from member.input_files()
+
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Images ``start .. stop - 1`` across the inputs (see :meth:`Source.batches`)."""
         start, stop = self._check_range(batch_size, start, stop)
