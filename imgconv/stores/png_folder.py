@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -134,7 +134,7 @@ class PngFolderWriter(Writer):
                                                 error=StoreOptionError, where=f"{self.path}: ")
         self.options = {"compress_level": self.compress_level}
         self._csv_file: Any = None
-        self._shard = None
+        self._shard: Optional[int] = None  # the images/NNN folder made last
 
     def encoder(self) -> "_PngEncoder":
         """The picklable encode step: :func:`encode_batch` with this writer's level."""
