@@ -194,8 +194,7 @@ def lock_exclusive(fd: int) -> bool:
 
 
 def special_file(path: str) -> Optional[str]:
-    """What ``path`` is when it is neither a regular file nor a directory ("a FIFO (named pipe)", "a socket",
-    ...), else None.
+    """What ``path`` is when neither a regular file nor a directory ("a FIFO (named pipe)", "a socket", ...), else None.
 
     Asked with ``stat`` (a symbolic link is followed), never by opening:
     opening a FIFO blocks until someone writes to it. None also for a path

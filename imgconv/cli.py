@@ -287,7 +287,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not args.quiet:
         rate = result.count / result.seconds if result.seconds > 0 else 0.0
         resumed = f" (continued after {result.resumed} images kept from the interrupted run)" if result.resumed else ""
-        _print(f"{result.count} image{'' if result.count == 1 else 's'} in {result.seconds:.1f} s ({rate:,.0f} images/s), "
+        images = f"{result.count} image{'' if result.count == 1 else 's'}"
+        _print(f"{images} in {result.seconds:.1f} s ({rate:,.0f} images/s), "
                f"{_human_bytes(result.bytes)} of data: {result.path} ({result.format}){resumed}")
     return EXIT_OK
 

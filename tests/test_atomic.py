@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from factories import FORMATS, leftovers, make_images, run_without_write_access, target, write
 
 from imgconv import _platform, stores
 from imgconv.errors import ImgconvError, StoreError
-
-from factories import FORMATS, leftovers, make_images, run_without_write_access, target, write
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

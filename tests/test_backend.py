@@ -104,5 +104,6 @@ def test_backends_write_identical_records():
     outputs = []
     for extra in ({}, {"IMGCONV_PURE": "1"}):
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCONV_")} | extra
-        outputs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outputs.append(done.stdout)
     assert outputs[0] == outputs[1] and len(outputs[0]) > 0

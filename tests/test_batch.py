@@ -1,12 +1,11 @@
 """Batches on their way into a store: the forms accepted, and batches that disagree with the store."""
 import numpy as np
 import pytest
+from factories import FORMATS, make_images, target
 
 from imgconv import stores
 from imgconv.errors import StoreArgumentError, StoreError
 from imgconv.stores.batch import VARIABLE, EncodedBatch, check_batch, store_shape
-
-from factories import FORMATS, make_images, target
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -53,7 +52,8 @@ def test_the_shape_of_an_encoded_batch():
     same = EncodedBatch(np.zeros(2, np.int64), np.array([[3, 4, 1], [3, 4, 1]]), True)
     assert same.shape_of_batch() == (3, 4, 1)
     mixed = EncodedBatch(np.zeros(2, np.int64), np.array([[3, 4, 1], [3, 5, 1]]), True)
-    assert mixed.shape_of_batch() is None and EncodedBatch(np.zeros(0), np.zeros((0, 3)), False).shape_of_batch() is None
+    empty = EncodedBatch(np.zeros(0), np.zeros((0, 3)), False)
+    assert mixed.shape_of_batch() is None and empty.shape_of_batch() is None
 
 
 def test_store_shapes_given_by_callers():

@@ -53,7 +53,7 @@ def test_convert_every_source_kind_into_every_format(tmp_path, inputs, kind, suf
     done = run("convert", inputs[kind], dest, "--workers", "2", "--batch-size", "32")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no bar: stderr is not a terminal
-    assert f"100 images in" in done.stdout and str(dest) in done.stdout
+    assert "100 images in" in done.stdout and str(dest) in done.stdout
     images, labels = imgconv.stores.open(dest).read_all()
     train, train_labels = inputs["_train"]
     if kind == "folder":  # files in class folders, sorted: compare as sets of (label, pixels)

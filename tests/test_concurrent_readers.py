@@ -125,7 +125,7 @@ def _run_forked(paths, expected, formats, processes, seconds):
         with _pool("fork", processes) as pool:
             results = pool.starmap(hammer_inherited, jobs, chunksize=1)
         total = _check(results, processes)
-        for fmt, store in stores.items():  # the parent's handles still work afterwards
+        for store in stores.values():  # the parent's handles still work afterwards
             image, label = store[5]
             data = np.load(expected)
             assert np.array_equal(image, data["images"][5]) and label == data["labels"][5]

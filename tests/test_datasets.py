@@ -509,6 +509,28 @@ def test_resume_after_an_input_file_changed_is_refused_naming_it(tmp_path):
     assert result.resumed == 0 and result.count == 300
 
 
+@pytest.mark.parametrize("inputs", [1, 2])
+def test_resume_after_an_input_file_changed_is_refused(tmp_path, arrays, inputs):
+    import shutil
+
+    paths = [str(shutil.copy(arrays[0], tmp_path / f"in{i}.npz")) for i in range(inputs)]
+    source = paths[0] if inputs == 1 else paths
+    dest = tmp_path / "r.lmdb"
+
+    def progress(done, total):
+        if done >= 250:  # shards 0 and 1 (of 128 images) are closed and journalled
+            raise imgconv.Interrupted(signal.SIGINT)
+
+    with pytest.raises(imgconv.Interrupted):
+        imgconv.convert(source, dest, shard_size=128, workers=0, batch_size=50, progress=progress)
+    changed = os.stat(paths[-1])
+    os.utime(paths[-1], ns=(changed.st_atime_ns, changed.st_mtime_ns + 10**9))  # rewritten: same bytes, new time
+    with pytest.raises(StoreError, match=r"input changed since|different job"):
+        imgconv.convert(source, dest, shard_size=128, workers=0, resume=True)
+    result = imgconv.convert(source, dest, shard_size=128, workers=0, resume=True, overwrite=True)
+    assert result.resumed == 0 and result.count == 1000 * inputs
+
+
 def _interrupt_after_shards(source, dest, shards):
     """Convert ``source`` into ``dest`` in shards of 100, interrupted (as by SIGINT) after ``shards`` shards."""
     seen = []

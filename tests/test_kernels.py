@@ -279,10 +279,8 @@ def test_folding_constants_follow_from_the_polynomial():
     poly = 0x11EDC6F41  # CRC32C, normal form with the x^32 term
     k = [reflect(x_pow_mod(n, poly), 32) << 1 for n in (4 * 128 + 32, 4 * 128 - 32, 128 + 32, 128 - 32, 64)]
     header = (pathlib.Path(__file__).parents[1] / "ext" / "crc32c.h").read_text()
-    found = {
-        name: (int(high, 16), int(low, 16))
-        for name, high, low in re.findall(r"const __m128i (\w+) = _mm_set_epi64x\((0x[0-9a-f]+), (0x[0-9a-f]+)\)", header)
-    }
+    constant = r"const __m128i (\w+) = _mm_set_epi64x\((0x[0-9a-f]+), (0x[0-9a-f]+)\)"
+    found = {name: (int(high, 16), int(low, 16)) for name, high, low in re.findall(constant, header)}
     assert found["k1k2"] == (k[1], k[0])
     assert found["k3k4"] == (k[3], k[2])
     assert found["k5k0"] == (0, k[4])

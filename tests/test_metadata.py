@@ -5,13 +5,12 @@ import os
 import h5py
 import lmdb
 import pytest
+from factories import make_images, target
 
 from imgconv import stores
 from imgconv.errors import StoreError
 from imgconv.stores import metadata
 from imgconv.stores.lmdb import layout as lmdb_layout
-
-from factories import make_images, target
 
 
 @pytest.mark.parametrize("fmt", ["png", "lmdb", "hdf5"])

@@ -62,7 +62,7 @@ def _differential(iterations, seed):
         # The public API raises the package's error, never anything else.
         try:
             record.unpack_records(data, verify=verify)
-        except (record.RecordError,):
+        except record.RecordError:
             pass
 
 

@@ -187,7 +187,8 @@ def test_an_hdf5_partial_that_cannot_be_reopened_is_discarded_and_said(tmp_path,
     partial = tmp_path / ".out.h5.imgconv-partial" / "out.h5"
     os.truncate(partial, 4096)  # what a crash of the machine could leave
     result = convert(npz, dest, workers=2, resume=True)
-    assert result.resumed == 0 and "cannot be continued" in result.restart_reason and str(partial) in result.restart_reason
+    assert result.resumed == 0
+    assert "cannot be continued" in result.restart_reason and str(partial) in result.restart_reason
     reference = convert(npz, tmp_path / "ref.h5", workers=2)
     _same_store(dest, reference.path, "hdf5")
 

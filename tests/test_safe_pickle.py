@@ -207,7 +207,8 @@ def _dtype(name, state=STANDARD):
 
 
 def _array(shape, dtype, data, reconstruct_shape=(0,), typecode=b"b"):
-    made = _call(_global("numpy.core.multiarray", "_reconstruct"), _global("numpy", "ndarray"), reconstruct_shape, typecode)
+    reconstruct = _global("numpy.core.multiarray", "_reconstruct")
+    made = _call(reconstruct, _global("numpy", "ndarray"), reconstruct_shape, typecode)
     return _build(made, (1, shape, dtype, False, data))
 
 
@@ -219,7 +220,8 @@ def test_hand_built_array_loads():
     # The builder writes what NumPy writes: a genuine array loads, so each refusal below is the check.
     loaded = load_pickle(_pickle(_array((2, 3), _dtype("u1"), bytes(range(6)))), "ok")
     np.testing.assert_array_equal(loaded, np.arange(6, dtype=np.uint8).reshape(2, 3))
-    big_endian = load_pickle(_pickle(_array((2,), _dtype("f4", (3, ">", None, None, None, -1, -1, 0)), b"?\x80\x00\x00@\x00\x00\x00")), "f")
+    f4_big_endian = _dtype("f4", (3, ">", None, None, None, -1, -1, 0))
+    big_endian = load_pickle(_pickle(_array((2,), f4_big_endian, b"?\x80\x00\x00@\x00\x00\x00")), "f")
     assert big_endian.tolist() == [1.0, 2.0]
 
 

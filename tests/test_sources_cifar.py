@@ -201,14 +201,14 @@ def test_truncated_binary_batch_names_file_and_byte_counts(tmp_path, sample):
     path.write_bytes(path.read_bytes()[:-100])
     expected = r"data_batch_2\.bin: truncated .*30630 bytes is 9 records of 3073 bytes and 2973"
     with pytest.raises(SourceError, match=expected):
-        open_source(directory).length
+        _ = open_source(directory).length
 
 
 def test_zero_byte_binary_batch(tmp_path, sample):
     directory = _copy_layout(sample[0].binary_dir, tmp_path / "bin")
     (directory / "test_batch.bin").write_bytes(b"")
     with pytest.raises(SourceError, match=r"test_batch\.bin: empty file"):
-        open_source(directory, split="test").length
+        _ = open_source(directory, split="test").length
 
 
 def test_truncated_pickle_batch(tmp_path, sample):
@@ -216,7 +216,7 @@ def test_truncated_pickle_batch(tmp_path, sample):
     path = directory / "data_batch_4"
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(SourceError, match=r"data_batch_4: truncated"):
-        open_source(directory).length
+        _ = open_source(directory).length
 
 
 def _write_py2(path, batch):
@@ -228,7 +228,7 @@ def test_arrays_that_disagree_in_length(tmp_path, sample):
     directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
     _write_py2(directory / "test_batch", {"data": np.zeros((5, 3072), np.uint8), "labels": [1, 2, 3, 4]})
     with pytest.raises(SourceError, match=r"test_batch: the arrays disagree in length: 5 images but 4 labels"):
-        open_source(directory, split="test").length
+        _ = open_source(directory, split="test").length
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ def test_malformed_python_batches(tmp_path, sample, batch, message):
     directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
     _write_py2(directory / "test_batch", batch)
     with pytest.raises(SourceError, match=message) as info:
-        open_source(directory, split="test").length
+        _ = open_source(directory, split="test").length
     assert "test_batch" in str(info.value)
 
 
@@ -260,7 +260,7 @@ def test_hostile_batch_is_refused_and_nothing_runs(tmp_path, sample):
 
     (directory / "data_batch_1").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
     with pytest.raises(UnsafePickleError, match=r"data_batch_1: the pickle asks for (posix|os)\.system"):
-        open_source(directory).length
+        _ = open_source(directory).length
     assert not marker.exists()
 
 
@@ -268,7 +268,7 @@ def test_missing_batch_file(tmp_path, sample):
     directory = _copy_layout(sample[0].python_dir, tmp_path / "py")
     (directory / "data_batch_3").unlink()
     with pytest.raises(SourceError, match=r"data_batch_3: missing"):
-        open_source(directory).length
+        _ = open_source(directory).length
     assert open_source(directory, split="test").length == 10  # the test split is whole
 
 
@@ -287,7 +287,7 @@ def test_corrupt_archive(tmp_path, sample):
     broken = tmp_path / "cifar-10-binary.tar.gz"
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(SourceError, match="cifar-10-binary.tar.gz"):
-        open_source(broken).length
+        _ = open_source(broken).length
 
 
 def test_bad_options_and_ranges(sample):
@@ -351,7 +351,7 @@ def test_shared_label_lists_are_refused_without_building_them(tmp_path, sample):
         tracemalloc.start()
         try:
             with pytest.raises(SourceError, match="test_batch: "):
-                open_source(directory, split="test").length
+                _ = open_source(directory, split="test").length
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -382,7 +382,7 @@ def test_labels_are_a_list_of_ints_or_an_integer_array(tmp_path, sample, labels,
         assert _read_all(source)[2].tolist() == [1, 2]
     else:
         with pytest.raises(SourceError, match=message):
-            source.length
+            _ = source.length
 
 
 @pytest.mark.parametrize("cut", [20, 100, 600])
@@ -390,7 +390,7 @@ def test_truncated_archive_is_a_source_error(tmp_path, sample, cut):
     broken = tmp_path / "cifar-10-python.tar.gz"
     broken.write_bytes(open(sample[0].python_archive, "rb").read()[:cut])
     with pytest.raises(SourceError, match="cifar-10-python.tar.gz"):
-        open_source(broken).length
+        _ = open_source(broken).length
 
 
 @pytest.mark.parametrize("arcname", ["./cifar-10-batches-py", "."])
@@ -417,7 +417,7 @@ def test_archive_with_two_members_of_one_name_is_refused(tmp_path, sample):
         tar.add(files.binary_dir, arcname="cifar-10-batches-bin")
         tar.add(os.path.join(files.binary_dir, "data_batch_2.bin"), arcname="cifar-10-batches-bin/data_batch_1.bin")
     with pytest.raises(SourceError, match=r"data_batch_1\.bin: the archive holds two members of that name"):
-        open_source(archive).length
+        _ = open_source(archive).length
 
 
 @pytest.mark.parametrize("form", ["python_archive", "binary_archive"])
@@ -579,7 +579,7 @@ def test_bytes_after_the_pickle_are_refused(tmp_path, sample):
     with open(directory / "data_batch_2", "ab") as f:
         f.write(bytes(1000))
     with pytest.raises(SourceError, match=r"data_batch_2: 1,000 bytes follow the end of the pickle"):
-        open_source(directory).length
+        _ = open_source(directory).length
 
 
 def test_binary_batches_hold_at_most_their_official_count_exactly(tmp_path, sample):
@@ -592,7 +592,7 @@ def test_binary_batches_hold_at_most_their_official_count_exactly(tmp_path, samp
         else:
             with pytest.raises(SourceError, match=r"test_batch\.bin: 30,733,073 bytes, more than a CIFAR-10 binary "
                                                   r"batch of at most 10,000 images can hold \(30,730,000\)"):
-                open_source(directory, split="test").length
+                _ = open_source(directory, split="test").length
 
 
 @pytest.mark.parametrize("form", ["python_dir", "binary_dir"])
@@ -602,7 +602,7 @@ def test_a_label_name_file_over_its_limit_is_refused(tmp_path, sample, form):
     with open(meta, "ab") as f:
         f.truncate(2 << 20)
     with pytest.raises(SourceError, match=rf"{meta.name}: 2,097,152 bytes, more than a CIFAR-10 \w+ label-name file"):
-        open_source(directory).label_names
+        _ = open_source(directory).label_names
 
 
 # --- any archive or directory holding one set of batch files (issue 12, item 7) ------------------------------
@@ -650,7 +650,7 @@ def test_two_sets_in_an_archive_are_refused_naming_both(tmp_path, sample):
     source = open_source(archive)  # the first set found; the second shows when the archive is read
     assert "batches at " + f"{archive}:first/" in source.description
     with pytest.raises(SourceError, match=r"two.tar.gz holds 2 sets of CIFAR batch files, in first/ and second/copy/"):
-        source.length
+        _ = source.length
     with pytest.raises(SourceError, match="in first/ and second/copy/"):
         list(open_source(archive).stream(16))
 

@@ -204,7 +204,7 @@ def test_first_bad_image_stops_with_its_name(with_bad):
 
 def test_shape_probe_reports_bad_headers(with_bad):
     with pytest.raises(SourceError, match=r"2\.png: empty file"):
-        open_source(with_bad).shape
+        _ = open_source(with_bad).shape
 
 
 def test_skip_policy_leaves_bad_images_out_and_reports_them(with_bad):

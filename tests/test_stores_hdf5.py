@@ -5,12 +5,11 @@ import os
 import h5py
 import numpy as np
 import pytest
+from factories import as_hwc, make_images, target, varying_images, write
 
 from imgconv import stores
 from imgconv.errors import StoreError
 from imgconv.stores import read_pool
-
-from factories import as_hwc, make_images, target, varying_images, write
 
 
 def test_hdf5_file_is_plain_hdf5(tmp_path):

@@ -4,12 +4,11 @@ import os
 
 import numpy as np
 import pytest
+from factories import change_label, leftovers, make_images, target, tree_digest, write
 
 from imgconv import stores
 from imgconv.errors import StoreError
 from imgconv.stores import metadata, png_folder
-
-from factories import change_label, leftovers, make_images, target, tree_digest, write
 
 
 def test_png_refuses_more_than_four_channels(tmp_path):

@@ -110,7 +110,7 @@ def test_info_json_parses_and_counts_labels(tmp_path, fmt, suffix):
     expected = {names[v]: int((labels == v).sum()) for v in np.unique(labels)}
     assert info["label_counts"] == expected
     text = run("info", path)
-    assert text.returncode == 0 and f"40 of 32x32x3 uint8" in text.stdout
+    assert text.returncode == 0 and "40 of 32x32x3 uint8" in text.stdout
 
 
 def test_info_of_varying_sizes_gives_the_range(tmp_path):

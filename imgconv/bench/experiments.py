@@ -211,6 +211,8 @@ def convert_experiment(harness: Harness) -> List[Row]:
     """
     archive = harness.options["cifar"]
     expected, expected_labels = harness.options.get("cifar_train") or imgconv.load(archive, split="train", workers=0)
+    if not isinstance(expected, np.ndarray):  # CIFAR images are all 32x32: one array, never a list
+        raise BenchCheckError(f"{archive}: its training images are not of one shape: not a CIFAR archive")
     count = len(expected_labels)
     harness.parameters["cifar"] = archive
     classic_path = os.path.join(harness.workdir, "convert-classic.lmdb")

@@ -39,6 +39,8 @@ def read_rate(path: str, batch_size: int = 1000, split: str = "all") -> float:
     """Images per second reading the whole source at ``path`` in batches (one timed pass after a warm-up)."""
     source = open_source(path, split=split)
     length = source.length  # counting is part of opening, not of reading
+    if length is None:
+        raise ValueError(f"{path}: the source cannot say how many images it holds")
 
     def read() -> None:
         for _ in source.batches(batch_size):

@@ -15,6 +15,7 @@ and returns result rows; every store written is read back and checked.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Tuple
@@ -46,6 +47,14 @@ def _write(path: str, images: np.ndarray, labels: np.ndarray, fmt: str, **option
     with imgconv.create(path, fmt, **options) as writer:
         for start in range(0, len(images), WRITE_BATCH):
             writer.append(images[start : start + WRITE_BATCH], labels[start : start + WRITE_BATCH])
+
+
+def _encode_pngs(images: np.ndarray, level: int) -> List[bytes]:
+    return [png_folder.encode_png(image, level) for image in images]
+
+
+def _decode_pngs(blobs: List[bytes]) -> List[np.ndarray]:
+    return [png_array(Image.open(io.BytesIO(blob))) for blob in blobs]
 
 
 def _largest(harness: Harness) -> Tuple[int, np.ndarray, np.ndarray]:
@@ -86,8 +95,8 @@ def hdf5_layout(harness: Harness) -> List[Row]:
     for k in HDF5_CHUNK_IMAGES:
         path = os.path.join(harness.workdir, f"layout-c{k}.h5")
         try:
-            write = harness.time(("hdf5-layout-write", k), count,
-                                 lambda: _write(path, images, labels, "hdf5", chunk_images=k, overwrite=True))
+            write_store = functools.partial(_write, path, images, labels, "hdf5", chunk_images=k, overwrite=True)
+            write = harness.time(("hdf5-layout-write", k), count, write_store)
             with imgconv.open(path) as store:
                 full = harness.time(("hdf5-layout", k), count, store.read_all)
                 harness.check(full.result, images, labels, f"HDF5 with {k} images per chunk", count)
@@ -107,11 +116,9 @@ def png_level(harness: Harness) -> List[Row]:
     images = harness.images.images[:count]
     rows = []
     for level in PNG_LEVELS:
-        encode = harness.time(("png-level", level), count,
-                              lambda: [png_folder.encode_png(image, level) for image in images])
+        encode = harness.time(("png-level", level), count, functools.partial(_encode_pngs, images, level))
         blobs = encode.result
-        decode = harness.time(("png-level-decode", level), count,
-                              lambda: [png_array(Image.open(io.BytesIO(blob))) for blob in blobs])
+        decode = harness.time(("png-level-decode", level), count, functools.partial(_decode_pngs, blobs))
         harness.check((np.array(decode.result), harness.images.labels[:count]), images, harness.images.labels[:count],
                       f"PNG at level {level}", count)
         sizes = np.array([len(blob) for blob in blobs])

@@ -4,17 +4,17 @@ Images are uint8 (N, H, W, C); a batch given as (N, H, W) is grayscale, C = 1.
 A store holds either one fixed image shape (batches given as arrays) or varying
 shapes (:data:`VARIABLE`: batches given as lists of (H, W, C) or (H, W) arrays).
 """
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import _validate
 from ..errors import StoreArgumentError
 
-VARIABLE = "variable"
+VARIABLE: Literal["variable"] = "variable"
 
 Shape = Tuple[int, int, int]
-StoreShape = Union[Shape, str]  # (H, W, C) or VARIABLE
+StoreShape = Union[Shape, Literal["variable"]]  # (H, W, C) or VARIABLE (a Literal: `shape == VARIABLE` narrows)
 Images = Union[np.ndarray, Sequence[np.ndarray]]
 
 

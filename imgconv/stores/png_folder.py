@@ -134,7 +134,7 @@ class PngFolderWriter(Writer):
                                                 error=StoreOptionError, where=f"{self.path}: ")
         self.options = {"compress_level": self.compress_level}
         self._csv_file: Any = None
-        self._shard: Optional[int] = None
+        self._shard: Optional[int] = None  # the images/NNN folder made last
 
     def encoder(self) -> "_PngEncoder":
         """The picklable encode step: :func:`encode_batch` with this writer's level."""

@@ -275,7 +275,7 @@ class Reader(abc.ABC):
         return {"path": self.path, "options": self._options}
 
     def __setstate__(self, state):
-        self.__init__(state["path"], **state["options"])
+        type(self).__init__(self, state["path"], **state["options"])
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}: {len(self)} images of {shape_text(self.shape)}>"

@@ -75,9 +75,11 @@ def _imports(backend):
         os.environ.pop("IMGCONV_PURE", None)
         os.environ["IMGCONV_REQUIRE_EXT"] = "1"
     import lmdb
+
     from imgconv import kernels, record, stores
     from imgconv.errors import RecordError, StoreError
-    from imgconv.stores import lmdb as lmdb_store, metadata as base
+    from imgconv.stores import lmdb as lmdb_store
+    from imgconv.stores import metadata as base
 
     return lmdb, kernels, record, stores, base, lmdb_store, (RecordError, StoreError)
 

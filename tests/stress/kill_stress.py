@@ -312,8 +312,8 @@ def main(argv=None):
             for o in chain:
                 outcomes.append(o)
                 status = "ok" if not o.problems else "PROBLEM: " + "; ".join(o.problems)
-                print(f"{len(outcomes):4d} {o.fmt:5s} kill {o.target:6s} at {o.delay:5.2f} s -> exit {o.returncode:4d}, "
-                      f"destination {o.found}: {status}", flush=True)
+                print(f"{len(outcomes):4d} {o.fmt:5s} kill {o.target:6s} at {o.delay:5.2f} s "
+                      f"-> exit {o.returncode:4d}, destination {o.found}: {status}", flush=True)
             finals.append(final)
             if final is not None:
                 status = "ok" if not final.problems else "PROBLEM: " + "; ".join(final.problems)

@@ -104,7 +104,7 @@ class Hdf5Reader(Reader):
         self._labels: Optional[np.ndarray] = None
         self._checksums = None
         self._tables: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]] = None
-        self._direct_reader = None
+        self._direct_reader: Any = None  # None: not built yet; False: none (h5py decodes); else DirectChunks
         self._direct_lock = threading.Lock()
         return meta
 
@@ -259,7 +259,7 @@ class Hdf5Reader(Reader):
             return images[0], labels[0]
         direct = self._direct()
         if direct is not None:
-            image = np.empty(self.shape, np.uint8)
+            image = np.empty(self._image_shape(), np.uint8)
             direct.read_image(i, image)
             return image, self._loaded_labels()[i]
         return self._guard(lambda: self._dataset("images")[i], f"image {i}"), self._loaded_labels()[i]
@@ -336,12 +336,12 @@ class Hdf5Reader(Reader):
         # A large direct read is split over threads, each reading its part
         # and checking its checksums: preadv and CRC32C run without the GIL.
         direct = None if self.variable else self._direct()
-        parts = [(0, stop - start)] if direct is None else split_for_threads(stop - start, int(np.prod(self.shape)))
+        parts = [(0, stop - start)] if direct is None else split_for_threads(stop - start, int(np.prod(self._image_shape())))
         if len(parts) == 1:
             return super()._read_range_checked(start, stop, out)
         assert direct is not None  # split over threads only for direct reads
         if out is None:
-            out = np.empty((stop - start, *self.shape), np.uint8)
+            out = np.empty((stop - start, *self._image_shape()), np.uint8)
         labels = self.labels()[start:stop].copy()
         self.checksums()  # loaded here, once, not by each thread
 
@@ -354,6 +354,12 @@ class Hdf5Reader(Reader):
         for future in futures:
             future.result()  # the first part's error first: it names the lowest bad image
         return out, labels
+
+    def _image_shape(self) -> Tuple[int, int, int]:
+        """(H, W, C) of the images of a store of one image shape (asked only there)."""
+        shape = self.shape
+        assert shape != VARIABLE, "a store of varying image sizes has no one image shape"
+        return shape
 
     def _direct(self):
         """The :class:`DirectChunks` reader for this process, or None when h5py must decode."""

@@ -18,7 +18,7 @@ import numpy as np
 from ... import _validate
 from ...checksum import bind_positions, image_checksums
 from ...errors import StoreError, StoreOptionError
-from ..batch import VARIABLE
+from ..batch import VARIABLE, Shape
 from ..metadata import Metadata
 from ..writer import Writer
 from . import lowlevel
@@ -111,10 +111,11 @@ class Hdf5Writer(Writer):
             d["shapes"] = lowlevel.create_dataset(f, "shapes", (0, 3), np.int64, (None, 3), (LABEL_CHUNK, 3))
             self._unit = 1
         else:
+            shape = self._image_shape()
             if self.chunk_images is None:
-                self.chunk_images = max(1, round(CHUNK_TARGET_BYTES / int(np.prod(self.shape))))
-            chunks = (self.chunk_images, *self.shape)
-            d["images"] = lowlevel.create_dataset(f, "images", (0, *self.shape), np.uint8, (None, *self.shape),
+                self.chunk_images = max(1, round(CHUNK_TARGET_BYTES / int(np.prod(shape))))
+            chunks = (self.chunk_images, *shape)
+            d["images"] = lowlevel.create_dataset(f, "images", (0, *shape), np.uint8, (None, *shape),
                                                   chunks, *filters)
         self._set_unit()
         # Opened afresh in name order, as the writer always has: HDF5 lays out
@@ -128,8 +129,19 @@ class Hdf5Writer(Writer):
         if self.shape == VARIABLE:
             self._unit = 1
         else:
-            per_image = int(np.prod(self.shape))
-            self._unit = self.chunk_images * max(1, WRITE_UNIT_BYTES // (per_image * self.chunk_images))
+            per_image, chunk = int(np.prod(self._image_shape())), self._chunk_images()
+            self._unit = chunk * max(1, WRITE_UNIT_BYTES // (per_image * chunk))
+
+    def _image_shape(self) -> Shape:
+        """The (H, W, C) of the images, for a store of one image shape once it is known."""
+        shape = self.shape
+        assert shape is not None and shape != VARIABLE, "a fixed shape is known before images of it are written"
+        return shape
+
+    def _chunk_images(self) -> int:
+        """Images per chunk, for a store of one image shape once started or reopened."""
+        assert self.chunk_images is not None, "_start or _reopen sets chunk_images before images are written"
+        return self.chunk_images
 
     def _write(self, encoded):
         # The workers' checksums end with the labels; the images' indices are known here.
@@ -145,7 +157,9 @@ class Hdf5Writer(Writer):
         if self.shape == VARIABLE:
             self._write_variable(encoded, checksums)
             return
-        images = encoded.images if not encoded.variable else encoded.pixels.reshape(len(encoded), *self.shape)
+        images = (encoded.images if not encoded.variable
+                  else encoded.pixels.reshape(len(encoded), *self._image_shape()))
+        chunk = self._chunk_images()
         # Labels are small: copied, as they wait for their unit. Images go out
         # chunk by chunk as they come; only the start of an unfinished chunk
         # waits (copied: the caller may refill its arrays once append returns).
@@ -153,7 +167,7 @@ class Hdf5Writer(Writer):
         carried = sum(len(part) for part in self._carry)
         position = 0
         while position < len(images):
-            chunk_end = (self._images_written // self.chunk_images + 1) * self.chunk_images
+            chunk_end = (self._images_written // chunk + 1) * chunk
             take = min(chunk_end - self._images_written - carried, len(images) - position)
             part = images[position : position + take]
             position += take
@@ -174,7 +188,8 @@ class Hdf5Writer(Writer):
             # file, does not depend on batch sizes); cut to size at the end.
             self._images_extent = -(-stop // self._unit) * self._unit
             lowlevel.resize(ds, self._images_extent)
-        if self.compression is None and start % self.chunk_images == 0 and len(images) == self.chunk_images:
+        chunk = self._chunk_images()
+        if self.compression is None and start % chunk == 0 and len(images) == chunk:
             # A whole chunk goes to the file as it is, past h5py's selection
             # machinery and HDF5's chunk cache (a third of the time of a slice
             # assignment for CIFAR images).

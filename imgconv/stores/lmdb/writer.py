@@ -96,7 +96,7 @@ class LmdbWriter(Writer):
             raise StoreError(f"{self.path}: cannot create the LMDB database: {exc}") from None
         self._flusher = _Flusher(os.path.join(self.temporary, "data.mdb")) if self.durable else None
 
-    def _write(self, encoded: EncodedRecords) -> None:  # type: ignore[override]
+    def _write(self, encoded: EncodedRecords) -> None:
         k = self._records_per_value()
         buffer, offsets = encoded.buffer, encoded.offsets
         if not buffer.flags.writeable:
@@ -260,13 +260,14 @@ class LmdbWriter(Writer):
     def _chunk_intact(self, value: bytes, chunk: int) -> bool:
         """Whether ``value`` holds chunk ``chunk`` whole: records that decode with their checksums at their indices."""
         k = self._records_per_value()
-        if self.shape == VARIABLE:
+        shape = self._shape()
+        if shape == VARIABLE:
             bounds = value_offsets(value, k)
             if bounds is None:
                 return False
             spans = [record_span(bounds, slot) for slot in range(k)]
         else:
-            size = record.record_size(self.shape)
+            size = record.record_size(shape)
             if len(value) != k * size:
                 return False
             spans = [(slot * size, (slot + 1) * size) for slot in range(k)]
@@ -276,7 +277,7 @@ class LmdbWriter(Writer):
                     return False
                 image, _ = record.unpack_record(value, span[0], position=chunk * k + slot,
                                                 version=record_version(FORMAT_VERSION))
-                if (self.shape != VARIABLE and image.shape != self.shape) or \
+                if (shape != VARIABLE and image.shape != shape) or \
                         span[0] + record.HEADER_SIZE + image.nbytes != span[1]:
                     return False
         except RecordError:
@@ -335,18 +336,20 @@ class _Flusher:
     def request(self) -> None:
         """Ask for a flush of what has been written so far."""
         if self._thread is None and self._fd is not None:
-            self._thread = threading.Thread(target=self._run, name="imgconv-lmdb-flush", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(self._fd,), name="imgconv-lmdb-flush",
+                                            daemon=True)
             self._thread.start()
         self._wanted.set()
 
-    def _run(self):
+    def _run(self, fd: int) -> None:
+        # fd stays open while the thread runs: stop() joins the thread before closing it.
         while True:
             self._wanted.wait()
             self._wanted.clear()
             if self._stopping:
                 return
             try:
-                _platform.fdatasync(self._fd)
+                _platform.fdatasync(fd)
             except OSError as exc:
                 self._error = exc
                 return
