@@ -336,7 +336,8 @@ class Hdf5Reader(Reader):
         # A large direct read is split over threads, each reading its part
         # and checking its checksums: preadv and CRC32C run without the GIL.
         direct = None if self.variable else self._direct()
-        parts = [(0, stop - start)] if direct is None else split_for_threads(stop - start, int(np.prod(self._image_shape())))
+        image_bytes = 0 if direct is None else int(np.prod(self._image_shape()))
+        parts = [(0, stop - start)] if direct is None else split_for_threads(stop - start, image_bytes)
         if len(parts) == 1:
             return super()._read_range_checked(start, stop, out)
         assert direct is not None  # split over threads only for direct reads
