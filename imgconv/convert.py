@@ -38,6 +38,7 @@ from .pipeline.plan import (
     planned_jobs,
     streamed_jobs,
 )
+from .pipeline.pool import signals_deferred
 from .resume import ResumeSession
 from .resume.inputs import InputFiles
 from .sources import Source, open_source
@@ -155,7 +156,9 @@ def convert(source: Any, dest: Any, *, format: Optional[str] = None, workers: Op
                                 job_fingerprint(src, run.images, shuffle, seed, source_options, run.streamed), inputs)
         session.begin(resume=resume)
         skipped = run.write(session, workers, progress)
-        session.writer.close()
+        with signals_deferred():
+            # Every image is written: a Ctrl-C now lets the commit finish rather than lose the store.
+            session.writer.close()
     except (Interrupted, WorkerDied) as exc:
         raise _kept_for_resume(exc, session) from None
     finally:

@@ -46,10 +46,17 @@ class InProcessEngine(Engine):
     shares_memory = True
 
     def run(self, context: WorkerContext, jobs: Iterable[Job], what: str) -> Results:
-        """See :meth:`Engine.run`; a signal raises Interrupted at once."""
-        with _StopOnSignal():
+        """See :meth:`Engine.run`; a signal raises Interrupted before the next job (a second one at once).
+
+        The caller writes each result while this generator waits: a signal
+        raised inside that write would leave a batch half-written, and the
+        partial output could not be resumed; so the first signal is noted
+        and raised between batches, which are bounded in bytes.
+        """
+        with _StopOnSignal(deferred=True) as stop:
             _remove_stale_handoffs()  # every run tidies what killed runs left, whatever its engine
             for job in jobs:
+                stop.check()
                 try:
                     result = job.function(context, *job.args)
                 except ImgconvError:
@@ -57,7 +64,9 @@ class InProcessEngine(Engine):
                 except Exception as exc:
                     # As from a worker: one error naming the images, whichever engine ran the job.
                     raise job_failed(job.task, exc, "") from exc
+                stop.check()
                 yield job.task, result
+            stop.check()
 
 
 class ProcessPoolEngine(Engine):
@@ -395,6 +404,13 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             process.join()
 
 
+def signals_deferred() -> "_StopOnSignal":
+    """A context in which a first SIGINT or SIGTERM is only noted (``.signum``; ``.check()`` raises
+    :class:`Interrupted` for it) and a second one raises at once: for a step that must not be cut in
+    half, such as the commit of a finished store."""
+    return _StopOnSignal(deferred=True)
+
+
 class _StopOnSignal:
     """While a run goes on, SIGINT and SIGTERM stop it.
 
@@ -402,10 +418,12 @@ class _StopOnSignal:
     hold a lock of the pool's): it notes the signal and kills the workers,
     which breaks the pool at once; the parent then sees the note at its next
     step and raises :class:`Interrupted`. With no pool the handler raises
-    directly.
+    directly, unless ``deferred``: then the first signal is only noted (the
+    caller checks between steps) and a second one raises at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: bool = False) -> None:
+        self.deferred = deferred
         self.signum: Optional[int] = None
         self.pool: Optional[ProcessPoolExecutor] = None
         self._previous: Dict[int, Any] = {}
@@ -418,8 +436,11 @@ class _StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        first = self.signum is None
         self.signum = signum
         if self.pool is None:
+            if self.deferred and first:
+                return
             raise Interrupted(signum)
         for process in _pool_processes(self.pool):
             try:
