@@ -111,14 +111,12 @@ def _image_data(data: bytes) -> Optional[bytes | memoryview]:
 
 
 def read_file(fd: int, limit: int) -> Optional[bytes]:
-    """All the bytes of the open file ``fd``, or None when it holds more than ``limit``."""
+    """The bytes of the open regular file ``fd`` in one read, or None when it holds more than ``limit``.
+
+    One read gives a regular file's bytes up to its end. Should it give
+    fewer (a short read, which some file systems may do), the file looks
+    truncated to :func:`decode`, which then leaves it to Pillow: reading
+    less is never reading wrong.
+    """
     data = os.read(fd, limit + 1)
-    if len(data) > limit:
-        return None
-    parts = [data]
-    while data:  # a regular file gives all it has in one read; this loop is for the rare short read
-        data = os.read(fd, limit + 1 - sum(map(len, parts)))
-        parts.append(data)
-        if sum(map(len, parts)) > limit:
-            return None
-    return parts[0] if len(parts) == 2 else b"".join(parts)
+    return None if len(data) > limit else data
