@@ -12,7 +12,7 @@ where a malformed file could otherwise make it read out of bounds.
 translation unit (their definitions are static), not headers to share.
 """
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 
 cdef extern from "crc32c.h" nogil:
@@ -31,7 +31,7 @@ cdef extern from "interleave.h" nogil:
 __all__ = [
     "CRC32C_IMPL", "CRC32C_IMPLS", "CRC_MISMATCH", "CRC_OFFSET", "HEADER_MISMATCH", "HEADER_SIZE",
     "INTERLEAVE_IMPL", "INTERLEAVE_IMPLS", "LABEL_OFFSET", "LENGTH_OFFSET", "OK", "TRUNCATED",
-    "chw_to_hwc_into", "crc32c", "crc32c_rows", "gather_rows", "pack_uniform", "select_crc32c",
+    "chw_to_hwc_into", "crc32c", "crc32c_rows", "gather_rows", "pack_uniform", "png_unfilter", "select_crc32c",
     "select_interleave", "unpack_one", "unpack_records",
 ]
 
@@ -390,4 +390,116 @@ def gather_rows(const uint8_t[::1] data, const int64_t[::1] offsets, uint8_t[:, 
                 crc[i] = value
             elif p:
                 memcpy(&rows[i, 0], src + at, p)
+    return bad
+
+
+cdef inline int _abs(int x) noexcept nogil:
+    return (x ^ (x >> 31)) - (x >> 31)
+
+
+cdef inline void _paeth_row(const uint8_t *src, const uint8_t *prior, uint8_t *dst,
+                            Py_ssize_t n, Py_ssize_t bpp) noexcept nogil:
+    """Undo the Paeth filter of one row; inlined with a constant ``bpp`` for 1 to 4 channels."""
+    cdef Py_ssize_t k
+    cdef int a, b, c, pa, pb, pc, guess
+    for k in range(bpp if bpp < n else n):
+        dst[k] = src[k] + prior[k]  # the Paeth predictor of (0, b, 0) is b
+    for k in range(bpp, n):
+        a = dst[k - bpp]
+        b = prior[k]
+        c = prior[k - bpp]
+        pa = b - c
+        pb = a - c
+        pc = _abs(pa + pb)
+        pa = _abs(pa)
+        pb = _abs(pb)
+        # Written as selections, not branches: the compiler makes them conditional moves.
+        guess = b if pb <= pc else c
+        guess = a if (pa <= pb) & (pa <= pc) else guess
+        dst[k] = src[k] + guess
+
+
+cdef inline void _sub_row(const uint8_t *src, uint8_t *dst, Py_ssize_t n, Py_ssize_t bpp) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(bpp if bpp < n else n):
+        dst[k] = src[k]
+    for k in range(bpp, n):
+        dst[k] = src[k] + dst[k - bpp]
+
+
+cdef inline void _average_row(const uint8_t *src, const uint8_t *prior, uint8_t *dst,
+                              Py_ssize_t n, Py_ssize_t bpp) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(bpp if bpp < n else n):
+        dst[k] = src[k] + (prior[k] >> 1)
+    for k in range(bpp, n):
+        dst[k] = src[k] + ((<int>dst[k - bpp] + <int>prior[k]) >> 1)
+
+
+cdef int _unfilter_row(const uint8_t *src, const uint8_t *prior, uint8_t *dst,
+                       Py_ssize_t n, Py_ssize_t bpp) noexcept nogil:
+    """Undo one row's filter (type ``src[0]``) into ``dst`` (n bytes); 0, or -1 for an unknown type."""
+    cdef int kind = src[0]
+    cdef Py_ssize_t k
+    src += 1
+    if kind == 0:
+        memcpy(dst, src, n)
+    elif kind == 2:
+        for k in range(n):
+            dst[k] = src[k] + prior[k]
+    elif kind == 1 or kind == 3 or kind == 4:
+        # A constant bpp in each call lets the compiler keep the neighbours in registers.
+        if bpp == 3:
+            _left_row(kind, src, prior, dst, n, 3)
+        elif bpp == 4:
+            _left_row(kind, src, prior, dst, n, 4)
+        elif bpp == 1:
+            _left_row(kind, src, prior, dst, n, 1)
+        else:
+            _left_row(kind, src, prior, dst, n, bpp)
+    else:
+        return -1
+    return 0
+
+
+cdef inline void _left_row(int kind, const uint8_t *src, const uint8_t *prior, uint8_t *dst,
+                           Py_ssize_t n, Py_ssize_t bpp) noexcept nogil:
+    """The filters that predict from the byte ``bpp`` to the left: 1 Sub, 3 Average, 4 Paeth."""
+    if kind == 1:
+        _sub_row(src, dst, n, bpp)
+    elif kind == 3:
+        _average_row(src, prior, dst, n, bpp)
+    else:
+        _paeth_row(src, prior, dst, n, bpp)
+
+
+def png_unfilter(const uint8_t[::1] data, uint8_t[:, ::1] out, Py_ssize_t channels):
+    """Undo the PNG row filters of an 8-bit, non-interlaced image with ``channels`` bytes per pixel.
+
+    ``data`` holds the inflated image data: H rows of ``1 + W * channels``
+    bytes, each a filter type (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth) then
+    the filtered bytes; ``out`` (H, W * channels) receives the pixels.
+    Returns the index of the first row with another filter type (the rows
+    before it are written), or -1.
+    """
+    cdef Py_ssize_t h = out.shape[0]
+    cdef Py_ssize_t n = out.shape[1]
+    cdef Py_ssize_t r, bad = -1
+    cdef uint8_t *zeros
+    cdef const uint8_t *prior
+    if channels < 1 or data.shape[0] < h * (n + 1):
+        raise ValueError("png_unfilter: data is shorter than out's rows, or channels is not positive")
+    if h == 0 or n == 0:
+        return -1
+    zeros = <uint8_t *>calloc(n, 1)
+    if zeros == NULL:
+        raise MemoryError()
+    prior = zeros
+    with nogil:
+        for r in range(h):
+            if _unfilter_row(&data[r * (n + 1)], prior, &out[r, 0], n, channels) != 0:
+                bad = r
+                break
+            prior = &out[r, 0]
+    free(zeros)
     return bad

@@ -41,6 +41,7 @@ def pack_uniform(
     out: NDArray[np.uint8],
     positions: NDArray[np.int64] | None = ...,
 ) -> None: ...
+def png_unfilter(data: NDArray[np.uint8], out: NDArray[np.uint8], channels: int) -> int: ...
 def unpack_records(
     buffers: Sequence[object],
     sources: NDArray[np.int64],

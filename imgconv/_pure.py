@@ -10,7 +10,7 @@ import numpy as np
 __all__ = [
     "CRC32C_IMPL", "CRC32C_IMPLS", "CRC_MISMATCH", "CRC_OFFSET", "HEADER_MISMATCH", "HEADER_SIZE",
     "INTERLEAVE_IMPL", "INTERLEAVE_IMPLS", "LABEL_OFFSET", "LENGTH_OFFSET", "OK", "TRUNCATED",
-    "chw_to_hwc_into", "crc32c", "crc32c_rows", "gather_rows", "pack_uniform", "select_crc32c",
+    "chw_to_hwc_into", "crc32c", "crc32c_rows", "gather_rows", "pack_uniform", "png_unfilter", "select_crc32c",
     "select_interleave", "unpack_one", "unpack_records",
 ]
 
@@ -242,3 +242,42 @@ def gather_rows(data, offsets, rows, crcs=None, tails=None):
             crc = _crc_of_rows(np.ascontiguousarray(tails[:end], "<i8").view(np.uint8).reshape(end, -1), crc)
         crcs[:end] = crc
     return end if outside.size else -1
+
+
+def png_unfilter(data, out, channels):
+    """Undo the PNG row filters of ``data`` (H rows of 1 + W*C bytes) into ``out`` (H, W*C) (see _core);
+    returns the index of the first row with a filter type other than 0..4, or -1."""
+    h, n = out.shape
+    if channels < 1 or data.shape[0] < h * (n + 1):
+        raise ValueError("png_unfilter: data is shorter than out's rows, or channels is not positive")
+    rows = np.asarray(data[: h * (n + 1)]).reshape(h, n + 1)
+    prior = np.zeros(n, np.int64)
+    for r in range(h):
+        kind, line = int(rows[r, 0]), rows[r, 1:].astype(np.int64)
+        if kind not in (0, 1, 2, 3, 4):
+            return r
+        if kind in (0, 2):
+            row = line + (prior if kind == 2 else 0)
+        elif kind == 1:  # a running sum within each channel (out's rows are whole pixels)
+            row = np.cumsum(line.reshape(-1, channels), axis=0).reshape(-1)
+        else:
+            row = _left_running(line, prior, channels, kind)
+        out[r] = row & 0xFF
+        prior = out[r].astype(np.int64)
+    return -1
+
+
+def _left_running(line, prior, bpp, kind):
+    """One row of the filters that predict from the byte ``bpp`` to the left and the row above (3 Average, 4 Paeth)."""
+    row = np.zeros(line.shape[0], np.int64)
+    for k in range(line.shape[0]):
+        a = int(row[k - bpp]) if k >= bpp else 0
+        b = int(prior[k])
+        c = int(prior[k - bpp]) if k >= bpp else 0
+        if kind == 3:
+            guess = (a + b) >> 1
+        else:
+            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+            guess = a if pa <= pb and pa <= pc else b if pb <= pc else c
+        row[k] = (int(line[k]) + guess) & 0xFF
+    return row

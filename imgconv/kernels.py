@@ -244,3 +244,31 @@ def gather_rows(data: Any, offsets: Any, rows: NDArray[np.uint8], crcs: NDArray[
     if np.may_share_memory(source, rows):
         raise ValueError("rows must not overlap data")
     return int(_impl.gather_rows(source, offsets, rows, crcs, tails))
+
+
+def png_unfilter(data: Any, out: NDArray[np.uint8], channels: int) -> int:
+    """Undo the row filters of an 8-bit, non-interlaced PNG image, in one call without the GIL.
+
+    ``data`` (bytes-like or a uint8 array) is the inflated image data: exactly
+    H rows of ``1 + W * channels`` bytes, each a filter type (0 None, 1 Sub,
+    2 Up, 3 Average, 4 Paeth) then the filtered bytes; ``out`` is a writeable
+    C-contiguous (H, W * channels) uint8 array that receives the pixels and
+    must not overlap ``data``. Returns the index of the first row whose filter
+    type is not 0..4 (the rows before it are written), or -1. TypeError or
+    ValueError for unfit arguments.
+    """
+    _require_uint8("out", out)
+    if out.ndim != 2 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous (H, W * channels) array")
+    if not isinstance(channels, (int, np.integer)) or isinstance(channels, bool) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    if out.shape[1] % channels:
+        raise ValueError(f"out's rows of {out.shape[1]} bytes are not whole pixels of {channels} bytes")
+    source = as_bytes(data, "data")
+    expected = out.shape[0] * (out.shape[1] + 1)
+    if source.shape[0] != expected:
+        raise ValueError(f"data holds {source.shape[0]} bytes, {out.shape[0]} rows of 1 + {out.shape[1]} "
+                         f"are {expected}")
+    if np.may_share_memory(source, out):
+        raise ValueError("out must not overlap data")
+    return int(_impl.png_unfilter(source, out, int(channels)))

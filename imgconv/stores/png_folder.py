@@ -32,10 +32,11 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import _validate
-from .._platform import NotRegularFileError, file_kind, open_regular_file, remove_path
+from .. import _validate, kernels
+from .._platform import NotRegularFileError, file_kind, open_regular, open_regular_file, remove_path
 from ..checksum import bind_positions, image_checksums
 from ..errors import StoreArgumentError, StoreError, StoreOptionError
+from . import png_decode
 from .batch import VARIABLE, EncodedBatch, check_batch, shape_text
 from .metadata import Metadata, dump_metadata, load_metadata
 from .reader import Reader
@@ -393,16 +394,15 @@ class PngFolderReader(Reader):
                          f"{special[0]}")
         return found
 
-    def _decode(self, i, shape):
+    def _decode(self, i, shape, out=None):
+        """Image ``i`` and its label; ``out``, an (H, W, C) array of the store's shape, receives the pixels
+        when given. With a known shape the file is decoded by :mod:`.png_decode` when it is exactly what
+        imgconv writes, by Pillow otherwise."""
         path = os.path.join(self.path, self._paths[i])
         try:
-            with _open_png(path, self._no_links) as f, _open_image(f, path, i) as pil:
-                if shape is not None and shape != VARIABLE and pil.size != (shape[1], shape[0]):
-                    # Checked from the header, before decoding: a damaged or hostile file
-                    # declaring a huge size is refused without allocating it.
-                    raise StoreError(f"{path}: image {i} is {pil.size[0]}x{pil.size[1]} pixels, "
-                                     f"the store holds {shape_text(shape)}")
-                image = np.array(_eight_bit(pil, path))  # a writeable copy: asarray would be read-only
+            image = self._decode_own(path, shape, out) if self._fast_shape(shape) else None
+            if image is None:
+                image = self._decode_pillow(path, i, shape)
         except FileNotFoundError:
             raise StoreError(f"{path}: image {i} is missing") from None
         except NotRegularFileError as exc:
@@ -421,17 +421,53 @@ class PngFolderReader(Reader):
             image = image[:, :, np.newaxis]
         if shape is not None and shape != VARIABLE and image.shape != tuple(shape):
             raise StoreError(f"{path}: image {i} is {shape_text(image.shape)}, the store holds {shape_text(shape)}")
+        if out is not None and image is not out:
+            out[...] = image
         return image, self._labels[i]
+
+    @staticmethod
+    def _fast_shape(shape):
+        """Whether images of ``shape`` go to :mod:`.png_decode` first: a fixed shape (its header is known
+        before the file is read), and the compiled kernels (the NumPy unfilter is slower than Pillow)."""
+        return shape is not None and shape != VARIABLE and kernels.BACKEND == "compiled"
+
+    def _decode_own(self, path, shape, out):
+        """The pixels by :func:`png_decode.decode`, or None (the file is left to Pillow)."""
+        shape = tuple(shape)
+        fd = open_regular(path, follow_symlinks=not self._no_links)
+        try:
+            data = png_decode.read_file(fd, png_decode.file_limit(shape))
+        finally:
+            os.close(fd)
+        if data is None:
+            return None
+        # The decompression bomb limit Pillow applies to the header once the file is open (imgconv's
+        # pixel_limit wraps this function): the same refusal as before for a store of huge images.
+        Image._decompression_bomb_check((shape[1], shape[0]))
+        return png_decode.decode(data, shape, out)
+
+    def _decode_pillow(self, path, i, shape):
+        """The pixels by Pillow (modes 1 and P converted), the size checked against ``shape`` first."""
+        with _open_png(path, self._no_links) as f, _open_image(f, path, i) as pil:
+            if shape is not None and shape != VARIABLE and pil.size != (shape[1], shape[0]):
+                # Checked from the header, before decoding: a damaged or hostile file
+                # declaring a huge size is refused without allocating it.
+                raise StoreError(f"{path}: image {i} is {pil.size[0]}x{pil.size[1]} pixels, "
+                                 f"the store holds {shape_text(shape)}")
+            return np.array(_eight_bit(pil, path))  # a writeable copy: asarray would be read-only
 
     def _read_one(self, i):
         return self._decode(i, self.shape)
 
     def _read_many(self, indices, out):
-        images = [self._decode(i, self.shape)[0] for i in indices.tolist()]
-        labels = self._labels[indices]
         if self.variable:
-            return images, labels
-        return np.stack(images, out=out), labels
+            return [self._decode(i, VARIABLE)[0] for i in indices.tolist()], self._labels[indices]
+        if out is None:
+            out = np.empty((indices.size, *self.shape), np.uint8)
+        shape = self.shape
+        for k, i in enumerate(indices.tolist()):
+            self._decode(i, shape, out[k])
+        return out, self._labels[indices]
 
 
 def _open_png(path, no_links):
