@@ -292,7 +292,9 @@ def test_worker_processes_read_png_folders_and_persist_across_epochs(png_path, c
 
 
 def test_a_worker_that_dies_is_an_error_not_a_hang(png_path):
-    loader = Loader(png_path, 8, workers=2, multiprocessing_context="fork")
+    # Batches of one image: many tasks are still to come when the worker dies (PNG reads are
+    # fast enough that batches of 8 could all be done before the kill lands).
+    loader = Loader(png_path, 1, workers=2, multiprocessing_context="fork")
     iterator = iter(loader)
     next(iterator)
     os.kill(next(iter(loader._pool._processes)), signal.SIGKILL)
