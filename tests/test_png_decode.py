@@ -10,13 +10,12 @@ import zlib
 
 import numpy as np
 import pytest
+from factories import make_images, target, write
 from PIL import Image
 
 from imgconv import _pure, kernels, stores
 from imgconv.errors import StoreError
 from imgconv.stores import png_decode, png_folder
-
-from factories import make_images, target, write
 
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 SIZES = [(1, 1), (1, 7), (5, 1), (3, 4), (32, 32), (64, 48)]

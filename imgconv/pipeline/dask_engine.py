@@ -21,16 +21,16 @@ running on workers finish what they do; a resume takes over from there).
 import logging
 import os
 import queue
-import signal
 import threading
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ..errors import ConversionError, ImgconvError, Interrupted, OptionError, WorkerDied
+from ..errors import ConversionError, ImgconvError, OptionError, WorkerDied
 from ..options import Option
 from .engine import Engine, Results, WorkerContext
 from .plan import Job, Task
+from .pool import signals_deferred
 from .progress import reporting
 
 INSTALL = 'pip install "imgconv[dask]"'
@@ -146,7 +146,8 @@ class _ClusterRun:
         self.events: "queue.SimpleQueue[Tuple[int, int]]" = queue.SimpleQueue()
         self.pending: List[Tuple[Job, Any]] = []
         self.context: Any = None
-        self.stop = _StopOnSignal(self.wake)
+        # A signal is noted and wakes the wait; the run raises Interrupted at its next check.
+        self.stop = signals_deferred(wake=self.wake)
 
     def results(self, context: WorkerContext, jobs: Iterator[Job]) -> Iterator[Tuple[Task, Any]]:
         self.client.subscribe_topic(self.topic, self._event)
@@ -249,29 +250,3 @@ def _run_job(context: WorkerContext, topic: str, function: Callable[..., Any], *
         return function(context, *args)
 
 
-class _StopOnSignal:
-    """While a cluster run goes on, SIGINT and SIGTERM set a flag the run checks (and wake it)."""
-
-    def __init__(self, wake: threading.Event) -> None:
-        self.wake = wake
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        self.wake.set()
-
-    def check(self) -> None:
-        """Raise Interrupted when a signal has arrived."""
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

@@ -404,11 +404,11 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             process.join()
 
 
-def signals_deferred() -> "_StopOnSignal":
+def signals_deferred(wake: Optional[threading.Event] = None) -> "_StopOnSignal":
     """A context in which a first SIGINT or SIGTERM is only noted (``.signum``; ``.check()`` raises
-    :class:`Interrupted` for it) and a second one raises at once: for a step that must not be cut in
-    half, such as the commit of a finished store."""
-    return _StopOnSignal(deferred=True)
+    :class:`Interrupted` for it; ``wake``, when given, is set) and a second one raises at once: for a
+    step that must not be cut in half, such as the commit of a finished store, or a wait that checks."""
+    return _StopOnSignal(deferred=True, wake=wake)
 
 
 class _StopOnSignal:
@@ -422,8 +422,9 @@ class _StopOnSignal:
     caller checks between steps) and a second one raises at once.
     """
 
-    def __init__(self, deferred: bool = False) -> None:
+    def __init__(self, deferred: bool = False, wake: Optional[threading.Event] = None) -> None:
         self.deferred = deferred
+        self.wake = wake
         self.signum: Optional[int] = None
         self.pool: Optional[ProcessPoolExecutor] = None
         self._previous: Dict[int, Any] = {}
@@ -438,6 +439,8 @@ class _StopOnSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         first = self.signum is None
         self.signum = signum
+        if self.wake is not None:
+            self.wake.set()
         if self.pool is None:
             if self.deferred and first:
                 return
