@@ -26,7 +26,7 @@ from contextlib import closing
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _platform, _validate, overlap, stores
-from .errors import ConversionError, Interrupted, SourceError, WorkerDied
+from .errors import ConversionError, Interrupted, SourceError, WorkerDied, kept_for_resume
 from .load import DEFAULT_BATCH_SIZE, load
 from .pipeline.engine import WorkerContext, default_workers, local_engine, workers_worth_starting
 from .pipeline.plan import (
@@ -263,11 +263,6 @@ def _count(source: Source, limit: Optional[int]) -> int:
 def _kept_for_resume(exc: BaseException, session: Optional[ResumeSession]) -> BaseException:
     """The error to raise for an interruption, after keeping what was written for a resume."""
     kept = 0 if session is None else session.suspend()
-    detail = "nothing was written at the destination"
-    if kept:
-        assert session is not None
-        detail += (f"; the {kept} images done are kept in {session.partial_path}: "
-                   "run the same conversion with resume=True to continue")
-    if isinstance(exc, Interrupted):
-        return Interrupted(exc.signum, detail)
-    return WorkerDied(f"{exc}; {detail}")
+    return kept_for_resume(exc, "" if not kept or session is None else
+                           f"the {kept} images done are kept in {session.partial_path}: "
+                           "run the same conversion with resume=True to continue")

@@ -179,3 +179,13 @@ class StalledWorkersWarning(UserWarning):
     The message names each worker process and its state (a stopped one
     above all) and how to go on or stop; the conversion itself goes on.
     """
+
+
+def kept_for_resume(exc: BaseException, kept: str) -> BaseException:
+    """The error to raise for an interrupted conversion (``Interrupted`` or ``WorkerDied`` ``exc``),
+    saying what was kept for a resume: ``kept`` ("" when nothing was) follows "nothing was written at
+    the destination"."""
+    detail = "nothing was written at the destination" + (f"; {kept}" if kept else "")
+    if isinstance(exc, Interrupted):
+        return Interrupted(exc.signum, detail)
+    return WorkerDied(f"{exc}; {detail}")

@@ -25,7 +25,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .. import _platform, kernels, overlap, stores
-from ..errors import ConversionError, Interrupted, OptionError, SourceError, WorkerDied
+from ..errors import ConversionError, Interrupted, OptionError, SourceError, WorkerDied, kept_for_resume
 from ..pipeline.engine import WorkerContext, local_engine, workers_worth_starting
 from ..pipeline.plan import Job, Task, encode_only, job_fingerprint, stream_batches
 from ..resume.inputs import InputFiles
@@ -444,11 +444,6 @@ def _source_paths(src: Any) -> List[str]:
 def _kept_for_resume(exc: BaseException, output: Optional[DatasetOutput]) -> BaseException:
     """The error to raise for an interruption, after keeping the shards done for a resume."""
     kept = 0 if output is None else output.suspend()
-    detail = "nothing was written at the destination"
-    if kept:
-        assert output is not None
-        detail += (f"; the {kept} shard(s) done are kept in {output.partial.path}: run the same conversion with "
-                   "resume=True to write only the others")
-    if isinstance(exc, Interrupted):
-        return Interrupted(exc.signum, detail)
-    return WorkerDied(f"{exc}; {detail}")
+    return kept_for_resume(exc, "" if not kept or output is None else
+                           f"the {kept} shard(s) done are kept in {output.partial.path}: run the same conversion "
+                           "with resume=True to write only the others")
